@@ -1,1 +1,407 @@
+//! The SQLite store: one database file under `state_dir`, opened in WAL mode.
+//!
+//! # Brief overview
+//! - [`Store::open`] opens (or creates) the file and sets the pragmas every connection needs.
+//! - [`Store::migrate`] applies the embedded migrations ([`MIGRATIONS`], one file per version in
+//!   `migrations/` at the workspace root), each inside its own transaction, and records it in
+//!   `schema_migrations` with a checksum.
+//! - [`Store::call`] runs a closure against the connection on tokio's blocking pool, so SQLite never
+//!   blocks an async worker thread.
+//!
+//! # Why one connection behind a mutex
+//! SQLite serialises writers anyway, and this daemon's write rate is a few rows per poll. One
+//! connection avoids `SQLITE_BUSY` between our own connections entirely; WAL still lets other
+//! processes (an operator's `sqlite3` shell, a backup) read while we write.
 
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+pub use rusqlite;
+
+/// One embedded migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+impl Migration {
+    /// FNV-1a over the SQL text: detects a migration edited after it was applied.
+    pub fn checksum(&self) -> String {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in self.sql.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{hash:016x}")
+    }
+
+    /// The file it came from, for messages.
+    pub fn file_name(&self) -> String {
+        format!("migrations/{:04}_{}.sql", self.version, self.name)
+    }
+}
+
+include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
+
+/// Everything that can go wrong with the database, each naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "database {path}: cannot open: {source}; check that the directory exists and is writable"
+    )]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("database {path}: cannot create directory {dir}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database {path}: migration {file} failed: {source}; nothing of it was applied")]
+    Migration {
+        path: PathBuf,
+        file: String,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "database {path}: schema version {found} is newer than this binary knows ({known}); run a newer productbuilder, or restore a backup"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        known: u32,
+    },
+    #[error(
+        "database {path}: {file} was changed after it was applied (checksum {recorded} recorded, {embedded} embedded); migrations are append-only, add a new one instead"
+    )]
+    Edited {
+        path: PathBuf,
+        file: String,
+        recorded: String,
+        embedded: String,
+    },
+    #[error("database {path}: {source}")]
+    Sql {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("database {path}: the blocking task was lost: {message}")]
+    Task { path: PathBuf, message: String },
+}
+
+/// A migration that [`Store::migrate`] applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub version: u32,
+    pub name: &'static str,
+}
+
+/// The database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    path: Arc<PathBuf>,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Store {
+    /// Opens or creates the database at `path`, creating its directory if needed.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: path.clone(),
+                dir: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        Ok(Store {
+            path: Arc::new(path),
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions roll
+        // back), so a poisoned lock is still a usable connection.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sql_err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |source| StoreError::Sql {
+            path: self.path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Runs `f` on the blocking pool with the connection.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let store = self.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut conn = store.lock();
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Task {
+            path: self.path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        result.map_err(self.sql_err())
+    }
+
+    /// True when the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        self.call(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))
+            .await
+            .is_ok()
+    }
+
+    /// The versions recorded as applied, with their checksums.
+    fn applied(&self, conn: &Connection) -> Result<Vec<(u32, String)>, StoreError> {
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version    INTEGER PRIMARY KEY,
+                name       TEXT NOT NULL,
+                checksum   TEXT NOT NULL,
+                applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+            )",
+        )
+        .map_err(self.sql_err())?;
+        let mut stmt = conn
+            .prepare("SELECT version, checksum FROM schema_migrations ORDER BY version")
+            .map_err(self.sql_err())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.sql_err())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql_err())
+    }
+
+    /// Checks the recorded history against the embedded migrations and returns what is pending.
+    fn pending_in(&self, conn: &Connection) -> Result<Vec<&'static Migration>, StoreError> {
+        let applied = self.applied(conn)?;
+        let known = MIGRATIONS.len() as u32;
+        if let Some((found, _)) = applied.iter().find(|(v, _)| *v > known) {
+            return Err(StoreError::TooNew {
+                path: self.path.to_path_buf(),
+                found: *found,
+                known,
+            });
+        }
+        for (version, recorded) in &applied {
+            let migration = &MIGRATIONS[*version as usize - 1];
+            let embedded = migration.checksum();
+            if *recorded != embedded {
+                return Err(StoreError::Edited {
+                    path: self.path.to_path_buf(),
+                    file: migration.file_name(),
+                    recorded: recorded.clone(),
+                    embedded,
+                });
+            }
+        }
+        Ok(MIGRATIONS
+            .iter()
+            .filter(|m| !applied.iter().any(|(v, _)| *v == m.version))
+            .collect())
+    }
+
+    /// The migrations not yet applied, without applying anything.
+    pub fn pending(&self) -> Result<Vec<&'static Migration>, StoreError> {
+        let conn = self.lock();
+        self.pending_in(&conn)
+    }
+
+    /// Applies every pending migration, each in its own transaction, in version order.
+    ///
+    /// Idempotent: a second call applies nothing. A migration that fails leaves no trace, and the
+    /// ones before it stay applied.
+    pub fn migrate(&self) -> Result<Vec<Applied>, StoreError> {
+        let mut conn = self.lock();
+        let pending = self.pending_in(&conn)?;
+        let mut done = Vec::with_capacity(pending.len());
+        for migration in pending {
+            let fail = |source| StoreError::Migration {
+                path: self.path.to_path_buf(),
+                file: migration.file_name(),
+                source,
+            };
+            let tx = conn.transaction().map_err(fail)?;
+            tx.execute_batch(migration.sql).map_err(fail)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES (?1, ?2, ?3)",
+                params![migration.version, migration.name, migration.checksum()],
+            )
+            .map_err(fail)?;
+            tx.commit().map_err(fail)?;
+            tracing::info!(
+                version = migration.version,
+                name = migration.name,
+                "applied migration"
+            );
+            done.push(Applied {
+                version: migration.version,
+                name: migration.name,
+            });
+        }
+        Ok(done)
+    }
+
+    /// The repository id cached for a tenant, if a preflight stored one.
+    pub async fn tenant_repo_id(&self, repo: &str) -> Result<Option<u64>, StoreError> {
+        let repo = repo.to_owned();
+        self.call(move |c| {
+            c.query_row("SELECT repo_id FROM tenants WHERE repo = ?1", [repo], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .optional()
+            .map(|v| v.flatten().map(|id| id as u64))
+        })
+        .await
+    }
+
+    /// Records a tenant's repository id.
+    pub async fn set_tenant_repo_id(&self, repo: &str, repo_id: u64) -> Result<(), StoreError> {
+        let repo = repo.to_owned();
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO tenants (repo, repo_id, updated_at)
+                 VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+                 ON CONFLICT (repo) DO UPDATE SET repo_id = excluded.repo_id, updated_at = excluded.updated_at",
+                params![repo, repo_id as i64],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("state/productbuilder.db")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn migrations_are_numbered_from_one_without_gaps() {
+        assert!(!MIGRATIONS.is_empty());
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1);
+        }
+    }
+
+    #[test]
+    fn migrate_applies_everything_once_and_is_idempotent() {
+        let (_dir, store) = fresh();
+        assert_eq!(store.pending().unwrap().len(), MIGRATIONS.len());
+        let applied = store.migrate().unwrap();
+        assert_eq!(applied.len(), MIGRATIONS.len());
+        assert!(store.pending().unwrap().is_empty());
+        assert!(store.migrate().unwrap().is_empty());
+        let journal: String = store
+            .lock()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(journal, "wal");
+    }
+
+    #[test]
+    fn migrations_survive_reopening_the_file() {
+        let (dir, store) = fresh();
+        store.migrate().unwrap();
+        drop(store);
+        let again = Store::open(dir.path().join("state/productbuilder.db")).unwrap();
+        assert!(again.pending().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_database_from_a_newer_binary_is_refused() {
+        let (_dir, store) = fresh();
+        store.migrate().unwrap();
+        store
+            .lock()
+            .execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES (999, 'future', 'x')",
+                [],
+            )
+            .unwrap();
+        let err = store.migrate().unwrap_err();
+        assert!(
+            matches!(err, StoreError::TooNew { found: 999, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer than this binary"));
+    }
+
+    #[test]
+    fn an_edited_migration_is_refused_by_name() {
+        let (_dir, store) = fresh();
+        store.migrate().unwrap();
+        store
+            .lock()
+            .execute(
+                "UPDATE schema_migrations SET checksum = '0' WHERE version = 1",
+                [],
+            )
+            .unwrap();
+        let err = store.migrate().unwrap_err().to_string();
+        assert!(
+            err.contains("migrations/0001_kernel.sql was changed"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_failed_migration_leaves_no_trace() {
+        let (_dir, store) = fresh();
+        // Simulate a half-applied state left by hand: the table already exists, so 0001 fails.
+        store
+            .lock()
+            .execute_batch("CREATE TABLE tenants (x INTEGER)")
+            .unwrap();
+        let err = store.migrate().unwrap_err().to_string();
+        assert!(err.contains("migrations/0001_kernel.sql failed"), "{err}");
+        assert_eq!(store.pending().unwrap().len(), MIGRATIONS.len());
+    }
+
+    #[tokio::test]
+    async fn tenant_repo_ids_round_trip() {
+        let (_dir, store) = fresh();
+        store.migrate().unwrap();
+        assert_eq!(store.tenant_repo_id("acme/shop").await.unwrap(), None);
+        store.set_tenant_repo_id("acme/shop", 42).await.unwrap();
+        store.set_tenant_repo_id("acme/shop", 43).await.unwrap();
+        assert_eq!(store.tenant_repo_id("acme/shop").await.unwrap(), Some(43));
+        assert!(store.ping().await);
+    }
+}
