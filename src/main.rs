@@ -1,1 +1,402 @@
-fn main() {}
+//! `productbuilder`: the binary and its wiring. The work happens in the crates under `modules/`;
+//! this file parses the command line, loads the configuration, connects the modules to each other
+//! in one visible place, and maps every outcome to an exit code (here and nowhere else).
+
+// The configuration already carries the keys of features that later issues wire in (previews,
+// Slack, the LLM agent, builds): the contract fixes them, so they are parsed and checked today.
+#[allow(dead_code)]
+mod config;
+mod http;
+mod kernel;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use productbuilder_planner::{Module, PlanError, RepoIdCell, Tenant, plan};
+use productbuilder_scheduler::{PreflightFailed, Schedule, Scheduler, SchedulerOptions, UnitSpec};
+use productbuilder_store::Store;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::{Config, ConfigError, GithubAuth, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "productbuilder",
+    version,
+    about = "Live previews of every open pull request, polled from GitHub, deployed with Docker Compose behind Traefik"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// The main configuration file.
+    #[arg(long, env = "PRODUCTBUILDER_CONFIG", value_name = "FILE")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: migrations, preflights, then interval workers until SIGINT/SIGTERM.
+    Run(ConfigArg),
+    /// Print every unit the planner produces (name, phase, interval); touches no network.
+    Plan(ConfigArg),
+    /// Validate the configuration; with --online also check what can be reached from here.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also check the database and state directory (later: tokens, repositories, Docker).
+        #[arg(long)]
+        online: bool,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate(ConfigArg),
+}
+
+/// How a command failed, which decides the exit code.
+enum Failure {
+    /// Bad configuration or usage: exit 2.
+    Invalid(String),
+    /// A preflight failed for good, or the daemon could not run: exit 1.
+    Failed(String),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Invalid(e.to_string())
+    }
+}
+
+impl From<PlanError> for Failure {
+    fn from(e: PlanError) -> Self {
+        Failure::Invalid(e.to_string())
+    }
+}
+
+impl From<PreflightFailed> for Failure {
+    fn from(e: PreflightFailed) -> Self {
+        Failure::Failed(format!("preflight failed: {e}"))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let outcome = match cli.command {
+        Command::Run(args) => config::load(&args.config)
+            .map_err(Failure::from)
+            .and_then(run),
+        Command::Plan(args) => config::load(&args.config)
+            .map_err(Failure::from)
+            .and_then(|c| print_plan(&c)),
+        Command::Check { config, online } => config::load(&config.config)
+            .map_err(Failure::from)
+            .and_then(|c| check(&c, online)),
+        Command::Migrate(args) => config::load(&args.config)
+            .map_err(Failure::from)
+            .and_then(|c| migrate(&c)),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Invalid(message)) => {
+            eprintln!("productbuilder: invalid configuration:\n{message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(message)) => {
+            eprintln!("productbuilder: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The tenants as units see them.
+fn tenants(config: &Config) -> Vec<Arc<Tenant>> {
+    config
+        .tenants
+        .iter()
+        .map(|t| {
+            Arc::new(Tenant {
+                owner: t.owner.clone(),
+                name: t.name.clone(),
+                poll_interval: t.poll_interval,
+                previews: t.previews,
+                slack_channel: t.slack_channel.clone(),
+                source: t.source.display().to_string(),
+                repo_id: RepoIdCell::default(),
+            })
+        })
+        .collect()
+}
+
+/// The whole wiring: every module, in the order their units are listed.
+fn units(config: &Config, store: &Store) -> Result<Vec<UnitSpec>, PlanError> {
+    let tenants = tenants(config);
+    let kernel = kernel::Kernel {
+        store: store.clone(),
+        tenants: tenants.clone(),
+    };
+    let modules: [&dyn Module; 1] = [&kernel];
+    plan(&modules, &tenants, config.github.poll_interval)
+}
+
+fn print_plan(config: &Config) -> Result<(), Failure> {
+    // An in-memory database: planning must not create or touch the state directory.
+    let store = Store::in_memory().map_err(|e| Failure::Failed(e.to_string()))?;
+    let units = units(config, &store)?;
+    let width = units.iter().map(|u| u.name.len()).max().unwrap_or(0);
+    for unit in &units {
+        let (phase, when) = match unit.schedule {
+            Schedule::Preflight { stage } => ("preflight", format!("stage {stage}")),
+            Schedule::Worker { interval } => (
+                "worker",
+                format!("every {}", humantime::format_duration(interval)),
+            ),
+        };
+        println!("{:width$}  {phase:9}  {when}", unit.name);
+    }
+    Ok(())
+}
+
+fn check(config: &Config, online: bool) -> Result<(), Failure> {
+    let store = Store::in_memory().map_err(|e| Failure::Failed(e.to_string()))?;
+    let units = units(config, &store)?;
+    let on_off = |on: bool| if on { "on" } else { "off" };
+    println!("config ok: {}", config.file.display());
+    println!("  state_dir: {}", config.state_dir.display());
+    println!("  tenants: {}", config.tenants.len());
+    for t in &config.tenants {
+        println!(
+            "    {} (every {}, previews {}) from {}",
+            t.repo(),
+            humantime::format_duration(t.poll_interval),
+            on_off(t.previews),
+            t.source.display()
+        );
+    }
+    let auth = match &config.github.auth {
+        GithubAuth::Token(_) => "token (set)".to_owned(),
+        GithubAuth::App {
+            app_id,
+            installation_id,
+            ..
+        } => match installation_id {
+            Some(id) => format!("GitHub App {app_id}, installation {id}, private key (set)"),
+            None => format!("GitHub App {app_id}, private key (set)"),
+        },
+    };
+    println!("  github: {} with {auth}", config.github.api_url);
+    println!(
+        "  http: {} (api token {}, webhook {})",
+        config.http.listen,
+        if config.http.api_token.is_some() {
+            "set"
+        } else {
+            "not set: mutating routes answer 403"
+        },
+        on_off(config.github.webhook_secret.is_some())
+    );
+    println!(
+        "  slack {}, llm {}, builds {}",
+        on_off(config.slack.is_some()),
+        on_off(config.llm.is_some()),
+        on_off(config.builds.is_some())
+    );
+    let preflights = units
+        .iter()
+        .filter(|u| matches!(u.schedule, Schedule::Preflight { .. }))
+        .count();
+    println!(
+        "  units: {} ({preflights} preflights, {} workers)",
+        units.len(),
+        units.len() - preflights
+    );
+    if !online {
+        return Ok(());
+    }
+    let mut ok = true;
+    let db = config.database_path();
+    if db.exists() {
+        match Store::open(&db).and_then(|s| s.pending()) {
+            Ok(pending) if pending.is_empty() => {
+                println!("√ database {}: up to date", db.display())
+            }
+            Ok(pending) => println!(
+                "~ database {}: {} migration(s) pending; `run` or `migrate` applies them",
+                db.display(),
+                pending.len()
+            ),
+            Err(e) => {
+                ok = false;
+                println!("x {e}");
+            }
+        }
+    } else {
+        match probe_writable(&config.state_dir) {
+            Ok(()) => println!(
+                "~ database {}: not created yet; `run` or `migrate` creates it",
+                db.display()
+            ),
+            Err(e) => {
+                ok = false;
+                println!("x state_dir {}: {e}", config.state_dir.display());
+            }
+        }
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::Invalid("online checks failed (see above)".into()))
+    }
+}
+
+/// Whether the state directory exists (or can be created) and accepts files.
+fn probe_writable(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut existing = dir;
+    while !existing.exists() {
+        existing = existing.parent().unwrap_or(std::path::Path::new("/"));
+    }
+    let probe = existing.join(".productbuilder-write-probe");
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
+}
+
+fn migrate(config: &Config) -> Result<(), Failure> {
+    let failed = |e: productbuilder_store::StoreError| Failure::Failed(e.to_string());
+    let store = Store::open(config.database_path()).map_err(failed)?;
+    let applied = store.migrate().map_err(failed)?;
+    if applied.is_empty() {
+        println!(
+            "database {} is up to date",
+            config.database_path().display()
+        );
+    }
+    for m in applied {
+        println!("applied {:04}_{}", m.version, m.name);
+    }
+    Ok(())
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Pretty => builder.init(),
+    }
+    // A panic inside a unit is caught and logged by the scheduler; this hook makes any other
+    // panic a structured log line too instead of bare text on stderr.
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        error!(%location, panic = %payload, "panic");
+    }));
+}
+
+fn run(config: Config) -> Result<(), Failure> {
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Failed(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(daemon(config))
+}
+
+async fn daemon(config: Config) -> Result<(), Failure> {
+    let store = Store::open(config.database_path()).map_err(|e| Failure::Failed(e.to_string()))?;
+    let units = units(&config, &store)?;
+    let scheduler = Scheduler::new(
+        units,
+        SchedulerOptions {
+            preflight_concurrency: config.scheduler.preflight_concurrency,
+            shutdown_grace: config.scheduler.shutdown_grace,
+            seed: None,
+        },
+    )
+    .map_err(|e| Failure::Invalid(e.to_string()))?;
+    let board = scheduler.board();
+    let cancel = CancellationToken::new();
+
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|e| {
+            Failure::Failed(format!(
+                "cannot listen on {} ([http].listen in {}): {e}",
+                config.http.listen,
+                config.file.display()
+            ))
+        })?;
+    let app = http::router(http::AppState {
+        board: board.clone(),
+        store: store.clone(),
+    });
+    let server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(cancel.clone().cancelled_owned())
+            .into_future(),
+    );
+    info!(
+        listen = %config.http.listen,
+        tenants = config.tenants.len(),
+        units = board.units().len(),
+        "productbuilder started"
+    );
+
+    tokio::spawn(stop_on_signal(cancel.clone()));
+    let result = scheduler.run(cancel.clone()).await;
+    cancel.cancel();
+    // The server stops accepting at once; open requests get the same grace as unit runs.
+    let _ = tokio::time::timeout(config.scheduler.shutdown_grace, server).await;
+    match &result {
+        Ok(()) => info!("stopped"),
+        Err(e) => {
+            error!(unit = %e.unit, cause = %e.error, "start-up stopped by a failed preflight")
+        }
+    }
+    result.map_err(Failure::from)
+}
+
+async fn stop_on_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot listen for SIGTERM: {e}");
+            return;
+        }
+    };
+    let name = tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    };
+    info!(
+        signal = name,
+        "shutting down; in-flight runs get the grace period"
+    );
+    cancel.cancel();
+}

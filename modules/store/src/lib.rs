@@ -140,6 +140,19 @@ impl Store {
         })
     }
 
+    /// A private in-memory database: for `plan`, which must not touch the state directory.
+    pub fn in_memory() -> Result<Store, StoreError> {
+        let path = PathBuf::from(":memory:");
+        let conn = Connection::open_in_memory().map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Store {
+            path: Arc::new(path),
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -1,0 +1,923 @@
+//! Configuration: the main TOML file, one TOML file per tenant, `PRODUCTBUILDER_<SECTION>__<KEY>`
+//! environment overrides, `<key>_file` secrets and humantime durations.
+//!
+//! Loading happens in two steps, ripgrep-style: figment reads [`raw::RawConfig`] (the keys exactly as
+//! typed, unknown keys rejected), then [`resolve`] checks values, reads secret files and produces a
+//! [`Config`]. Every problem found is reported, each naming the file (or environment variable) and
+//! the key.
+
+pub mod raw;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+
+use raw::{LlmProvider, RawConfig, RawTenant};
+
+pub use raw::LogFormat;
+
+/// The environment variable prefix for overrides.
+pub const ENV_PREFIX: &str = "PRODUCTBUILDER_";
+
+/// A secret value. It has no `Display`, and `Debug` prints a placeholder, so it cannot end up in a
+/// log line or an error message by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for the one place that sends it (an HTTP header, a signature check).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The main file, as given.
+    pub file: PathBuf,
+    pub state_dir: PathBuf,
+    pub tenants_dir: PathBuf,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub github: GithubConfig,
+    pub preview: PreviewConfig,
+    pub slack: Option<SlackConfig>,
+    pub llm: Option<LlmConfig>,
+    pub builds: Option<BuildsConfig>,
+    pub scheduler: SchedulerConfig,
+    pub tenants: Vec<TenantConfig>,
+}
+
+impl Config {
+    /// The SQLite database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.state_dir.join("productbuilder.db")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Without it every mutating route answers 403.
+    pub api_token: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter directive; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum GithubAuth {
+    Token(Secret),
+    App {
+        app_id: u64,
+        /// The PEM contents of the private key.
+        private_key: Secret,
+        installation_id: Option<u64>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct GithubConfig {
+    pub api_url: String,
+    pub auth: GithubAuth,
+    pub poll_interval: Duration,
+    pub webhook_secret: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PreviewConfig {
+    pub domain: String,
+    pub url_template: String,
+    pub compose_command: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SlackConfig {
+    pub bot_token: Secret,
+    pub app_token: Option<Secret>,
+    pub api_url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LlmEndpoint {
+    pub provider: LlmProvider,
+    pub model: String,
+    pub api_key: Option<Secret>,
+    pub base_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LlmConfig {
+    pub primary: LlmEndpoint,
+    pub fallback: Option<LlmEndpoint>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildsConfig {
+    pub agent_command: Vec<String>,
+    pub max_duration: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub preflight_concurrency: usize,
+    pub shutdown_grace: Duration,
+    /// The timeout of each unit run unless its module sets its own.
+    pub run_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantConfig {
+    pub owner: String,
+    pub name: String,
+    pub poll_interval: Duration,
+    pub previews: bool,
+    pub slack_channel: Option<String>,
+    /// The tenant file.
+    pub source: PathBuf,
+}
+
+impl TenantConfig {
+    pub fn repo(&self) -> String {
+        format!("{}/{}", self.owner, self.name)
+    }
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file, or the environment variable, the value came from.
+    pub origin: String,
+    /// The dotted key, when the problem is about one.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{}: key `{key}`: {}", self.origin, self.message),
+            None => write!(f, "{}: {}", self.origin, self.message),
+        }
+    }
+}
+
+/// Everything wrong with the configuration, one problem per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<Problem>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Collects problems while resolving, so that one run reports all of them.
+struct Problems {
+    list: Vec<Problem>,
+}
+
+impl Problems {
+    fn push(&mut self, origin: impl Into<String>, key: Option<&str>, message: impl Into<String>) {
+        self.list.push(Problem {
+            origin: origin.into(),
+            key: key.map(str::to_owned),
+            message: message.into(),
+        });
+    }
+}
+
+/// Loads and resolves the configuration, with environment overrides from the process.
+pub fn load(file: &Path) -> Result<Config, ConfigError> {
+    load_with_env(file, Env::prefixed(ENV_PREFIX))
+}
+
+fn env_provider(env: Env) -> Env {
+    // Keep values as typed: a token of digits must stay a string. `CONFIG` is the path of this
+    // very file, not a key inside it.
+    env.split("__")
+        .ignore(&["config"])
+        .parser(|v: &str| figment::value::Value::from(v))
+}
+
+fn load_with_env(file: &Path, env: Env) -> Result<Config, ConfigError> {
+    let origin = file.display().to_string();
+    match std::fs::metadata(file) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => return Err(single(&origin, "is not a file")),
+        Err(e) => {
+            return Err(single(
+                &origin,
+                format!(
+                    "cannot read the config file: {e}; pass --config FILE or set PRODUCTBUILDER_CONFIG"
+                ),
+            ));
+        }
+    }
+    let figment = Figment::new()
+        .merge(Toml::file(file))
+        .merge(env_provider(env));
+    let raw: RawConfig = figment.extract().map_err(|e| from_figment(e, &origin))?;
+    resolve(raw, file, &figment)
+}
+
+fn single(origin: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError(vec![Problem {
+        origin: origin.to_owned(),
+        key: None,
+        message: message.into(),
+    }])
+}
+
+/// Turns figment's error chain into problems that name the file (or variable) and the key.
+fn from_figment(error: figment::Error, default_origin: &str) -> ConfigError {
+    use figment::error::Kind;
+    let mut problems = Vec::new();
+    for e in error {
+        let origin = match &e.metadata {
+            Some(meta) => match &meta.source {
+                Some(figment::Source::File(path)) => path.display().to_string(),
+                _ if meta.name.contains("environment") => {
+                    let keys: Vec<&str> = e.path.iter().map(String::as_str).collect();
+                    format!(
+                        "environment variable {}",
+                        meta.interpolate(&figment::Profile::Default, &keys)
+                    )
+                }
+                _ => default_origin.to_owned(),
+            },
+            None => default_origin.to_owned(),
+        };
+        let mut key = (!e.path.is_empty()).then(|| e.path.join("."));
+        let message = match &e.kind {
+            Kind::UnknownField(field, expected) => {
+                key = Some(with_field(&e.path, field));
+                let mut m = "unknown key".to_owned();
+                if let Some(near) = nearest(field, expected) {
+                    m.push_str(&format!("; did you mean `{near}`?"));
+                }
+                if !expected.is_empty() {
+                    m.push_str(&format!(" (known keys here: {})", expected.join(", ")));
+                }
+                m
+            }
+            Kind::MissingField(field) => {
+                key = Some(with_field(&e.path, field));
+                "missing; this key is required".to_owned()
+            }
+            Kind::UnknownVariant(found, expected) => {
+                format!("{found:?} is not one of: {}", expected.join(", "))
+            }
+            Kind::InvalidType(actual, expected) => format!("expected {expected}, found {actual}"),
+            Kind::Message(m) => m.trim().replace('\n', " "),
+            other => other.to_string(),
+        };
+        problems.push(Problem {
+            origin,
+            key,
+            message,
+        });
+    }
+    ConfigError(problems)
+}
+
+/// The dotted key of `field` under `path`; figment sometimes already ends the path with it.
+fn with_field(path: &[String], field: &str) -> String {
+    match path.last() {
+        Some(last) if last == field => path.join("."),
+        Some(_) => format!("{}.{field}", path.join(".")),
+        None => field.to_owned(),
+    }
+}
+
+/// The known key closest to a misspelt one, if any is close enough to be a likely typo.
+fn nearest<'a>(typed: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (levenshtein(typed, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Where a key's value came from: the file, or the environment variable that overrode it.
+fn origin_of(figment: &Figment, key: &str, file: &Path) -> String {
+    match figment.find_metadata(key) {
+        Some(meta) if meta.name.contains("environment") => {
+            let parts: Vec<&str> = key.split('.').collect();
+            format!(
+                "environment variable {}",
+                meta.interpolate(&figment::Profile::Default, &parts)
+            )
+        }
+        _ => file.display().to_string(),
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("{text:?} is not a duration ({e}); write it like \"30s\", \"5m\", \"2h\" or \"7d\"")
+    })
+}
+
+fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, ConfigError> {
+    let base = file.parent().unwrap_or(Path::new("."));
+    let mut p = Problems { list: Vec::new() };
+    let here = |key: &str| origin_of(figment, key, file);
+    let relative = |path: PathBuf| {
+        if path.is_absolute() {
+            path
+        } else {
+            base.join(path)
+        }
+    };
+    let duration =
+        |p: &mut Problems, key: &str, value: Option<&String>, default: Duration| match value
+            .map(|v| parse_duration(v))
+        {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(message)) => {
+                p.push(here(key), Some(key), message);
+                default
+            }
+        };
+    // A secret given inline or as `<key>_file`, never both.
+    let secret = |p: &mut Problems, key: &str, inline: Option<String>, path: Option<PathBuf>| match (
+        inline, path,
+    ) {
+        (Some(_), Some(_)) => {
+            p.push(
+                here(key),
+                Some(key),
+                format!("set either `{key}` or `{key}_file`, not both"),
+            );
+            None
+        }
+        (Some(value), None) => Some(Secret(value)),
+        (None, Some(path)) => {
+            let path = relative(path);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => Some(Secret(text.trim_end_matches(['\n', '\r']).to_owned())),
+                Err(e) => {
+                    let key_file = format!("{key}_file");
+                    p.push(
+                        here(&key_file),
+                        Some(&key_file),
+                        format!("cannot read secret file {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        }
+        (None, None) => None,
+    };
+
+    let state_dir = match raw.state_dir {
+        Some(dir) => relative(dir),
+        None => {
+            p.push(
+                file.display().to_string(),
+                Some("state_dir"),
+                "missing; this key is required (where the database and workspaces live, for example state_dir = \"/var/lib/productbuilder\")",
+            );
+            PathBuf::new()
+        }
+    };
+    let tenants_dir = relative(raw.tenants_dir.unwrap_or_else(|| PathBuf::from("tenants")));
+
+    let listen_text = raw
+        .http
+        .listen
+        .unwrap_or_else(|| "127.0.0.1:8091".to_owned());
+    let listen = listen_text.parse().unwrap_or_else(|_| {
+        p.push(
+            here("http.listen"),
+            Some("http.listen"),
+            format!("{listen_text:?} is not an address; write it like \"127.0.0.1:8091\""),
+        );
+        SocketAddr::from(([127, 0, 0, 1], 8091))
+    });
+    let api_token = secret(
+        &mut p,
+        "http.api_token",
+        raw.http.api_token,
+        raw.http.api_token_file,
+    );
+
+    let log = LogConfig {
+        format: raw.log.format.unwrap_or(LogFormat::Json),
+        level: raw.log.level.unwrap_or_else(|| "info".to_owned()),
+    };
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.level) {
+        p.push(
+            here("log.level"),
+            Some("log.level"),
+            format!(
+                "{:?} is not a log filter ({e}); use error, warn, info, debug or trace",
+                log.level
+            ),
+        );
+    }
+
+    let github_raw = raw.github.unwrap_or_else(|| {
+        p.push(
+            file.display().to_string(),
+            Some("github"),
+            "missing; the [github] section with a token (or app_id and private_key_file) is required",
+        );
+        Default::default()
+    });
+    let api_url = github_raw
+        .api_url
+        .unwrap_or_else(|| "https://api.github.com".to_owned());
+    check_url(&mut p, here("github.api_url"), "github.api_url", &api_url);
+    let token = secret(
+        &mut p,
+        "github.token",
+        github_raw.token,
+        github_raw.token_file,
+    );
+    let auth = match (token, github_raw.app_id, github_raw.private_key_file) {
+        (Some(token), None, None) => Some(GithubAuth::Token(token)),
+        (None, Some(app_id), Some(key_file)) => {
+            let path = relative(key_file);
+            match std::fs::read_to_string(&path) {
+                Ok(pem) if pem.contains("PRIVATE KEY") => Some(GithubAuth::App {
+                    app_id,
+                    private_key: Secret(pem),
+                    installation_id: github_raw.installation_id,
+                }),
+                Ok(_) => {
+                    p.push(
+                        here("github.private_key_file"),
+                        Some("github.private_key_file"),
+                        format!("{} is not a PEM private key", path.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    p.push(
+                        here("github.private_key_file"),
+                        Some("github.private_key_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        }
+        (None, Some(_), None) => {
+            p.push(
+                here("github.app_id"),
+                Some("github.private_key_file"),
+                "missing; app_id needs private_key_file",
+            );
+            None
+        }
+        (None, None, Some(_)) => {
+            p.push(
+                here("github.private_key_file"),
+                Some("github.app_id"),
+                "missing; private_key_file needs app_id",
+            );
+            None
+        }
+        (Some(_), _, _) => {
+            p.push(
+                here("github.token"),
+                Some("github.token"),
+                "set either a token or app_id with private_key_file, not both",
+            );
+            None
+        }
+        (None, None, None) => {
+            // Only worth saying when the section exists; a missing section was reported above.
+            if !p.list.iter().any(|x| x.key.as_deref() == Some("github")) {
+                p.push(
+                    file.display().to_string(),
+                    Some("github.token"),
+                    "missing; set github.token (or github.token_file, or PRODUCTBUILDER_GITHUB__TOKEN), or app_id with private_key_file",
+                );
+            }
+            None
+        }
+    };
+    let poll_interval = duration(
+        &mut p,
+        "github.poll_interval",
+        github_raw.poll_interval.as_ref(),
+        Duration::from_secs(30),
+    );
+    let webhook_secret = secret(
+        &mut p,
+        "github.webhook_secret",
+        github_raw.webhook_secret,
+        github_raw.webhook_secret_file,
+    );
+
+    let preview = PreviewConfig {
+        domain: raw
+            .preview
+            .domain
+            .unwrap_or_else(|| "preview.localhost".to_owned()),
+        url_template: raw
+            .preview
+            .url_template
+            .unwrap_or_else(|| "http://{repo}-pr-{number}.{domain}".to_owned()),
+        compose_command: raw
+            .preview
+            .compose_command
+            .unwrap_or_else(|| vec!["docker".to_owned(), "compose".to_owned()]),
+    };
+    check_template(&mut p, here("preview.url_template"), &preview.url_template);
+    if preview.compose_command.is_empty() {
+        p.push(
+            here("preview.compose_command"),
+            Some("preview.compose_command"),
+            "must name a program, for example [\"docker\", \"compose\"] or [\"docker-compose\"]",
+        );
+    }
+
+    let slack = raw.slack.and_then(|s| {
+        let bot = secret(&mut p, "slack.bot_token", s.bot_token, s.bot_token_file);
+        let app = secret(&mut p, "slack.app_token", s.app_token, s.app_token_file);
+        let api_url = s
+            .api_url
+            .unwrap_or_else(|| "https://slack.com/api".to_owned());
+        check_url(&mut p, here("slack.api_url"), "slack.api_url", &api_url);
+        match bot {
+            Some(bot_token) => Some(SlackConfig {
+                bot_token,
+                app_token: app,
+                api_url,
+            }),
+            None => {
+                p.push(
+                    here("slack"),
+                    Some("slack.bot_token"),
+                    "missing; [slack] needs bot_token (or bot_token_file)",
+                );
+                None
+            }
+        }
+    });
+
+    let llm = raw.llm.and_then(|l| {
+        let primary = llm_endpoint(
+            &mut p,
+            &here,
+            &secret,
+            "llm",
+            l.provider,
+            l.model,
+            l.api_key,
+            l.api_key_file,
+            l.base_url,
+        )?;
+        let fallback = match l.fallback {
+            Some(f) => Some(llm_endpoint(
+                &mut p,
+                &here,
+                &secret,
+                "llm.fallback",
+                f.provider,
+                f.model,
+                f.api_key,
+                f.api_key_file,
+                f.base_url,
+            )?),
+            None => None,
+        };
+        Some(LlmConfig { primary, fallback })
+    });
+
+    let builds = raw.builds.map(|b| {
+        let agent_command = b.agent_command.unwrap_or_else(|| {
+            ["claude", "-p", "{prompt}", "--output-format", "stream-json"]
+                .map(String::from)
+                .to_vec()
+        });
+        if agent_command.is_empty() {
+            p.push(
+                here("builds.agent_command"),
+                Some("builds.agent_command"),
+                "must name a program",
+            );
+        }
+        let max_duration = duration(
+            &mut p,
+            "builds.max_duration",
+            b.max_duration.as_ref(),
+            Duration::from_secs(30 * 60),
+        );
+        BuildsConfig {
+            agent_command,
+            max_duration,
+        }
+    });
+
+    let scheduler = SchedulerConfig {
+        preflight_concurrency: match raw.scheduler.preflight_concurrency {
+            Some(0) => {
+                p.push(
+                    here("scheduler.preflight_concurrency"),
+                    Some("scheduler.preflight_concurrency"),
+                    "must be at least 1",
+                );
+                1
+            }
+            Some(n) => n as usize,
+            None => 8,
+        },
+        shutdown_grace: duration(
+            &mut p,
+            "scheduler.shutdown_grace",
+            raw.scheduler.shutdown_grace.as_ref(),
+            Duration::from_secs(30),
+        ),
+        run_timeout: duration(
+            &mut p,
+            "scheduler.run_timeout",
+            raw.scheduler.run_timeout.as_ref(),
+            Duration::from_secs(5 * 60),
+        ),
+    };
+
+    let tenants = load_tenants(&mut p, file, &tenants_dir, poll_interval);
+
+    if !p.list.is_empty() {
+        return Err(ConfigError(p.list));
+    }
+    Ok(Config {
+        file: file.to_path_buf(),
+        state_dir,
+        tenants_dir,
+        http: HttpConfig { listen, api_token },
+        log,
+        github: GithubConfig {
+            api_url,
+            auth: auth.expect("no problems means auth resolved"),
+            poll_interval,
+            webhook_secret,
+        },
+        preview,
+        slack,
+        llm,
+        builds,
+        scheduler,
+        tenants,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn llm_endpoint(
+    p: &mut Problems,
+    here: &dyn Fn(&str) -> String,
+    secret: &dyn Fn(&mut Problems, &str, Option<String>, Option<PathBuf>) -> Option<Secret>,
+    section: &str,
+    provider: Option<LlmProvider>,
+    model: Option<String>,
+    api_key: Option<String>,
+    api_key_file: Option<PathBuf>,
+    base_url: Option<String>,
+) -> Option<LlmEndpoint> {
+    let api_key = secret(p, &format!("{section}.api_key"), api_key, api_key_file);
+    let Some(provider) = provider else {
+        let key = format!("{section}.provider");
+        p.push(
+            here(section),
+            Some(&key),
+            "missing; use \"anthropic\" or \"openaicompat\"",
+        );
+        return None;
+    };
+    let Some(model) = model else {
+        let key = format!("{section}.model");
+        p.push(here(section), Some(&key), "missing; name the model to use");
+        return None;
+    };
+    if let Some(url) = &base_url {
+        let key = format!("{section}.base_url");
+        check_url(p, here(&key), &key, url);
+    } else if provider == LlmProvider::Openaicompat {
+        let key = format!("{section}.base_url");
+        p.push(
+            here(section),
+            Some(&key),
+            "missing; openaicompat needs the server's base URL",
+        );
+        return None;
+    }
+    Some(LlmEndpoint {
+        provider,
+        model,
+        api_key,
+        base_url,
+    })
+}
+
+fn check_url(p: &mut Problems, origin: String, key: &str, url: &str) {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+        p.push(origin, Some(key), format!("{url:?} is not an http(s) URL"));
+    }
+}
+
+fn check_template(p: &mut Problems, origin: String, template: &str) {
+    const KNOWN: [&str; 4] = ["owner", "repo", "number", "domain"];
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let Some(len) = rest[start..].find('}') else {
+            p.push(
+                origin,
+                Some("preview.url_template"),
+                "has a `{` without a closing `}`",
+            );
+            return;
+        };
+        let name = &rest[start + 1..start + len];
+        if !KNOWN.contains(&name) {
+            p.push(
+                origin.clone(),
+                Some("preview.url_template"),
+                format!("unknown placeholder {{{name}}}; use {{owner}}, {{repo}}, {{number}} or {{domain}}"),
+            );
+        }
+        rest = &rest[start + len + 1..];
+    }
+    if !template.contains("{number}") {
+        p.push(
+            origin,
+            Some("preview.url_template"),
+            "must contain {number}, or every pull request would get the same URL",
+        );
+    }
+}
+
+/// A repository name as GitHub allows it.
+fn valid_repo_part(s: &str) -> bool {
+    !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.len() <= 100
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn load_tenants(
+    p: &mut Problems,
+    main_file: &Path,
+    dir: &Path,
+    default_interval: Duration,
+) -> Vec<TenantConfig> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            p.push(
+                main_file.display().to_string(),
+                Some("tenants_dir"),
+                format!(
+                    "cannot read the tenants directory {}: {e}; create it with one <name>.toml per repository",
+                    dir.display()
+                ),
+            );
+            return Vec::new();
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|path| path.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    let mut tenants: Vec<TenantConfig> = Vec::new();
+    for path in files {
+        let origin = path.display().to_string();
+        let raw: RawTenant = match Figment::new().merge(Toml::file(&path)).extract() {
+            Ok(raw) => raw,
+            Err(e) => {
+                let mut problems = from_figment(e, &origin).0;
+                for problem in &mut problems {
+                    if problem.key.as_deref() == Some("repo") {
+                        problem.message =
+                            "missing; name the repository, for example repo = \"acme/shop\""
+                                .to_owned();
+                    }
+                }
+                p.list.extend(problems);
+                continue;
+            }
+        };
+        let Some((owner, name)) = raw
+            .repo
+            .split_once('/')
+            .filter(|(o, n)| valid_repo_part(o) && valid_repo_part(n))
+        else {
+            p.push(
+                &origin,
+                Some("repo"),
+                format!(
+                    "{:?} is not owner/name, for example \"acme/shop\"",
+                    raw.repo
+                ),
+            );
+            continue;
+        };
+        let poll_interval = match raw.poll_interval.as_deref().map(parse_duration) {
+            None => default_interval,
+            Some(Ok(d)) if d < Duration::from_secs(1) => {
+                p.push(&origin, Some("poll_interval"), "must be at least 1s");
+                continue;
+            }
+            Some(Ok(d)) => d,
+            Some(Err(message)) => {
+                p.push(&origin, Some("poll_interval"), message);
+                continue;
+            }
+        };
+        let tenant = TenantConfig {
+            owner: owner.to_owned(),
+            name: name.to_owned(),
+            poll_interval,
+            previews: raw.previews.unwrap_or(true),
+            slack_channel: raw.slack_channel,
+            source: path.clone(),
+        };
+        // GitHub names are case-insensitive: acme/Shop and acme/shop are one repository.
+        if let Some(first) = tenants
+            .iter()
+            .find(|t| t.repo().eq_ignore_ascii_case(&tenant.repo()))
+        {
+            p.push(
+                &origin,
+                Some("repo"),
+                format!(
+                    "{} is already configured in {}; keep one file per repository",
+                    tenant.repo(),
+                    first.source.display()
+                ),
+            );
+            continue;
+        }
+        tenants.push(tenant);
+    }
+    if tenants.is_empty()
+        && !p
+            .list
+            .iter()
+            .any(|x| x.origin.starts_with(&*dir.to_string_lossy()))
+    {
+        p.push(
+            main_file.display().to_string(),
+            Some("tenants_dir"),
+            format!(
+                "no tenant in {}; add one <name>.toml per repository containing repo = \"owner/name\"",
+                dir.display()
+            ),
+        );
+    }
+    tenants
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,346 @@
+//! Config errors exactly as users see them. Environment overrides are tested through the real
+//! binary in `tests/cli.rs`, because changing this process's environment would race other tests.
+
+use super::*;
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(main: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tenants")).unwrap();
+        std::fs::write(dir.path().join("productbuilder.toml"), main).unwrap();
+        Setup { dir }
+    }
+
+    fn tenant(self, file: &str, text: &str) -> Self {
+        std::fs::write(self.dir.path().join("tenants").join(file), text).unwrap();
+        self
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn main(&self) -> PathBuf {
+        self.dir.path().join("productbuilder.toml")
+    }
+
+    fn load(&self) -> Result<Config, ConfigError> {
+        // A prefix no environment has, so the process environment cannot leak in.
+        load_with_env(
+            &self.main(),
+            Env::prefixed("PRODUCTBUILDER_UNIT_TEST_NOTHING_"),
+        )
+    }
+
+    /// The error text with the temporary directory replaced by `DIR`.
+    fn error(&self) -> String {
+        let err = self.load().expect_err("the config should be refused");
+        err.to_string()
+            .replace(&self.dir.path().display().to_string(), "DIR")
+    }
+}
+
+const MINIMAL: &str = r#"
+state_dir = "state"
+[github]
+token = "ghp_secret_value"
+"#;
+
+#[test]
+fn the_example_config_parses() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/productbuilder.example.toml");
+    let config = load_with_env(&file, Env::prefixed("PRODUCTBUILDER_UNIT_TEST_NOTHING_"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!config.tenants.is_empty());
+    assert!(config.slack.is_some() && config.llm.is_some() && config.builds.is_some());
+    let repos: Vec<String> = config.tenants.iter().map(TenantConfig::repo).collect();
+    assert!(repos.contains(&"acme/shop".to_owned()), "{repos:?}");
+}
+
+#[test]
+fn a_minimal_config_gets_the_documented_defaults() {
+    let setup = Setup::new(MINIMAL).tenant("shop.toml", "repo = \"acme/shop\"\n");
+    let config = setup.load().unwrap();
+    assert_eq!(config.state_dir, setup.dir.path().join("state"));
+    assert_eq!(config.http.listen.to_string(), "127.0.0.1:8091");
+    assert_eq!(config.github.api_url, "https://api.github.com");
+    assert_eq!(config.github.poll_interval, Duration::from_secs(30));
+    assert_eq!(config.log.format, LogFormat::Json);
+    assert_eq!(config.preview.compose_command, ["docker", "compose"]);
+    assert_eq!(config.scheduler.shutdown_grace, Duration::from_secs(30));
+    assert!(config.http.api_token.is_none());
+    assert!(config.slack.is_none() && config.llm.is_none() && config.builds.is_none());
+    let tenant = &config.tenants[0];
+    assert_eq!(
+        (tenant.owner.as_str(), tenant.name.as_str()),
+        ("acme", "shop")
+    );
+    assert_eq!(tenant.poll_interval, Duration::from_secs(30));
+    assert!(tenant.previews);
+}
+
+#[test]
+fn an_unknown_key_is_named_with_its_file_and_a_suggestion() {
+    let setup =
+        Setup::new("state_dir = \"s\"\n[github]\ntoken = \"t\"\npoll_intervall = \"30s\"\n")
+            .tenant("shop.toml", "repo = \"acme/shop\"\n");
+    let error = setup.error();
+    assert!(
+        error.starts_with(
+            "DIR/productbuilder.toml: key `github.poll_intervall`: unknown key; did you mean `poll_interval`?"
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_unknown_key_in_a_tenant_file_names_that_file() {
+    let setup = Setup::new(MINIMAL).tenant("shop.toml", "repo = \"acme/shop\"\npreview = false\n");
+    let error = setup.error();
+    assert!(
+        error.starts_with(
+            "DIR/tenants/shop.toml: key `preview`: unknown key; did you mean `previews`?"
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_bad_duration_names_the_key_and_shows_the_expected_form() {
+    let setup = Setup::new(MINIMAL).tenant(
+        "shop.toml",
+        "repo = \"acme/shop\"\npoll_interval = \"5 parsecs\"\n",
+    );
+    let error = setup.error();
+    assert!(
+        error.starts_with(
+            "DIR/tenants/shop.toml: key `poll_interval`: \"5 parsecs\" is not a duration"
+        ),
+        "{error}"
+    );
+    assert!(error.contains("\"30s\", \"5m\""), "{error}");
+}
+
+#[test]
+fn a_tenant_without_repo_says_what_to_write() {
+    let setup = Setup::new(MINIMAL).tenant("shop.toml", "poll_interval = \"15s\"\n");
+    assert_eq!(
+        setup.error(),
+        "DIR/tenants/shop.toml: key `repo`: missing; name the repository, for example repo = \"acme/shop\""
+    );
+}
+
+#[test]
+fn malformed_toml_names_the_file_and_line() {
+    let setup = Setup::new(MINIMAL).tenant("shop.toml", "repo = \"acme/shop\"\nprevious = [\n");
+    let error = setup.error();
+    assert!(error.starts_with("DIR/tenants/shop.toml"), "{error}");
+    assert!(
+        error.contains("line 2") || error.contains("line 3"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_repo_that_is_not_owner_slash_name_is_refused() {
+    for bad in [
+        "shop",
+        "acme/",
+        "/shop",
+        "acme/shop/extra",
+        "ac me/shop",
+        "acme/..",
+    ] {
+        let setup = Setup::new(MINIMAL).tenant("shop.toml", &format!("repo = {bad:?}\n"));
+        let error = setup.error();
+        assert_eq!(
+            error,
+            format!(
+                "DIR/tenants/shop.toml: key `repo`: {bad:?} is not owner/name, for example \"acme/shop\""
+            ),
+        );
+    }
+}
+
+#[test]
+fn the_same_repository_twice_is_refused_naming_both_files() {
+    let setup = Setup::new(MINIMAL)
+        .tenant("a.toml", "repo = \"acme/shop\"\n")
+        .tenant("b.toml", "repo = \"Acme/Shop\"\n");
+    assert_eq!(
+        setup.error(),
+        "DIR/tenants/b.toml: key `repo`: Acme/Shop is already configured in DIR/tenants/a.toml; keep one file per repository"
+    );
+}
+
+#[test]
+fn no_tenant_at_all_is_an_error() {
+    let setup = Setup::new(MINIMAL);
+    let error = setup.error();
+    assert!(
+        error.starts_with("DIR/productbuilder.toml: key `tenants_dir`: no tenant in DIR/tenants"),
+        "{error}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let setup = Setup::new("[github]\npoll_interval = \"soon\"\n[http]\nlisten = \"everywhere\"\n")
+        .tenant("shop.toml", "repo = \"acme\"\n");
+    let error = setup.error();
+    let lines: Vec<&str> = error.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.contains("key `state_dir`: missing")),
+        "{error}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("key `github.token`: missing")),
+        "{error}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("key `github.poll_interval`")),
+        "{error}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("key `http.listen`")),
+        "{error}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("tenants/shop.toml: key `repo`")),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_missing_main_file_says_how_to_point_at_one() {
+    let err = load_with_env(
+        Path::new("/nonexistent/pb.toml"),
+        Env::prefixed("PRODUCTBUILDER_UNIT_TEST_NOTHING_"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("/nonexistent/pb.toml: cannot read the config file"),
+        "{err}"
+    );
+    assert!(err.contains("PRODUCTBUILDER_CONFIG"), "{err}");
+}
+
+#[test]
+fn secrets_come_from_files_and_never_print() {
+    let setup = Setup::new(
+        "state_dir = \"s\"\n[github]\ntoken_file = \"token.txt\"\nwebhook_secret = \"hook-secret\"\n",
+    )
+    .tenant("shop.toml", "repo = \"acme/shop\"\n");
+    setup.file("token.txt", "ghp_from_file\n");
+    let config = setup.load().unwrap();
+    match &config.github.auth {
+        GithubAuth::Token(t) => assert_eq!(t.expose(), "ghp_from_file"),
+        other => panic!("{other:?}"),
+    }
+    let debug = format!("{config:?}");
+    assert!(
+        !debug.contains("ghp_from_file") && !debug.contains("hook-secret"),
+        "{debug}"
+    );
+    assert!(debug.contains("[redacted]"));
+}
+
+#[test]
+fn a_secret_given_twice_or_unreadable_is_refused() {
+    let setup = Setup::new(
+        "state_dir = \"s\"\n[github]\ntoken = \"a\"\ntoken_file = \"t\"\n[http]\napi_token_file = \"missing.txt\"\n",
+    )
+    .tenant("shop.toml", "repo = \"acme/shop\"\n");
+    let error = setup.error();
+    assert!(
+        error.contains(
+            "key `github.token`: set either `github.token` or `github.token_file`, not both"
+        ),
+        "{error}"
+    );
+    assert!(
+        error.contains("key `http.api_token_file`: cannot read secret file DIR/missing.txt"),
+        "{error}"
+    );
+    assert!(!error.contains("\"a\""), "{error}");
+}
+
+#[test]
+fn github_app_auth_reads_the_private_key() {
+    let setup = Setup::new(
+        "state_dir = \"s\"\n[github]\napp_id = 123\ninstallation_id = \"456\"\nprivate_key_file = \"key.pem\"\n",
+    )
+    .tenant("shop.toml", "repo = \"acme/shop\"\n");
+    setup.file(
+        "key.pem",
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----\n",
+    );
+    match setup.load().unwrap().github.auth {
+        GithubAuth::App {
+            app_id,
+            installation_id,
+            private_key,
+        } => {
+            assert_eq!((app_id, installation_id), (123, Some(456)));
+            assert!(private_key.expose().contains("BEGIN RSA PRIVATE KEY"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn url_template_placeholders_are_checked() {
+    let setup = Setup::new(
+        "state_dir = \"s\"\n[github]\ntoken = \"t\"\n[preview]\nurl_template = \"https://{branch}.{domain}\"\n",
+    )
+    .tenant("shop.toml", "repo = \"acme/shop\"\n");
+    let error = setup.error();
+    assert!(error.contains("unknown placeholder {branch}"), "{error}");
+    assert!(error.contains("must contain {number}"), "{error}");
+}
+
+#[test]
+fn enumerations_list_their_choices() {
+    let setup = Setup::new("state_dir = \"s\"\n[github]\ntoken = \"t\"\n[log]\nformat = \"xml\"\n")
+        .tenant("shop.toml", "repo = \"acme/shop\"\n");
+    let error = setup.error();
+    assert!(
+        error.starts_with(
+            "DIR/productbuilder.toml: key `log.format`: \"xml\" is not one of: json, pretty"
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn openaicompat_needs_a_base_url() {
+    let setup = Setup::new(
+        "state_dir = \"s\"\n[github]\ntoken = \"t\"\n[llm]\nprovider = \"openaicompat\"\nmodel = \"m\"\n",
+    )
+    .tenant("shop.toml", "repo = \"acme/shop\"\n");
+    assert!(
+        setup.error().contains("key `llm.base_url`: missing"),
+        "{}",
+        setup.error()
+    );
+}
+
+#[test]
+fn nearest_key_only_suggests_plausible_typos() {
+    assert_eq!(nearest("tokn", &["token", "api_url"]), Some("token"));
+    assert_eq!(nearest("zzzzzz", &["token", "api_url"]), None);
+    assert_eq!(levenshtein("kitten", "sitting"), 3);
+}
