@@ -260,13 +260,7 @@ fn from_figment(error: figment::Error, default_origin: &str) -> ConfigError {
         let origin = match &e.metadata {
             Some(meta) => match &meta.source {
                 Some(figment::Source::File(path)) => path.display().to_string(),
-                _ if meta.name.contains("environment") => {
-                    let keys: Vec<&str> = e.path.iter().map(String::as_str).collect();
-                    format!(
-                        "environment variable {}",
-                        meta.interpolate(&figment::Profile::Default, &keys)
-                    )
-                }
+                _ if meta.name.contains("environment") => env_origin(&e.path.join(".")),
                 _ => default_origin.to_owned(),
             },
             None => default_origin.to_owned(),
@@ -338,16 +332,18 @@ fn levenshtein(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// "environment variable PRODUCTBUILDER_GITHUB__TOKEN" for the key `github.token`.
+fn env_origin(key: &str) -> String {
+    format!(
+        "environment variable {ENV_PREFIX}{}",
+        key.replace('.', "__").to_uppercase()
+    )
+}
+
 /// Where a key's value came from: the file, or the environment variable that overrode it.
 fn origin_of(figment: &Figment, key: &str, file: &Path) -> String {
     match figment.find_metadata(key) {
-        Some(meta) if meta.name.contains("environment") => {
-            let parts: Vec<&str> = key.split('.').collect();
-            format!(
-                "environment variable {}",
-                meta.interpolate(&figment::Profile::Default, &parts)
-            )
-        }
+        Some(meta) if meta.name.contains("environment") => env_origin(key),
         _ => file.display().to_string(),
     }
 }
