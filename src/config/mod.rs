@@ -703,11 +703,14 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
     })
 }
 
+/// Resolves `<key>` / `<key>_file` into a secret, recording problems.
+type SecretReader<'a> = dyn Fn(&mut Problems, &str, Option<String>, Option<PathBuf>) -> Option<Secret> + 'a;
+
 #[allow(clippy::too_many_arguments)]
 fn llm_endpoint(
     p: &mut Problems,
     here: &dyn Fn(&str) -> String,
-    secret: &dyn Fn(&mut Problems, &str, Option<String>, Option<PathBuf>) -> Option<Secret>,
+    secret: &SecretReader<'_>,
     section: &str,
     provider: Option<LlmProvider>,
     model: Option<String>,

@@ -230,7 +230,7 @@ impl StatusBoard {
     /// Appends the scheduler's series in the Prometheus text exposition format (version 0.0.4).
     pub fn render_prometheus(&self, out: &mut String) {
         let units = &self.inner.units;
-        let counters: [(&str, &str, fn(&UnitStatus) -> u64); 4] = [
+        let counters: [Counter; 4] = [
             (
                 "productbuilder_unit_runs_total",
                 "Unit runs (attempts) finished, by unit.",
@@ -309,6 +309,9 @@ impl StatusBoard {
         );
     }
 }
+
+/// A counter series: metric name, help text, and how to read it from a unit.
+type Counter = (&'static str, &'static str, fn(&UnitStatus) -> u64);
 
 /// Escapes a Prometheus label value.
 pub fn escape(value: &str) -> String {
