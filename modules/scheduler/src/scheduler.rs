@@ -27,6 +27,9 @@ pub struct SchedulerOptions {
     pub shutdown_grace: Duration,
     /// Seeds the jitter; `None` seeds from the OS. Tests set it for repeatable schedules.
     pub seed: Option<u64>,
+    /// Worker wake-ups are rounded up to a multiple of this (counted from the scheduler's start),
+    /// so that many units share one timer tick and the runtime wakes less often. Zero disables it.
+    pub tick: Duration,
 }
 
 impl Default for SchedulerOptions {
@@ -35,6 +38,7 @@ impl Default for SchedulerOptions {
             preflight_concurrency: 8,
             shutdown_grace: Duration::from_secs(30),
             seed: None,
+            tick: Duration::from_millis(10),
         }
     }
 }
@@ -165,11 +169,22 @@ impl Scheduler {
         );
 
         let mut tasks = JoinSet::new();
+        let clock = Tick {
+            base: Instant::now(),
+            tick: self.options.tick,
+        };
         for (unit, interval) in workers {
             // Spread first runs over one interval so a thousand units never fire in lockstep.
             let first = Duration::from_millis(rng.u64(0..interval.as_millis().max(1) as u64));
             let unit_rng = fastrand::Rng::with_seed(rng.u64(..));
-            tasks.spawn(worker_loop(unit, interval, first, cancel.clone(), unit_rng));
+            tasks.spawn(worker_loop(
+                unit,
+                interval,
+                first,
+                clock,
+                cancel.clone(),
+                unit_rng,
+            ));
         }
         cancel.cancelled().await;
         drain(tasks, self.options.shutdown_grace).await;
@@ -238,14 +253,35 @@ async fn run_stage(
     }
 }
 
+/// Rounds deadlines up to the next tick boundary.
+#[derive(Debug, Clone, Copy)]
+struct Tick {
+    base: Instant,
+    tick: Duration,
+}
+
+impl Tick {
+    fn after(&self, period: Duration) -> Instant {
+        let deadline = Instant::now() + period;
+        let tick = self.tick.as_nanos();
+        if tick == 0 {
+            return deadline;
+        }
+        let since = deadline.duration_since(self.base).as_nanos();
+        let rounded = since.div_ceil(tick) * tick;
+        self.base + Duration::from_nanos(rounded as u64)
+    }
+}
+
 async fn worker_loop(
     unit: Unit,
     interval: Duration,
     first: Duration,
+    clock: Tick,
     cancel: CancellationToken,
     mut rng: fastrand::Rng,
 ) {
-    if !idle(first, &unit.status.nudge, &cancel).await {
+    if !idle(clock.after(first), &unit.status.nudge, &cancel).await {
         return;
     }
     loop {
@@ -273,19 +309,20 @@ async fn worker_loop(
             }
             CycleEnd::Cancelled => return,
         }
-        if cancel.is_cancelled() || !idle(interval, &unit.status.nudge, &cancel).await {
+        if cancel.is_cancelled() || !idle(clock.after(interval), &unit.status.nudge, &cancel).await
+        {
             return;
         }
     }
 }
 
-/// Sleeps for `period` unless nudged first. False when cancelled.
-async fn idle(period: Duration, nudge: &Notify, cancel: &CancellationToken) -> bool {
+/// Sleeps until `deadline` unless nudged first. False when cancelled.
+async fn idle(deadline: Instant, nudge: &Notify, cancel: &CancellationToken) -> bool {
     tokio::select! {
         biased;
         () = cancel.cancelled() => false,
         () = nudge.notified() => true,
-        () = tokio::time::sleep(period) => true,
+        () = tokio::time::sleep_until(deadline) => true,
     }
 }
 

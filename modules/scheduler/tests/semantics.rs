@@ -44,6 +44,8 @@ fn options() -> SchedulerOptions {
         preflight_concurrency: 4,
         shutdown_grace: Duration::from_secs(30),
         seed: Some(42),
+        // Exact instants below; one test covers the production tick.
+        tick: Duration::ZERO,
     }
 }
 
@@ -303,6 +305,42 @@ async fn workers_run_a_fixed_delay_after_the_previous_run_ends() {
     }
     for gap in starts.windows(2).map(|w| w[1] - w[0]) {
         assert_eq!(gap, Duration::from_secs(13), "3 s run + 10 s delay");
+    }
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_production_tick_rounds_wake_ups_up_by_at_most_one_tick() {
+    let (tx, mut rx) = stamps();
+    let worker = unit(
+        "worker:slow:global",
+        every(Duration::from_secs(10)),
+        move |_| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(Instant::now());
+                sleep(Duration::from_millis(3_003)).await;
+                Ok(())
+            }
+        },
+    );
+    let tick = Duration::from_millis(10);
+    let t0 = Instant::now();
+    let running = start(vec![worker], SchedulerOptions { tick, ..options() });
+    let mut starts = Vec::new();
+    for _ in 0..4 {
+        starts.push(rx.recv().await.unwrap());
+    }
+    for start in &starts {
+        assert_eq!(
+            (*start - t0).as_nanos() % tick.as_nanos(),
+            0,
+            "on a tick boundary"
+        );
+    }
+    for gap in starts.windows(2).map(|w| w[1] - w[0]) {
+        let fixed = Duration::from_millis(13_003);
+        assert!(gap >= fixed && gap < fixed + tick, "{gap:?}");
     }
     running.stop().await.unwrap();
 }
