@@ -335,7 +335,7 @@ async fn daemon(config: Config) -> Result<(), Failure> {
         SchedulerOptions {
             preflight_concurrency: config.scheduler.preflight_concurrency,
             shutdown_grace: config.scheduler.shutdown_grace,
-            seed: None,
+            ..SchedulerOptions::default()
         },
     )
     .map_err(|e| Failure::Invalid(e.to_string()))?;
