@@ -704,7 +704,8 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
 }
 
 /// Resolves `<key>` / `<key>_file` into a secret, recording problems.
-type SecretReader<'a> = dyn Fn(&mut Problems, &str, Option<String>, Option<PathBuf>) -> Option<Secret> + 'a;
+type SecretReader<'a> =
+    dyn Fn(&mut Problems, &str, Option<String>, Option<PathBuf>) -> Option<Secret> + 'a;
 
 #[allow(clippy::too_many_arguments)]
 fn llm_endpoint(
