@@ -1,0 +1,779 @@
+//! The REST routes. Each handler takes the world's lock once, checks access, and answers with
+//! a shape from [`crate::shapes`]; the `gate` middleware does everything cross-cutting.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, RawQuery, State};
+use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE, LOCATION};
+use axum::http::{HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Router, middleware};
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::Shared;
+use crate::http::{ApiError, Query, Reply, gate, paginate};
+use crate::shapes::{self, Ctx};
+use crate::world::{
+    Caller, DeploymentInput, DeploymentStatusInput, Identity, Issue, Permission, StatusInput,
+};
+
+type St = State<Arc<Shared>>;
+type Me = Extension<Caller>;
+type Answer = Result<Reply, ApiError>;
+
+/// The sandbox's whole HTTP surface.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let repo = "/repos/{owner}/{repo}";
+    Router::new()
+        .route("/rate_limit", get(rate_limit))
+        .route(repo, get(get_repo))
+        .route(&format!("{repo}/pulls"), get(list_pulls))
+        .route(&format!("{repo}/pulls/{{number}}"), get(get_pull))
+        .route(&format!("{repo}/issues"), get(list_issues))
+        .route(&format!("{repo}/issues/comments"), get(list_repo_comments))
+        .route(
+            &format!("{repo}/issues/comments/{{id}}"),
+            // GitHub accepts POST wherever it accepts PATCH (octocrab's `update_comment` uses it).
+            get(get_comment)
+                .patch(edit_comment)
+                .post(edit_comment)
+                .delete(delete_comment),
+        )
+        .route(&format!("{repo}/issues/{{number}}"), get(get_issue))
+        .route(
+            &format!("{repo}/issues/{{number}}/comments"),
+            get(list_issue_comments).post(create_comment),
+        )
+        .route(&format!("{repo}/statuses/{{sha}}"), post(create_status))
+        .route(
+            &format!("{repo}/commits/{{sha}}/statuses"),
+            get(list_statuses),
+        )
+        .route(
+            &format!("{repo}/deployments"),
+            get(list_deployments).post(create_deployment),
+        )
+        .route(&format!("{repo}/deployments/{{id}}"), get(get_deployment))
+        .route(
+            &format!("{repo}/deployments/{{id}}/statuses"),
+            get(list_deployment_statuses).post(create_deployment_status),
+        )
+        .route(&format!("{repo}/tarball"), get(tarball_default_branch))
+        .route(&format!("{repo}/tarball/{{*reference}}"), get(tarball))
+        .route(&format!("{repo}/installation"), get(repo_installation))
+        .route(
+            "/app/installations/{id}/access_tokens",
+            post(create_installation_token),
+        )
+        .route(
+            "/_sandbox/tarballs/{owner}/{repo}/{sha}",
+            get(download_tarball),
+        )
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(shared.clone(), gate))
+        .with_state(shared)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+/// A numeric path parameter; anything else is a 404 like on GitHub.
+fn number(raw: &str) -> Result<u64, ApiError> {
+    raw.parse().map_err(|_| ApiError::not_found())
+}
+
+/// Parses a JSON request body: 400 when it is not JSON, 422 when it lacks required fields or
+/// has wrongly typed ones.
+fn body<T: DeserializeOwned>(bytes: &[u8], resource: &str) -> Result<T, ApiError> {
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|_| ApiError::problems_parsing_json())?;
+    if !value.is_object() {
+        return Err(ApiError::problems_parsing_json());
+    }
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::unprocessable(format!("Invalid request.\n\n{e} (in {resource})")))
+}
+
+#[derive(serde::Deserialize)]
+struct BodyInput {
+    body: Option<String>,
+}
+
+fn comment_body(bytes: &[u8]) -> Result<String, ApiError> {
+    let input: BodyInput = body(bytes, "IssueComment")?;
+    input
+        .body
+        .ok_or_else(|| ApiError::invalid("IssueComment", "body", "missing_field"))
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn rate_limit(State(s): St, Extension(me): Me) -> Answer {
+    let mut world = s.world();
+    let bucket = *world.bucket(&me.identity);
+    Ok(Reply::ok(shapes::rate_limit(bucket)))
+}
+
+async fn get_repo(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name)): Path<(String, String)>,
+) -> Answer {
+    let world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Pull)?;
+    let ctx = Ctx {
+        base: &s.base_url,
+        world: &world,
+        who: &me.identity,
+    };
+    Ok(Reply::ok(shapes::repository(
+        &ctx,
+        &world.repos[&key],
+        true,
+    )))
+}
+
+/// Orders items by `(key, number)`, reversed for `direction=desc`.
+fn order<K: Ord>(items: &mut [&Issue], desc: bool, key: impl Fn(&Issue) -> K) {
+    items.sort_by(|a, b| key(a).cmp(&key(b)).then(a.id.cmp(&b.id)));
+    if desc {
+        items.reverse();
+    }
+}
+
+fn state_filter(q: &Query) -> Result<impl Fn(&Issue) -> bool, ApiError> {
+    let state = q
+        .choice("state", &["open", "closed", "all"], "open")?
+        .to_string();
+    Ok(move |i: &Issue| match state.as_str() {
+        "open" => i.open,
+        "closed" => !i.open,
+        _ => true,
+    })
+}
+
+async fn list_pulls(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name)): Path<(String, String)>,
+    uri: Uri,
+    RawQuery(raw): RawQuery,
+) -> Answer {
+    let q = Query::parse(raw.as_deref());
+    let keep = state_filter(&q)?;
+    let sort = q.choice(
+        "sort",
+        &["created", "updated", "popularity", "long-running"],
+        "created",
+    )?;
+    let default_direction = if sort == "created" { "desc" } else { "asc" };
+    let desc = q.choice("direction", &["asc", "desc"], default_direction)? == "desc";
+    let world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Pull)?;
+    let repo = &world.repos[&key];
+    let head = q.get("head").map(|h| match h.split_once(':') {
+        Some((user, branch)) => (Some(user.to_ascii_lowercase()), branch.to_string()),
+        None => (None, h.to_string()),
+    });
+    let base = q.get("base");
+    let mut items: Vec<&Issue> = repo
+        .issues
+        .values()
+        .filter(|i| keep(i))
+        .filter(|i| {
+            let Some(p) = &i.pull else { return false };
+            let head_ok = head.as_ref().is_none_or(|(user, branch)| {
+                p.head_ref == *branch
+                    && user
+                        .as_ref()
+                        .is_none_or(|u| p.head_repo.split('/').next() == Some(u.as_str()))
+            });
+            head_ok && base.is_none_or(|b| p.base_ref == b)
+        })
+        .collect();
+    match sort {
+        "updated" => order(&mut items, desc, |i| i.updated_at),
+        "popularity" => order(&mut items, desc, |i| repo.comment_count(i.number)),
+        // long-running: open the longest and still active; approximated by creation time.
+        "long-running" => order(&mut items, !desc, |i| i.created_at),
+        _ => order(&mut items, desc, |i| i.created_at),
+    }
+    let (page, link) = paginate(items, &q, &s.base_url, uri.path());
+    let ctx = Ctx {
+        base: &s.base_url,
+        world: &world,
+        who: &me.identity,
+    };
+    let body = page
+        .iter()
+        .map(|i| shapes::pull(&ctx, repo, i, false))
+        .collect();
+    Ok(Reply::ok(Value::Array(body)).link(link))
+}
+
+async fn get_pull(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name, n)): Path<(String, String, String)>,
+) -> Answer {
+    let n = number(&n)?;
+    let world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Pull)?;
+    let repo = &world.repos[&key];
+    let issue = repo
+        .issues
+        .get(&n)
+        .filter(|i| i.pull.is_some())
+        .ok_or_else(ApiError::not_found)?;
+    let ctx = Ctx {
+        base: &s.base_url,
+        world: &world,
+        who: &me.identity,
+    };
+    Ok(Reply::ok(shapes::pull(&ctx, repo, issue, true)))
+}
+
+async fn list_issues(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name)): Path<(String, String)>,
+    uri: Uri,
+    RawQuery(raw): RawQuery,
+) -> Answer {
+    let q = Query::parse(raw.as_deref());
+    let keep = state_filter(&q)?;
+    let sort = q.choice("sort", &["created", "updated", "comments"], "created")?;
+    let desc = q.choice("direction", &["asc", "desc"], "desc")? == "desc";
+    let since = q.since()?;
+    let labels: Vec<String> = q
+        .get("labels")
+        .map(|l| {
+            l.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let creator = q.get("creator").map(str::to_ascii_lowercase);
+    let world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Pull)?;
+    let repo = &world.repos[&key];
+    let mut items: Vec<&Issue> = repo
+        .issues
+        .values()
+        .filter(|i| keep(i))
+        .filter(|i| since.is_none_or(|t| i.updated_at >= t))
+        .filter(|i| labels.iter().all(|l| i.labels.contains(l)))
+        .filter(|i| {
+            creator
+                .as_ref()
+                .is_none_or(|c| i.author.eq_ignore_ascii_case(c))
+        })
+        .collect();
+    match sort {
+        "updated" => order(&mut items, desc, |i| i.updated_at),
+        "comments" => order(&mut items, desc, |i| repo.comment_count(i.number)),
+        _ => order(&mut items, desc, |i| i.created_at),
+    }
+    let (page, link) = paginate(items, &q, &s.base_url, uri.path());
+    let ctx = Ctx {
+        base: &s.base_url,
+        world: &world,
+        who: &me.identity,
+    };
+    let body = page.iter().map(|i| shapes::issue(&ctx, repo, i)).collect();
+    Ok(Reply::ok(Value::Array(body)).link(link))
+}
+
+async fn get_issue(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name, n)): Path<(String, String, String)>,
+) -> Answer {
+    let n = number(&n)?;
+    let world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Pull)?;
+    let repo = &world.repos[&key];
+    let issue = repo.issues.get(&n).ok_or_else(ApiError::not_found)?;
+    let ctx = Ctx {
+        base: &s.base_url,
+        world: &world,
+        who: &me.identity,
+    };
+    Ok(Reply::ok(shapes::issue(&ctx, repo, issue)))
+}
+
+/// Lists comments (of one issue, or of the whole repository) with `since`, `sort`, `direction`
+/// and paging.
+fn list_comments(
+    s: &Shared,
+    me: &Caller,
+    owner: &str,
+    name: &str,
+    issue: Option<u64>,
+    uri: &Uri,
+    raw: Option<&str>,
+) -> Answer {
+    let q = Query::parse(raw);
+    let since = q.since()?;
+    let sort = q.choice("sort", &["created", "updated"], "created")?;
+    let desc = q.choice("direction", &["asc", "desc"], "asc")? == "desc";
+    let world = s.world();
+    let key = world.check_repo(&me.identity, owner, name, Permission::Pull)?;
+    let repo = &world.repos[&key];
+    if let Some(n) = issue
+        && !repo.issues.contains_key(&n)
+    {
+        return Err(ApiError::not_found());
+    }
+    let mut items: Vec<_> = repo
+        .comments
+        .values()
+        .filter(|c| issue.is_none_or(|n| c.issue == n))
+        .filter(|c| since.is_none_or(|t| c.updated_at >= t))
+        .collect();
+    let stamp = |c: &crate::world::IssueComment| -> DateTime<Utc> {
+        if sort == "updated" {
+            c.updated_at
+        } else {
+            c.created_at
+        }
+    };
+    items.sort_by(|a, b| stamp(a).cmp(&stamp(b)).then(a.id.cmp(&b.id)));
+    if desc {
+        items.reverse();
+    }
+    let (page, link) = paginate(items, &q, &s.base_url, uri.path());
+    let ctx = Ctx {
+        base: &s.base_url,
+        world: &world,
+        who: &me.identity,
+    };
+    let body = page
+        .iter()
+        .map(|c| shapes::comment(&ctx, repo, c))
+        .collect();
+    Ok(Reply::ok(Value::Array(body)).link(link))
+}
+
+async fn list_repo_comments(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name)): Path<(String, String)>,
+    uri: Uri,
+    RawQuery(raw): RawQuery,
+) -> Answer {
+    list_comments(&s, &me, &owner, &name, None, &uri, raw.as_deref())
+}
+
+async fn list_issue_comments(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name, n)): Path<(String, String, String)>,
+    uri: Uri,
+    RawQuery(raw): RawQuery,
+) -> Answer {
+    let n = number(&n)?;
+    list_comments(&s, &me, &owner, &name, Some(n), &uri, raw.as_deref())
+}
+
+async fn get_comment(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name, id)): Path<(String, String, String)>,
+) -> Answer {
+    let id = number(&id)?;
+    let world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Pull)?;
+    let repo = &world.repos[&key];
+    let comment = repo.comments.get(&id).ok_or_else(ApiError::not_found)?;
+    let ctx = Ctx {
+        base: &s.base_url,
+        world: &world,
+        who: &me.identity,
+    };
+    Ok(Reply::ok(shapes::comment(&ctx, repo, comment)))
+}
+
+async fn create_comment(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name, n)): Path<(String, String, String)>,
+    bytes: Bytes,
+) -> Answer {
+    let n = number(&n)?;
+    let mut world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Push)?;
+    let text = comment_body(&bytes)?;
+    let author = world.actor_login(&me.identity);
+    let comment = world.add_comment(&key, n, &author, &text)?;
+    let ctx = Ctx {
+        base: &s.base_url,
+        world: &world,
+        who: &me.identity,
+    };
+    let body = shapes::comment(&ctx, &world.repos[&key], &comment);
+    let location = body["url"].as_str().unwrap_or_default().to_string();
+    Ok(Reply::created(body).header(LOCATION, &location))
+}
+
+async fn edit_comment(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name, id)): Path<(String, String, String)>,
+    bytes: Bytes,
+) -> Answer {
+    let id = number(&id)?;
+    let mut world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Push)?;
+    let text = comment_body(&bytes)?;
+    let comment = world.edit_comment(&key, id, &text)?;
+    let ctx = Ctx {
+        base: &s.base_url,
+        world: &world,
+        who: &me.identity,
+    };
+    Ok(Reply::ok(shapes::comment(
+        &ctx,
+        &world.repos[&key],
+        &comment,
+    )))
+}
+
+async fn delete_comment(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name, id)): Path<(String, String, String)>,
+) -> Answer {
+    let id = number(&id)?;
+    let mut world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Push)?;
+    world.delete_comment(&key, id)?;
+    Ok(Reply::no_content())
+}
+
+async fn create_status(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name, sha)): Path<(String, String, String)>,
+    bytes: Bytes,
+) -> Answer {
+    let mut world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Push)?;
+    let input: StatusInput = body(&bytes, "Status")?;
+    let creator = world.actor_login(&me.identity);
+    let status = world.add_status(&key, &sha, &creator, input)?;
+    let ctx = Ctx {
+        base: &s.base_url,
+        world: &world,
+        who: &me.identity,
+    };
+    let body = shapes::status(&ctx, &world.repos[&key], &status);
+    let location = body["url"].as_str().unwrap_or_default().to_string();
+    Ok(Reply::created(body).header(LOCATION, &location))
+}
+
+async fn list_statuses(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name, reference)): Path<(String, String, String)>,
+    uri: Uri,
+    RawQuery(raw): RawQuery,
+) -> Answer {
+    let q = Query::parse(raw.as_deref());
+    let world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Pull)?;
+    let repo = &world.repos[&key];
+    let sha = repo
+        .resolve_ref(&reference)
+        .ok_or_else(|| ApiError::unprocessable(format!("No commit found for SHA: {reference}")))?;
+    let items: Vec<_> = repo
+        .statuses
+        .iter()
+        .rev()
+        .filter(|st| st.sha == sha)
+        .collect();
+    let (page, link) = paginate(items, &q, &s.base_url, uri.path());
+    let ctx = Ctx {
+        base: &s.base_url,
+        world: &world,
+        who: &me.identity,
+    };
+    let body = page
+        .iter()
+        .map(|st| shapes::status(&ctx, repo, st))
+        .collect();
+    Ok(Reply::ok(Value::Array(body)).link(link))
+}
+
+async fn list_deployments(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name)): Path<(String, String)>,
+    uri: Uri,
+    RawQuery(raw): RawQuery,
+) -> Answer {
+    let q = Query::parse(raw.as_deref());
+    let world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Pull)?;
+    let repo = &world.repos[&key];
+    let (environment, sha, reference, task) = (
+        q.get("environment"),
+        q.get("sha"),
+        q.get("ref"),
+        q.get("task"),
+    );
+    let items: Vec<_> = repo
+        .deployments
+        .values()
+        .rev()
+        .filter(|d| environment.is_none_or(|e| d.environment == e))
+        .filter(|d| sha.is_none_or(|x| d.sha == x))
+        .filter(|d| reference.is_none_or(|r| d.ref_name == r))
+        .filter(|d| task.is_none_or(|t| d.task == t))
+        .collect();
+    let (page, link) = paginate(items, &q, &s.base_url, uri.path());
+    let ctx = Ctx {
+        base: &s.base_url,
+        world: &world,
+        who: &me.identity,
+    };
+    let body = page
+        .iter()
+        .map(|d| shapes::deployment(&ctx, repo, d))
+        .collect();
+    Ok(Reply::ok(Value::Array(body)).link(link))
+}
+
+async fn get_deployment(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name, id)): Path<(String, String, String)>,
+) -> Answer {
+    let id = number(&id)?;
+    let world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Pull)?;
+    let repo = &world.repos[&key];
+    let deployment = repo.deployments.get(&id).ok_or_else(ApiError::not_found)?;
+    let ctx = Ctx {
+        base: &s.base_url,
+        world: &world,
+        who: &me.identity,
+    };
+    Ok(Reply::ok(shapes::deployment(&ctx, repo, deployment)))
+}
+
+async fn create_deployment(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name)): Path<(String, String)>,
+    bytes: Bytes,
+) -> Answer {
+    let mut world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Push)?;
+    let input: DeploymentInput = body(&bytes, "Deployment")?;
+    let creator = world.actor_login(&me.identity);
+    let deployment = world.create_deployment(&key, &creator, input)?;
+    let ctx = Ctx {
+        base: &s.base_url,
+        world: &world,
+        who: &me.identity,
+    };
+    Ok(Reply::created(shapes::deployment(
+        &ctx,
+        &world.repos[&key],
+        &deployment,
+    )))
+}
+
+async fn list_deployment_statuses(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name, id)): Path<(String, String, String)>,
+    uri: Uri,
+    RawQuery(raw): RawQuery,
+) -> Answer {
+    let id = number(&id)?;
+    let q = Query::parse(raw.as_deref());
+    let world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Pull)?;
+    let repo = &world.repos[&key];
+    let deployment = repo.deployments.get(&id).ok_or_else(ApiError::not_found)?;
+    let items: Vec<_> = deployment.statuses.iter().rev().collect();
+    let (page, link) = paginate(items, &q, &s.base_url, uri.path());
+    let ctx = Ctx {
+        base: &s.base_url,
+        world: &world,
+        who: &me.identity,
+    };
+    let body = page
+        .iter()
+        .map(|st| shapes::deployment_status(&ctx, repo, deployment, st))
+        .collect();
+    Ok(Reply::ok(Value::Array(body)).link(link))
+}
+
+async fn create_deployment_status(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name, id)): Path<(String, String, String)>,
+    bytes: Bytes,
+) -> Answer {
+    let id = number(&id)?;
+    let mut world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Push)?;
+    let input: DeploymentStatusInput = body(&bytes, "DeploymentStatus")?;
+    let creator = world.actor_login(&me.identity);
+    let (deployment, status) = world.add_deployment_status(&key, id, &creator, input)?;
+    let ctx = Ctx {
+        base: &s.base_url,
+        world: &world,
+        who: &me.identity,
+    };
+    Ok(Reply::created(shapes::deployment_status(
+        &ctx,
+        &world.repos[&key],
+        &deployment,
+        &status,
+    )))
+}
+
+// -- archives ---------------------------------------------------------------------------------
+
+fn tarball_for(
+    s: &Shared,
+    me: &Caller,
+    owner: &str,
+    name: &str,
+    reference: Option<&str>,
+) -> Answer {
+    let world = s.world();
+    let key = world.check_repo(&me.identity, owner, name, Permission::Pull)?;
+    let repo = &world.repos[&key];
+    let reference = reference.unwrap_or(&repo.default_branch);
+    let sha = repo
+        .resolve_ref(reference)
+        .ok_or_else(ApiError::not_found)?;
+    let location = format!(
+        "{}/_sandbox/tarballs/{}/{}/{sha}",
+        s.base_url, repo.owner, repo.name
+    );
+    Ok(Reply::redirect(&location))
+}
+
+async fn tarball_default_branch(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name)): Path<(String, String)>,
+) -> Answer {
+    tarball_for(&s, &me, &owner, &name, None)
+}
+
+async fn tarball(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name, reference)): Path<(String, String, String)>,
+) -> Answer {
+    tarball_for(&s, &me, &owner, &name, Some(&reference))
+}
+
+/// The redirect target (codeload's role): no authentication, like a signed download URL.
+async fn download_tarball(
+    State(s): St,
+    Path((owner, name, sha)): Path<(String, String, String)>,
+) -> Response {
+    let (top, tree, mtime) = {
+        let world = s.world();
+        let Some(repo) = world.repos.get(&crate::world::repo_key(&owner, &name)) else {
+            return ApiError::not_found().into_response();
+        };
+        let Some(tree) = repo.snapshots.get(&sha) else {
+            return ApiError::not_found().into_response();
+        };
+        let mtime = u64::try_from(repo.created_at.timestamp()).unwrap_or(0);
+        (
+            crate::tarball::top_dir(&repo.owner, &repo.name, &sha),
+            tree.clone(),
+            mtime,
+        )
+    };
+    match crate::tarball::build(&top, &sha, &tree, mtime) {
+        Ok(bytes) => {
+            let mut response = bytes.into_response();
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-gzip"));
+            if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename={top}.tar.gz")) {
+                headers.insert(CONTENT_DISPOSITION, v);
+            }
+            response
+        }
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("archive: {e}"))
+            .into_response(),
+    }
+}
+
+// -- GitHub Apps ------------------------------------------------------------------------------
+
+fn app_of(me: &Caller) -> Result<u64, ApiError> {
+    match me.identity {
+        Identity::App(id) => Ok(id),
+        _ => Err(ApiError::unauthorized(
+            "A JSON web token could not be decoded".to_string(),
+        )),
+    }
+}
+
+async fn repo_installation(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name)): Path<(String, String)>,
+) -> Answer {
+    let app = app_of(&me)?;
+    let world = s.world();
+    let key = crate::world::repo_key(&owner, &name);
+    let inst = world
+        .installations
+        .values()
+        .find(|i| i.app_id == app && i.repos.contains(&key))
+        .ok_or_else(ApiError::not_found)?;
+    let ctx = Ctx {
+        base: &s.base_url,
+        world: &world,
+        who: &me.identity,
+    };
+    Ok(Reply::ok(shapes::installation(&ctx, inst)))
+}
+
+async fn create_installation_token(
+    State(s): St,
+    Extension(me): Me,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Answer {
+    let app = app_of(&me)?;
+    let id = number(&id)?;
+    if !bytes.iter().all(u8::is_ascii_whitespace) {
+        // Narrowing by `repositories`/`permissions` is accepted but not applied.
+        let _: Value = body(&bytes, "InstallationToken")?;
+    }
+    let mut world = s.world();
+    let (token, expires_at) = world.mint_installation_token(app, id)?;
+    let inst = world
+        .installations
+        .get(&id)
+        .ok_or_else(ApiError::not_found)?;
+    let expires_at: DateTime<Utc> = expires_at.into();
+    let ctx = Ctx {
+        base: &s.base_url,
+        world: &world,
+        who: &Identity::Installation(id),
+    };
+    Ok(Reply::created(shapes::installation_token(
+        &ctx, inst, &token, expires_at,
+    )))
+}
