@@ -1,0 +1,930 @@
+//! The GitHub client: credentials, identities, conditional GETs through the persisted ETag cache,
+//! pagination, writes, and the translation of every failure into one error type.
+//!
+//! octocrab is the transport and supplies the models and JWT signing; authentication, retries and
+//! rate limiting are done here, because octocrab retries POSTs without backoff and drops App
+//! authentication on `next` links whose host is not api.github.com (research/crates.md).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderValue, Method, header};
+use octocrab::Octocrab;
+use productbuilder_scheduler::{ErrorKind, UnitError};
+use productbuilder_store::{Store, StoreError, rusqlite::OptionalExtension};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::budget::{Access, Budget, BudgetLimits, BudgetSnapshot};
+
+/// Largest response body accepted; a bigger one is an error, not an allocation.
+const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+/// Installation tokens live an hour; renew them this long before they expire.
+const TOKEN_RENEWAL_MARGIN: Duration = Duration::from_secs(5 * 60);
+
+/// A credential. Its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(Arc<str>);
+
+impl Token {
+    pub fn new(value: impl Into<Arc<str>>) -> Self {
+        Token(value.into())
+    }
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token([redacted])")
+    }
+}
+
+/// How the daemon authenticates.
+#[derive(Clone)]
+pub enum Credentials {
+    /// A personal access token (or any static token): one identity for every tenant.
+    Token(Token),
+    /// A GitHub App: a JWT buys installation tokens; each installation is one identity, shared by
+    /// the tenants it covers.
+    App {
+        app_id: u64,
+        key: Arc<octocrab::EncodingKey>,
+        /// Set when every tenant is in one installation; otherwise found per repository.
+        installation_id: Option<u64>,
+    },
+}
+
+impl Credentials {
+    /// Parses an App's PEM private key.
+    pub fn app(app_id: u64, pem: &str, installation_id: Option<u64>) -> Result<Self, String> {
+        let key = octocrab::EncodingKey::from_rsa_pem(pem.as_bytes())
+            .map_err(|e| format!("the GitHub App private key is not a valid RSA PEM key: {e}"))?;
+        Ok(Credentials::App {
+            app_id,
+            key: Arc::new(key),
+            installation_id,
+        })
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::Token(_) => f.write_str("Credentials::Token([redacted])"),
+            Credentials::App {
+                app_id,
+                installation_id,
+                ..
+            } => write!(
+                f,
+                "Credentials::App {{ app_id: {app_id}, installation_id: {installation_id:?}, key: [redacted] }}"
+            ),
+        }
+    }
+}
+
+/// Every way a GitHub call fails. Messages name the method and path and never a credential.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GithubError {
+    #[error("{method} {path}: HTTP {status}: {message}")]
+    Status {
+        method: Method,
+        path: String,
+        status: u16,
+        message: String,
+        wait_hint: Option<Duration>,
+    },
+    #[error("{method} {path}: {detail}")]
+    Network {
+        method: Method,
+        path: String,
+        detail: String,
+    },
+    #[error("{method} {path}: no answer within {after:?}")]
+    Timeout {
+        method: Method,
+        path: String,
+        after: Duration,
+    },
+    #[error("{method} {path}: unexpected response body: {detail}")]
+    Decode {
+        method: Method,
+        path: String,
+        detail: String,
+    },
+    #[error("GitHub App authentication: {0}")]
+    Auth(String),
+    #[error("{0}")]
+    Store(String),
+}
+
+impl GithubError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            GithubError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for GithubError {
+    fn from(e: StoreError) -> Self {
+        GithubError::Store(e.to_string())
+    }
+}
+
+impl From<GithubError> for UnitError {
+    fn from(e: GithubError) -> Self {
+        let message = e.to_string();
+        match e {
+            GithubError::Status {
+                status, wait_hint, ..
+            } => UnitError::from_http_status(status, wait_hint, message),
+            GithubError::Network { .. } => UnitError::new(ErrorKind::Network, message),
+            GithubError::Timeout { .. } => UnitError::new(ErrorKind::Timeout, message),
+            // A truncated or garbled body is usually a proxy or an outage: worth a retry.
+            GithubError::Decode { .. } => UnitError::new(ErrorKind::Server, message),
+            GithubError::Auth(_) => UnitError::new(ErrorKind::BadCredentials, message),
+            GithubError::Store(_) => UnitError::new(ErrorKind::Internal, message),
+        }
+    }
+}
+
+/// One answered request.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// The result of a polled (conditional) GET: the body is current either way.
+#[derive(Debug, Clone)]
+pub struct Polled {
+    pub body: Vec<u8>,
+    /// False when GitHub answered 304 and the cached body was used.
+    pub modified: bool,
+    pub next: Option<String>,
+}
+
+/// An identity: who GitHub thinks we are, with its token and budget.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Stable across token rotation: `installation:{id}`, or `token:{hash}`.
+    pub key: String,
+    token: Token,
+    pub budget: Budget,
+}
+
+#[derive(Debug, Clone)]
+struct InstallationToken {
+    token: Token,
+    expires_at: SystemTime,
+}
+
+/// Settings of the client.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub api_url: String,
+    pub credentials: Credentials,
+    pub limits: BudgetLimits,
+    pub request_timeout: Duration,
+}
+
+/// The GitHub client. Cheap to clone; one per process.
+#[derive(Clone)]
+pub struct GithubClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: Octocrab,
+    api_url: String,
+    origin: String,
+    credentials: Credentials,
+    limits: BudgetLimits,
+    timeout: Duration,
+    store: Store,
+    budgets: Mutex<HashMap<String, Budget>>,
+    installation_tokens: Mutex<HashMap<u64, InstallationToken>>,
+    repo_installations: Mutex<HashMap<String, u64>>,
+    renewal: tokio::sync::Mutex<()>,
+}
+
+fn origin_of(url: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let end = url[after_scheme..]
+        .find('/')
+        .map_or(url.len(), |i| after_scheme + i);
+    url[..end].to_ascii_lowercase()
+}
+
+fn path_of<'a>(url: &'a str, origin: &str) -> &'a str {
+    url.get(origin.len()..)
+        .filter(|p| !p.is_empty())
+        .unwrap_or(url)
+}
+
+/// The `rel="next"` target of a `Link` header.
+pub fn next_link(headers: &HeaderMap) -> Option<String> {
+    let link = headers.get(header::LINK)?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        params
+            .split(';')
+            .any(|p| p.trim() == "rel=\"next\"")
+            .then(|| {
+                target
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_owned()
+            })
+    })
+}
+
+impl GithubClient {
+    pub fn new(config: ClientConfig, store: Store) -> Result<Self, String> {
+        let api_url = config.api_url.trim_end_matches('/').to_owned();
+        let http = Octocrab::builder()
+            .base_uri(api_url.as_str())
+            .map_err(|e| format!("[github].api_url {api_url:?}: {e}"))?
+            .set_connect_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(config.request_timeout))
+            .build()
+            .map_err(|e| format!("cannot build the GitHub client: {e}"))?;
+        Ok(GithubClient {
+            inner: Arc::new(Inner {
+                origin: origin_of(&api_url),
+                http,
+                api_url,
+                credentials: config.credentials,
+                limits: config.limits,
+                timeout: config.request_timeout,
+                store,
+                budgets: Mutex::new(HashMap::new()),
+                installation_tokens: Mutex::new(HashMap::new()),
+                repo_installations: Mutex::new(HashMap::new()),
+                renewal: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    pub fn api_url(&self) -> &str {
+        &self.inner.api_url
+    }
+
+    /// `{api_url}{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.inner.api_url)
+    }
+
+    fn budget(&self, key: &str) -> Budget {
+        let mut budgets = self.inner.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        budgets
+            .entry(key.to_owned())
+            .or_insert_with(|| Budget::new(key, self.inner.limits.clone()))
+            .clone()
+    }
+
+    /// Every identity's budget, for metrics and the API.
+    pub fn budgets(&self) -> Vec<BudgetSnapshot> {
+        let budgets = self.inner.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<BudgetSnapshot> = budgets.values().map(Budget::snapshot).collect();
+        all.sort_by(|a, b| a.identity.cmp(&b.identity));
+        all
+    }
+
+    /// The budget a repository's requests are charged to, once known.
+    pub fn budget_for(&self, repo: &str) -> Option<BudgetSnapshot> {
+        let key = match &self.inner.credentials {
+            Credentials::Token(token) => token_key(token),
+            Credentials::App {
+                installation_id: Some(id),
+                ..
+            } => format!("installation:{id}"),
+            Credentials::App { .. } => {
+                let map = self
+                    .inner
+                    .repo_installations
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                format!("installation:{}", map.get(repo)?)
+            }
+        };
+        let budgets = self.inner.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        budgets.get(&key).map(Budget::snapshot)
+    }
+
+    /// The identity that acts on `repo` (`owner/name`).
+    pub async fn identity(&self, repo: &str) -> Result<Identity, GithubError> {
+        match &self.inner.credentials {
+            Credentials::Token(token) => {
+                let key = token_key(token);
+                Ok(Identity {
+                    budget: self.budget(&key),
+                    key,
+                    token: token.clone(),
+                })
+            }
+            Credentials::App {
+                app_id,
+                key,
+                installation_id,
+            } => {
+                let installation = match installation_id {
+                    Some(id) => *id,
+                    None => self.installation_of(repo, *app_id, key).await?,
+                };
+                let token = self.installation_token(installation, *app_id, key).await?;
+                let key = format!("installation:{installation}");
+                Ok(Identity {
+                    budget: self.budget(&key),
+                    key,
+                    token,
+                })
+            }
+        }
+    }
+
+    fn jwt_identity(
+        &self,
+        app_id: u64,
+        key: &octocrab::EncodingKey,
+    ) -> Result<Identity, GithubError> {
+        let jwt = octocrab::auth::create_jwt(octocrab::models::AppId(app_id), key)
+            .map_err(|e| GithubError::Auth(format!("cannot sign a JWT for app {app_id}: {e}")))?;
+        let budget_key = format!("app:{app_id}");
+        Ok(Identity {
+            budget: self.budget(&budget_key),
+            key: budget_key,
+            token: Token::new(jwt),
+        })
+    }
+
+    async fn installation_of(
+        &self,
+        repo: &str,
+        app_id: u64,
+        key: &octocrab::EncodingKey,
+    ) -> Result<u64, GithubError> {
+        if let Some(id) = self
+            .inner
+            .repo_installations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(repo)
+        {
+            return Ok(*id);
+        }
+        #[derive(serde::Deserialize)]
+        struct Installation {
+            id: u64,
+        }
+        let app = self.jwt_identity(app_id, key)?;
+        let url = self.url(&format!("/repos/{repo}/installation"));
+        let answer = self
+            .send(
+                &app,
+                Method::GET,
+                &url,
+                None,
+                HeaderMap::new(),
+                Access::Read,
+            )
+            .await?;
+        let installation: Installation = decode(
+            &Method::GET,
+            path_of(&url, &self.inner.origin),
+            &answer.body,
+        )?;
+        self.inner
+            .repo_installations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(repo.to_owned(), installation.id);
+        Ok(installation.id)
+    }
+
+    async fn installation_token(
+        &self,
+        installation: u64,
+        app_id: u64,
+        key: &octocrab::EncodingKey,
+    ) -> Result<Token, GithubError> {
+        let fresh = |tokens: &HashMap<u64, InstallationToken>| {
+            tokens.get(&installation).and_then(|t| {
+                (t.expires_at > SystemTime::now() + TOKEN_RENEWAL_MARGIN).then(|| t.token.clone())
+            })
+        };
+        if let Some(token) = fresh(&self.lock_tokens()) {
+            return Ok(token);
+        }
+        // One renewal at a time: the tenants of an installation share its token.
+        let _renewing = self.inner.renewal.lock().await;
+        if let Some(token) = fresh(&self.lock_tokens()) {
+            return Ok(token);
+        }
+        let app = self.jwt_identity(app_id, key)?;
+        let url = self.url(&format!("/app/installations/{installation}/access_tokens"));
+        let answer = self
+            .send(
+                &app,
+                Method::POST,
+                &url,
+                Some(b"{}".to_vec()),
+                HeaderMap::new(),
+                Access::Read,
+            )
+            .await?;
+        let minted: octocrab::models::InstallationToken = decode(
+            &Method::POST,
+            path_of(&url, &self.inner.origin),
+            &answer.body,
+        )?;
+        let expires_at = minted
+            .expires_at
+            .as_deref()
+            .and_then(parse_rfc3339)
+            .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(3600));
+        let token = Token::new(minted.token);
+        tracing::info!(installation, expires_in = ?expires_at.duration_since(SystemTime::now()).unwrap_or_default(), "renewed the installation token");
+        self.lock_tokens().insert(
+            installation,
+            InstallationToken {
+                token: token.clone(),
+                expires_at,
+            },
+        );
+        Ok(token)
+    }
+
+    fn lock_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<u64, InstallationToken>> {
+        self.inner
+            .installation_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets cached installation tokens (after a 401, or in tests).
+    pub fn forget_tokens(&self) {
+        self.lock_tokens().clear();
+    }
+
+    /// Sends one request under the identity's budget. Non-2xx answers (other than 304) are errors.
+    pub async fn send(
+        &self,
+        identity: &Identity,
+        method: Method,
+        url: &str,
+        body: Option<Vec<u8>>,
+        mut headers: HeaderMap,
+        access: Access,
+    ) -> Result<Answer, GithubError> {
+        let path = path_of(url, &self.inner.origin).to_owned();
+        if origin_of(url) != self.inner.origin {
+            return Err(GithubError::Network {
+                method,
+                path,
+                detail: format!(
+                    "refusing to send credentials to {}: it is not [github].api_url",
+                    origin_of(url)
+                ),
+            });
+        }
+        let authorization = HeaderValue::from_str(&format!("Bearer {}", identity.token.expose()))
+            .map_err(|_| {
+            GithubError::Auth("the token contains characters not allowed in a header".into())
+        })?;
+        headers.insert(header::AUTHORIZATION, authorization);
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/vnd.github+json"),
+        );
+        headers.insert(
+            "x-github-api-version",
+            HeaderValue::from_static("2022-11-28"),
+        );
+        headers.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static(concat!("productbuilder/", env!("CARGO_PKG_VERSION"))),
+        );
+        let mut builder = http::Request::builder().method(method.clone()).uri(url);
+        for (k, v) in &headers {
+            builder = builder.header(k, v);
+        }
+        let request = match body {
+            Some(bytes) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                builder.body(octocrab::OctoBody::from(bytes))
+            }
+            None => builder.body(octocrab::OctoBody::empty()),
+        }
+        .map_err(|e| GithubError::Network {
+            method: method.clone(),
+            path: path.clone(),
+            detail: format!("cannot build the request: {e}"),
+        })?;
+
+        let _permit = identity.budget.acquire(access).await;
+        let exchange = async {
+            let response =
+                self.inner
+                    .http
+                    .execute(request)
+                    .await
+                    .map_err(|e| GithubError::Network {
+                        method: method.clone(),
+                        path: path.clone(),
+                        detail: network_detail(&e),
+                    })?;
+            let (parts, body) = response.into_parts();
+            let bytes = read_capped(body)
+                .await
+                .map_err(|detail| GithubError::Network {
+                    method: method.clone(),
+                    path: path.clone(),
+                    detail,
+                })?;
+            Ok::<_, GithubError>(Answer {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                body: bytes,
+            })
+        };
+        let answer = tokio::time::timeout(self.inner.timeout, exchange)
+            .await
+            .map_err(|_| GithubError::Timeout {
+                method: method.clone(),
+                path: path.clone(),
+                after: self.inner.timeout,
+            })??;
+        let wait_hint = identity
+            .budget
+            .observe(answer.status, &answer.headers, &answer.body);
+        if answer.status == 401 && matches!(self.inner.credentials, Credentials::App { .. }) {
+            // The installation token may have been revoked early; the next attempt mints one.
+            self.forget_tokens();
+        }
+        if (200..300).contains(&answer.status) || answer.status == 304 {
+            return Ok(answer);
+        }
+        Err(GithubError::Status {
+            method,
+            path,
+            status: answer.status,
+            message: error_message(&answer.body),
+            wait_hint,
+        })
+    }
+
+    /// A conditional GET of a polled resource: `If-None-Match` from the cache, and the cached body
+    /// on a 304 (which costs no primary quota). The cache is keyed by the identity's stable key, so
+    /// a renewed installation token keeps its 304s, and it is persisted, so a restart does too.
+    pub async fn poll(&self, identity: &Identity, url: &str) -> Result<Polled, GithubError> {
+        let cached = cache_get(&self.inner.store, &identity.key, url).await?;
+        let mut headers = HeaderMap::new();
+        if let Some(entry) = &cached
+            && let Ok(value) = HeaderValue::from_str(&entry.etag)
+        {
+            headers.insert(header::IF_NONE_MATCH, value);
+        }
+        let answer = self
+            .send(identity, Method::GET, url, None, headers, Access::Read)
+            .await?;
+        if answer.status == 304 {
+            let Some(entry) = cached else {
+                return Err(GithubError::Decode {
+                    method: Method::GET,
+                    path: path_of(url, &self.inner.origin).to_owned(),
+                    detail: "304 Not Modified for a request that had no ETag".into(),
+                });
+            };
+            return Ok(Polled {
+                body: entry.body,
+                modified: false,
+                next: entry.next,
+            });
+        }
+        let next = next_link(&answer.headers);
+        if let Some(etag) = answer
+            .headers
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+        {
+            cache_put(
+                &self.inner.store,
+                &identity.key,
+                url,
+                etag,
+                &answer.body,
+                next.as_deref(),
+            )
+            .await?;
+        }
+        Ok(Polled {
+            body: answer.body,
+            modified: true,
+            next,
+        })
+    }
+
+    /// Every page of a polled list, following `Link: rel="next"` on the API's own host only.
+    /// Returns the items and whether any page changed.
+    pub async fn poll_all<T: DeserializeOwned>(
+        &self,
+        identity: &Identity,
+        first_url: &str,
+    ) -> Result<(Vec<T>, bool), GithubError> {
+        let mut items = Vec::new();
+        let mut modified = false;
+        let mut url = first_url.to_owned();
+        for _ in 0..1000 {
+            let page = self.poll(identity, &url).await?;
+            modified |= page.modified;
+            let mut batch: Vec<T> =
+                decode(&Method::GET, path_of(&url, &self.inner.origin), &page.body)?;
+            items.append(&mut batch);
+            match page.next {
+                Some(next) => url = next,
+                None => return Ok((items, modified)),
+            }
+        }
+        Err(GithubError::Decode {
+            method: Method::GET,
+            path: path_of(first_url, &self.inner.origin).to_owned(),
+            detail: "more than 1000 pages; refusing to follow further".into(),
+        })
+    }
+
+    /// An unconditional GET, decoded.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        identity: &Identity,
+        url: &str,
+    ) -> Result<T, GithubError> {
+        let answer = self
+            .send(
+                identity,
+                Method::GET,
+                url,
+                None,
+                HeaderMap::new(),
+                Access::Read,
+            )
+            .await?;
+        decode(&Method::GET, path_of(url, &self.inner.origin), &answer.body)
+    }
+
+    /// A content write (POST, PATCH, DELETE): paced within the write caps.
+    pub async fn write<B: Serialize, T: DeserializeOwned>(
+        &self,
+        identity: &Identity,
+        method: Method,
+        url: &str,
+        body: &B,
+    ) -> Result<T, GithubError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| GithubError::Decode {
+            method: method.clone(),
+            path: url.to_owned(),
+            detail: e.to_string(),
+        })?;
+        let answer = self
+            .send(
+                identity,
+                method.clone(),
+                url,
+                Some(bytes),
+                HeaderMap::new(),
+                Access::Write,
+            )
+            .await?;
+        decode(&method, path_of(url, &self.inner.origin), &answer.body)
+    }
+}
+
+fn token_key(token: &Token) -> String {
+    let digest = Sha256::digest(token.expose().as_bytes());
+    format!("token:{}", &hex::encode(digest)[..16])
+}
+
+fn network_detail(e: &octocrab::Error) -> String {
+    // octocrab's Display for transport errors is terse; the source chain says what happened.
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    detail
+}
+
+async fn read_capped(
+    body: impl http_body::Body<Data = bytes::Bytes, Error = octocrab::Error> + Unpin,
+) -> Result<Vec<u8>, String> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading the response: {}", network_detail(&e)))?;
+        if let Some(data) = frame.data_ref() {
+            if out.len() + data.len() > MAX_RESPONSE_BYTES {
+                return Err(format!("response larger than {MAX_RESPONSE_BYTES} bytes"));
+            }
+            out.extend_from_slice(data);
+        }
+    }
+    Ok(out)
+}
+
+fn decode<T: DeserializeOwned>(method: &Method, path: &str, body: &[u8]) -> Result<T, GithubError> {
+    serde_json::from_slice(body).map_err(|e| GithubError::Decode {
+        method: method.clone(),
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// GitHub's `message`, or the start of the body; one line, bounded.
+fn error_message(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Basic {
+        message: String,
+    }
+    let text = match serde_json::from_slice::<Basic>(body) {
+        Ok(b) => b.message,
+        Err(_) => String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+    };
+    let line: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
+    if line.is_empty() {
+        "(empty body)".into()
+    } else {
+        line
+    }
+}
+
+/// Parses `2026-11-25T12:00:00Z` (the only form GitHub sends).
+pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let t = text.trim().strip_suffix('Z')?;
+    let (date, time) = t.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let time = time.split('.').next()?;
+    let mut h = time.split(':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (h.next()??, h.next()??, h.next()??);
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs)
+        .ok()
+        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+}
+
+#[derive(Debug)]
+struct CacheEntry {
+    etag: String,
+    body: Vec<u8>,
+    next: Option<String>,
+}
+
+async fn cache_get(
+    store: &Store,
+    identity: &str,
+    url: &str,
+) -> Result<Option<CacheEntry>, GithubError> {
+    let (identity, url) = (identity.to_owned(), url.to_owned());
+    Ok(store
+        .call(move |c| {
+            c.query_row(
+                "SELECT etag, body, next_url FROM http_cache WHERE identity = ?1 AND url = ?2",
+                [&identity, &url],
+                |r| {
+                    Ok(CacheEntry {
+                        etag: r.get(0)?,
+                        body: r.get(1)?,
+                        next: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await?)
+}
+
+async fn cache_put(
+    store: &Store,
+    identity: &str,
+    url: &str,
+    etag: &str,
+    body: &[u8],
+    next: Option<&str>,
+) -> Result<(), GithubError> {
+    let (identity, url, etag, body, next) = (
+        identity.to_owned(),
+        url.to_owned(),
+        etag.to_owned(),
+        body.to_vec(),
+        next.map(str::to_owned),
+    );
+    store
+        .call(move |c| {
+            c.execute(
+                "INSERT INTO http_cache (identity, url, etag, body, next_url, stored_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+                 ON CONFLICT (identity, url) DO UPDATE SET etag = excluded.etag, body = excluded.body,
+                   next_url = excluded.next_url, stored_at = excluded.stored_at",
+                productbuilder_store::rusqlite::params![identity, url, etag, body, next],
+            )
+            .map(|_| ())
+        })
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_links_are_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LINK,
+            HeaderValue::from_static(
+                "<https://api.github.com/repositories/1/pulls?page=2>; rel=\"next\", <https://api.github.com/repositories/1/pulls?page=5>; rel=\"last\"",
+            ),
+        );
+        assert_eq!(
+            next_link(&h).as_deref(),
+            Some("https://api.github.com/repositories/1/pulls?page=2")
+        );
+        h.insert(
+            header::LINK,
+            HeaderValue::from_static("<https://x/?page=1>; rel=\"prev\""),
+        );
+        assert_eq!(next_link(&h), None);
+    }
+
+    #[test]
+    fn origins_and_paths() {
+        assert_eq!(
+            origin_of("http://127.0.0.1:8080/api/v3"),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            origin_of("https://API.github.com"),
+            "https://api.github.com"
+        );
+        assert_eq!(
+            path_of("https://api.github.com/repos/a/b", "https://api.github.com"),
+            "/repos/a/b"
+        );
+    }
+
+    #[test]
+    fn rfc3339_timestamps() {
+        let t = parse_rfc3339("2011-01-26T19:01:12Z").unwrap();
+        assert_eq!(
+            t.duration_since(UNIX_EPOCH).unwrap().as_secs(),
+            1_296_068_472
+        );
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+
+    #[test]
+    fn error_messages_are_one_bounded_line() {
+        assert_eq!(
+            error_message(br#"{"message":"Bad credentials"}"#),
+            "Bad credentials"
+        );
+        assert_eq!(error_message(b"<html>\n502\n</html>"), "<html>502</html>");
+        assert_eq!(error_message(&[b'x'; 5000]).len(), 200);
+        assert_eq!(error_message(b""), "(empty body)");
+    }
+
+    #[test]
+    fn credentials_never_print() {
+        let c = Credentials::Token(Token::new("ghp_abcdef"));
+        assert!(!format!("{c:?}").contains("ghp_abcdef"));
+        assert_eq!(
+            token_key(&Token::new("ghp_abcdef")),
+            token_key(&Token::new("ghp_abcdef"))
+        );
+        assert_ne!(
+            token_key(&Token::new("ghp_abcdef")),
+            token_key(&Token::new("ghp_other"))
+        );
+    }
+}

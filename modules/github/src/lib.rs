@@ -1,0 +1,37 @@
+//! GitHub, polled: every pull request, push, close, issue and comment of every configured
+//! repository, noticed without an inbound webhook and at (almost) no rate-limit cost when nothing
+//! changes.
+//!
+//! # Brief overview
+//! - [`GithubClient`]: credentials (a token, or a GitHub App whose installation tokens are renewed
+//!   five minutes before they expire and shared by the tenants of one installation), the persisted
+//!   ETag cache behind [`GithubClient::poll`], pagination on the API's own host only, and every
+//!   failure as a [`GithubError`] that converts into the scheduler's error kinds.
+//! - [`Budget`]: one per identity, shared by all tenants: requests in flight, pacing, pauses on
+//!   GitHub's hints, and the content-write caps.
+//! - [`GithubModule`]: the units `preflight:repository`, `worker:pulls`, `worker:issues`,
+//!   `worker:comments`, and [`GithubState`], what they publish.
+//! - [`webhook`]: signature checks and delivery dedup for the accelerator.
+//!
+//! # Why conditional requests carry the whole state
+//! A 304 costs no primary quota, so the pulls worker asks for the full list of open pull requests
+//! every cycle and gets the cached body back when nothing changed. Downstream code therefore always
+//! sees the whole desired set, never a diff that a missed cycle could lose.
+
+mod budget;
+mod client;
+mod comments;
+mod model;
+mod poll;
+pub mod webhook;
+
+pub use budget::{Access, Budget, BudgetLimits, BudgetSnapshot, Quota, wait_hint};
+pub use client::{
+    Answer, ClientConfig, Credentials, GithubClient, GithubError, Identity, Polled, Token,
+    next_link, parse_rfc3339,
+};
+pub use comments::{MarkerComments, Published};
+pub use model::{Pull, PullSet};
+pub use poll::{
+    Cursor, GithubModule, GithubState, TenantPollState, stored_comments, stored_issue_numbers,
+};
