@@ -1,20 +1,45 @@
-//! The only inbound port: health, readiness and metrics (later: dashboard, API, webhook).
+//! The only inbound port: health, readiness, metrics, the tenants API and the webhook accelerator.
 //!
 //! Only this module knows axum and the JSON shapes of the routes.
 
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use productbuilder_scheduler::StatusBoard;
+use axum::routing::{get, post};
+use productbuilder_github::webhook::{self, Deliveries};
+use productbuilder_github::{GithubState, Pull};
+use productbuilder_scheduler::{StatusBoard, escape_label};
 use productbuilder_store::Store;
 use serde::Serialize;
+use serde_json::json;
+
+use crate::config::Secret;
 
 #[derive(Clone)]
 pub struct AppState {
     pub board: StatusBoard,
     pub store: Store,
+    pub github: GithubState,
+    /// Configured repositories, `owner/name`, as written in the tenant files.
+    pub tenants: Vec<String>,
+    pub webhook_secret: Option<Secret>,
+    pub deliveries: Arc<Deliveries>,
+}
+
+impl AppState {
+    /// The configured spelling of a repository name, matched case-insensitively as GitHub does.
+    fn tenant(&self, repo: &str) -> Option<&str> {
+        self.tenants
+            .iter()
+            .find(|t| t.eq_ignore_ascii_case(repo))
+            .map(String::as_str)
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -22,6 +47,12 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/api/tenants", get(api_tenants))
+        .route("/api/tenants/{owner}/{repo}/pulls", get(api_pulls))
+        .route(
+            "/webhook",
+            post(webhook).layer(DefaultBodyLimit::max(webhook::MAX_BODY_BYTES)),
+        )
         .with_state(state)
 }
 
@@ -62,11 +93,71 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let mut text = String::with_capacity(4096 + state.board.units().len() * 1024);
-    text.push_str(&format!(
-        "# HELP productbuilder_build_info The running version.\n# TYPE productbuilder_build_info gauge\nproductbuilder_build_info{{version=\"{}\"}} 1\n",
+    let _ = writeln!(
+        text,
+        "# HELP productbuilder_build_info The running version.\n# TYPE productbuilder_build_info gauge\nproductbuilder_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
-    ));
+    );
     state.board.render_prometheus(&mut text);
+    let budgets = state.github.client.budgets();
+    let series: [(&str, &str, &str); 7] = [
+        (
+            "productbuilder_github_rate_limit",
+            "gauge",
+            "Primary quota of the identity per hour, as GitHub last reported it.",
+        ),
+        (
+            "productbuilder_github_rate_remaining",
+            "gauge",
+            "Primary quota left, as GitHub last reported it.",
+        ),
+        (
+            "productbuilder_github_rate_reset_timestamp_seconds",
+            "gauge",
+            "When the primary quota resets (unix seconds).",
+        ),
+        (
+            "productbuilder_github_requests_total",
+            "counter",
+            "Requests sent to GitHub.",
+        ),
+        (
+            "productbuilder_github_not_modified_total",
+            "counter",
+            "Requests answered 304 Not Modified (no primary quota spent).",
+        ),
+        (
+            "productbuilder_github_in_flight",
+            "gauge",
+            "Requests in flight now.",
+        ),
+        (
+            "productbuilder_github_paused_seconds",
+            "gauge",
+            "Seconds until the identity may send again after GitHub asked for a pause.",
+        ),
+    ];
+    for (i, (name, kind, help)) in series.iter().enumerate() {
+        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for b in &budgets {
+            let value = match i {
+                0 => b.limit.map(|v| v as f64),
+                1 => b.remaining.map(|v| v as f64),
+                2 => b.reset_at.map(|v| v as f64),
+                3 => Some(b.requests as f64),
+                4 => Some(b.not_modified as f64),
+                5 => Some(b.in_flight as f64),
+                _ => Some(b.paused_for.map_or(0.0, |d| d.as_secs_f64())),
+            };
+            if let Some(value) = value {
+                let _ = writeln!(
+                    text,
+                    "{name}{{identity=\"{}\"}} {value}",
+                    escape_label(&b.identity)
+                );
+            }
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -75,4 +166,159 @@ async fn metrics(State(state): State<AppState>) -> Response {
         text,
     )
         .into_response()
+}
+
+#[derive(Serialize)]
+struct Rate {
+    remaining: Option<u64>,
+    reset_at: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct TenantView {
+    repo: String,
+    last_poll_at: Option<String>,
+    last_change_at: Option<String>,
+    degraded: Vec<String>,
+    rate: Rate,
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(json!({ "error": e.to_string() })),
+    )
+        .into_response()
+}
+
+async fn api_tenants(State(state): State<AppState>) -> Response {
+    let polls = match state.github.poll_states().await {
+        Ok(rows) => rows,
+        Err(e) => return internal(e),
+    };
+    let polls: HashMap<String, _> = polls.into_iter().map(|p| (p.repo.clone(), p)).collect();
+    let views: Vec<TenantView> = state
+        .tenants
+        .iter()
+        .map(|repo| {
+            let poll = polls.get(repo);
+            let budget = state.github.client.budget_for(repo);
+            TenantView {
+                repo: repo.clone(),
+                last_poll_at: poll.and_then(|p| p.last_poll_at.clone()),
+                last_change_at: poll.and_then(|p| p.last_change_at.clone()),
+                degraded: state
+                    .board
+                    .group(repo)
+                    .filter(|u| u.is_degraded())
+                    .map(|u| u.name().to_owned())
+                    .collect(),
+                rate: Rate {
+                    remaining: budget.as_ref().and_then(|b| b.remaining),
+                    reset_at: budget.as_ref().and_then(|b| b.reset_at),
+                },
+            }
+        })
+        .collect();
+    axum::Json(views).into_response()
+}
+
+#[derive(Serialize)]
+struct PullView {
+    number: u64,
+    head_sha: String,
+    author: String,
+    fork: bool,
+    draft: bool,
+    labels: Vec<String>,
+    seen_at: String,
+    title: String,
+    author_association: String,
+    head_repo: Option<String>,
+}
+
+impl From<Pull> for PullView {
+    fn from(p: Pull) -> Self {
+        PullView {
+            number: p.number,
+            head_sha: p.head_sha,
+            author: p.author,
+            fork: p.fork,
+            draft: p.draft,
+            labels: p.labels,
+            seen_at: p.seen_at,
+            title: p.title,
+            author_association: p.author_association,
+            head_repo: p.head_repo,
+        }
+    }
+}
+
+async fn api_pulls(
+    State(state): State<AppState>,
+    Path((owner, repo)): Path<(String, String)>,
+) -> Response {
+    let Some(tenant) = state.tenant(&format!("{owner}/{repo}")) else {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(
+                json!({ "error": format!("{owner}/{repo} is not a configured repository") }),
+            ),
+        )
+            .into_response();
+    };
+    match state.github.open_pulls(tenant).await {
+        Ok(pulls) => {
+            axum::Json(pulls.into_iter().map(PullView::from).collect::<Vec<_>>()).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// The accelerator: a verified delivery nudges its repository's pollers; the payload itself is
+/// never used as state.
+async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(secret) = &state.webhook_secret else {
+        return (
+            StatusCode::NOT_FOUND,
+            "the webhook is off: set [github].webhook_secret to enable it\n",
+        )
+            .into_response();
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if !webhook::signature_is_valid(
+        secret.expose().as_bytes(),
+        &body,
+        header("x-hub-signature-256"),
+    ) {
+        tracing::warn!(
+            delivery = header("x-github-delivery").unwrap_or("-"),
+            "webhook with a missing or wrong signature; ignored"
+        );
+        return (StatusCode::UNAUTHORIZED, "bad signature\n").into_response();
+    }
+    let event = header("x-github-event").unwrap_or("");
+    if let Some(delivery) = header("x-github-delivery")
+        && !state.deliveries.first_time(delivery)
+    {
+        return (StatusCode::OK, "duplicate delivery; ignored\n").into_response();
+    }
+    if event == "ping" {
+        return (StatusCode::OK, "pong\n").into_response();
+    }
+    let Some(repo) = webhook::repository_of(&body) else {
+        return (StatusCode::OK, "no repository in the payload; ignored\n").into_response();
+    };
+    match state.tenant(&repo) {
+        Some(tenant) => {
+            let nudged = state.board.nudge_group(tenant);
+            tracing::info!(event, repo = tenant, nudged, "webhook: polling early");
+            (
+                StatusCode::ACCEPTED,
+                format!("nudged {nudged} units of {tenant}\n"),
+            )
+                .into_response()
+        }
+        None => (StatusCode::OK, "repository not configured; ignored\n").into_response(),
+    }
 }

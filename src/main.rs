@@ -14,6 +14,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
+use productbuilder_github::webhook::Deliveries;
+use productbuilder_github::{
+    BudgetLimits, ClientConfig, Credentials, GithubClient, GithubModule, GithubState, Token,
+};
 use productbuilder_planner::{Module, PlanError, RepoIdCell, Tenant, plan};
 use productbuilder_scheduler::{PreflightFailed, Schedule, Scheduler, SchedulerOptions, UnitSpec};
 use productbuilder_store::Store;
@@ -50,7 +54,7 @@ enum Command {
     Check {
         #[command(flatten)]
         config: ConfigArg,
-        /// Also check the database and state directory (later: tokens, repositories, Docker).
+        /// Also check the database, the state directory, and every repository with the credentials.
         #[arg(long)]
         online: bool,
     },
@@ -142,21 +146,74 @@ fn tenants(config: &Config) -> Vec<Arc<Tenant>> {
         .collect()
 }
 
+/// Everything `run` needs besides the units themselves.
+struct Wiring {
+    units: Vec<UnitSpec>,
+    github: GithubState,
+}
+
 /// The whole wiring: every module, in the order their units are listed.
-fn units(config: &Config, store: &Store) -> Result<Vec<UnitSpec>, PlanError> {
+fn wire(config: &Config, store: &Store) -> Result<Wiring, Failure> {
     let tenants = tenants(config);
+    let credentials = match &config.github.auth {
+        GithubAuth::Token(token) => Credentials::Token(Token::new(token.expose())),
+        GithubAuth::App {
+            app_id,
+            private_key,
+            installation_id,
+        } => Credentials::app(*app_id, private_key.expose(), *installation_id).map_err(|e| {
+            Failure::Invalid(format!(
+                "{}: key `github.private_key_file`: {e}",
+                config.file.display()
+            ))
+        })?,
+    };
+    let client = GithubClient::new(
+        ClientConfig {
+            api_url: config.github.api_url.clone(),
+            credentials,
+            limits: BudgetLimits {
+                max_in_flight: config.github.max_in_flight,
+                ..BudgetLimits::default()
+            },
+            request_timeout: config.github.request_timeout,
+        },
+        store.clone(),
+    )
+    .map_err(Failure::Invalid)?;
+    let github_state = GithubState::new(client, store.clone());
+
     let kernel = kernel::Kernel {
         store: store.clone(),
         tenants: tenants.clone(),
     };
-    let modules: [&dyn Module; 1] = [&kernel];
-    plan(&modules, &tenants, config.github.poll_interval)
+    let github = GithubModule {
+        state: github_state.clone(),
+        run_timeout: config.scheduler.run_timeout,
+    };
+    let modules: [&dyn Module; 2] = [&kernel, &github];
+    let units = plan(&modules, &tenants, config.github.poll_interval)?;
+    Ok(Wiring {
+        units,
+        github: github_state,
+    })
+}
+
+/// A single-threaded runtime for the short commands: the GitHub client needs one to exist, even
+/// when (as in `plan`) it never sends anything.
+fn small_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Failed(format!("cannot start the async runtime: {e}")))
 }
 
 fn print_plan(config: &Config) -> Result<(), Failure> {
+    let runtime = small_runtime()?;
+    let _entered = runtime.enter();
     // An in-memory database: planning must not create or touch the state directory.
     let store = Store::in_memory().map_err(|e| Failure::Failed(e.to_string()))?;
-    let units = units(config, &store)?;
+    let units = wire(config, &store)?.units;
     let width = units.iter().map(|u| u.name.len()).max().unwrap_or(0);
     for unit in &units {
         let (phase, when) = match unit.schedule {
@@ -172,8 +229,10 @@ fn print_plan(config: &Config) -> Result<(), Failure> {
 }
 
 fn check(config: &Config, online: bool) -> Result<(), Failure> {
+    let runtime = small_runtime()?;
+    let _entered = runtime.enter();
     let store = Store::in_memory().map_err(|e| Failure::Failed(e.to_string()))?;
-    let units = units(config, &store)?;
+    let units = wire(config, &store)?.units;
     let on_off = |on: bool| if on { "on" } else { "off" };
     println!("config ok: {}", config.file.display());
     println!("  state_dir: {}", config.state_dir.display());
@@ -256,6 +315,32 @@ fn check(config: &Config, online: bool) -> Result<(), Failure> {
             }
         }
     }
+    // The same repository preflights `run` starts with, once each, against a scratch database.
+    store
+        .migrate()
+        .map_err(|e| Failure::Failed(e.to_string()))?;
+    for unit in units
+        .iter()
+        .filter(|u| u.name.starts_with("preflight:repository:"))
+    {
+        let ctx = productbuilder_scheduler::RunCtx {
+            unit: unit.name.as_str().into(),
+            attempt: 1,
+            cancel: CancellationToken::new(),
+        };
+        let outcome = runtime.block_on(tokio::time::timeout(unit.timeout, (unit.work)(ctx)));
+        match outcome {
+            Ok(Ok(())) => println!("√ {}", unit.name),
+            Ok(Err(e)) => {
+                ok = false;
+                println!("x {}: {e}", unit.name);
+            }
+            Err(_) => {
+                ok = false;
+                println!("x {}: no answer within {:?}", unit.name, unit.timeout);
+            }
+        }
+    }
     if ok {
         Ok(())
     } else {
@@ -329,9 +414,9 @@ fn run(config: Config) -> Result<(), Failure> {
 
 async fn daemon(config: Config) -> Result<(), Failure> {
     let store = Store::open(config.database_path()).map_err(|e| Failure::Failed(e.to_string()))?;
-    let units = units(&config, &store)?;
+    let wiring = wire(&config, &store)?;
     let scheduler = Scheduler::new(
-        units,
+        wiring.units,
         SchedulerOptions {
             preflight_concurrency: config.scheduler.preflight_concurrency,
             shutdown_grace: config.scheduler.shutdown_grace,
@@ -354,6 +439,10 @@ async fn daemon(config: Config) -> Result<(), Failure> {
     let app = http::router(http::AppState {
         board: board.clone(),
         store: store.clone(),
+        github: wiring.github,
+        tenants: config.tenants.iter().map(|t| t.repo()).collect(),
+        webhook_secret: config.github.webhook_secret.clone(),
+        deliveries: Arc::new(Deliveries::new(10_000)),
     });
     let server = tokio::spawn(
         axum::serve(listener, app)

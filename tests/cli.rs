@@ -6,23 +6,40 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use productbuilder_github_sandbox::{Permission, Sandbox};
 
 const BIN: &str = env!("CARGO_BIN_EXE_productbuilder");
 const TOKEN: &str = "ghp_test_token_never_printed";
 
+/// A configuration directory, and the sandbox GitHub it points at.
 struct Site {
     dir: tempfile::TempDir,
+    github: Sandbox,
+    // Hosts the sandbox's server; dropped last.
+    _runtime: tokio::runtime::Runtime,
 }
+
+const REPOS: [&str; 3] = ["acme/shop", "acme/blog", "Codertocat/Hello-World"];
 
 impl Site {
     fn new(extra_main: &str) -> Self {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let github = runtime.block_on(Sandbox::start()).unwrap();
+        github.add_token(TOKEN, "productbuilder-bot");
+        for repo in REPOS {
+            let (owner, name) = repo.split_once('/').unwrap();
+            github.create_repo(owner, name);
+            github.grant("productbuilder-bot", repo, Permission::Push);
+        }
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("tenants")).unwrap();
         std::fs::write(
             dir.path().join("productbuilder.toml"),
             format!(
-                "state_dir = \"state\"\n[log]\nformat = \"json\"\n{extra_main}\n[github]\ntoken = \"{TOKEN}\"\n"
+                "state_dir = \"state\"\n[log]\nformat = \"json\"\n{extra_main}\n[github]\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\n",
+                github.url()
             ),
         )
         .unwrap();
@@ -36,7 +53,21 @@ impl Site {
             "repo = \"acme/blog\"\n",
         )
         .unwrap();
-        Site { dir }
+        Site {
+            dir,
+            github,
+            _runtime: runtime,
+        }
+    }
+
+    /// Adds the repository the fixture webhook payloads are about.
+    fn with_hello_world(self, poll_interval: &str) -> Self {
+        std::fs::write(
+            self.dir.path().join("tenants/hello.toml"),
+            format!("repo = \"Codertocat/Hello-World\"\npoll_interval = \"{poll_interval}\"\n"),
+        )
+        .unwrap();
+        self
     }
 
     fn config(&self) -> PathBuf {
@@ -72,12 +103,26 @@ fn plan_prints_units_without_touching_the_state_directory() {
     let out = site.output(&["plan"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    let first = stdout.lines().next().unwrap();
-    let columns: Vec<&str> = first.split_whitespace().collect();
-    assert_eq!(
-        columns,
-        ["preflight:database:global", "preflight", "stage", "0"]
-    );
+    let plan: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let want: Vec<Vec<&str>> = [
+        "preflight:database:global preflight stage 0",
+        "preflight:repository:acme/blog preflight stage 1",
+        "preflight:repository:acme/shop preflight stage 1",
+        "worker:pulls:acme/blog worker every 30s",
+        "worker:pulls:acme/shop worker every 15s",
+        "worker:issues:acme/blog worker every 30s",
+        "worker:issues:acme/shop worker every 15s",
+        "worker:comments:acme/blog worker every 30s",
+        "worker:comments:acme/shop worker every 15s",
+    ]
+    .iter()
+    .map(|l| l.split_whitespace().collect())
+    .collect();
+    assert_eq!(plan, want);
+    assert!(site.github.requests().is_empty(), "plan touches no network");
     assert!(!site.dir.path().join("state").exists());
 }
 
@@ -155,6 +200,9 @@ fn check_never_prints_secrets() {
             "{all}"
         );
         assert!(all.contains("token (set)"), "{all}");
+        if args.len() == 2 {
+            assert!(all.contains("√ preflight:repository:acme/shop"), "{all}");
+        }
     }
 }
 
@@ -355,4 +403,276 @@ fn a_failed_preflight_exits_1_with_one_line_naming_the_unit() {
         "{stderr}"
     );
     assert!(last.contains("schema version 999 is newer"), "{last}");
+}
+
+/// POSTs a webhook delivery; returns the status code.
+fn deliver(port: u16, event: &str, delivery: &str, body: &[u8], signature: Option<String>) -> u16 {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = format!(
+        "POST /webhook HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nX-GitHub-Event: {event}\r\nX-GitHub-Delivery: {delivery}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(sig) = signature {
+        head.push_str(&format!("X-Hub-Signature-256: {sig}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    // A server may answer (413) before reading a large body; a broken pipe is then expected.
+    let _ = stream.write_all(body);
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/github-webhooks")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Requests the sandbox saw for one repository's pull list since `from`.
+fn pull_polls_since(site: &Site, repo: &str, from: Instant) -> usize {
+    let prefix = format!("/repos/{repo}/pulls?");
+    site.github
+        .requests()
+        .iter()
+        .filter(|r| r.at >= from && r.path_and_query.starts_with(&prefix))
+        .count()
+}
+
+#[test]
+fn the_webhook_checks_signatures_ignores_duplicates_and_nudges_within_a_second() {
+    let secret = "It's a Secret to Everybody";
+    let site = Site::new("").with_hello_world("1h");
+    std::fs::write(
+        site.config(),
+        std::fs::read_to_string(site.config()).unwrap().replace(
+            "[github]\n",
+            &format!("[github]\nwebhook_secret = {secret:?}\n"),
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&site);
+    daemon.wait_for("preflights passed");
+
+    let body = fixture("pull_request.synchronize.json");
+    // A wrong signature wakes nothing.
+    let before = Instant::now();
+    assert_eq!(
+        deliver(
+            daemon.port,
+            "pull_request",
+            "d-0",
+            &body,
+            Some(sign("wrong", &body))
+        ),
+        401
+    );
+    assert_eq!(
+        deliver(daemon.port, "pull_request", "d-0", &body, None),
+        401
+    );
+    let ping = fixture("ping.json");
+    assert_eq!(
+        deliver(
+            daemon.port,
+            "ping",
+            "d-ping",
+            &ping,
+            Some(sign(secret, &ping))
+        ),
+        200
+    );
+
+    // A good one: the pulls poller of Codertocat/Hello-World runs at once, not in an hour.
+    let sent = Instant::now();
+    assert_eq!(
+        deliver(
+            daemon.port,
+            "pull_request",
+            "d-1",
+            &body,
+            Some(sign(secret, &body))
+        ),
+        202
+    );
+    let deadline = sent + Duration::from_secs(5);
+    let polled_at = loop {
+        let seen = site.github.requests().into_iter().find(|r| {
+            r.at >= sent
+                && r.path_and_query
+                    .starts_with("/repos/Codertocat/Hello-World/pulls?")
+        });
+        if let Some(r) = seen {
+            break r.at;
+        }
+        assert!(Instant::now() < deadline, "no poll after the webhook");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        polled_at - sent < Duration::from_secs(1),
+        "{:?}",
+        polled_at - sent
+    );
+    assert!(
+        pull_polls_since(&site, "Codertocat/Hello-World", before) >= 1,
+        "the bad deliveries woke nothing before the good one"
+    );
+
+    // The same delivery again is recognised and wakes nothing more.
+    let settled = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    let polls_before = pull_polls_since(&site, "Codertocat/Hello-World", settled);
+    assert_eq!(
+        deliver(
+            daemon.port,
+            "pull_request",
+            "d-1",
+            &body,
+            Some(sign(secret, &body))
+        ),
+        200
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        pull_polls_since(&site, "Codertocat/Hello-World", settled),
+        polls_before
+    );
+
+    // Every real payload in the fixtures is accepted.
+    for (i, name) in [
+        "issue_comment.created.json",
+        "issues.opened.json",
+        "push.json",
+        "pull_request.closed.json",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let body = fixture(name);
+        let event = name.split('.').next().unwrap();
+        assert_eq!(
+            deliver(
+                daemon.port,
+                event,
+                &format!("f-{i}"),
+                &body,
+                Some(sign(secret, &body))
+            ),
+            202,
+            "{name}"
+        );
+    }
+
+    // Over GitHub's 25 MB cap: refused before anything else.
+    let huge = vec![b' '; 26 * 1024 * 1024];
+    assert_eq!(
+        deliver(
+            daemon.port,
+            "push",
+            "d-huge",
+            &huge,
+            Some(sign(secret, &huge))
+        ),
+        413
+    );
+
+    daemon.signal("TERM");
+    let (code, lines) = daemon.wait();
+    assert_eq!(code, Some(0));
+    assert!(lines.iter().all(|l| !l.contains(secret)));
+}
+
+#[test]
+fn without_a_secret_the_webhook_is_404() {
+    let site = Site::new("");
+    let daemon = Daemon::start(&site);
+    daemon.wait_for("productbuilder started");
+    let body = fixture("ping.json");
+    assert_eq!(
+        deliver(daemon.port, "ping", "x", &body, Some(sign("s", &body))),
+        404
+    );
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait().0, Some(0));
+}
+
+#[test]
+fn the_tenants_api_shows_polls_pulls_and_the_quota() {
+    let site = Site::new("");
+    let number = site.github.open_pr(
+        "acme/shop",
+        productbuilder_github_sandbox::NewPr::new("Add search", "alice", "search")
+            .with_file("index.html", "<h1>search</h1>")
+            .with_label("preview"),
+    );
+    let sha = site.github.head_sha("acme/shop", number);
+    let daemon = Daemon::start(&site);
+    daemon.wait_for("preflights passed");
+    // The first poll of acme/shop happens within its 15 s interval (jittered); wait for its log.
+    daemon.wait_for("pull requests changed");
+    let (status, body) = get(daemon.port, "/api/tenants/acme/shop/pulls").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let pulls: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(pulls[0]["number"], number);
+    assert_eq!(pulls[0]["head_sha"], sha.as_str());
+    assert_eq!(pulls[0]["author"], "alice");
+    assert_eq!(pulls[0]["fork"], false);
+    assert_eq!(pulls[0]["draft"], false);
+    assert_eq!(pulls[0]["labels"], serde_json::json!(["preview"]));
+    assert!(
+        pulls[0]["seen_at"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z'))
+    );
+
+    let (status, body) = get(daemon.port, "/api/tenants").unwrap();
+    assert_eq!(status, 200);
+    let tenants: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let shop = tenants
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["repo"] == "acme/shop")
+        .unwrap();
+    assert!(
+        shop["last_poll_at"].is_string() && shop["last_change_at"].is_string(),
+        "{shop}"
+    );
+    assert_eq!(shop["degraded"], serde_json::json!([]));
+    assert!(
+        shop["rate"]["remaining"]
+            .as_u64()
+            .is_some_and(|r| r > 0 && r < 5000),
+        "{shop}"
+    );
+    assert_eq!(
+        get(daemon.port, "/api/tenants/nobody/here/pulls")
+            .unwrap()
+            .0,
+        404
+    );
+
+    let (_, metrics) = get(daemon.port, "/metrics").unwrap();
+    assert!(
+        metrics.contains("productbuilder_github_rate_remaining{identity=\"token:"),
+        "{metrics}"
+    );
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait().0, Some(0));
 }

@@ -97,6 +97,9 @@ pub struct GithubConfig {
     pub auth: GithubAuth,
     pub poll_interval: Duration,
     pub webhook_secret: Option<Secret>,
+    /// Requests in flight per GitHub identity.
+    pub max_in_flight: usize,
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -548,6 +551,24 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
         github_raw.webhook_secret,
         github_raw.webhook_secret_file,
     );
+    let max_in_flight = match github_raw.max_in_flight {
+        Some(n @ 1..=100) => n as usize,
+        None => 4,
+        Some(n) => {
+            p.push(
+                here("github.max_in_flight"),
+                Some("github.max_in_flight"),
+                format!("{n} is out of range; GitHub allows at most 100 concurrent requests, use 1 to 100"),
+            );
+            4
+        }
+    };
+    let request_timeout = duration(
+        &mut p,
+        "github.request_timeout",
+        github_raw.request_timeout.as_ref(),
+        Duration::from_secs(30),
+    );
 
     let preview = PreviewConfig {
         domain: raw
@@ -693,6 +714,8 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
             auth: auth.expect("no problems means auth resolved"),
             poll_interval,
             webhook_secret,
+            max_in_flight,
+            request_timeout,
         },
         preview,
         slack,

@@ -60,6 +60,9 @@ pub struct RawGithub {
     pub poll_interval: Option<String>,
     pub webhook_secret: Option<String>,
     pub webhook_secret_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    pub max_in_flight: Option<u64>,
+    pub request_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
