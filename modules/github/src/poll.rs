@@ -251,14 +251,21 @@ fn load_open(c: &rusqlite::Connection, repo: &str) -> rusqlite::Result<Vec<Pull>
 }
 
 /// Whether a cold tenant skips this cycle to save quota. Cold: no open pull request and no change
-/// for an hour. While the quota is low, a cold tenant polls once every `COLD_STRETCH` cycles.
-async fn skip_cold(state: &GithubState, repo: &str, low: bool) -> Result<bool, UnitError> {
+/// for an hour (the first poll counts as a change: what we had not seen is new). While the quota is low, a cold tenant polls once every `COLD_STRETCH` cycles.
+///
+/// `unit` keys the skip counter (one per worker), `repo` names the tenant.
+async fn skip_cold(
+    state: &GithubState,
+    unit: &str,
+    repo: &str,
+    low: bool,
+) -> Result<bool, UnitError> {
     if !low {
         state
             .skips
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(repo);
+            .remove(unit);
         return Ok(false);
     }
     let key = repo.to_owned();
@@ -271,14 +278,15 @@ async fn skip_cold(state: &GithubState, repo: &str, low: bool) -> Result<bool, U
                 [&key],
                 |r| r.get(0),
             )?;
-            let recent: Option<i64> = c
+            // A tenant never polled is not cold: it is unknown.
+            let quiet: Option<i64> = c
                 .query_row(
-                    "SELECT 1 FROM poll_state WHERE repo = ?1 AND last_change_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2)",
+                    "SELECT 1 FROM poll_state WHERE repo = ?1 AND last_change_at <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2)",
                     params![key, format!("-{cold_after} seconds")],
                     |r| r.get(0),
                 )
                 .optional()?;
-            Ok(open == 0 && recent.is_none())
+            Ok(open == 0 && quiet.is_some())
         })
         .await
         .map_err(store_err)?;
@@ -286,7 +294,7 @@ async fn skip_cold(state: &GithubState, repo: &str, low: bool) -> Result<bool, U
         return Ok(false);
     }
     let mut skips = state.skips.lock().unwrap_or_else(|p| p.into_inner());
-    let count = skips.entry(repo.to_owned()).or_insert(0);
+    let count = skips.entry(unit.to_owned()).or_insert(0);
     *count += 1;
     if *count < COLD_STRETCH {
         return Ok(true);
@@ -302,9 +310,9 @@ async fn record_poll(state: &GithubState, repo: &str, changed: bool) -> Result<(
         .call(move |c| {
             c.execute(
                 "INSERT INTO poll_state (repo, last_poll_at, last_change_at)
-                 VALUES (?1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), CASE WHEN ?2 THEN strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END)
+                 VALUES (?1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
                  ON CONFLICT (repo) DO UPDATE SET last_poll_at = excluded.last_poll_at,
-                   last_change_at = COALESCE(excluded.last_change_at, poll_state.last_change_at)",
+                   last_change_at = CASE WHEN ?2 THEN excluded.last_change_at ELSE poll_state.last_change_at END",
                 params![repo, changed],
             )
         })
@@ -319,7 +327,14 @@ async fn record_poll(state: &GithubState, repo: &str, changed: bool) -> Result<(
 async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), UnitError> {
     let repo = tenant.repo();
     let identity = state.client.identity(&repo).await?;
-    if skip_cold(state, &repo, identity.budget.is_low()).await? {
+    if skip_cold(
+        state,
+        &format!("pulls:{repo}"),
+        &repo,
+        identity.budget.is_low(),
+    )
+    .await?
+    {
         tracing::debug!(repo = %repo, "quota low and tenant cold: skipping this poll");
         return Ok(());
     }
@@ -593,7 +608,8 @@ async fn sync_stream(
     let identity = state.client.identity(&repo).await?;
     if skip_cold(
         state,
-        &format!("{repo}#{}", stream.name),
+        &format!("{}:{repo}", stream.name),
+        &repo,
         identity.budget.is_low(),
     )
     .await?

@@ -506,3 +506,64 @@ async fn edits_of_one_comment_coalesce_and_the_latest_wins() {
     assert_eq!(ours.len(), 1);
     assert!(ours[0].body.ends_with("ready"));
 }
+
+#[tokio::test]
+async fn cold_tenants_stretch_their_polls_when_the_quota_runs_low() {
+    let world = World::new(&["acme/cold", "acme/warm"]).await;
+    world.sandbox.open_pr("acme/warm", pr(1));
+    // Under a tenth of the quota left.
+    world
+        .sandbox
+        .set_rate_limit(TOKEN, 5000, 300, Duration::from_secs(3600));
+    let daemon = world.token_daemon();
+    let tenants = [tenant("acme/cold"), tenant("acme/warm")];
+    // A first round, then acme/cold has seen no change for two hours.
+    daemon
+        .run(&tenants, "worker:pulls:acme/cold")
+        .await
+        .unwrap();
+    daemon
+        .run(&tenants, "worker:pulls:acme/warm")
+        .await
+        .unwrap();
+    daemon
+        .state
+        .store
+        .call(|c| {
+            c.execute(
+                "UPDATE poll_state SET last_change_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 hours') WHERE repo = 'acme/cold'",
+                [],
+            )
+        })
+        .await
+        .unwrap();
+    world.sandbox.clear_requests();
+    for _ in 0..8 {
+        daemon
+            .run(&tenants, "worker:pulls:acme/cold")
+            .await
+            .unwrap();
+        daemon
+            .run(&tenants, "worker:pulls:acme/warm")
+            .await
+            .unwrap();
+    }
+    let polls = |repo: &str| {
+        world
+            .sandbox
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.path_and_query
+                    .starts_with(&format!("/repos/{repo}/pulls?"))
+            })
+            .count()
+    };
+    assert_eq!(
+        polls("acme/warm"),
+        8,
+        "a tenant with an open pull request keeps its pace"
+    );
+    // Only every fourth cycle.
+    assert_eq!(polls("acme/cold"), 2);
+}
