@@ -19,6 +19,7 @@ use productbuilder_github::{
     BudgetLimits, ClientConfig, Credentials, GithubClient, GithubModule, GithubState, Token,
 };
 use productbuilder_planner::{Module, PlanError, RepoIdCell, Tenant, plan};
+use productbuilder_preview::policy::Policy;
 use productbuilder_scheduler::{PreflightFailed, Schedule, Scheduler, SchedulerOptions, UnitSpec};
 use productbuilder_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +61,21 @@ enum Command {
     },
     /// Apply pending database migrations and exit.
     Migrate(ConfigArg),
+    /// Tools for target repository authors.
+    Preview {
+        #[command(subcommand)]
+        action: PreviewCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PreviewCommand {
+    /// Check a checkout's .productbuilding/preview/config.yml and its compose file against the
+    /// preview policy, offline.
+    Validate {
+        /// The repository checkout (default: the current directory).
+        dir: Option<PathBuf>,
+    },
 }
 
 /// How a command failed, which decides the exit code.
@@ -72,7 +88,7 @@ enum Failure {
 
 impl From<ConfigError> for Failure {
     fn from(e: ConfigError) -> Self {
-        Failure::Invalid(e.to_string())
+        Failure::Invalid(format!("invalid configuration:\n{e}"))
     }
 }
 
@@ -113,11 +129,14 @@ fn main() -> ExitCode {
         Command::Migrate(args) => config::load(&args.config)
             .map_err(Failure::from)
             .and_then(|c| migrate(&c)),
+        Command::Preview {
+            action: PreviewCommand::Validate { dir },
+        } => preview_validate(&dir.unwrap_or_else(|| PathBuf::from("."))),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Invalid(message)) => {
-            eprintln!("productbuilder: invalid configuration:\n{message}");
+            eprintln!("productbuilder: {message}");
             ExitCode::from(2)
         }
         Err(Failure::Failed(message)) => {
@@ -373,6 +392,38 @@ fn migrate(config: &Config) -> Result<(), Failure> {
         println!("applied {:04}_{}", m.version, m.name);
     }
     Ok(())
+}
+
+fn preview_validate(dir: &std::path::Path) -> Result<(), Failure> {
+    let report = productbuilder_preview::validate_checkout(dir, &Policy::default());
+    for warning in &report.warnings {
+        println!("warning: {warning}");
+    }
+    for error in &report.errors {
+        println!("error: {error}");
+    }
+    for violation in &report.violations {
+        println!("refused: {violation}");
+    }
+    match &report.spec {
+        Some(spec) => {
+            println!(
+                "{}: valid: service `{}` on port {}, health check {} within {}s, compose file {}",
+                dir.display(),
+                spec.service,
+                spec.internal_port,
+                spec.healthcheck_path,
+                spec.startup_timeout_seconds,
+                spec.compose_file
+            );
+            Ok(())
+        }
+        None => Err(Failure::Invalid(format!(
+            "{}: {} problem(s) in the preview contract (see above)",
+            dir.display(),
+            report.errors.len() + report.violations.len()
+        ))),
+    }
 }
 
 fn init_logging(config: &Config) {

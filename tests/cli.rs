@@ -676,3 +676,58 @@ fn the_tenants_api_shows_polls_pulls_and_the_quota() {
     daemon.signal("TERM");
     assert_eq!(daemon.wait().0, Some(0));
 }
+
+#[test]
+fn preview_validate_reports_each_problem_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let preview = dir.path().join(".productbuilding/preview");
+    std::fs::create_dir_all(&preview).unwrap();
+    std::fs::write(
+        preview.join("config.yml"),
+        "version: 1\ncompose:\n  file: .productbuilding/preview/docker-compose.yml\n  service: app\nruntime:\n  internal_port: 8080\n  healthcheck_path: /\n  startup_timeout_seconds: 30\n",
+    )
+    .unwrap();
+    std::fs::write(
+        preview.join("docker-compose.yml"),
+        "services:\n  app:\n    build: ../..\n",
+    )
+    .unwrap();
+    let validate = |dir: &Path| {
+        Command::new(BIN)
+            .args(["preview", "validate"])
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    let ok = validate(dir.path());
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stdout));
+    assert!(
+        text(&ok.stdout).contains("valid: service `app` on port 8080, health check / within 30s")
+    );
+
+    std::fs::write(
+        preview.join("docker-compose.yml"),
+        "services:\n  app:\n    build: ../..\n    privileged: true\n    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n",
+    )
+    .unwrap();
+    let bad = validate(dir.path());
+    assert_eq!(bad.status.code(), Some(2));
+    let out = text(&bad.stdout);
+    assert!(
+        out.contains(
+            "refused: .productbuilding/preview/docker-compose.yml:5: mentions the Docker socket"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("refused: .productbuilding/preview/docker-compose.yml:4: service `app` is privileged [privileged]"), "{out}");
+    // The socket is also a host path outside the checkout: three problems.
+    assert!(
+        out.contains("mounts \"/var/run/docker.sock\" from outside the checkout [host_path]"),
+        "{out}"
+    );
+    assert!(
+        text(&bad.stderr).contains("3 problem(s)"),
+        "{}",
+        text(&bad.stderr)
+    );
+}
