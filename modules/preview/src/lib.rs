@@ -13,8 +13,10 @@
 //! built or mounted until the contract and the compose file have passed these checks; they are the
 //! same offline (`productbuilder preview validate`) as in the daemon.
 
+pub mod compose;
 pub mod policy;
 pub mod spec;
+pub mod state;
 
 use std::path::Path;
 
