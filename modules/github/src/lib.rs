@@ -23,6 +23,7 @@ mod client;
 mod comments;
 mod model;
 mod poll;
+mod report;
 pub mod webhook;
 
 pub use budget::{Access, Budget, BudgetLimits, BudgetSnapshot, Quota, wait_hint};
@@ -34,4 +35,7 @@ pub use comments::{MarkerComments, Published};
 pub use model::{Pull, PullSet};
 pub use poll::{
     Cursor, GithubModule, GithubState, TenantPollState, stored_comments, stored_issue_numbers,
+};
+pub use report::{
+    CommitState, DeploymentState, Reporter, STATUS_CONTEXT, description, environment,
 };

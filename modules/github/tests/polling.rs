@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use productbuilder_github::{
-    BudgetLimits, ClientConfig, Credentials, GithubClient, GithubModule, GithubState,
-    MarkerComments, Published, Token, stored_comments, stored_issue_numbers,
+    BudgetLimits, ClientConfig, CommitState, Credentials, DeploymentState, GithubClient,
+    GithubModule, GithubState, MarkerComments, Published, Reporter, Token, stored_comments,
+    stored_issue_numbers,
 };
 use productbuilder_github_sandbox::{Fault, NewPr, Permission, Sandbox};
 use productbuilder_planner::{Module, RepoIdCell, Tenant, plan};
@@ -566,4 +567,93 @@ async fn cold_tenants_stretch_their_polls_when_the_quota_runs_low() {
     );
     // Only every fourth cycle.
     assert_eq!(polls("acme/cold"), 2);
+}
+
+#[tokio::test]
+async fn deployments_are_created_once_and_statuses_reach_the_head_sha() {
+    let world = World::new(&["acme/shop"]).await;
+    let number = world.sandbox.open_pr("acme/shop", pr(1));
+    let sha = world.sandbox.head_sha("acme/shop", number);
+    let reporter = Reporter::new(world.token_daemon().state.client.clone());
+
+    reporter
+        .commit_status(
+            "acme/shop",
+            &sha,
+            CommitState::Pending,
+            "Building the preview",
+            None,
+        )
+        .await
+        .unwrap();
+    let first = reporter
+        .ensure_deployment("acme/shop", number, &sha)
+        .await
+        .unwrap();
+    // A restart that forgot the id finds the same deployment instead of creating another.
+    let again = Reporter::new(world.token_daemon().state.client.clone())
+        .ensure_deployment("acme/shop", number, &sha)
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    reporter
+        .deployment_status(
+            "acme/shop",
+            first,
+            DeploymentState::InProgress,
+            "building",
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let url = "http://shop-pr-1.preview.localhost";
+    reporter
+        .deployment_status(
+            "acme/shop",
+            first,
+            DeploymentState::Success,
+            "ready",
+            Some(url),
+            None,
+        )
+        .await
+        .unwrap();
+    reporter
+        .commit_status(
+            "acme/shop",
+            &sha,
+            CommitState::Success,
+            &"Ready. ".repeat(40),
+            Some(url),
+        )
+        .await
+        .unwrap();
+
+    let deployments = world.sandbox.deployments("acme/shop");
+    assert_eq!(deployments.len(), 1);
+    assert_eq!(deployments[0].environment, "preview/pr-1");
+    assert_eq!(deployments[0].sha, sha);
+    assert_eq!(
+        deployments[0].statuses,
+        [
+            ("in_progress".to_owned(), None),
+            ("success".to_owned(), Some(url.to_owned()))
+        ]
+    );
+    let statuses = world.sandbox.statuses("acme/shop", &sha);
+    let ours: Vec<_> = statuses
+        .iter()
+        .filter(|s| s.context == "productbuilder/preview")
+        .collect();
+    assert_eq!(ours.len(), 2);
+    assert!(
+        ours.iter()
+            .any(|s| s.state == "success" && s.target_url.as_deref() == Some(url))
+    );
+    assert!(ours.iter().all(|s| {
+        s.description
+            .as_deref()
+            .is_none_or(|d| d.chars().count() <= 140)
+    }));
 }
