@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -160,7 +161,10 @@ impl From<GithubError> for UnitError {
 pub struct Answer {
     pub status: u16,
     pub headers: HeaderMap,
+    /// The body, unless it was streamed to a file.
     pub body: Vec<u8>,
+    /// Bytes streamed to a file by [`GithubClient::download_to`].
+    pub written: u64,
 }
 
 /// The result of a polled (conditional) GET: the body is current either way.
@@ -483,8 +487,59 @@ impl GithubClient {
         method: Method,
         url: &str,
         body: Option<Vec<u8>>,
+        headers: HeaderMap,
+        access: Access,
+    ) -> Result<Answer, GithubError> {
+        self.exchange(
+            identity,
+            method,
+            url,
+            body,
+            headers,
+            access,
+            None,
+            self.inner.timeout,
+        )
+        .await
+    }
+
+    /// Downloads `url` into `file`, refusing more than `max_bytes`, within `timeout`. Redirects
+    /// are followed, and credentials are dropped on a redirect to another origin (GitHub's
+    /// tarball links point at a pre-signed URL on another host). Returns the bytes written.
+    pub async fn download_to(
+        &self,
+        identity: &Identity,
+        url: &str,
+        file: &Path,
+        max_bytes: u64,
+        timeout: Duration,
+    ) -> Result<u64, GithubError> {
+        let answer = self
+            .exchange(
+                identity,
+                Method::GET,
+                url,
+                None,
+                HeaderMap::new(),
+                Access::Read,
+                Some((file, max_bytes)),
+                timeout,
+            )
+            .await?;
+        Ok(answer.written)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &self,
+        identity: &Identity,
+        method: Method,
+        url: &str,
+        body: Option<Vec<u8>>,
         mut headers: HeaderMap,
         access: Access,
+        to_file: Option<(&Path, u64)>,
+        timeout: Duration,
     ) -> Result<Answer, GithubError> {
         let path = path_of(url, &self.inner.origin).to_owned();
         if origin_of(url) != self.inner.origin {
@@ -544,25 +599,32 @@ impl GithubClient {
                         detail: network_detail(&e),
                     })?;
             let (parts, body) = response.into_parts();
-            let bytes = read_capped(body)
-                .await
-                .map_err(|detail| GithubError::Network {
-                    method: method.clone(),
-                    path: path.clone(),
-                    detail,
-                })?;
+            let status = parts.status.as_u16();
+            let network = |detail| GithubError::Network {
+                method: method.clone(),
+                path: path.clone(),
+                detail,
+            };
+            let (bytes, written) = match to_file {
+                Some((file, max)) if (200..300).contains(&status) => (
+                    Vec::new(),
+                    stream_to_file(body, file, max).await.map_err(network)?,
+                ),
+                _ => (read_capped(body).await.map_err(network)?, 0),
+            };
             Ok::<_, GithubError>(Answer {
-                status: parts.status.as_u16(),
+                status,
                 headers: parts.headers,
                 body: bytes,
+                written,
             })
         };
-        let answer = tokio::time::timeout(self.inner.timeout, exchange)
+        let answer = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| GithubError::Timeout {
                 method: method.clone(),
                 path: path.clone(),
-                after: self.inner.timeout,
+                after: timeout,
             })??;
         let wait_hint = identity
             .budget
@@ -741,6 +803,42 @@ async fn read_capped(
         }
     }
     Ok(out)
+}
+
+/// Streams a body into a new file, stopping with an error past `max` bytes.
+async fn stream_to_file(
+    body: impl http_body::Body<Data = bytes::Bytes, Error = octocrab::Error> + Unpin,
+    file: &Path,
+    max: u64,
+) -> Result<u64, String> {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    let mut out = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(file)
+        .await
+        .map_err(|e| format!("cannot create {}: {e}", file.display()))?;
+    let mut body = body;
+    let mut written: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading the download: {}", network_detail(&e)))?;
+        if let Some(data) = frame.data_ref() {
+            written += data.len() as u64;
+            if written > max {
+                return Err(format!(
+                    "the download is larger than {max} bytes; refusing it"
+                ));
+            }
+            out.write_all(data)
+                .await
+                .map_err(|e| format!("writing {}: {e}", file.display()))?;
+        }
+    }
+    out.flush()
+        .await
+        .map_err(|e| format!("writing {}: {e}", file.display()))?;
+    Ok(written)
 }
 
 fn decode<T: DeserializeOwned>(method: &Method, path: &str, body: &[u8]) -> Result<T, GithubError> {

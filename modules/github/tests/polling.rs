@@ -657,3 +657,58 @@ async fn deployments_are_created_once_and_statuses_reach_the_head_sha() {
             .is_none_or(|d| d.chars().count() <= 140)
     }));
 }
+
+#[tokio::test]
+async fn a_head_tarball_downloads_through_the_redirect_within_a_size_cap() {
+    let world = World::new(&["acme/shop"]).await;
+    let number = world.sandbox.open_pr("acme/shop", pr(7));
+    let sha = world.sandbox.head_sha("acme/shop", number);
+    let client = world.token_daemon().state.client.clone();
+    let identity = client.identity("acme/shop").await.unwrap();
+    let url = client.url(&format!("/repos/acme/shop/tarball/{sha}"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("source.tar.gz");
+    let written = client
+        .download_to(
+            &identity,
+            &url,
+            &file,
+            10 * 1024 * 1024,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, std::fs::metadata(&file).unwrap().len());
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(
+        std::fs::File::open(&file).unwrap(),
+    ));
+    let names: Vec<String> = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.ends_with("/index.html")),
+        "{names:?}"
+    );
+
+    // Over the cap: refused, and the partial file is the caller's to delete.
+    let capped = dir.path().join("capped.tar.gz");
+    let err = client
+        .download_to(&identity, &url, &capped, 16, Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("larger than 16 bytes"), "{err}");
+    // Never into an existing file (no following of a planted link).
+    let err = client
+        .download_to(
+            &identity,
+            &url,
+            &file,
+            10 * 1024 * 1024,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot create"), "{err}");
+}
