@@ -44,6 +44,7 @@ impl AppState {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -54,6 +55,18 @@ pub fn router(state: AppState) -> Router {
             post(webhook).layer(DefaultBodyLimit::max(webhook::MAX_BODY_BYTES)),
         )
         .with_state(state)
+}
+
+async fn dashboard(State(state): State<AppState>) -> Response {
+    let page = crate::dashboard::render(&state.board, &state.github, &state.tenants).await;
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        page,
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {

@@ -6,6 +6,7 @@
 // Slack, the LLM agent, builds): the contract fixes them, so they are parsed and checked today.
 #[allow(dead_code)]
 mod config;
+mod dashboard;
 mod http;
 mod kernel;
 

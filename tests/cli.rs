@@ -617,7 +617,7 @@ fn the_tenants_api_shows_polls_pulls_and_the_quota() {
     let site = Site::new("");
     let number = site.github.open_pr(
         "acme/shop",
-        productbuilder_github_sandbox::NewPr::new("Add search", "alice", "search")
+        productbuilder_github_sandbox::NewPr::new("Add <search>", "alice", "search")
             .with_file("index.html", "<h1>search</h1>")
             .with_label("preview"),
     );
@@ -673,6 +673,14 @@ fn the_tenants_api_shows_polls_pulls_and_the_quota() {
         metrics.contains("productbuilder_github_rate_remaining{identity=\"token:"),
         "{metrics}"
     );
+
+    // The dashboard shows the same, escaped.
+    let (status, page) = get(daemon.port, "/").unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("<meta http-equiv=\"refresh\""), "{page}");
+    assert!(page.contains("<td>acme/shop</td>"), "{page}");
+    assert!(page.contains("Add &lt;search&gt;"), "{page}");
+    assert!(!page.contains("Add <search>"), "{page}");
     daemon.signal("TERM");
     assert_eq!(daemon.wait().0, Some(0));
 }
