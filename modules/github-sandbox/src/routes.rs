@@ -18,7 +18,7 @@ use crate::Shared;
 use crate::http::{ApiError, Query, Reply, gate, paginate};
 use crate::shapes::{self, Ctx};
 use crate::world::{
-    Caller, DeploymentInput, DeploymentStatusInput, Identity, Issue, Permission, StatusInput,
+    Caller, DeploymentInput, DeploymentStatusInput, Identity, Issue, Permission, StatusInput, World,
 };
 
 type St = State<Arc<Shared>>;
@@ -111,6 +111,23 @@ fn comment_body(bytes: &[u8]) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::invalid("IssueComment", "body", "missing_field"))
 }
 
+/// What the shapes need to draw an answer for `who`.
+fn ctx<'a>(s: &'a Shared, world: &'a World, who: &'a Identity) -> Ctx<'a> {
+    Ctx {
+        base: &s.base_url,
+        world,
+        who,
+    }
+}
+
+/// Answers the requested page of `items` as a JSON array, each item drawn by `shape`, with the
+/// `Link` header to the other pages.
+fn paged<T>(ctx: &Ctx, q: &Query, uri: &Uri, items: Vec<T>, shape: impl Fn(&T) -> Value) -> Answer {
+    let (page, link) = paginate(items, q, ctx.base, uri.path());
+    let body = page.iter().map(shape).collect();
+    Ok(Reply::ok(Value::Array(body)).link(link))
+}
+
 // ---------------------------------------------------------------------------------------------
 
 async fn rate_limit(State(s): St, Extension(me): Me) -> Answer {
@@ -126,11 +143,7 @@ async fn get_repo(
 ) -> Answer {
     let world = s.world();
     let key = world.check_repo(&me.identity, &owner, &name, Permission::Pull)?;
-    let ctx = Ctx {
-        base: &s.base_url,
-        world: &world,
-        who: &me.identity,
-    };
+    let ctx = ctx(&s, &world, &me.identity);
     Ok(Reply::ok(shapes::repository(
         &ctx,
         &world.repos[&key],
@@ -203,17 +216,10 @@ async fn list_pulls(
         "long-running" => order(&mut items, !desc, |i| i.created_at),
         _ => order(&mut items, desc, |i| i.created_at),
     }
-    let (page, link) = paginate(items, &q, &s.base_url, uri.path());
-    let ctx = Ctx {
-        base: &s.base_url,
-        world: &world,
-        who: &me.identity,
-    };
-    let body = page
-        .iter()
-        .map(|i| shapes::pull(&ctx, repo, i, false))
-        .collect();
-    Ok(Reply::ok(Value::Array(body)).link(link))
+    let ctx = ctx(&s, &world, &me.identity);
+    paged(&ctx, &q, &uri, items, |i| {
+        shapes::pull(&ctx, repo, i, false)
+    })
 }
 
 async fn get_pull(
@@ -230,11 +236,7 @@ async fn get_pull(
         .get(&n)
         .filter(|i| i.pull.is_some())
         .ok_or_else(ApiError::not_found)?;
-    let ctx = Ctx {
-        base: &s.base_url,
-        world: &world,
-        who: &me.identity,
-    };
+    let ctx = ctx(&s, &world, &me.identity);
     Ok(Reply::ok(shapes::pull(&ctx, repo, issue, true)))
 }
 
@@ -280,14 +282,8 @@ async fn list_issues(
         "comments" => order(&mut items, desc, |i| repo.comment_count(i.number)),
         _ => order(&mut items, desc, |i| i.created_at),
     }
-    let (page, link) = paginate(items, &q, &s.base_url, uri.path());
-    let ctx = Ctx {
-        base: &s.base_url,
-        world: &world,
-        who: &me.identity,
-    };
-    let body = page.iter().map(|i| shapes::issue(&ctx, repo, i)).collect();
-    Ok(Reply::ok(Value::Array(body)).link(link))
+    let ctx = ctx(&s, &world, &me.identity);
+    paged(&ctx, &q, &uri, items, |i| shapes::issue(&ctx, repo, i))
 }
 
 async fn get_issue(
@@ -300,11 +296,7 @@ async fn get_issue(
     let key = world.check_repo(&me.identity, &owner, &name, Permission::Pull)?;
     let repo = &world.repos[&key];
     let issue = repo.issues.get(&n).ok_or_else(ApiError::not_found)?;
-    let ctx = Ctx {
-        base: &s.base_url,
-        world: &world,
-        who: &me.identity,
-    };
+    let ctx = ctx(&s, &world, &me.identity);
     Ok(Reply::ok(shapes::issue(&ctx, repo, issue)))
 }
 
@@ -348,17 +340,8 @@ fn list_comments(
     if desc {
         items.reverse();
     }
-    let (page, link) = paginate(items, &q, &s.base_url, uri.path());
-    let ctx = Ctx {
-        base: &s.base_url,
-        world: &world,
-        who: &me.identity,
-    };
-    let body = page
-        .iter()
-        .map(|c| shapes::comment(&ctx, repo, c))
-        .collect();
-    Ok(Reply::ok(Value::Array(body)).link(link))
+    let ctx = ctx(s, &world, &me.identity);
+    paged(&ctx, &q, uri, items, |c| shapes::comment(&ctx, repo, c))
 }
 
 async fn list_repo_comments(
@@ -392,11 +375,7 @@ async fn get_comment(
     let key = world.check_repo(&me.identity, &owner, &name, Permission::Pull)?;
     let repo = &world.repos[&key];
     let comment = repo.comments.get(&id).ok_or_else(ApiError::not_found)?;
-    let ctx = Ctx {
-        base: &s.base_url,
-        world: &world,
-        who: &me.identity,
-    };
+    let ctx = ctx(&s, &world, &me.identity);
     Ok(Reply::ok(shapes::comment(&ctx, repo, comment)))
 }
 
@@ -412,11 +391,7 @@ async fn create_comment(
     let text = comment_body(&bytes)?;
     let author = world.actor_login(&me.identity);
     let comment = world.add_comment(&key, n, &author, &text)?;
-    let ctx = Ctx {
-        base: &s.base_url,
-        world: &world,
-        who: &me.identity,
-    };
+    let ctx = ctx(&s, &world, &me.identity);
     let body = shapes::comment(&ctx, &world.repos[&key], &comment);
     let location = body["url"].as_str().unwrap_or_default().to_string();
     Ok(Reply::created(body).header(LOCATION, &location))
@@ -433,11 +408,7 @@ async fn edit_comment(
     let key = world.check_repo(&me.identity, &owner, &name, Permission::Push)?;
     let text = comment_body(&bytes)?;
     let comment = world.edit_comment(&key, id, &text)?;
-    let ctx = Ctx {
-        base: &s.base_url,
-        world: &world,
-        who: &me.identity,
-    };
+    let ctx = ctx(&s, &world, &me.identity);
     Ok(Reply::ok(shapes::comment(
         &ctx,
         &world.repos[&key],
@@ -468,11 +439,7 @@ async fn create_status(
     let input: StatusInput = body(&bytes, "Status")?;
     let creator = world.actor_login(&me.identity);
     let status = world.add_status(&key, &sha, &creator, input)?;
-    let ctx = Ctx {
-        base: &s.base_url,
-        world: &world,
-        who: &me.identity,
-    };
+    let ctx = ctx(&s, &world, &me.identity);
     let body = shapes::status(&ctx, &world.repos[&key], &status);
     let location = body["url"].as_str().unwrap_or_default().to_string();
     Ok(Reply::created(body).header(LOCATION, &location))
@@ -498,17 +465,8 @@ async fn list_statuses(
         .rev()
         .filter(|st| st.sha == sha)
         .collect();
-    let (page, link) = paginate(items, &q, &s.base_url, uri.path());
-    let ctx = Ctx {
-        base: &s.base_url,
-        world: &world,
-        who: &me.identity,
-    };
-    let body = page
-        .iter()
-        .map(|st| shapes::status(&ctx, repo, st))
-        .collect();
-    Ok(Reply::ok(Value::Array(body)).link(link))
+    let ctx = ctx(&s, &world, &me.identity);
+    paged(&ctx, &q, &uri, items, |st| shapes::status(&ctx, repo, st))
 }
 
 async fn list_deployments(
@@ -537,17 +495,8 @@ async fn list_deployments(
         .filter(|d| reference.is_none_or(|r| d.ref_name == r))
         .filter(|d| task.is_none_or(|t| d.task == t))
         .collect();
-    let (page, link) = paginate(items, &q, &s.base_url, uri.path());
-    let ctx = Ctx {
-        base: &s.base_url,
-        world: &world,
-        who: &me.identity,
-    };
-    let body = page
-        .iter()
-        .map(|d| shapes::deployment(&ctx, repo, d))
-        .collect();
-    Ok(Reply::ok(Value::Array(body)).link(link))
+    let ctx = ctx(&s, &world, &me.identity);
+    paged(&ctx, &q, &uri, items, |d| shapes::deployment(&ctx, repo, d))
 }
 
 async fn get_deployment(
@@ -560,11 +509,7 @@ async fn get_deployment(
     let key = world.check_repo(&me.identity, &owner, &name, Permission::Pull)?;
     let repo = &world.repos[&key];
     let deployment = repo.deployments.get(&id).ok_or_else(ApiError::not_found)?;
-    let ctx = Ctx {
-        base: &s.base_url,
-        world: &world,
-        who: &me.identity,
-    };
+    let ctx = ctx(&s, &world, &me.identity);
     Ok(Reply::ok(shapes::deployment(&ctx, repo, deployment)))
 }
 
@@ -579,11 +524,7 @@ async fn create_deployment(
     let input: DeploymentInput = body(&bytes, "Deployment")?;
     let creator = world.actor_login(&me.identity);
     let deployment = world.create_deployment(&key, &creator, input)?;
-    let ctx = Ctx {
-        base: &s.base_url,
-        world: &world,
-        who: &me.identity,
-    };
+    let ctx = ctx(&s, &world, &me.identity);
     Ok(Reply::created(shapes::deployment(
         &ctx,
         &world.repos[&key],
@@ -605,17 +546,10 @@ async fn list_deployment_statuses(
     let repo = &world.repos[&key];
     let deployment = repo.deployments.get(&id).ok_or_else(ApiError::not_found)?;
     let items: Vec<_> = deployment.statuses.iter().rev().collect();
-    let (page, link) = paginate(items, &q, &s.base_url, uri.path());
-    let ctx = Ctx {
-        base: &s.base_url,
-        world: &world,
-        who: &me.identity,
-    };
-    let body = page
-        .iter()
-        .map(|st| shapes::deployment_status(&ctx, repo, deployment, st))
-        .collect();
-    Ok(Reply::ok(Value::Array(body)).link(link))
+    let ctx = ctx(&s, &world, &me.identity);
+    paged(&ctx, &q, &uri, items, |st| {
+        shapes::deployment_status(&ctx, repo, deployment, st)
+    })
 }
 
 async fn create_deployment_status(
@@ -630,11 +564,7 @@ async fn create_deployment_status(
     let input: DeploymentStatusInput = body(&bytes, "DeploymentStatus")?;
     let creator = world.actor_login(&me.identity);
     let (deployment, status) = world.add_deployment_status(&key, id, &creator, input)?;
-    let ctx = Ctx {
-        base: &s.base_url,
-        world: &world,
-        who: &me.identity,
-    };
+    let ctx = ctx(&s, &world, &me.identity);
     Ok(Reply::created(shapes::deployment_status(
         &ctx,
         &world.repos[&key],
@@ -741,11 +671,7 @@ async fn repo_installation(
         .values()
         .find(|i| i.app_id == app && i.repos.contains(&key))
         .ok_or_else(ApiError::not_found)?;
-    let ctx = Ctx {
-        base: &s.base_url,
-        world: &world,
-        who: &me.identity,
-    };
+    let ctx = ctx(&s, &world, &me.identity);
     Ok(Reply::ok(shapes::installation(&ctx, inst)))
 }
 

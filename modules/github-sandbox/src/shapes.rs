@@ -245,6 +245,17 @@ fn labels(ctx: &Ctx, repo: &Repo, issue: &Issue) -> Value {
     Value::Array(issue.labels.iter().map(|l| label(ctx, repo, l)).collect())
 }
 
+/// One end of a pull request (its `head` or `base`): a branch of `repo` at `sha`.
+fn pull_end(ctx: &Ctx, repo: &Repo, branch: &str, sha: &str) -> Value {
+    json!({
+        "label": format!("{}:{branch}", repo.owner),
+        "ref": branch,
+        "sha": sha,
+        "user": login_json(ctx, &repo.owner),
+        "repo": repository(ctx, repo, false),
+    })
+}
+
 /// A pull request: `pull-request-simple` (lists) or `pull-request` when `full`.
 /// Returns `Null` for plain issues.
 pub(crate) fn pull(ctx: &Ctx, repo: &Repo, issue: &Issue, full: bool) -> Value {
@@ -257,20 +268,8 @@ pub(crate) fn pull(ctx: &Ctx, repo: &Repo, issue: &Issue, full: bool) -> Value {
     let n = issue.number;
     let head_repo = ctx.world.repos.get(&p.head_repo).unwrap_or(repo);
     let state = if issue.open { "open" } else { "closed" };
-    let head = json!({
-        "label": format!("{}:{}", head_repo.owner, p.head_ref),
-        "ref": p.head_ref,
-        "sha": p.head_sha,
-        "user": login_json(ctx, &head_repo.owner),
-        "repo": repository(ctx, head_repo, false),
-    });
-    let base = json!({
-        "label": format!("{}:{}", repo.owner, p.base_ref),
-        "ref": p.base_ref,
-        "sha": p.base_sha,
-        "user": login_json(ctx, &repo.owner),
-        "repo": repository(ctx, repo, false),
-    });
+    let head = pull_end(ctx, head_repo, &p.head_ref, &p.head_sha);
+    let base = pull_end(ctx, repo, &p.base_ref, &p.base_sha);
     let links = json!({
         "self": {"href": format!("{api}/pulls/{n}")},
         "html": {"href": html},

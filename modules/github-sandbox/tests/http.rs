@@ -5,18 +5,13 @@ mod common;
 use std::io::Read;
 use std::time::Duration;
 
-use common::{call, get, get_if, send, unix_now, unsigned_jwt};
-use productbuilder_github_sandbox::{Fault, Method, NewPr, Permission, Sandbox};
+use common::{REPO, call, get, get_if, sandbox_with_bot, send, unix_now, unsigned_jwt};
+use productbuilder_github_sandbox::{Fault, Method, NewPr, Sandbox};
 use serde_json::Value;
-
-const REPO: &str = "acme/shop";
 
 /// A sandbox with `acme/shop`, a bot token with push access and one open pull request.
 async fn setup() -> (Sandbox, u64) {
-    let sb = Sandbox::start().await.expect("start sandbox");
-    sb.create_repo("acme", "shop");
-    sb.add_token("bot-token", "preview-bot");
-    sb.grant("bot-token", REPO, Permission::Push);
+    let sb = sandbox_with_bot().await;
     let pr = sb.open_pr(
         REPO,
         NewPr::new("Add banner", "alice", "banner")
@@ -181,6 +176,16 @@ async fn link_headers_page_through_250_pull_requests() {
     sb.shutdown().await;
 }
 
+/// The `number` of each item in a JSON array.
+fn numbers(items: &Value) -> Vec<u64> {
+    items
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|i| i["number"].as_u64())
+        .collect()
+}
+
 #[tokio::test]
 async fn issues_since_is_inclusive_and_comments_bump_updated_at() {
     let (sb, pr) = setup().await;
@@ -194,9 +199,8 @@ async fn issues_since_is_inclusive_and_comments_bump_updated_at() {
     )
     .await;
     let items = list.json();
+    assert_eq!(numbers(&items), [pr, first, second]);
     let items = items.as_array().expect("array").clone();
-    let numbers: Vec<u64> = items.iter().filter_map(|i| i["number"].as_u64()).collect();
-    assert_eq!(numbers, [pr, first, second]);
     assert!(
         items[0].get("pull_request").is_some(),
         "PRs carry pull_request"
@@ -215,27 +219,13 @@ async fn issues_since_is_inclusive_and_comments_bump_updated_at() {
     let since = stamps[1];
     let path =
         format!("/repos/acme/shop/issues?since={since}&state=all&sort=updated&direction=asc");
-    let numbers: Vec<u64> = get(&url, "bot-token", &path)
-        .await
-        .json()
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|i| i["number"].as_u64())
-        .collect();
-    assert_eq!(numbers, [first, second]);
+    let listed = get(&url, "bot-token", &path).await.json();
+    assert_eq!(numbers(&listed), [first, second]);
 
     // A comment on the pull request moves it past the cursor.
     let comment = sb.add_comment(REPO, pr, "bob", "/preview please");
-    let numbers: Vec<u64> = get(&url, "bot-token", &path)
-        .await
-        .json()
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|i| i["number"].as_u64())
-        .collect();
-    assert_eq!(numbers, [first, second, pr]);
+    let listed = get(&url, "bot-token", &path).await.json();
+    assert_eq!(numbers(&listed), [first, second, pr]);
 
     // Repository-wide comments with `since`.
     let comments = get(

@@ -9,7 +9,7 @@ use std::any::type_name;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use common::{call, get, send, unix_now, unsigned_jwt};
+use common::{REPO, call, get, sandbox_with_bot, send, unix_now, unsigned_jwt};
 use octocrab::Octocrab;
 use octocrab::models::issues::{Comment, Issue};
 use octocrab::models::pulls::PullRequest;
@@ -19,11 +19,9 @@ use octocrab::models::{
     StatusState,
 };
 use octocrab::params;
-use productbuilder_github_sandbox::{NewPr, Permission, Sandbox};
+use productbuilder_github_sandbox::{NewPr, Sandbox};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-
-const REPO: &str = "acme/shop";
 
 fn fixture_dir() -> PathBuf {
     let dir = Path::new(concat!(
@@ -147,10 +145,7 @@ fn required_fields(path: &str, schema: &Value, value: &Value, out: &mut Vec<Stri
 /// A sandbox with an open PR (labels, a comment), a fork PR, a merged PR, an issue, a status
 /// and a deployment with a status.
 async fn populated() -> (Sandbox, u64) {
-    let sb = Sandbox::start().await.expect("start sandbox");
-    sb.create_repo("acme", "shop");
-    sb.add_token("bot-token", "preview-bot");
-    sb.grant("bot-token", REPO, Permission::Push);
+    let sb = sandbox_with_bot().await;
     let pr = sb.open_pr(
         REPO,
         NewPr::new("Add banner", "alice", "banner")
@@ -315,10 +310,7 @@ fn client(sb: &Sandbox, token: &str) -> Octocrab {
 
 #[tokio::test]
 async fn octocrab_pages_comments_and_reports_statuses() {
-    let sb = Sandbox::start().await.expect("start");
-    sb.create_repo("acme", "shop");
-    sb.add_token("bot-token", "preview-bot");
-    sb.grant("bot-token", REPO, Permission::Push);
+    let sb = sandbox_with_bot().await;
     for i in 0..120 {
         sb.open_pr(
             REPO,

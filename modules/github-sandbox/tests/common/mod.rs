@@ -7,9 +7,23 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use productbuilder_github_sandbox::{Permission, Sandbox};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// The repository most tests work in.
+pub const REPO: &str = "acme/shop";
+
+/// A sandbox with `acme/shop` and a bot token (`bot-token`, user `preview-bot`) with push
+/// access to it.
+pub async fn sandbox_with_bot() -> Sandbox {
+    let sb = Sandbox::start().await.expect("start sandbox");
+    sb.create_repo("acme", "shop");
+    sb.add_token("bot-token", "preview-bot");
+    sb.grant("bot-token", REPO, Permission::Push);
+    sb
+}
 
 /// A raw HTTP response.
 #[derive(Debug)]
