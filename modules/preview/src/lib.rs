@@ -13,6 +13,7 @@
 //! built or mounted until the contract and the compose file have passed these checks; they are the
 //! same offline (`productbuilder preview validate`) as in the daemon.
 
+pub mod archive;
 pub mod compose;
 pub mod policy;
 pub mod spec;
