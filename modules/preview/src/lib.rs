@@ -16,6 +16,7 @@
 pub mod archive;
 pub mod compose;
 pub mod policy;
+pub mod source;
 pub mod spec;
 pub mod state;
 

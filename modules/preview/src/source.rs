@@ -1,0 +1,135 @@
+//! The first three stages of a deploy: `download` (the head's tarball, streamed to disk under a
+//! cap, then extracted as hostile input), `config` and `policy` (the checkout's contract and compose
+//! file). Nothing of the pull request runs before these pass.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use productbuilder_github::GithubClient;
+
+use crate::archive::{self, Limits};
+use crate::policy::Policy;
+use crate::spec::PreviewSpec;
+use crate::state::Stage;
+use crate::validate_checkout;
+
+/// How long a download may take, end to end.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// A failed stage: which one, and what to tell the pull request's author.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageError {
+    pub stage: Stage,
+    pub message: String,
+}
+
+impl std::fmt::Display for StageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} failed: {}", self.stage, self.message)
+    }
+}
+
+impl std::error::Error for StageError {}
+
+/// A checked-out head: its directory and its validated contract.
+#[derive(Debug, Clone)]
+pub struct Checkout {
+    pub dir: PathBuf,
+    pub spec: PreviewSpec,
+    /// Warnings for the pull request comment (unknown keys in config.yml).
+    pub warnings: Vec<String>,
+}
+
+fn fail(stage: Stage, message: impl Into<String>) -> StageError {
+    StageError {
+        stage,
+        message: message.into(),
+    }
+}
+
+/// Downloads and checks `repo`'s tree at `sha` into `workspace` (which this function owns: it
+/// is emptied first, so a retry after a crash starts clean).
+pub async fn fetch_and_check(
+    client: &GithubClient,
+    repo: &str,
+    sha: &str,
+    workspace: &Path,
+    policy: &Policy,
+    limits: &Limits,
+) -> Result<Checkout, StageError> {
+    if !sha.chars().all(|c| c.is_ascii_hexdigit()) || sha.len() < 7 {
+        return Err(fail(
+            Stage::Download,
+            format!("{sha:?} is not a commit sha"),
+        ));
+    }
+    match tokio::fs::remove_dir_all(workspace).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(fail(
+                Stage::Download,
+                format!("cannot clear the workspace {}: {e}", workspace.display()),
+            ));
+        }
+    }
+    tokio::fs::create_dir_all(workspace).await.map_err(|e| {
+        fail(
+            Stage::Download,
+            format!("cannot create the workspace {}: {e}", workspace.display()),
+        )
+    })?;
+    let tarball = workspace.join("source.tar.gz");
+    let identity = client
+        .identity(repo)
+        .await
+        .map_err(|e| fail(Stage::Download, e.to_string()))?;
+    let url = client.url(&format!("/repos/{repo}/tarball/{sha}"));
+    client
+        .download_to(
+            &identity,
+            &url,
+            &tarball,
+            limits.max_compressed_bytes,
+            DOWNLOAD_TIMEOUT,
+        )
+        .await
+        .map_err(|e| fail(Stage::Download, e.to_string()))?;
+
+    let dir = workspace.join("checkout");
+    let (source, dest, limits_owned) = (tarball.clone(), dir.clone(), limits.clone());
+    let short = sha.get(..7).unwrap_or(sha).to_owned();
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&source)
+            .map_err(|e| format!("cannot open the downloaded archive: {e}"))?;
+        archive::extract(std::io::BufReader::new(file), &dest, &limits_owned)
+            .map(|_| ())
+            .map_err(|e| format!("the archive of {short}: {e}"))
+    })
+    .await
+    .map_err(|e| fail(Stage::Download, format!("extraction stopped: {e}")))?
+    .map_err(|e| fail(Stage::Download, e))?;
+    // The archive is no longer needed; the checkout is.
+    let _ = tokio::fs::remove_file(&tarball).await;
+
+    let (check_dir, policy) = (dir.clone(), policy.clone());
+    let report = tokio::task::spawn_blocking(move || validate_checkout(&check_dir, &policy))
+        .await
+        .map_err(|e| fail(Stage::Config, format!("validation stopped: {e}")))?;
+    if !report.errors.is_empty() {
+        let lines: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+        return Err(fail(Stage::Config, lines.join("\n")));
+    }
+    if !report.violations.is_empty() {
+        let lines: Vec<String> = report.violations.iter().map(|v| v.to_string()).collect();
+        return Err(fail(Stage::Policy, lines.join("\n")));
+    }
+    let spec = report
+        .spec
+        .ok_or_else(|| fail(Stage::Config, "no valid contract"))?;
+    Ok(Checkout {
+        dir,
+        spec,
+        warnings: report.warnings.iter().map(|w| w.to_string()).collect(),
+    })
+}
