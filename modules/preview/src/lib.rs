@@ -14,6 +14,7 @@
 //! same offline (`productbuilder preview validate`) as in the daemon.
 
 pub mod archive;
+pub mod comment;
 pub mod compose;
 pub mod policy;
 pub mod source;
