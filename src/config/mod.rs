@@ -16,6 +16,7 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 
+use productbuilder_preview::policy::Rule;
 use raw::{LlmProvider, RawConfig, RawTenant};
 
 pub use raw::LogFormat;
@@ -107,6 +108,45 @@ pub struct PreviewConfig {
     pub domain: String,
     pub url_template: String,
     pub compose_command: Vec<String>,
+    /// The external Docker network shared by Traefik and every preview's main service.
+    pub network: String,
+    /// Traefik's entrypoint for preview routers.
+    pub entrypoint: String,
+    /// Traefik's certificate resolver, when previews are served over TLS.
+    pub cert_resolver: Option<String>,
+    /// Previews on this host at most; the least recently updated is evicted.
+    pub max_previews: usize,
+    /// Image builds at once.
+    pub max_builds: usize,
+    /// Previews not updated for this long are removed.
+    pub ttl: Duration,
+}
+
+/// A tenant's preview settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantPreview {
+    /// Deploy pull requests from forks without a label.
+    pub allow_forks: bool,
+    /// A label that, added by someone with write access, allows a fork's pull request.
+    pub fork_label: String,
+    pub drafts: bool,
+    /// Policy rules this tenant waives.
+    pub allowed: std::collections::BTreeSet<Rule>,
+    pub cpus: Option<f64>,
+    pub memory: Option<String>,
+}
+
+impl Default for TenantPreview {
+    fn default() -> Self {
+        TenantPreview {
+            allow_forks: false,
+            fork_label: "preview".to_owned(),
+            drafts: false,
+            allowed: Default::default(),
+            cpus: Some(1.0),
+            memory: Some("1g".to_owned()),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -144,13 +184,14 @@ pub struct SchedulerConfig {
     pub run_timeout: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TenantConfig {
     pub owner: String,
     pub name: String,
     pub poll_interval: Duration,
     pub previews: bool,
     pub slack_channel: Option<String>,
+    pub preview: TenantPreview,
     /// The tenant file.
     pub source: PathBuf,
 }
@@ -583,7 +624,36 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
             .preview
             .compose_command
             .unwrap_or_else(|| vec!["docker".to_owned(), "compose".to_owned()]),
+        network: raw
+            .preview
+            .network
+            .unwrap_or_else(|| "productbuilder-previews".to_owned()),
+        entrypoint: raw.preview.entrypoint.unwrap_or_else(|| "web".to_owned()),
+        cert_resolver: raw.preview.cert_resolver,
+        max_previews: raw.preview.max_previews.map_or(20, |n| n as usize),
+        max_builds: raw.preview.max_builds.map_or(2, |n| n as usize),
+        ttl: duration(
+            &mut p,
+            "preview.ttl",
+            raw.preview.ttl.as_ref(),
+            Duration::from_secs(7 * 24 * 3600),
+        ),
     };
+    for (key, value) in [
+        ("preview.max_previews", preview.max_previews),
+        ("preview.max_builds", preview.max_builds),
+    ] {
+        if value == 0 {
+            p.push(here(key), Some(key), "must be at least 1");
+        }
+    }
+    if !valid_docker_name(&preview.network) {
+        p.push(
+            here("preview.network"),
+            Some("preview.network"),
+            format!("{:?} is not a Docker network name", preview.network),
+        );
+    }
     check_template(&mut p, here("preview.url_template"), &preview.url_template);
     if preview.compose_command.is_empty() {
         p.push(
@@ -827,6 +897,89 @@ fn valid_repo_part(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// A Docker object name: letters, digits, `_`, `.`, `-`, starting with a letter or digit.
+fn valid_docker_name(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// `512m`, `1g`, `2048k`, `1073741824`: what Compose accepts for `mem_limit`.
+fn valid_memory(text: &str) -> bool {
+    let t = text.trim().to_ascii_lowercase();
+    let digits = t.trim_end_matches(['b', 'k', 'm', 'g']);
+    !digits.is_empty()
+        && digits.chars().all(|c| c.is_ascii_digit())
+        && t.len() - digits.len() <= 1
+        && digits.parse::<u64>().is_ok_and(|n| n > 0)
+}
+
+/// A tenant file's `[preview]` table; `None` when it has problems (they are recorded).
+fn tenant_preview(
+    p: &mut Problems,
+    origin: &str,
+    raw: Option<raw::RawTenantPreview>,
+) -> Option<TenantPreview> {
+    let raw = raw.unwrap_or_default();
+    let mut preview = TenantPreview::default();
+    let before = p.list.len();
+    if let Some(v) = raw.allow_forks {
+        preview.allow_forks = v;
+    }
+    if let Some(v) = raw.drafts {
+        preview.drafts = v;
+    }
+    if let Some(label) = raw.fork_label {
+        if label.trim().is_empty() || label.len() > 50 {
+            p.push(
+                origin,
+                Some("preview.fork_label"),
+                "must be a label name of 1 to 50 characters",
+            );
+        }
+        preview.fork_label = label;
+    }
+    for name in raw.allow.unwrap_or_default() {
+        match Rule::from_name(&name) {
+            Some(rule) => {
+                preview.allowed.insert(rule);
+            }
+            None => p.push(
+                origin,
+                Some("preview.allow"),
+                format!(
+                    "{name:?} is not a policy rule; use: {}",
+                    Rule::ALL.map(Rule::name).join(", ")
+                ),
+            ),
+        }
+    }
+    if let Some(cpus) = raw.cpus {
+        if !(cpus > 0.0 && cpus <= 256.0) {
+            p.push(
+                origin,
+                Some("preview.cpus"),
+                format!("{cpus} is not a CPU count (more than 0, at most 256)"),
+            );
+        }
+        preview.cpus = Some(cpus);
+    }
+    if let Some(memory) = raw.memory {
+        if !valid_memory(&memory) {
+            p.push(
+                origin,
+                Some("preview.memory"),
+                format!("{memory:?} is not a memory size; write it like \"512m\" or \"2g\""),
+            );
+        }
+        preview.memory = Some(memory);
+    }
+    (p.list.len() == before).then_some(preview)
+}
+
 fn load_tenants(
     p: &mut Problems,
     main_file: &Path,
@@ -898,12 +1051,16 @@ fn load_tenants(
                 continue;
             }
         };
+        let Some(preview) = tenant_preview(p, &origin, raw.preview) else {
+            continue;
+        };
         let tenant = TenantConfig {
             owner: owner.to_owned(),
             name: name.to_owned(),
             poll_interval,
             previews: raw.previews.unwrap_or(true),
             slack_channel: raw.slack_channel,
+            preview,
             source: path.clone(),
         };
         // GitHub names are case-insensitive: acme/Shop and acme/shop are one repository.

@@ -71,6 +71,14 @@ pub struct RawPreview {
     pub domain: Option<String>,
     pub url_template: Option<String>,
     pub compose_command: Option<Vec<String>>,
+    pub network: Option<String>,
+    pub entrypoint: Option<String>,
+    pub cert_resolver: Option<String>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    pub max_previews: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    pub max_builds: Option<u64>,
+    pub ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +144,19 @@ pub struct RawTenant {
     pub poll_interval: Option<String>,
     pub previews: Option<bool>,
     pub slack_channel: Option<String>,
+    pub preview: Option<RawTenantPreview>,
+}
+
+/// A tenant's `[preview]` table: who gets a preview, what its compose file may do, its limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenantPreview {
+    pub allow_forks: Option<bool>,
+    pub fork_label: Option<String>,
+    pub drafts: Option<bool>,
+    pub allow: Option<Vec<String>>,
+    pub cpus: Option<f64>,
+    pub memory: Option<String>,
 }
 
 /// Environment overrides arrive as strings (we keep them raw so that a numeric-looking token

@@ -101,11 +101,11 @@ fn an_unknown_key_is_named_with_its_file_and_a_suggestion() {
 
 #[test]
 fn an_unknown_key_in_a_tenant_file_names_that_file() {
-    let setup = Setup::new(MINIMAL).tenant("shop.toml", "repo = \"acme/shop\"\npreview = false\n");
+    let setup = Setup::new(MINIMAL).tenant("shop.toml", "repo = \"acme/shop\"\npreviewz = false\n");
     let error = setup.error();
     assert!(
         error.starts_with(
-            "DIR/tenants/shop.toml: key `preview`: unknown key; did you mean `previews`?"
+            "DIR/tenants/shop.toml: key `previewz`: unknown key; did you mean `previews`?"
         ),
         "{error}"
     );
@@ -343,4 +343,59 @@ fn nearest_key_only_suggests_plausible_typos() {
     assert_eq!(nearest("tokn", &["token", "api_url"]), Some("token"));
     assert_eq!(nearest("zzzzzz", &["token", "api_url"]), None);
     assert_eq!(levenshtein("kitten", "sitting"), 3);
+}
+
+#[test]
+fn tenant_preview_settings_parse_and_are_checked() {
+    let setup = Setup::new(MINIMAL).tenant(
+        "shop.toml",
+        "repo = \"acme/shop\"\n[preview]\nallow_forks = true\ndrafts = true\nfork_label = \"safe-to-preview\"\nallow = [\"cap_add\"]\ncpus = 2.5\nmemory = \"2g\"\n",
+    );
+    let config = setup.load().unwrap();
+    let p = &config.tenants[0].preview;
+    assert!(p.allow_forks && p.drafts);
+    assert_eq!(p.fork_label, "safe-to-preview");
+    assert_eq!(
+        p.allowed.iter().map(|r| r.name()).collect::<Vec<_>>(),
+        ["cap_add"]
+    );
+    assert_eq!((p.cpus, p.memory.as_deref()), (Some(2.5), Some("2g")));
+    assert_eq!(config.preview.max_builds, 2);
+    assert_eq!(config.preview.ttl, Duration::from_secs(7 * 24 * 3600));
+
+    let bad = Setup::new(MINIMAL).tenant(
+        "shop.toml",
+        "repo = \"acme/shop\"\n[preview]\nallow = [\"root\"]\ncpus = 0\nmemory = \"lots\"\nfork = true\n",
+    );
+    let error = bad.error();
+    assert!(error.contains("key `preview.fork`: unknown key"), "{error}");
+    let bad = Setup::new(MINIMAL).tenant(
+        "shop.toml",
+        "repo = \"acme/shop\"\n[preview]\nallow = [\"root\"]\ncpus = 0\nmemory = \"lots\"\n",
+    );
+    let error = bad.error();
+    assert!(
+        error.contains(
+            "key `preview.allow`: \"root\" is not a policy rule; use: privileged, host_namespace"
+        ),
+        "{error}"
+    );
+    assert!(
+        error.contains("key `preview.cpus`: 0 is not a CPU count"),
+        "{error}"
+    );
+    assert!(
+        error.contains("key `preview.memory`: \"lots\" is not a memory size"),
+        "{error}"
+    );
+}
+
+#[test]
+fn memory_sizes() {
+    for ok in ["512m", "1g", "2048k", "1073741824", "1G"] {
+        assert!(valid_memory(ok), "{ok}");
+    }
+    for bad in ["", "m", "1gb", "0", "-1g", "1.5g", "lots"] {
+        assert!(!valid_memory(bad), "{bad}");
+    }
 }
