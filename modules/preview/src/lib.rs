@@ -17,6 +17,7 @@ pub mod archive;
 pub mod comment;
 pub mod compose;
 pub mod policy;
+pub mod runner;
 pub mod source;
 pub mod spec;
 pub mod state;

@@ -1,0 +1,255 @@
+//! The Compose CLI, as previews use it: `up` (building images), `port`, `down` with everything the
+//! project created. Compose v2 (`docker compose`) and v1 (`docker-compose`) both work; the only
+//! differences that matter here (container and image names) are hidden behind Compose's own
+//! commands.
+//!
+//! Every command runs with a deadline and is killed with the future (`kill_on_drop`), so a
+//! cancelled deploy leaves no stray `compose` process behind; what it keeps of the output is the
+//! last lines, for the pull request comment.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+/// Lines of output kept for error reports.
+const TAIL_LINES: usize = 60;
+
+/// One compose project on disk.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub name: String,
+    /// The rewritten compose file.
+    pub file: PathBuf,
+    /// Where relative paths of the original file resolve: its directory in the checkout.
+    pub dir: PathBuf,
+}
+
+/// A failed or timed-out command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandError {
+    pub command: String,
+    pub message: String,
+    /// The last lines of its output.
+    pub tail: String,
+}
+
+impl std::fmt::Display for CommandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` {}", self.command, self.message)
+    }
+}
+
+impl std::error::Error for CommandError {}
+
+/// The Compose CLI to use.
+#[derive(Debug, Clone)]
+pub struct ComposeCli {
+    argv: Vec<String>,
+    pub version: String,
+}
+
+impl ComposeCli {
+    /// The configured command if it works, else the other flavour; the error says what was tried.
+    pub async fn detect(preferred: &[String]) -> Result<ComposeCli, String> {
+        let mut candidates: Vec<Vec<String>> = vec![preferred.to_vec()];
+        for other in [vec!["docker", "compose"], vec!["docker-compose"]] {
+            let other: Vec<String> = other.into_iter().map(String::from).collect();
+            if other != preferred {
+                candidates.push(other);
+            }
+        }
+        let mut tried = Vec::new();
+        for argv in candidates.into_iter().filter(|a| !a.is_empty()) {
+            let output = Command::new(&argv[0])
+                .args(&argv[1..])
+                .arg("version")
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output();
+            match tokio::time::timeout(Duration::from_secs(20), output).await {
+                Ok(Ok(out)) if out.status.success() => {
+                    let version = String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_owned();
+                    return Ok(ComposeCli { argv, version });
+                }
+                Ok(Ok(out)) => tried.push(format!(
+                    "`{} version` exited with {}",
+                    argv.join(" "),
+                    out.status
+                )),
+                Ok(Err(e)) => tried.push(format!("`{}`: {e}", argv.join(" "))),
+                Err(_) => tried.push(format!("`{} version` did not answer", argv.join(" "))),
+            }
+        }
+        Err(format!(
+            "no working Compose CLI: {}; install the Docker Compose plugin or docker-compose",
+            tried.join("; ")
+        ))
+    }
+
+    pub fn argv(&self) -> &[String] {
+        &self.argv
+    }
+
+    async fn run(
+        &self,
+        project: &Project,
+        args: &[&str],
+        deadline: Duration,
+    ) -> Result<String, CommandError> {
+        let shown = format!(
+            "{} -p {} {}",
+            self.argv.join(" "),
+            project.name,
+            args.join(" ")
+        );
+        let mut child = Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .arg("--project-name")
+            .arg(&project.name)
+            .arg("--project-directory")
+            .arg(&project.dir)
+            .arg("-f")
+            .arg(&project.file)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // v1 builds through docker-py instead of the CLI's deprecated legacy builder.
+            .env("COMPOSE_DOCKER_CLI_BUILD", "0")
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| CommandError {
+                command: shown.clone(),
+                message: format!("cannot start: {e}"),
+                tail: String::new(),
+            })?;
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let collect = async {
+            let mut tail = VecDeque::with_capacity(TAIL_LINES);
+            let mut out_lines = BufReader::new(stdout).lines();
+            let mut err_lines = BufReader::new(stderr).lines();
+            let (mut out_done, mut err_done) = (false, false);
+            let mut stdout_text = String::new();
+            while !(out_done && err_done) {
+                let line = tokio::select! {
+                    l = out_lines.next_line(), if !out_done => match l {
+                        Ok(Some(l)) => { stdout_text.push_str(&l); stdout_text.push('\n'); Some(l) }
+                        _ => { out_done = true; None }
+                    },
+                    l = err_lines.next_line(), if !err_done => match l {
+                        Ok(Some(l)) => Some(l),
+                        _ => { err_done = true; None }
+                    },
+                };
+                if let Some(line) = line {
+                    if tail.len() == TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+            }
+            let status = child.wait().await;
+            (
+                status,
+                stdout_text,
+                tail.into_iter().collect::<Vec<_>>().join("\n"),
+            )
+        };
+        match tokio::time::timeout(deadline, collect).await {
+            Err(_) => Err(CommandError {
+                command: shown,
+                message: format!("did not finish within {deadline:?}"),
+                tail: String::new(),
+            }),
+            Ok((Ok(status), stdout, _)) if status.success() => Ok(stdout),
+            Ok((status, _, tail)) => Err(CommandError {
+                command: shown,
+                message: match status {
+                    Ok(s) => format!("failed ({s})"),
+                    Err(e) => format!("failed: {e}"),
+                },
+                tail,
+            }),
+        }
+    }
+
+    /// Builds the images and starts the project in the background.
+    pub async fn up(&self, project: &Project, deadline: Duration) -> Result<(), CommandError> {
+        self.run(
+            project,
+            &["up", "-d", "--build", "--remove-orphans"],
+            deadline,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The host address a service's port is published on (the loopback binding of the rewrite).
+    pub async fn port(
+        &self,
+        project: &Project,
+        service: &str,
+        port: u16,
+    ) -> Result<std::net::SocketAddr, CommandError> {
+        let out = self
+            .run(
+                project,
+                &["port", service, &port.to_string()],
+                Duration::from_secs(30),
+            )
+            .await?;
+        out.lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .next()
+            .ok_or_else(|| CommandError {
+                command: format!("port {service} {port}"),
+                message: format!("printed no address: {out:?}"),
+                tail: String::new(),
+            })
+    }
+
+    /// Stops and removes the project: containers, its networks, volumes, and the images it built.
+    pub async fn down(&self, project: &Project) -> Result<(), CommandError> {
+        self.run(
+            project,
+            &[
+                "down",
+                "-v",
+                "--remove-orphans",
+                "--rmi",
+                "local",
+                "--timeout",
+                "10",
+            ],
+            Duration::from_secs(180),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// Writes a rewritten compose file next to the checkout, in the preview's workspace.
+pub fn write_project(
+    workspace: &Path,
+    name: &str,
+    compose_text: &str,
+    compose_dir: &Path,
+) -> std::io::Result<Project> {
+    let file = workspace.join("productbuilder.compose.yml");
+    std::fs::write(&file, compose_text)?;
+    Ok(Project {
+        name: name.to_owned(),
+        file,
+        dir: compose_dir.to_path_buf(),
+    })
+}

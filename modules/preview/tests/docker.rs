@@ -1,0 +1,155 @@
+//! The rewritten compose file on the real Docker engine: build, start, reach over the loopback
+//! binding, and remove without a trace. Needs the engine, a Compose CLI and Debian's
+//! busybox-static (`.ci/run` installs the last two).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use productbuilder_preview::compose::{Rewrite, project_name, render, rewrite};
+use productbuilder_preview::policy::Policy;
+use productbuilder_preview::runner::{ComposeCli, write_project};
+use productbuilder_preview::validate_checkout;
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI");
+    assert!(
+        out.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn http_get(addr: std::net::SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+#[tokio::test]
+async fn a_preview_builds_starts_answers_and_leaves_nothing_behind() {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "/bin/busybox is missing: apt-get install busybox-static (.ci/run does)"
+    );
+    docker(&["info", "--format", "{{.ServerVersion}}"]);
+    let cli = ComposeCli::detect(&["docker".into(), "compose".into()])
+        .await
+        .unwrap();
+
+    // The example repository, as a pull request's checkout.
+    let work = tempfile::tempdir().unwrap();
+    let checkout = work.path().join("checkout");
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-preview");
+    copy_dir(&example, &checkout);
+    std::fs::copy(busybox, checkout.join("busybox")).unwrap();
+    let report = validate_checkout(&checkout, &Policy::default());
+    let spec = report.spec.expect("the example passes its own checks");
+
+    let unique = format!("{}-{}", std::process::id(), fastrand_suffix());
+    let network = format!("pb-test-net-{unique}");
+    docker(&["network", "create", &network]);
+    let project = project_name(&format!("test/hello-{unique}"), 1);
+    let compose_path = checkout.join(&spec.compose_file);
+    let doc: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(&compose_path).unwrap()).unwrap();
+    let rewritten = rewrite(
+        &doc,
+        &Rewrite {
+            repo: "test/hello",
+            number: 1,
+            sha: "0123456789abcdef0123456789abcdef01234567",
+            project: &project,
+            service: &spec.service,
+            internal_port: spec.internal_port,
+            host: "hello-pr-1.preview.localhost",
+            base_url: "http://hello-pr-1.preview.localhost",
+            network: &network,
+            entrypoint: "web",
+            cert_resolver: None,
+            cpus: Some(0.5),
+            memory: Some("64m"),
+        },
+    );
+    let p = write_project(
+        work.path(),
+        &project,
+        &render(&rewritten).unwrap(),
+        compose_path.parent().unwrap(),
+    )
+    .unwrap();
+
+    let outcome = async {
+        cli.up(&p, Duration::from_secs(300))
+            .await
+            .map_err(|e| format!("{e}\n{}", e.tail))?;
+        let addr = cli
+            .port(&p, &spec.service, spec.internal_port)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !addr.ip().is_loopback() {
+            return Err(format!("published on {addr}, not loopback"));
+        }
+        // The container may need a moment to accept connections: poll until it answers.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(body) = http_get(addr)
+                && body.contains("Hello from a productbuilder preview")
+            {
+                return Ok(addr);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("{addr} never served the page"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    .await;
+    // Whatever happened, tear down, then check.
+    let down = cli.down(&p).await;
+    let label = format!("label=com.docker.compose.project={project}");
+    let containers = docker(&["ps", "-aq", "--filter", &label]);
+    let volumes = docker(&["volume", "ls", "-q", "--filter", &label]);
+    let networks = docker(&["network", "ls", "-q", "--filter", &label]);
+    let images = docker(&["images", "-q", "--filter", &format!("reference={project}*")]);
+    docker(&["network", "rm", &network]);
+
+    outcome.unwrap();
+    down.unwrap();
+    assert_eq!(containers, "", "containers left");
+    assert_eq!(volumes, "", "volumes left");
+    assert_eq!(networks, "", "networks left");
+    assert_eq!(images, "", "images left");
+}
+
+fn fastrand_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{nanos:x}")
+}
