@@ -6,7 +6,7 @@ use productbuilder_github::{BudgetLimits, ClientConfig, Credentials, GithubClien
 use productbuilder_github_sandbox::{NewPr, Permission, Sandbox};
 use productbuilder_preview::archive::Limits;
 use productbuilder_preview::policy::Policy;
-use productbuilder_preview::source::fetch_and_check;
+use productbuilder_preview::source::{Checkout, StageError, fetch_and_check};
 use productbuilder_preview::state::Stage;
 use productbuilder_store::Store;
 
@@ -44,6 +44,19 @@ async fn setup() -> Setup {
     }
 }
 
+/// The three stages for `sha`, into the workspace `ws` under the setup's directory.
+async fn stages(s: &Setup, sha: &str, ws: &str, limits: &Limits) -> Result<Checkout, StageError> {
+    fetch_and_check(
+        &s.client,
+        "acme/shop",
+        sha,
+        &s.dir.path().join(ws),
+        &Policy::default(),
+        limits,
+    )
+    .await
+}
+
 fn pr(compose: &str) -> NewPr {
     NewPr::new("Preview me", "alice", "feature")
         .with_file(".productbuilding/preview/config.yml", CONFIG)
@@ -57,16 +70,7 @@ async fn a_valid_head_is_downloaded_extracted_and_checked() {
     let number = s.sandbox.open_pr("acme/shop", pr(COMPOSE));
     let sha = s.sandbox.head_sha("acme/shop", number);
     let workspace = s.dir.path().join("ws");
-    let checkout = fetch_and_check(
-        &s.client,
-        "acme/shop",
-        &sha,
-        &workspace,
-        &Policy::default(),
-        &Limits::default(),
-    )
-    .await
-    .unwrap();
+    let checkout = stages(&s, &sha, "ws", &Limits::default()).await.unwrap();
     assert_eq!(checkout.spec.service, "app");
     assert_eq!(checkout.spec.healthcheck_path, "/");
     assert_eq!(
@@ -80,16 +84,7 @@ async fn a_valid_head_is_downloaded_extracted_and_checked() {
 
     // A retry after a crash starts from a clean workspace.
     std::fs::write(checkout.dir.join("leftover"), "x").unwrap();
-    let again = fetch_and_check(
-        &s.client,
-        "acme/shop",
-        &sha,
-        &workspace,
-        &Policy::default(),
-        &Limits::default(),
-    )
-    .await
-    .unwrap();
+    let again = stages(&s, &sha, "ws", &Limits::default()).await.unwrap();
     assert!(!again.dir.join("leftover").exists());
 }
 
@@ -101,16 +96,7 @@ async fn a_socket_mount_fails_at_policy_and_a_missing_contract_at_config() {
         pr("services:\n  app:\n    build: ../..\n    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n"),
     );
     let sha = s.sandbox.head_sha("acme/shop", bad);
-    let err = fetch_and_check(
-        &s.client,
-        "acme/shop",
-        &sha,
-        &s.dir.path().join("a"),
-        &Policy::default(),
-        &Limits::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = stages(&s, &sha, "a", &Limits::default()).await.unwrap_err();
     assert_eq!(err.stage, Stage::Policy);
     assert!(err.message.contains("mentions the Docker socket"), "{err}");
 
@@ -119,16 +105,7 @@ async fn a_socket_mount_fails_at_policy_and_a_missing_contract_at_config() {
         NewPr::new("No preview", "bob", "x").with_file("README", "hi"),
     );
     let sha = s.sandbox.head_sha("acme/shop", bare);
-    let err = fetch_and_check(
-        &s.client,
-        "acme/shop",
-        &sha,
-        &s.dir.path().join("b"),
-        &Policy::default(),
-        &Limits::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = stages(&s, &sha, "b", &Limits::default()).await.unwrap_err();
     assert_eq!(err.stage, Stage::Config);
     assert!(
         err.message
@@ -149,27 +126,11 @@ async fn an_oversized_download_fails_at_download() {
         max_unpacked_bytes: 64 * 1024,
         ..Limits::default()
     };
-    let err = fetch_and_check(
-        &s.client,
-        "acme/shop",
-        &sha,
-        &s.dir.path().join("c"),
-        &Policy::default(),
-        &tight,
-    )
-    .await
-    .unwrap_err();
+    let err = stages(&s, &sha, "c", &tight).await.unwrap_err();
     assert_eq!(err.stage, Stage::Download);
     assert!(err.message.contains("big.bin"), "{err}");
-    let err = fetch_and_check(
-        &s.client,
-        "acme/shop",
-        "not-a-sha",
-        &s.dir.path().join("d"),
-        &Policy::default(),
-        &Limits::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = stages(&s, "not-a-sha", "d", &Limits::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.stage, Stage::Download);
 }
