@@ -446,7 +446,6 @@ async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), UnitErro
             })
             .await
             .map_err(store_err)?;
-        tracing::info!(repo = %repo, open = open.len(), changed = changed_pulls_len(&open, &known_by_number), closed = closed.len(), "pull requests changed");
     }
     record_poll(state, &repo, changed).await?;
     let key = repo.clone();
@@ -459,6 +458,16 @@ async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), UnitErro
         repo: repo.clone(),
         pulls: stored,
     }));
+    // Logged once everything is stored and published, so the line means "visible everywhere".
+    if changed {
+        tracing::info!(
+            repo = %repo,
+            open = open.len(),
+            new_heads = changed_pulls_len(&open, &known_by_number),
+            closed = closed.len(),
+            "pull requests changed"
+        );
+    }
     Ok(())
 }
 
