@@ -56,7 +56,8 @@ enum Command {
     Check {
         #[command(flatten)]
         config: ConfigArg,
-        /// Also check the database, the state directory, and every repository with the credentials.
+        /// Also check the database, the state directory, every repository with the credentials,
+        /// and (when previews are on) the Docker engine and the Compose CLI.
         #[arg(long)]
         online: bool,
     },
@@ -361,11 +362,52 @@ fn check(config: &Config, online: bool) -> Result<(), Failure> {
             }
         }
     }
+    if config.tenants.iter().any(|t| t.previews) {
+        match runtime.block_on(engine_version()) {
+            Ok(version) => println!("√ Docker engine {version} at {}", docker_socket()),
+            Err(e) => {
+                ok = false;
+                println!("x {e}");
+            }
+        }
+        match runtime.block_on(productbuilder_preview::runner::ComposeCli::detect(
+            &config.preview.compose_command,
+        )) {
+            Ok(cli) => println!("√ Compose: `{}` ({})", cli.argv().join(" "), cli.version),
+            Err(e) => {
+                ok = false;
+                println!("x {e}");
+            }
+        }
+    }
     if ok {
         Ok(())
     } else {
         Err(Failure::Invalid("online checks failed (see above)".into()))
     }
+}
+
+/// Where the Docker engine is expected: `DOCKER_HOST`, or the default socket.
+fn docker_socket() -> String {
+    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned())
+}
+
+/// The engine's version, through the Engine API.
+async fn engine_version() -> Result<String, String> {
+    let socket = docker_socket();
+    let unreachable = |e: &dyn std::fmt::Display| {
+        format!("Docker engine at {socket}: {e}; start dockerd or set DOCKER_HOST")
+    };
+    let docker = bollard::Docker::connect_with_local_defaults().map_err(|e| unreachable(&e))?;
+    let version = tokio::time::timeout(std::time::Duration::from_secs(10), docker.version())
+        .await
+        .map_err(|_| unreachable(&"no answer within 10s"))?
+        .map_err(|e| unreachable(&e))?;
+    Ok(format!(
+        "{} (API {})",
+        version.version.unwrap_or_else(|| "unknown".into()),
+        version.api_version.unwrap_or_else(|| "unknown".into())
+    ))
 }
 
 /// Whether the state directory exists (or can be created) and accepts files.

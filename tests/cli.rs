@@ -202,6 +202,8 @@ fn check_never_prints_secrets() {
         assert!(all.contains("token (set)"), "{all}");
         if args.len() == 2 {
             assert!(all.contains("√ preflight:repository:acme/shop"), "{all}");
+            assert!(all.contains("√ Docker engine "), "{all}");
+            assert!(all.contains("√ Compose: `docker"), "{all}");
         }
     }
 }
