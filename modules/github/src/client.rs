@@ -777,14 +777,22 @@ fn token_key(token: &Token) -> String {
 
 fn network_detail(e: &octocrab::Error) -> String {
     // octocrab's Display for transport errors is terse; the source chain says what happened.
-    let mut detail = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
-        source = s.source();
+    error_chain(e)
+}
+
+/// An error and its sources on one line, each distinct message once (layers often repeat the
+/// message of the error they wrap).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
     }
-    detail
+    parts.join(": ")
 }
 
 async fn read_capped(
@@ -1010,6 +1018,36 @@ mod tests {
         assert_eq!(error_message(b"<html>\n502\n</html>"), "<html>502</html>");
         assert_eq!(error_message(&[b'x'; 5000]).len(), 200);
         assert_eq!(error_message(b""), "(empty body)");
+    }
+
+    #[test]
+    fn error_chains_name_each_cause_once() {
+        #[derive(Debug)]
+        struct Layer(&'static str, Option<Box<Layer>>);
+        impl fmt::Display for Layer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for Layer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|l| l as _)
+            }
+        }
+        let e = Layer(
+            "Service Error",
+            Some(Box::new(Layer(
+                "client error (Connect)",
+                Some(Box::new(Layer(
+                    "client error (Connect)",
+                    Some(Box::new(Layer("dns error: no such host", None))),
+                ))),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&e),
+            "Service Error: client error (Connect): dns error: no such host"
+        );
     }
 
     #[test]
