@@ -448,12 +448,19 @@ async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), UnitErro
             .map_err(store_err)?;
     }
     record_poll(state, &repo, changed).await?;
-    let key = repo.clone();
-    let stored = state
-        .store
-        .call(move |c| load_open(c, &key))
-        .await
-        .map_err(store_err)?;
+    let new_heads = changed_pulls_len(&open, &known_by_number);
+    drop(known_by_number);
+    // Unchanged: what was read at the start is what is stored; no second read.
+    let stored = if changed {
+        let key = repo.clone();
+        state
+            .store
+            .call(move |c| load_open(c, &key))
+            .await
+            .map_err(store_err)?
+    } else {
+        known
+    };
     state.feed(&repo).send_replace(Arc::new(PullSet {
         repo: repo.clone(),
         pulls: stored,
@@ -463,7 +470,7 @@ async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), UnitErro
         tracing::info!(
             repo = %repo,
             open = open.len(),
-            new_heads = changed_pulls_len(&open, &known_by_number),
+            new_heads,
             closed = closed.len(),
             "pull requests changed"
         );
