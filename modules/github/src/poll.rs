@@ -209,16 +209,9 @@ async fn check_repository(state: &GithubState, tenant: &Tenant) -> Result<(), Un
     }
     let id = found.id.0;
     tenant.repo_id.set(id);
-    let repo_key = repo.clone();
     state
         .store
-        .call(move |c| {
-            c.execute(
-                "INSERT INTO tenants (repo, repo_id, updated_at) VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-                 ON CONFLICT (repo) DO UPDATE SET repo_id = excluded.repo_id, updated_at = excluded.updated_at",
-                params![repo_key, id as i64],
-            )
-        })
+        .set_tenant_repo_id(&repo, id)
         .await
         .map_err(store_err)?;
     tracing::info!(repo = %repo, repo_id = id, "repository checked");
