@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 
 use productbuilder_github::{GithubState, Pull};
+use productbuilder_preview::Previews;
+use productbuilder_preview::state::Status;
 use productbuilder_scheduler::StatusBoard;
 
 /// Escapes text for HTML element content and attribute values.
@@ -28,7 +30,12 @@ table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border-bottom:1px solid
 th{background:#f5f5f5}.bad{color:#b00020}.ok{color:#1b7f3b}.muted{color:#777}code{font-size:12px}";
 
 /// Renders the page.
-pub async fn render(board: &StatusBoard, github: &GithubState, tenants: &[String]) -> String {
+pub async fn render(
+    board: &StatusBoard,
+    github: &GithubState,
+    previews: &Previews,
+    tenants: &[String],
+) -> String {
     let mut html = String::with_capacity(16 * 1024);
     let _ = write!(
         html,
@@ -97,6 +104,8 @@ pub async fn render(board: &StatusBoard, github: &GithubState, tenants: &[String
     }
     html.push_str("</table>");
 
+    previews_table(&mut html, previews).await;
+
     html.push_str(
         "<h2>Open pull requests</h2><table><tr><th>repository</th><th>#</th><th>title</th><th>author</th>\
          <th>head</th><th>head seen</th><th>flags</th></tr>",
@@ -108,6 +117,59 @@ pub async fn render(board: &StatusBoard, github: &GithubState, tenants: &[String
     }
     html.push_str("</table></body></html>");
     html
+}
+
+async fn previews_table(html: &mut String, previews: &Previews) {
+    html.push_str(
+        "<h2>Previews</h2><table><tr><th>repository</th><th>#</th><th>status</th><th>link</th>\
+         <th>head</th><th>failed at</th><th>error</th><th>updated</th><th>logs</th></tr>",
+    );
+    let rows = match previews.list().await {
+        Ok(rows) => rows,
+        Err(e) => {
+            let _ = write!(
+                html,
+                "</table><p class=\"bad\">{}</p>",
+                escape(&e.to_string())
+            );
+            return;
+        }
+    };
+    for r in rows.iter().filter(|r| r.status != Status::Deleted) {
+        let class = match r.status {
+            Status::Ready => "ok",
+            Status::Failed => "bad",
+            _ => "muted",
+        };
+        let link = if r.status == Status::Ready {
+            format!("<a href=\"{0}\">{0}</a>", escape(&r.url))
+        } else {
+            escape(&r.url)
+        };
+        // The first line of the error: the whole text is in the pull request comment.
+        let error = r
+            .error
+            .as_deref()
+            .and_then(|e| e.lines().next())
+            .unwrap_or("");
+        let _ = write!(
+            html,
+            "<tr><td>{repo}</td><td>{n}</td><td class=\"{class}\">{status}</td><td>{link}</td><td><code>{sha}</code></td>\
+             <td>{stage}</td><td>{error}</td><td>{updated}</td><td><a href=\"/previews/{repo}/{n}/logs?tail=200\">logs</a></td></tr>",
+            repo = escape(&r.repo),
+            n = r.number,
+            status = r.status,
+            sha = escape(r.head_sha.get(..8).unwrap_or(&r.head_sha)),
+            stage = r.stage.map(|s| s.as_str()).unwrap_or(""),
+            error = escape(error),
+            updated = escape(&r.updated_at),
+        );
+    }
+    let removed = rows.iter().filter(|r| r.status == Status::Deleted).count();
+    let _ = write!(
+        html,
+        "</table><p class=\"muted\">{removed} removed previews are listed by <a href=\"/previews\">/previews</a>.</p>"
+    );
 }
 
 fn pull_row(html: &mut String, repo: &str, p: &Pull) {

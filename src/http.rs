@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use productbuilder_github::webhook::{self, Deliveries};
 use productbuilder_github::{GithubState, Pull};
+use productbuilder_preview::Previews;
 use productbuilder_scheduler::{StatusBoard, escape_label};
 use productbuilder_store::Store;
 use serde::Serialize;
@@ -26,6 +27,7 @@ pub struct AppState {
     pub board: StatusBoard,
     pub store: Store,
     pub github: GithubState,
+    pub previews: Previews,
     /// Configured repositories, `owner/name`, as written in the tenant files.
     pub tenants: Vec<String>,
     pub webhook_secret: Option<Secret>,
@@ -50,6 +52,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/tenants", get(api_tenants))
         .route("/api/tenants/{owner}/{repo}/pulls", get(api_pulls))
+        .route("/previews", get(previews))
+        .route("/previews/{owner}/{repo}/{number}/logs", get(preview_logs))
         .route(
             "/webhook",
             post(webhook).layer(DefaultBodyLimit::max(webhook::MAX_BODY_BYTES)),
@@ -58,7 +62,9 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn dashboard(State(state): State<AppState>) -> Response {
-    let page = crate::dashboard::render(&state.board, &state.github, &state.tenants).await;
+    let page =
+        crate::dashboard::render(&state.board, &state.github, &state.previews, &state.tenants)
+            .await;
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -67,6 +73,55 @@ async fn dashboard(State(state): State<AppState>) -> Response {
         page,
     )
         .into_response()
+}
+
+/// `GET /previews`: every preview, deleted ones too, newest first.
+async fn previews(State(state): State<AppState>) -> Response {
+    match state.previews.list().await {
+        Ok(rows) => axum::Json(rows).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct LogsQuery {
+    tail: Option<usize>,
+    follow: Option<bool>,
+}
+
+/// Lines a `tail` may ask for at most: a log route must not become a way to exhaust memory.
+const MAX_TAIL: usize = 10_000;
+
+/// `GET /previews/{owner}/{repo}/{number}/logs?tail=N&follow=BOOL`: the preview's logs as text,
+/// read the way its `logging` section says (container logs, or a file inside the container),
+/// streamed while `follow`.
+async fn preview_logs(
+    State(state): State<AppState>,
+    Path((owner, repo, number)): Path<(String, String, u64)>,
+    Query(query): Query<LogsQuery>,
+) -> Response {
+    let Some(tenant) = state.tenant(&format!("{owner}/{repo}")).map(str::to_owned) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("{owner}/{repo} is not a configured repository\n"),
+        )
+            .into_response();
+    };
+    let tail = query.tail.unwrap_or(200).min(MAX_TAIL);
+    let follow = query.follow.unwrap_or(false);
+    match state.previews.logs(&tenant, number, tail, follow).await {
+        Ok(stream) => (
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+                // The text comes from the preview: never let a browser treat it as anything else.
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
+            axum::body::Body::from_stream(stream),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn healthz() -> &'static str {

@@ -21,7 +21,10 @@ use productbuilder_github::{
 };
 use productbuilder_planner::{Module, PlanError, RepoIdCell, Tenant, plan};
 use productbuilder_preview::policy::Policy;
-use productbuilder_scheduler::{PreflightFailed, Schedule, Scheduler, SchedulerOptions, UnitSpec};
+use productbuilder_preview::{PreviewModule, Previews, Settings, TenantRules};
+use productbuilder_scheduler::{
+    PreflightFailed, Schedule, Scheduler, SchedulerOptions, StatusBoard, UnitSpec,
+};
 use productbuilder_store::Store;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -171,6 +174,7 @@ fn tenants(config: &Config) -> Vec<Arc<Tenant>> {
 struct Wiring {
     units: Vec<UnitSpec>,
     github: GithubState,
+    previews: Previews,
 }
 
 /// The whole wiring: every module, in the order their units are listed.
@@ -212,12 +216,73 @@ fn wire(config: &Config, store: &Store) -> Result<Wiring, Failure> {
         state: github_state.clone(),
         run_timeout: config.scheduler.run_timeout,
     };
-    let modules: [&dyn Module; 2] = [&kernel, &github];
+    let previews = previews(config, store, &github_state);
+    let preview = PreviewModule {
+        previews: previews.clone(),
+        github: github_state.clone(),
+        run_timeout: config.scheduler.run_timeout,
+    };
+    let modules: [&dyn Module; 3] = [&kernel, &github, &preview];
     let units = plan(&modules, &tenants, config.github.poll_interval)?;
     Ok(Wiring {
         units,
         github: github_state,
+        previews,
     })
+}
+
+/// The previews of every tenant, with the host's `[preview]` settings and each tenant's rules.
+fn previews(config: &Config, store: &Store, github: &GithubState) -> Previews {
+    let p = &config.preview;
+    let settings = Settings {
+        state_dir: config.state_dir.clone(),
+        domain: p.domain.clone(),
+        url_template: p.url_template.clone(),
+        compose_command: p.compose_command.clone(),
+        network: p.network.clone(),
+        entrypoint: p.entrypoint.clone(),
+        cert_resolver: p.cert_resolver.clone(),
+        max_previews: p.max_previews,
+        max_builds: p.max_builds,
+        ttl: p.ttl,
+        public_url: config.http.public_url.clone(),
+        limits: Default::default(),
+    };
+    let rules = config
+        .tenants
+        .iter()
+        .map(|t| {
+            let r = &t.preview;
+            let rules = TenantRules {
+                allow_forks: r.allow_forks,
+                fork_label: r.fork_label.clone(),
+                drafts: r.drafts,
+                policy: Policy {
+                    allowed: r.allowed.clone(),
+                },
+                cpus: r.cpus,
+                memory: r.memory.clone(),
+            };
+            (t.repo(), rules)
+        })
+        .collect();
+    Previews::new(settings, rules, store.clone(), github.clone())
+}
+
+/// A pull request feed that changed wakes its tenant's previews reconciler at once, instead of at
+/// its next interval. The reconciler itself never learns why it ran.
+fn wake_previews_on_pulls(config: &Config, github: &GithubState, board: &StatusBoard) {
+    for tenant in config.tenants.iter().filter(|t| t.previews) {
+        let repo = tenant.repo();
+        let mut feed = github.subscribe(&repo);
+        let board = board.clone();
+        tokio::spawn(async move {
+            let unit = format!("worker:previews:{repo}");
+            while feed.changed().await.is_ok() {
+                board.nudge_unit(&unit);
+            }
+        });
+    }
 }
 
 /// A single-threaded runtime for the short commands: the GitHub client needs one to exist, even
@@ -520,6 +585,7 @@ async fn daemon(config: Config) -> Result<(), Failure> {
     .map_err(|e| Failure::Invalid(e.to_string()))?;
     let board = scheduler.board();
     let cancel = CancellationToken::new();
+    wake_previews_on_pulls(&config, &wiring.github, &board);
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -534,6 +600,7 @@ async fn daemon(config: Config) -> Result<(), Failure> {
         board: board.clone(),
         store: store.clone(),
         github: wiring.github,
+        previews: wiring.previews.clone(),
         tenants: config.tenants.iter().map(|t| t.repo()).collect(),
         webhook_secret: config.github.webhook_secret.clone(),
         deliveries: Arc::new(Deliveries::new(10_000)),
@@ -553,6 +620,9 @@ async fn daemon(config: Config) -> Result<(), Failure> {
     tokio::spawn(stop_on_signal(cancel.clone()));
     let result = scheduler.run(cancel.clone()).await;
     cancel.cancel();
+    // Deploys stop at their next step; their rows say where, and the next start converges.
+    wiring.previews.shutdown();
+    let _ = tokio::time::timeout(config.scheduler.shutdown_grace, wiring.previews.idle()).await;
     // The server stops accepting at once; open requests get the same grace as unit runs.
     let _ = tokio::time::timeout(config.scheduler.shutdown_grace, server).await;
     match &result {

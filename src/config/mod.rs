@@ -70,6 +70,9 @@ impl Config {
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// Where people reach this daemon's HTTP API (behind a proxy, say), for the log links in pull
+    /// request comments; without it comments carry no log link.
+    pub public_url: Option<String>,
     /// Without it every mutating route answers 403.
     pub api_token: Option<Secret>,
 }
@@ -476,6 +479,19 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
         );
         SocketAddr::from(([127, 0, 0, 1], 8091))
     });
+    let public_url = raw
+        .http
+        .public_url
+        .map(|u| u.trim_end_matches('/').to_owned());
+    if let Some(u) = &public_url
+        && !(u.starts_with("http://") || u.starts_with("https://"))
+    {
+        p.push(
+            here("http.public_url"),
+            Some("http.public_url"),
+            format!("{u:?} is not an http(s) URL; write it like \"https://previews.example.com\""),
+        );
+    }
     let api_token = secret(
         &mut p,
         "http.api_token",
@@ -777,7 +793,11 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
         file: file.to_path_buf(),
         state_dir,
         tenants_dir,
-        http: HttpConfig { listen, api_token },
+        http: HttpConfig {
+            listen,
+            public_url,
+            api_token,
+        },
         log,
         github: GithubConfig {
             api_url,

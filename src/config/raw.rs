@@ -28,6 +28,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawHttp {
     pub listen: Option<String>,
+    pub public_url: Option<String>,
     pub api_token: Option<String>,
     pub api_token_file: Option<PathBuf>,
 }

@@ -34,7 +34,8 @@ pub use client::{
 pub use comments::{MarkerComments, Published};
 pub use model::{Pull, PullSet};
 pub use poll::{
-    Cursor, GithubModule, GithubState, TenantPollState, stored_comments, stored_issue_numbers,
+    Cursor, GithubModule, GithubState, TenantPollState, poll_pulls, stored_comments,
+    stored_issue_numbers,
 };
 pub use report::{
     CommitState, DeploymentState, Reporter, STATUS_CONTEXT, description, environment,

@@ -76,4 +76,7 @@ impl Pull {
 pub struct PullSet {
     pub repo: String,
     pub pulls: Vec<Pull>,
+    /// False until the first poll of this process published the set: an empty list before that
+    /// means "not known yet", not "no pull request open", and must not remove previews.
+    pub polled: bool,
 }

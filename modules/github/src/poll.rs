@@ -60,6 +60,7 @@ impl GithubState {
                 watch::channel(Arc::new(PullSet {
                     repo: repo.to_owned(),
                     pulls: Vec::new(),
+                    polled: false,
                 }))
                 .0
             })
@@ -317,7 +318,7 @@ async fn record_poll(state: &GithubState, repo: &str, changed: bool) -> Result<(
 /// `worker:pulls:{owner}/{name}`: every open pull request (all pages, conditional), stored and
 /// handed on as the full set. A pull request that vanished from the list is confirmed closed with
 /// one GET before it is marked so.
-async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), UnitError> {
+pub async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), UnitError> {
     let repo = tenant.repo();
     let identity = state.client.identity(&repo).await?;
     if skip_cold(
@@ -457,6 +458,7 @@ async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), UnitErro
     state.feed(&repo).send_replace(Arc::new(PullSet {
         repo: repo.clone(),
         pulls: stored,
+        polled: true,
     }));
     // Logged once everything is stored and published, so the line means "visible everywhere".
     if changed {

@@ -7,6 +7,11 @@
 //!   containers, host namespaces, capabilities, devices, the Docker socket, bind mounts outside the
 //!   checkout), checked before anything runs.
 //! - [`archive`]: extraction of the pull request's source tarball, which is hostile input.
+//! - [`reconcile`]: [`Previews`], the level-triggered reconciler (desired pull requests against
+//!   the `previews` table and the engine's labelled containers) and its deploy and removal tasks;
+//!   [`PreviewModule`] makes it the units `preflight:previews` and `worker:previews`.
+//! - [`compose`] and [`runner`]: the rewritten compose file and the Compose CLI; [`engine`]: the
+//!   Docker Engine API (labelled containers, the shared network, logs); [`db`]: the table.
 //!
 //! # Why the checks come first
 //! Everything in a pull request is controlled by its author, fork or not. Nothing of it is run,
@@ -16,11 +21,18 @@
 pub mod archive;
 pub mod comment;
 pub mod compose;
+pub mod db;
+pub mod engine;
+mod module;
 pub mod policy;
+pub mod reconcile;
 pub mod runner;
 pub mod source;
 pub mod spec;
 pub mod state;
+
+pub use module::PreviewModule;
+pub use reconcile::{MARKER, Previews, ReconcileError, Settings, TenantRules};
 
 use std::path::Path;
 

@@ -183,6 +183,40 @@ impl ComposeCli {
         }
     }
 
+    /// Builds the images of every service that has a `build` section.
+    pub async fn build(&self, project: &Project, deadline: Duration) -> Result<(), CommandError> {
+        self.run(project, &["build"], deadline).await.map(|_| ())
+    }
+
+    /// Starts (or updates) the project in the background from images already built.
+    pub async fn start(&self, project: &Project, deadline: Duration) -> Result<(), CommandError> {
+        self.run(
+            project,
+            &["up", "-d", "--no-build", "--remove-orphans"],
+            deadline,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Runs `command` with `sh -c` in the running container of `service` (migrations, post-deploy
+    /// commands). The command comes from the repository: it runs inside the preview's own
+    /// container, never on the host.
+    pub async fn exec(
+        &self,
+        project: &Project,
+        service: &str,
+        command: &str,
+        deadline: Duration,
+    ) -> Result<String, CommandError> {
+        self.run(
+            project,
+            &["exec", "-T", service, "sh", "-c", command],
+            deadline,
+        )
+        .await
+    }
+
     /// Builds the images and starts the project in the background.
     pub async fn up(&self, project: &Project, deadline: Duration) -> Result<(), CommandError> {
         self.run(
@@ -252,4 +286,64 @@ pub fn write_project(
         file,
         dir: compose_dir.to_path_buf(),
     })
+}
+
+/// Polls `http://{addr}{path}` (with `Host: {host}`) until it answers 2xx or `within` passes; the
+/// error says what the last attempt saw.
+pub async fn wait_healthy(
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+    within: Duration,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut last: String;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), probe(addr, host, path)).await {
+            Ok(Ok(status)) if (200..300).contains(&status) => return Ok(()),
+            Ok(Ok(status)) => last = format!("answered {status}"),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = "did not answer within 5s".into(),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "GET {path} on the preview ({addr}) did not answer 2xx within {}s: {last}",
+                within.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// One `GET`, reading only the status line.
+async fn probe(addr: std::net::SocketAddr, host: &str, path: &str) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: productbuilder\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("cannot send: {e}"))?;
+    let mut head = Vec::with_capacity(64);
+    let mut buf = [0u8; 256];
+    while !head.contains(&b'\n') && head.len() < 1024 {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("cannot read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .filter(|_| line.starts_with("HTTP/"))
+        .ok_or_else(|| "closed without an HTTP answer".to_owned())
 }

@@ -57,6 +57,19 @@ pub async fn fetch_and_check(
     policy: &Policy,
     limits: &Limits,
 ) -> Result<Checkout, StageError> {
+    let dir = download(client, repo, sha, workspace, limits).await?;
+    check(&dir, policy).await
+}
+
+/// The `download` stage: `repo`'s tree at `sha`, extracted into `workspace/checkout`. The
+/// workspace is emptied first, so a retry after a crash starts clean.
+pub async fn download(
+    client: &GithubClient,
+    repo: &str,
+    sha: &str,
+    workspace: &Path,
+    limits: &Limits,
+) -> Result<PathBuf, StageError> {
     if !sha.chars().all(|c| c.is_ascii_hexdigit()) || sha.len() < 7 {
         return Err(fail(
             Stage::Download,
@@ -111,8 +124,12 @@ pub async fn fetch_and_check(
     .map_err(|e| fail(Stage::Download, e))?;
     // The archive is no longer needed; the checkout is.
     let _ = tokio::fs::remove_file(&tarball).await;
+    Ok(dir)
+}
 
-    let (check_dir, policy) = (dir.clone(), policy.clone());
+/// The `config` and `policy` stages on an extracted checkout.
+pub async fn check(dir: &Path, policy: &Policy) -> Result<Checkout, StageError> {
+    let (check_dir, policy) = (dir.to_path_buf(), policy.clone());
     let report = tokio::task::spawn_blocking(move || validate_checkout(&check_dir, &policy))
         .await
         .map_err(|e| fail(Stage::Config, format!("validation stopped: {e}")))?;
@@ -128,7 +145,7 @@ pub async fn fetch_and_check(
         .spec
         .ok_or_else(|| fail(Stage::Config, "no valid contract"))?;
     Ok(Checkout {
-        dir,
+        dir: dir.to_path_buf(),
         spec,
         warnings: report.warnings.iter().map(|w| w.to_string()).collect(),
     })

@@ -1,0 +1,332 @@
+//! The Docker engine, through its API: what productbuilder finds running (every container it
+//! labelled), the shared network, and logs. Building and starting go through the Compose CLI
+//! ([`crate::runner`]); reading the actual state does not, so it works without a workspace on disk,
+//! for instance after the state directory was lost.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{ContainerSummaryStateEnum, NetworkCreateRequest};
+use bollard::query_parameters::{
+    ListContainersOptions, ListImagesOptions, ListNetworksOptions, ListVolumesOptions, LogsOptions,
+    RemoveContainerOptions, RemoveImageOptions, RemoveVolumeOptions,
+};
+use futures_util::{Stream, StreamExt};
+
+use crate::compose::{LABEL_MANAGED, LABEL_PR, LABEL_SHA, LABEL_TENANT};
+
+/// Compose's own label naming a container's project and service.
+const LABEL_PROJECT: &str = "com.docker.compose.project";
+const LABEL_SERVICE: &str = "com.docker.compose.service";
+
+/// How long one Engine API call may take.
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A container productbuilder started, as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Labelled {
+    pub id: String,
+    pub tenant: String,
+    pub number: u64,
+    pub sha: String,
+    pub project: String,
+    pub service: String,
+    pub running: bool,
+}
+
+/// A connection to the engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+    /// Where the engine was looked for, for error messages.
+    socket: String,
+}
+
+/// Bytes of a log stream.
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, String>> + Send>>;
+
+impl Engine {
+    /// Where the engine is expected: `DOCKER_HOST`, or the default socket.
+    pub fn socket() -> String {
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned())
+    }
+
+    /// Connects and agrees on an API version (the engine may be older than the client).
+    pub async fn connect() -> Result<Engine, String> {
+        let socket = Self::socket();
+        let unreachable = |e: &dyn std::fmt::Display| {
+            format!("the Docker engine at {socket}: {e}; start dockerd or set DOCKER_HOST")
+        };
+        let docker = Docker::connect_with_local_defaults().map_err(|e| unreachable(&e))?;
+        let docker = tokio::time::timeout(API_TIMEOUT, docker.negotiate_version())
+            .await
+            .map_err(|_| unreachable(&"no answer within 30s"))?
+            .map_err(|e| unreachable(&e))?;
+        Ok(Engine { docker, socket })
+    }
+
+    pub fn socket_name(&self) -> &str {
+        &self.socket
+    }
+
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> String {
+        format!("the Docker engine at {}: {what}: {e}", self.socket)
+    }
+
+    /// The engine's version and API version.
+    pub async fn version(&self) -> Result<String, String> {
+        let v = tokio::time::timeout(API_TIMEOUT, self.docker.version())
+            .await
+            .map_err(|_| self.err("version", "no answer within 30s"))?
+            .map_err(|e| self.err("version", e))?;
+        Ok(format!(
+            "{} (API {})",
+            v.version.unwrap_or_else(|| "unknown".into()),
+            v.api_version.unwrap_or_else(|| "unknown".into())
+        ))
+    }
+
+    /// Creates the network shared by Traefik and the previews unless it exists.
+    pub async fn ensure_network(&self, name: &str) -> Result<(), String> {
+        if self.docker.inspect_network(name, None).await.is_ok() {
+            return Ok(());
+        }
+        let created = self
+            .docker
+            .create_network(NetworkCreateRequest {
+                name: name.to_owned(),
+                driver: Some("bridge".into()),
+                attachable: Some(true),
+                ..Default::default()
+            })
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            // Created concurrently by someone else: fine.
+            Err(_) if self.docker.inspect_network(name, None).await.is_ok() => Ok(()),
+            Err(e) => Err(self.err(&format!("creating network {name}"), e)),
+        }
+    }
+
+    /// Every container labelled `productbuilder.managed`, running or not; for one tenant when
+    /// `tenant` is set.
+    pub async fn labelled(&self, tenant: Option<&str>) -> Result<Vec<Labelled>, String> {
+        let mut labels = vec![format!("{LABEL_MANAGED}=true")];
+        if let Some(t) = tenant {
+            labels.push(format!("{LABEL_TENANT}={t}"));
+        }
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([("label".to_owned(), labels)])),
+            ..Default::default()
+        };
+        let list = tokio::time::timeout(API_TIMEOUT, self.docker.list_containers(Some(options)))
+            .await
+            .map_err(|_| self.err("listing containers", "no answer within 30s"))?
+            .map_err(|e| self.err("listing containers", e))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                Some(Labelled {
+                    id: c.id?,
+                    tenant: labels.get(LABEL_TENANT)?.clone(),
+                    number: labels.get(LABEL_PR)?.parse().ok()?,
+                    sha: labels.get(LABEL_SHA).cloned().unwrap_or_default(),
+                    project: labels.get(LABEL_PROJECT)?.clone(),
+                    service: labels.get(LABEL_SERVICE).cloned().unwrap_or_default(),
+                    running: matches!(
+                        c.state,
+                        Some(
+                            ContainerSummaryStateEnum::RUNNING
+                                | ContainerSummaryStateEnum::RESTARTING
+                        )
+                    ),
+                })
+            })
+            .collect())
+    }
+
+    /// The container of `service` in `project`, running or not.
+    async fn service_container(&self, project: &str, service: &str) -> Result<String, String> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![
+                    format!("{LABEL_PROJECT}={project}"),
+                    format!("{LABEL_SERVICE}={service}"),
+                ],
+            )])),
+            ..Default::default()
+        };
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| self.err("listing containers", e))?;
+        list.into_iter().find_map(|c| c.id).ok_or_else(|| {
+            format!("service `{service}` has no container (is the preview running?)")
+        })
+    }
+
+    /// The container logs of `service` (stdout and stderr), the last `tail` lines, then new ones
+    /// while `follow`.
+    pub async fn container_logs(
+        &self,
+        project: &str,
+        service: &str,
+        tail: usize,
+        follow: bool,
+    ) -> Result<LogStream, String> {
+        let id = self.service_container(project, service).await?;
+        let stream = self.docker.logs(
+            &id,
+            Some(LogsOptions {
+                follow,
+                stdout: true,
+                stderr: true,
+                tail: tail.to_string(),
+                ..Default::default()
+            }),
+        );
+        Ok(Box::pin(stream.map(|item| {
+            item.map(LogOutput::into_bytes)
+                .map_err(|e| format!("log stream: {e}"))
+        })))
+    }
+
+    /// The last `tail` lines of a file inside `service`'s container (`tail -F` while `follow`),
+    /// for repositories whose `logging.type` is `file`.
+    pub async fn file_logs(
+        &self,
+        project: &str,
+        service: &str,
+        path: &str,
+        tail: usize,
+        follow: bool,
+    ) -> Result<LogStream, String> {
+        let id = self.service_container(project, service).await?;
+        let mut cmd = vec!["tail".to_owned(), "-n".to_owned(), tail.to_string()];
+        if follow {
+            cmd.push("-F".into());
+        }
+        // `--` so that a path from the repository's config can never be read as an option.
+        cmd.push("--".into());
+        cmd.push(path.to_owned());
+        let exec = self
+            .docker
+            .create_exec(
+                &id,
+                CreateExecOptions {
+                    cmd: Some(cmd),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| self.err("exec tail", e))?;
+        match self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| self.err("exec tail", e))?
+        {
+            StartExecResults::Attached { output, .. } => Ok(Box::pin(output.map(|item| {
+                item.map(LogOutput::into_bytes)
+                    .map_err(|e| format!("log stream: {e}"))
+            }))),
+            StartExecResults::Detached => Err("the exec detached unexpectedly".into()),
+        }
+    }
+
+    /// Removes everything of a Compose project without its compose file: containers (with their
+    /// anonymous volumes), networks and volumes labelled with the project, and the images Compose
+    /// built for it (named `{project}-{service}` by v2, `{project}_{service}` by v1).
+    pub async fn remove_project(&self, project: &str) -> Result<(), String> {
+        let by_label = || {
+            Some(HashMap::from([(
+                "label".to_owned(),
+                vec![format!("{LABEL_PROJECT}={project}")],
+            )]))
+        };
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: by_label(),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| self.err("listing containers", e))?;
+        for id in containers.into_iter().filter_map(|c| c.id) {
+            self.docker
+                .remove_container(
+                    &id,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        v: true,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .map_err(|e| self.err(&format!("removing container {id}"), e))?;
+        }
+        let networks = self
+            .docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: by_label(),
+            }))
+            .await
+            .map_err(|e| self.err("listing networks", e))?;
+        for name in networks.into_iter().filter_map(|n| n.name) {
+            self.docker
+                .remove_network(&name)
+                .await
+                .map_err(|e| self.err(&format!("removing network {name}"), e))?;
+        }
+        let volumes = self
+            .docker
+            .list_volumes(Some(ListVolumesOptions {
+                filters: by_label(),
+            }))
+            .await
+            .map_err(|e| self.err("listing volumes", e))?;
+        for volume in volumes.volumes.unwrap_or_default() {
+            self.docker
+                .remove_volume(&volume.name, Some(RemoveVolumeOptions { force: true }))
+                .await
+                .map_err(|e| self.err(&format!("removing volume {}", volume.name), e))?;
+        }
+        let images = self
+            .docker
+            .list_images(Some(ListImagesOptions {
+                filters: Some(HashMap::from([(
+                    "reference".to_owned(),
+                    vec![format!("{project}-*"), format!("{project}_*")],
+                )])),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| self.err("listing images", e))?;
+        for image in images {
+            self.docker
+                .remove_image(
+                    &image.id,
+                    Some(RemoveImageOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                    None,
+                )
+                .await
+                .map_err(|e| self.err(&format!("removing image {}", image.id), e))?;
+        }
+        Ok(())
+    }
+}

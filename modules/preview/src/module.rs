@@ -1,0 +1,84 @@
+//! The preview units: `preflight:previews:{owner}/{name}` and `worker:previews:{owner}/{name}`,
+//! for tenants with previews on. Both run the same reconcile; the preflight first polls the open
+//! pull requests itself, so that what runs at start-up comes from GitHub and the engine, not from
+//! the database alone.
+
+use std::time::Duration;
+
+use productbuilder_github::{GithubState, poll_pulls};
+use productbuilder_planner::{
+    Every, Module, Scope, Spec, Tenant, TenantCtx, When, spec_work, stage,
+};
+use productbuilder_scheduler::{ErrorKind, RetryPolicy, UnitError};
+
+use crate::reconcile::{Previews, ReconcileError};
+
+pub struct PreviewModule {
+    pub previews: Previews,
+    pub github: GithubState,
+    /// Timeout of one unit run (a reconcile only starts deploys; it does not wait for them).
+    pub run_timeout: Duration,
+}
+
+fn with_previews(tenant: &Tenant) -> bool {
+    tenant.previews
+}
+
+fn unit_error(e: ReconcileError) -> UnitError {
+    match e {
+        // The engine may still be starting: retried by the network rule, then the preflight fails
+        // for good and `run` exits 1 with this message, which names the socket.
+        ReconcileError::Engine(m) => UnitError::new(ErrorKind::Network, m),
+        ReconcileError::Store(m) => UnitError::new(ErrorKind::Internal, m),
+    }
+}
+
+impl Module for PreviewModule {
+    fn name(&self) -> &'static str {
+        "preview"
+    }
+
+    fn preflights(&self) -> Vec<Spec> {
+        let (previews, github) = (self.previews.clone(), self.github.clone());
+        vec![Spec {
+            resource: "previews",
+            scope: Scope::PerTenant,
+            when: When::Preflight {
+                stage: stage::RECONCILE,
+            },
+            timeout: self.run_timeout,
+            retry: RetryPolicy::remote_api(),
+            applies_to: with_previews,
+            work: spec_work(move |ctx: TenantCtx| {
+                let (previews, github) = (previews.clone(), github.clone());
+                async move {
+                    let tenant = ctx.tenant();
+                    previews.engine().await.map_err(unit_error)?;
+                    poll_pulls(&github, tenant).await?;
+                    previews.reconcile(&tenant.repo()).await.map_err(unit_error)
+                }
+            }),
+        }]
+    }
+
+    fn workers(&self) -> Vec<Spec> {
+        let previews = self.previews.clone();
+        vec![Spec {
+            resource: "previews",
+            scope: Scope::PerTenant,
+            when: When::Worker(Every::PollInterval),
+            timeout: self.run_timeout,
+            retry: RetryPolicy::remote_api(),
+            applies_to: with_previews,
+            work: spec_work(move |ctx: TenantCtx| {
+                let previews = previews.clone();
+                async move {
+                    previews
+                        .reconcile(&ctx.tenant().repo())
+                        .await
+                        .map_err(unit_error)
+                }
+            }),
+        }]
+    }
+}

@@ -1,0 +1,1109 @@
+//! The previews reconciler: for one tenant, the desired state (its open pull requests that the
+//! tenant's rules allow, each at its head sha) against the actual state (the `previews` rows and
+//! the containers labelled by productbuilder on the engine), and the actions that close the gap.
+//!
+//! It is level-triggered: [`Previews::reconcile`] never learns why it was called (a new push, a
+//! close, a restart, a vanished container, a timer) and always compares the whole state. Deploys
+//! and removals run as background tasks, one per pull request at a time; a newer head commit
+//! cancels the deploy in flight (killing its Compose process) instead of queueing behind it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use productbuilder_github::{
+    CommitState, DeploymentState, GithubState, MarkerComments, Pull, Reporter,
+};
+use productbuilder_store::Store;
+use tokio::sync::{OnceCell, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::archive::Limits;
+use crate::comment::{self, CommentView};
+use crate::compose::{self, Rewrite};
+use crate::db::{self, DeletedReason, Details, PreviewRow};
+use crate::engine::{Engine, Labelled};
+use crate::policy::Policy;
+use crate::runner::{self, ComposeCli, Project};
+use crate::source;
+use crate::spec::LogSource;
+use crate::state::{Event, Stage, Status};
+
+/// The marker of the one comment per pull request.
+pub const MARKER: &str = "<!-- productbuilder:preview -->";
+
+/// How long an image build may take.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// How long `up`, a migration or one post-deploy command may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// Host-wide preview settings (`[preview]`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Workspaces live under `{state_dir}/previews/{project}`.
+    pub state_dir: PathBuf,
+    pub domain: String,
+    /// Placeholders `{owner}` `{repo}` `{number}` `{domain}`.
+    pub url_template: String,
+    pub compose_command: Vec<String>,
+    pub network: String,
+    pub entrypoint: String,
+    pub cert_resolver: Option<String>,
+    pub max_previews: usize,
+    pub max_builds: usize,
+    pub ttl: Duration,
+    /// Where this daemon's HTTP API is reachable by people, for log links; none when unknown.
+    pub public_url: Option<String>,
+    pub limits: Limits,
+}
+
+/// One tenant's rules (`[preview]` in its file).
+#[derive(Debug, Clone)]
+pub struct TenantRules {
+    pub allow_forks: bool,
+    /// GitHub only lets people with triage or write access add labels, so a label on a fork's pull
+    /// request is the maintainers' consent.
+    pub fork_label: String,
+    pub drafts: bool,
+    pub policy: Policy,
+    pub cpus: Option<f64>,
+    pub memory: Option<String>,
+}
+
+impl Default for TenantRules {
+    fn default() -> Self {
+        TenantRules {
+            allow_forks: false,
+            fork_label: "preview".into(),
+            drafts: false,
+            policy: Policy::default(),
+            cpus: Some(1.0),
+            memory: Some("1g".into()),
+        }
+    }
+}
+
+impl TenantRules {
+    /// Whether `pull` gets a preview.
+    pub fn wants(&self, pull: &Pull) -> bool {
+        if pull.draft && !self.drafts {
+            return false;
+        }
+        if pull.fork && !self.allow_forks && !pull.labels.contains(&self.fork_label) {
+            return false;
+        }
+        true
+    }
+}
+
+/// What a deploy or removal task is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Job {
+    Deploy { sha: String },
+    Remove,
+}
+
+struct Task {
+    job: Job,
+    cancel: CancellationToken,
+    done: tokio::sync::watch::Receiver<bool>,
+}
+
+struct Inner {
+    settings: Settings,
+    rules: HashMap<String, TenantRules>,
+    store: Store,
+    github: GithubState,
+    comments: MarkerComments,
+    reporter: Reporter,
+    engine: OnceCell<Engine>,
+    compose: OnceCell<ComposeCli>,
+    builds: Semaphore,
+    tasks: Mutex<HashMap<(String, u64), Task>>,
+    /// Reports running, and whether another was asked for meanwhile.
+    reporting: Mutex<HashMap<(String, u64), bool>>,
+    /// Serialises the "count, then evict" decision across tenants.
+    capacity: tokio::sync::Mutex<()>,
+    /// Cancelled at shutdown: tasks stop at their next step, leaving the row where it was; the
+    /// next start converges from there.
+    shutdown: CancellationToken,
+}
+
+/// The previews of every tenant. Cheap to clone.
+#[derive(Clone)]
+pub struct Previews {
+    inner: Arc<Inner>,
+}
+
+/// Why a reconcile could not finish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReconcileError {
+    /// The Docker engine or the Compose CLI is missing or not answering.
+    Engine(String),
+    Store(String),
+}
+
+impl std::fmt::Display for ReconcileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReconcileError::Engine(m) | ReconcileError::Store(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for ReconcileError {}
+
+fn store_err(e: impl std::fmt::Display) -> ReconcileError {
+    ReconcileError::Store(format!("previews database: {e}"))
+}
+
+/// A step that failed: its stage, message and output tail.
+struct Failure {
+    stage: Stage,
+    error: String,
+    tail: Option<String>,
+}
+
+/// The end of a task that was stopped by a newer one or by shutdown.
+struct Cancelled;
+
+enum Stop {
+    Failed(Failure),
+    Cancelled,
+}
+
+impl From<Cancelled> for Stop {
+    fn from(_: Cancelled) -> Self {
+        Stop::Cancelled
+    }
+}
+
+async fn or_cancel<T>(
+    cancel: &CancellationToken,
+    f: impl Future<Output = T>,
+) -> Result<T, Cancelled> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(Cancelled),
+        out = f => Ok(out),
+    }
+}
+
+impl Previews {
+    pub fn new(
+        settings: Settings,
+        rules: HashMap<String, TenantRules>,
+        store: Store,
+        github: GithubState,
+    ) -> Previews {
+        let comments = MarkerComments::new(github.client.clone(), MARKER);
+        let reporter = Reporter::new(github.client.clone());
+        Previews {
+            inner: Arc::new(Inner {
+                builds: Semaphore::new(settings.max_builds.max(1)),
+                settings,
+                rules,
+                store,
+                github,
+                comments,
+                reporter,
+                engine: OnceCell::new(),
+                compose: OnceCell::new(),
+                tasks: Mutex::default(),
+                reporting: Mutex::default(),
+                capacity: tokio::sync::Mutex::new(()),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// Stops every task at its next step (their rows stay where they were).
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// Waits until no deploy or removal is running.
+    pub async fn idle(&self) {
+        loop {
+            let waiting: Vec<_> = self.tasks().values().map(|t| t.done.clone()).collect();
+            if waiting.is_empty() {
+                return;
+            }
+            for mut done in waiting {
+                let _ = done.wait_for(|d| *d).await;
+            }
+        }
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), Task>> {
+        self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The engine, connected once; the error names the socket.
+    pub async fn engine(&self) -> Result<&Engine, ReconcileError> {
+        self.inner
+            .engine
+            .get_or_try_init(|| async {
+                let engine = Engine::connect().await.map_err(ReconcileError::Engine)?;
+                engine
+                    .ensure_network(&self.inner.settings.network)
+                    .await
+                    .map_err(ReconcileError::Engine)?;
+                Ok(engine)
+            })
+            .await
+    }
+
+    async fn compose(&self) -> Result<&ComposeCli, ReconcileError> {
+        self.inner
+            .compose
+            .get_or_try_init(|| async {
+                ComposeCli::detect(&self.inner.settings.compose_command)
+                    .await
+                    .map_err(ReconcileError::Engine)
+            })
+            .await
+    }
+
+    /// Every preview row (deleted ones too), newest first.
+    pub async fn list(&self) -> Result<Vec<PreviewRow>, ReconcileError> {
+        self.inner
+            .store
+            .call(|c| db::rows(c, None))
+            .await
+            .map_err(store_err)
+    }
+
+    pub async fn get(&self, repo: &str, number: u64) -> Result<Option<PreviewRow>, ReconcileError> {
+        let repo = repo.to_owned();
+        self.inner
+            .store
+            .call(move |c| db::row(c, &repo, number))
+            .await
+            .map_err(store_err)
+    }
+
+    /// The preview's public URL.
+    pub fn url(&self, repo: &str, number: u64) -> String {
+        let (owner, name) = repo.split_once('/').unwrap_or(("", repo));
+        self.inner
+            .settings
+            .url_template
+            .replace("{owner}", &owner.to_ascii_lowercase())
+            .replace("{repo}", &name.to_ascii_lowercase())
+            .replace("{number}", &number.to_string())
+            .replace("{domain}", &self.inner.settings.domain)
+    }
+
+    fn workspace(&self, project: &str) -> PathBuf {
+        self.inner.settings.state_dir.join("previews").join(project)
+    }
+
+    /// Brings `repo`'s previews to the desired state. Returns quickly: deploys and removals run in
+    /// the background. Does nothing until the pull requests have been polled once by this process
+    /// (an empty list before that is "unknown", not "none open").
+    pub async fn reconcile(&self, repo: &str) -> Result<(), ReconcileError> {
+        let engine = self.engine().await?.clone();
+        self.compose().await?;
+        let pulls = self.inner.github.subscribe(repo).borrow().clone();
+        if !pulls.polled {
+            tracing::debug!(repo, "previews: pull requests not polled yet");
+            return Ok(());
+        }
+        let rules = self.inner.rules.get(repo).cloned().unwrap_or_default();
+        let open: BTreeMap<u64, &Pull> = pulls.pulls.iter().map(|p| (p.number, p)).collect();
+        let desired: BTreeMap<u64, &Pull> = open
+            .iter()
+            .filter(|(_, p)| rules.wants(p))
+            .map(|(n, p)| (*n, *p))
+            .collect();
+        let key = repo.to_owned();
+        let rows: BTreeMap<u64, PreviewRow> = self
+            .inner
+            .store
+            .call(move |c| db::rows(c, Some(&key)))
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .map(|r| (r.number, r))
+            .collect();
+        let containers = engine
+            .labelled(Some(repo))
+            .await
+            .map_err(ReconcileError::Engine)?;
+        let running: HashSet<(u64, &str)> = containers
+            .iter()
+            .filter(|c| c.running)
+            .map(|c| (c.number, c.project.as_str()))
+            .collect();
+
+        for (&number, pull) in &desired {
+            let row = rows.get(&number);
+            if let Some(job) = self.job_of(repo, number) {
+                if job
+                    == (Job::Deploy {
+                        sha: pull.head_sha.clone(),
+                    })
+                {
+                    continue;
+                }
+                if job == Job::Remove && row.is_some_and(|r| !r.is_live()) {
+                    // A removal is finishing; the next pass redeploys if still wanted.
+                    continue;
+                }
+            }
+            let deploy = match row {
+                None => true,
+                Some(r) if r.head_sha != pull.head_sha => true,
+                Some(r) => match r.status {
+                    Status::Deleted => r.deleted_reason.is_none_or(DeletedReason::allows_same_sha),
+                    // A failure waits for a new push (or a reopen).
+                    Status::Failed => false,
+                    // Its containers vanished: repair.
+                    Status::Ready => !running.contains(&(number, r.project.as_str())),
+                    // Under way with no task: this process restarted mid-deploy.
+                    Status::Pending | Status::Building | Status::Deploying => {
+                        self.job_of(repo, number).is_none()
+                    }
+                },
+            };
+            if deploy {
+                self.make_room(repo, number).await?;
+                self.spawn_deploy(repo, pull);
+            } else if let Some(r) = row
+                && matches!(r.status, Status::Ready | Status::Failed)
+                && self.job_of(repo, number).is_none()
+                && self.expired(r).await?
+            {
+                self.spawn_remove(repo, number, DeletedReason::Expired);
+            }
+        }
+
+        // Previews nobody wants any more: closed, or no longer allowed.
+        for (number, row) in &rows {
+            if desired.contains_key(number) || !row.is_live() {
+                continue;
+            }
+            if self.job_of(repo, *number) == Some(Job::Remove) {
+                continue;
+            }
+            let reason = if open.contains_key(number) {
+                DeletedReason::Unwanted
+            } else {
+                DeletedReason::Closed
+            };
+            self.spawn_remove(repo, *number, reason);
+        }
+
+        // Containers no live row accounts for: leftovers of a crash, or of a lost database.
+        let mut orphans: BTreeMap<&str, &Labelled> = BTreeMap::new();
+        for c in &containers {
+            let owned = rows
+                .get(&c.number)
+                .is_some_and(|r| r.is_live() && r.project == c.project);
+            if !owned && self.job_of(repo, c.number).is_none() {
+                orphans.entry(c.project.as_str()).or_insert(c);
+            }
+        }
+        for (project, c) in orphans {
+            tracing::info!(
+                repo,
+                number = c.number,
+                project,
+                "previews: removing orphaned containers"
+            );
+            self.spawn_orphan_removal(repo, c.number, project);
+        }
+
+        // Reports that did not reach GitHub (an outage, a restart): try again.
+        for row in rows.values() {
+            if row.reported.as_deref() != Some(row.report_key().as_str()) {
+                self.report(repo, row.number);
+            }
+        }
+        Ok(())
+    }
+
+    fn job_of(&self, repo: &str, number: u64) -> Option<Job> {
+        self.tasks()
+            .get(&(repo.to_owned(), number))
+            .map(|t| t.job.clone())
+    }
+
+    async fn expired(&self, row: &PreviewRow) -> Result<bool, ReconcileError> {
+        let (at, ttl) = (row.sha_changed_at.clone(), self.inner.settings.ttl);
+        self.inner
+            .store
+            .call(move |c| db::older_than(c, &at, ttl))
+            .await
+            .map_err(store_err)
+    }
+
+    /// Keeps the host under `max_previews`: a deploy of a pull request with no live preview evicts
+    /// the least recently updated live one (of any tenant) when the host is full.
+    async fn make_room(&self, repo: &str, number: u64) -> Result<(), ReconcileError> {
+        let _guard = self.inner.capacity.lock().await;
+        let live = self
+            .inner
+            .store
+            .call(|c| db::live_by_age(c))
+            .await
+            .map_err(store_err)?;
+        if live.iter().any(|r| r.repo == repo && r.number == number) {
+            return Ok(());
+        }
+        let max = self.inner.settings.max_previews.max(1);
+        let mut excess = (live.len() + 1).saturating_sub(max);
+        for victim in &live {
+            if excess == 0 {
+                break;
+            }
+            if self.job_of(&victim.repo, victim.number) == Some(Job::Remove) {
+                continue;
+            }
+            tracing::info!(
+                repo = %victim.repo,
+                number = victim.number,
+                for_repo = repo,
+                for_number = number,
+                max,
+                "previews: evicting the least recently updated preview"
+            );
+            // Marked deleted now, so that the next count already sees the room.
+            let (r, n, sha) = (victim.repo.clone(), victim.number, victim.head_sha.clone());
+            self.inner
+                .store
+                .call(move |c| {
+                    Ok(db::transition(
+                        c,
+                        &r,
+                        n,
+                        &sha,
+                        Event::Delete,
+                        &Details {
+                            deleted_reason: Some(DeletedReason::Evicted),
+                            ..Details::default()
+                        },
+                    ))
+                })
+                .await
+                .map_err(store_err)?
+                .map_err(store_err)?;
+            self.spawn_remove(&victim.repo, victim.number, DeletedReason::Evicted);
+            excess -= 1;
+        }
+        Ok(())
+    }
+
+    /// Registers a task for `repo#number`, replacing (cancelling) the one in flight; the new task
+    /// waits for the old one to stop before it touches anything.
+    fn spawn_task<F, Fut>(&self, repo: &str, number: u64, job: Job, work: F)
+    where
+        F: FnOnce(Previews, CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let key = (repo.to_owned(), number);
+        let cancel = self.inner.shutdown.child_token();
+        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+        let previous = self.tasks().insert(
+            key.clone(),
+            Task {
+                job,
+                cancel: cancel.clone(),
+                done: done_rx.clone(),
+            },
+        );
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Some(previous) = previous {
+                previous.cancel.cancel();
+                let mut done = previous.done;
+                let _ = done.wait_for(|d| *d).await;
+            }
+            work(this.clone(), cancel).await;
+            {
+                let mut tasks = this.tasks();
+                // Only remove our own entry: a newer task may have replaced it.
+                if tasks
+                    .get(&key)
+                    .is_some_and(|t| t.done.same_channel(&done_rx))
+                {
+                    tasks.remove(&key);
+                }
+            }
+            let _ = done_tx.send(true);
+        });
+    }
+
+    fn spawn_deploy(&self, repo: &str, pull: &Pull) {
+        let (repo_owned, sha, number) = (repo.to_owned(), pull.head_sha.clone(), pull.number);
+        tracing::info!(repo, number, sha = %sha, "previews: deploying");
+        self.spawn_task(
+            repo,
+            number,
+            Job::Deploy { sha: sha.clone() },
+            move |this, cancel| async move {
+                this.deploy(&repo_owned, number, &sha, &cancel).await;
+            },
+        );
+    }
+
+    fn spawn_remove(&self, repo: &str, number: u64, reason: DeletedReason) {
+        let repo_owned = repo.to_owned();
+        tracing::info!(repo, number, reason = reason.as_str(), "previews: removing");
+        self.spawn_task(repo, number, Job::Remove, move |this, _cancel| async move {
+            // A removal is not cancelled by shutdown half-way: `down` is idempotent and the row
+            // says deleted only once it finished.
+            this.remove(&repo_owned, number, reason).await;
+        });
+    }
+
+    fn spawn_orphan_removal(&self, repo: &str, number: u64, project: &str) {
+        let project = project.to_owned();
+        self.spawn_task(repo, number, Job::Remove, move |this, _cancel| async move {
+            if let Err(e) = this.teardown(&project).await {
+                tracing::warn!(project, error = %e, "previews: orphan removal failed; retrying on the next pass");
+            }
+        });
+    }
+
+    /// Runs every step of a deploy of `repo#number` at `sha`.
+    async fn deploy(&self, repo: &str, number: u64, sha: &str, cancel: &CancellationToken) {
+        let project = compose::project_name(repo, number);
+        let url = self.url(repo, number);
+        let begun = {
+            let (r, s, u, p) = (
+                repo.to_owned(),
+                sha.to_owned(),
+                url.clone(),
+                project.clone(),
+            );
+            self.inner
+                .store
+                .call(move |c| db::begin(c, &r, number, &s, &u, &p))
+                .await
+        };
+        if let Err(e) = begun {
+            tracing::error!(repo, number, error = %e, "previews: cannot record the deploy; retrying on the next pass");
+            return;
+        }
+        self.report(repo, number);
+        match self.steps(repo, number, sha, &project, &url, cancel).await {
+            Ok(()) => {
+                self.record(repo, number, sha, Event::Ready, Details::default())
+                    .await;
+                tracing::info!(repo, number, sha, url, "previews: ready");
+            }
+            Err(Stop::Failed(f)) => {
+                tracing::warn!(repo, number, sha, stage = %f.stage, error = %f.error, "previews: deploy failed");
+                self.record(
+                    repo,
+                    number,
+                    sha,
+                    Event::Fail(f.stage),
+                    Details {
+                        error: Some(&f.error),
+                        log_tail: f.tail.as_deref(),
+                        ..Details::default()
+                    },
+                )
+                .await;
+            }
+            Err(Stop::Cancelled) => {
+                tracing::info!(repo, number, sha, "previews: deploy cancelled");
+                return;
+            }
+        }
+        self.report(repo, number);
+    }
+
+    /// Persists a step before it starts (or an outcome), then reports it.
+    async fn record(&self, repo: &str, number: u64, sha: &str, event: Event, details: Details<'_>) {
+        let (r, s) = (repo.to_owned(), sha.to_owned());
+        let (error, tail) = (
+            details.error.map(str::to_owned),
+            details.log_tail.map(str::to_owned),
+        );
+        let reason = details.deleted_reason;
+        let result = self
+            .inner
+            .store
+            .call(move |c| {
+                Ok(db::transition(
+                    c,
+                    &r,
+                    number,
+                    &s,
+                    event,
+                    &Details {
+                        error: error.as_deref(),
+                        log_tail: tail.as_deref(),
+                        deleted_reason: reason,
+                    },
+                ))
+            })
+            .await;
+        match result {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(repo, number, error = %e, "previews: refused transition"),
+            Err(e) => tracing::error!(repo, number, error = %e, "previews: cannot record a step"),
+        }
+    }
+
+    async fn step(
+        &self,
+        repo: &str,
+        number: u64,
+        sha: &str,
+        stage: Stage,
+        cancel: &CancellationToken,
+    ) -> Result<(), Stop> {
+        if cancel.is_cancelled() {
+            return Err(Stop::Cancelled);
+        }
+        self.record(repo, number, sha, Event::Step(stage), Details::default())
+            .await;
+        // Statuses change at build and start; the stages within them are not worth a write each.
+        if matches!(stage, Stage::Download | Stage::Start) {
+            self.report(repo, number);
+        }
+        Ok(())
+    }
+
+    async fn steps(
+        &self,
+        repo: &str,
+        number: u64,
+        sha: &str,
+        project_name: &str,
+        url: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), Stop> {
+        let rules = self.inner.rules.get(repo).cloned().unwrap_or_default();
+        let workspace = self.workspace(project_name);
+        let failed = |stage: Stage, error: String, tail: Option<String>| {
+            Stop::Failed(Failure { stage, error, tail })
+        };
+
+        self.step(repo, number, sha, Stage::Download, cancel)
+            .await?;
+        let client = &self.inner.github.client;
+        let dir = or_cancel(
+            cancel,
+            source::download(client, repo, sha, &workspace, &self.inner.settings.limits),
+        )
+        .await?
+        .map_err(|e| failed(e.stage, e.message, None))?;
+
+        self.step(repo, number, sha, Stage::Config, cancel).await?;
+        let checkout = or_cancel(cancel, source::check(&dir, &rules.policy))
+            .await?
+            .map_err(|e| failed(e.stage, e.message, None))?;
+        let spec = checkout.spec;
+        {
+            let (r, note, service) = (
+                repo.to_owned(),
+                spec.user_facing_note.clone(),
+                spec.log_service.clone(),
+            );
+            let file = match &spec.log_source {
+                LogSource::Docker => None,
+                LogSource::File { path } => Some(path.clone()),
+            };
+            let _ = self
+                .inner
+                .store
+                .call(move |c| {
+                    db::set_contract(c, &r, number, note.as_deref(), &service, file.as_deref())
+                })
+                .await;
+        }
+        self.step(repo, number, sha, Stage::Policy, cancel).await?;
+        let compose_path = dir.join(&spec.compose_file);
+        let host = url
+            .split("://")
+            .nth(1)
+            .unwrap_or(url)
+            .split(['/', ':'])
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let project = {
+            let text = std::fs::read_to_string(&compose_path)
+                .map_err(|e| failed(Stage::Config, format!("{}: {e}", spec.compose_file), None))?;
+            let doc: serde_json::Value = serde_saphyr::from_str(&text)
+                .map_err(|e| failed(Stage::Config, format!("{}: {e}", spec.compose_file), None))?;
+            let rewritten = compose::rewrite(
+                &doc,
+                &Rewrite {
+                    repo,
+                    number,
+                    sha,
+                    project: project_name,
+                    service: &spec.service,
+                    internal_port: spec.internal_port,
+                    host: &host,
+                    base_url: url,
+                    network: &self.inner.settings.network,
+                    entrypoint: &self.inner.settings.entrypoint,
+                    cert_resolver: self.inner.settings.cert_resolver.as_deref(),
+                    cpus: rules.cpus,
+                    memory: rules.memory.as_deref(),
+                },
+            );
+            let text = compose::render(&rewritten).map_err(|e| failed(Stage::Config, e, None))?;
+            let compose_dir = compose_path.parent().unwrap_or(&dir);
+            runner::write_project(&workspace, project_name, &text, compose_dir).map_err(|e| {
+                failed(
+                    Stage::Config,
+                    format!("cannot write the compose file into the workspace: {e}"),
+                    None,
+                )
+            })?
+        };
+        let cli = self
+            .compose()
+            .await
+            .map_err(|e| failed(Stage::Build, e.to_string(), None))?
+            .clone();
+        let command_failed = |stage: Stage| {
+            move |e: runner::CommandError| {
+                failed(
+                    stage,
+                    e.to_string(),
+                    Some(e.tail.clone()).filter(|t| !t.is_empty()),
+                )
+            }
+        };
+
+        // Builds are the expensive part: at most `max_builds` at once on this host.
+        let permit = or_cancel(cancel, self.inner.builds.acquire()).await?;
+        self.step(repo, number, sha, Stage::Build, cancel).await?;
+        or_cancel(cancel, cli.build(&project, BUILD_TIMEOUT))
+            .await?
+            .map_err(command_failed(Stage::Build))?;
+        drop(permit);
+
+        self.step(repo, number, sha, Stage::Start, cancel).await?;
+        or_cancel(cancel, cli.start(&project, STEP_TIMEOUT))
+            .await?
+            .map_err(command_failed(Stage::Start))?;
+
+        if let Some(migrate) = &spec.migrate_command {
+            self.step(repo, number, sha, Stage::Migrate, cancel).await?;
+            or_cancel(
+                cancel,
+                cli.exec(&project, &spec.service, migrate, STEP_TIMEOUT),
+            )
+            .await?
+            .map_err(command_failed(Stage::Migrate))?;
+        }
+
+        self.step(repo, number, sha, Stage::Health, cancel).await?;
+        let addr = or_cancel(
+            cancel,
+            cli.port(&project, &spec.service, spec.internal_port),
+        )
+        .await?
+        .map_err(command_failed(Stage::Health))?;
+        or_cancel(
+            cancel,
+            runner::wait_healthy(
+                addr,
+                &host,
+                &spec.healthcheck_path,
+                Duration::from_secs(spec.startup_timeout_seconds),
+            ),
+        )
+        .await?
+        .map_err(|e| failed(Stage::Health, e, None))?;
+
+        if !spec.post_deploy.is_empty() {
+            self.step(repo, number, sha, Stage::PostDeploy, cancel)
+                .await?;
+            for command in &spec.post_deploy {
+                let what = command
+                    .description
+                    .clone()
+                    .unwrap_or_else(|| command.command.clone());
+                or_cancel(
+                    cancel,
+                    cli.exec(&project, &command.service, &command.command, STEP_TIMEOUT),
+                )
+                .await?
+                .map_err(|e| {
+                    failed(
+                        Stage::PostDeploy,
+                        format!("{what}: {e}"),
+                        Some(e.tail.clone()).filter(|t| !t.is_empty()),
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the preview's containers, networks, volumes, images and workspace, then marks it
+    /// deleted. Failures leave the row live, so the next pass tries again.
+    async fn remove(&self, repo: &str, number: u64, reason: DeletedReason) {
+        let Ok(Some(row)) = self.get(repo, number).await else {
+            return;
+        };
+        if let Err(e) = self.teardown(&row.project).await {
+            tracing::warn!(repo, number, error = %e, "previews: removal failed; retrying on the next pass");
+            return;
+        }
+        if row.is_live() {
+            self.record(
+                repo,
+                number,
+                &row.head_sha,
+                Event::Delete,
+                Details {
+                    deleted_reason: Some(reason),
+                    ..Details::default()
+                },
+            )
+            .await;
+        }
+        tracing::info!(repo, number, reason = reason.as_str(), "previews: removed");
+        self.report(repo, number);
+    }
+
+    /// `down` for a project: with its compose file when the workspace still has it, else (a lost
+    /// workspace, an orphan) through the engine by Compose's project label.
+    async fn teardown(&self, project: &str) -> Result<(), String> {
+        let workspace = self.workspace(project);
+        let file = workspace.join("productbuilder.compose.yml");
+        let cli = self.compose().await.map_err(|e| e.to_string())?.clone();
+        if file.is_file() {
+            let p = Project {
+                name: project.to_owned(),
+                file,
+                dir: workspace.clone(),
+            };
+            if let Err(e) = cli.down(&p).await {
+                // The file may refer to paths of a checkout that is gone; the engine path below
+                // does not need them.
+                tracing::debug!(project, error = %e, "compose down failed; removing through the engine");
+                self.engine()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .remove_project(project)
+                    .await?;
+            }
+        } else {
+            self.engine()
+                .await
+                .map_err(|e| e.to_string())?
+                .remove_project(project)
+                .await?;
+        }
+        match tokio::fs::remove_dir_all(&workspace).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!(
+                "cannot remove the workspace {}: {e}",
+                workspace.display()
+            )),
+        }
+    }
+
+    /// Reports `repo#number` as its row says, unless that was already reported. One report per pull
+    /// request runs at a time; asking again while it runs makes it run once more at the end, with
+    /// the latest row.
+    pub fn report(&self, repo: &str, number: u64) {
+        let key = (repo.to_owned(), number);
+        {
+            let mut reporting = self
+                .inner
+                .reporting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(again) = reporting.get_mut(&key) {
+                *again = true;
+                return;
+            }
+            reporting.insert(key.clone(), false);
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = this.report_once(&key.0, key.1).await {
+                    tracing::warn!(repo = %key.0, number = key.1, error = %e, "previews: reporting to GitHub failed; retrying on the next pass");
+                }
+                let mut reporting = this
+                    .inner
+                    .reporting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                match reporting.get_mut(&key) {
+                    Some(again) if *again => *again = false,
+                    _ => {
+                        reporting.remove(&key);
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    async fn report_once(&self, repo: &str, number: u64) -> Result<(), String> {
+        let Some(row) = self.get(repo, number).await.map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        let key = row.report_key();
+        if row.reported.as_deref() == Some(key.as_str()) {
+            return Ok(());
+        }
+        let logs_url = self.inner.settings.public_url.as_ref().map(|base| {
+            format!(
+                "{}/previews/{repo}/{number}/logs",
+                base.trim_end_matches('/')
+            )
+        });
+        let commit_url = commit_url(&self.inner.github.client.url("/"), repo, &row.head_sha);
+        let notices: Vec<String> = match row.deleted_reason {
+            Some(DeletedReason::Evicted) if row.status == Status::Deleted => vec![format!(
+                "Removed to make room: this host runs at most {} previews, and this one was the least recently updated. Push a commit to bring it back.",
+                self.inner.settings.max_previews
+            )],
+            Some(DeletedReason::Expired) if row.status == Status::Deleted => vec![format!(
+                "Removed after {} without a new commit. Push a commit to bring it back.",
+                humantime::format_duration(self.inner.settings.ttl)
+            )],
+            _ => Vec::new(),
+        };
+        let body = comment::render(&CommentView {
+            status: row.status,
+            head_sha: &row.head_sha,
+            commit_url: commit_url.as_deref(),
+            preview_url: Some(&row.url),
+            logs_url: logs_url.as_deref(),
+            stage: row.stage,
+            error: row.error.as_deref(),
+            log_tail: row.log_tail.as_deref(),
+            note: row.note.as_deref(),
+            notices: &notices,
+        });
+        let gh = |e: productbuilder_github::GithubError| e.to_string();
+        self.inner
+            .comments
+            .publish(repo, number, &body)
+            .await
+            .map_err(gh)?;
+
+        let deployment = match row.deployment_id {
+            Some(id) => id,
+            None => {
+                let id = self
+                    .inner
+                    .reporter
+                    .ensure_deployment(repo, number, &row.head_sha)
+                    .await
+                    .map_err(gh)?;
+                let (r, s) = (repo.to_owned(), row.head_sha.clone());
+                self.inner
+                    .store
+                    .call(move |c| db::set_deployment(c, &r, number, &s, id))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                id
+            }
+        };
+        let text = match (row.status, row.stage) {
+            (Status::Failed, Some(stage)) => format!("Failed at {stage}"),
+            (status, _) => format!("Preview {status}"),
+        };
+        let (deployment_state, commit_state) = match row.status {
+            Status::Pending | Status::Building | Status::Deploying => {
+                (DeploymentState::InProgress, Some(CommitState::Pending))
+            }
+            Status::Ready => (DeploymentState::Success, Some(CommitState::Success)),
+            Status::Failed => (DeploymentState::Failure, Some(CommitState::Failure)),
+            Status::Deleted => (DeploymentState::Inactive, None),
+        };
+        let env_url = (row.status == Status::Ready).then_some(row.url.as_str());
+        self.inner
+            .reporter
+            .deployment_status(
+                repo,
+                deployment,
+                deployment_state,
+                &text,
+                env_url,
+                logs_url.as_deref(),
+            )
+            .await
+            .map_err(gh)?;
+        if let Some(state) = commit_state {
+            self.inner
+                .reporter
+                .commit_status(
+                    repo,
+                    &row.head_sha,
+                    state,
+                    &text,
+                    env_url.or(logs_url.as_deref()),
+                )
+                .await
+                .map_err(gh)?;
+        }
+        let (r, k) = (repo.to_owned(), key);
+        self.inner
+            .store
+            .call(move |c| db::set_reported(c, &r, number, &k))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// The preview's logs, as the repository's contract says to read them.
+    pub async fn logs(
+        &self,
+        repo: &str,
+        number: u64,
+        tail: usize,
+        follow: bool,
+    ) -> Result<crate::engine::LogStream, String> {
+        let row = self
+            .get(repo, number)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{repo} has no preview for pull request #{number}"))?;
+        if !row.is_live() {
+            return Err(format!("the preview of {repo}#{number} was removed"));
+        }
+        let service = row
+            .log_service
+            .clone()
+            .ok_or_else(|| format!("the preview of {repo}#{number} has not started yet"))?;
+        let engine = self.engine().await.map_err(|e| e.to_string())?;
+        match &row.log_file {
+            None => {
+                engine
+                    .container_logs(&row.project, &service, tail, follow)
+                    .await
+            }
+            Some(path) => {
+                engine
+                    .file_logs(&row.project, &service, path, tail, follow)
+                    .await
+            }
+        }
+    }
+}
+
+/// The commit's page on github.com; none for other servers (their web address is not derivable
+/// from the API's).
+fn commit_url(api_root: &str, repo: &str, sha: &str) -> Option<String> {
+    api_root
+        .starts_with("https://api.github.com")
+        .then(|| format!("https://github.com/{repo}/commit/{sha}"))
+}
