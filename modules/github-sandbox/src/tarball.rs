@@ -2,7 +2,7 @@
 //!
 //! Like `git archive`, the gzipped tar starts with a pax global header whose `comment` is the
 //! commit sha, then has one top directory `{owner}-{repo}-{sha7}/` with a directory entry for
-//! every directory and the files (mode 0664) below it.
+//! every directory and the files (mode 0664, or 0775 for ELF binaries and scripts) below it.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -50,7 +50,10 @@ pub(crate) fn build(top: &str, sha: &str, tree: &Tree, mtime: u64) -> std::io::R
     for (path, content) in tree {
         let mut header = Header::new_ustar();
         header.set_entry_type(EntryType::Regular);
-        header.set_mode(0o664);
+        // The fake keeps no file modes; git's executable bit is inferred from the content, which
+        // is what a repository holding a binary or a script would have set.
+        let executable = content.starts_with(b"\x7fELF") || content.starts_with(b"#!");
+        header.set_mode(if executable { 0o775 } else { 0o664 });
         header.set_mtime(mtime);
         header.set_size(content.len() as u64);
         tar.append_data(&mut header, format!("{top}/{path}"), content.as_slice())?;

@@ -26,6 +26,7 @@ pub mod engine;
 mod module;
 pub mod policy;
 pub mod reconcile;
+pub mod router;
 pub mod runner;
 pub mod source;
 pub mod spec;

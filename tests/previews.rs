@@ -1,0 +1,454 @@
+//! End to end: the real binary against the sandbox GitHub, the real Docker engine, the real
+//! Compose CLI and a real Traefik. A pull request opens and its preview answers through Traefik;
+//! a push redeploys it under the same comment; a compose file that mounts the Docker socket fails
+//! at `policy` with no container ever created; the daemon killed with SIGKILL during a build
+//! converges after a restart; closed pull requests leave nothing behind.
+//!
+//! Needs the engine, a Compose CLI, Debian's busybox-static and the Traefik image
+//! (`.ci/run` provides all of them; `scripts/traefik-image` builds the image).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use productbuilder_github_sandbox::{NewPr, Permission, Sandbox};
+use productbuilder_preview::compose::project_name;
+use productbuilder_preview::router::Traefik;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_productbuilder");
+const TOKEN: &str = "ghp_e2e_token_never_printed";
+const MARKER: &str = "<!-- productbuilder:preview -->";
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI");
+    assert!(
+        out.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// One HTTP/1.0 request to a loopback address; the status and the body.
+fn http_get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// Polls `what` until it returns `Some`, or fails the test naming what was awaited and the last
+/// thing seen. The daemon is another process: there is no event to await but its answers.
+fn wait_for<T>(what: &str, within: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(last) if Instant::now() > deadline => {
+                panic!("timed out after {within:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Now, as `docker events` takes it (the test and the engine share the clock).
+fn unix_now() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The example app's files, with a page that says `version`.
+fn app_files(version: &str, socket_mount: bool, slow_build: bool) -> Vec<(String, Vec<u8>)> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/hello-preview");
+    let read = |p: &str| std::fs::read(root.join(p)).unwrap();
+    let mut dockerfile = String::from_utf8(read("Dockerfile")).unwrap();
+    if slow_build {
+        // A build step that takes a while, so the test can kill the daemon in the middle of it.
+        dockerfile = dockerfile.replace(
+            "COPY www /www",
+            "COPY www /www\nRUN [\"/bin/busybox\", \"sleep\", \"4\"]",
+        );
+    }
+    let mut compose =
+        String::from_utf8(read(".productbuilding/preview/docker-compose.yml")).unwrap();
+    if socket_mount {
+        compose.push_str("    volumes:\n      - /var/run/docker.sock:/var/run/docker.sock\n");
+    }
+    vec![
+        ("Dockerfile".into(), dockerfile.into_bytes()),
+        (
+            ".productbuilding/preview/config.yml".into(),
+            read(".productbuilding/preview/config.yml"),
+        ),
+        (
+            ".productbuilding/preview/docker-compose.yml".into(),
+            compose.into_bytes(),
+        ),
+        (
+            "www/index.html".into(),
+            format!("<h1>Hello from a productbuilder preview</h1><p>{version}</p>\n").into_bytes(),
+        ),
+        ("busybox".into(), std::fs::read("/bin/busybox").unwrap()),
+    ]
+}
+
+struct Site {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    listen: SocketAddr,
+    repo: String,
+    domain: String,
+    network: String,
+}
+
+impl Site {
+    fn previews(&self) -> Result<Vec<Value>, String> {
+        let (status, body) =
+            http_get(self.listen, "localhost", "/previews").ok_or("no answer from the daemon")?;
+        if status != 200 {
+            return Err(format!("GET /previews answered {status}: {body}"));
+        }
+        serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
+    }
+
+    /// Waits until preview `number` satisfies `done`; returns its row.
+    fn wait_preview(&self, number: u64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        wait_for(
+            &format!("preview #{number} {what}"),
+            Duration::from_secs(180),
+            || {
+                let rows = self.previews()?;
+                let row = rows
+                    .iter()
+                    .find(|r| r["repo"] == self.repo.as_str() && r["number"] == number)
+                    .cloned()
+                    .ok_or_else(|| format!("no row yet: {rows:?}"))?;
+                if done(&row) {
+                    Ok(row)
+                } else {
+                    Err(row.to_string())
+                }
+            },
+        )
+    }
+
+    fn start_daemon(&self) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap();
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn host(&self, number: u64) -> String {
+        let name = self.repo.split('/').nth(1).unwrap();
+        format!("{name}-pr-{number}.{}", self.domain)
+    }
+
+    /// Everything the engine holds of a preview's compose project, as `kind: ids` lines.
+    fn leftovers(&self, number: u64) -> Vec<String> {
+        let project = project_name(&self.repo, number);
+        let label = format!("label=com.docker.compose.project={project}");
+        let mut found = Vec::new();
+        for (kind, out) in [
+            ("containers", docker(&["ps", "-aq", "--filter", &label])),
+            (
+                "volumes",
+                docker(&["volume", "ls", "-q", "--filter", &label]),
+            ),
+            (
+                "networks",
+                docker(&["network", "ls", "-q", "--filter", &label]),
+            ),
+            (
+                "images",
+                docker(&["images", "-q", "--filter", &format!("reference={project}*")]),
+            ),
+        ] {
+            if !out.is_empty() {
+                found.push(format!("{kind}: {out}"));
+            }
+        }
+        found
+    }
+}
+
+fn sigterm(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+}
+
+#[test]
+fn previews_follow_their_pull_requests_through_traefik() {
+    assert!(
+        Path::new("/bin/busybox").exists(),
+        "/bin/busybox is missing: apt-get install busybox-static (.ci/run does)"
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let github = runtime.block_on(Sandbox::start()).unwrap();
+    let unique = format!("{}", std::process::id());
+    let repo = format!("acme/hello{unique}");
+    github.add_token(TOKEN, "productbuilder-bot");
+    github.create_repo("acme", &format!("hello{unique}"));
+    github.grant("productbuilder-bot", &repo, Permission::Push);
+
+    let dir = tempfile::tempdir().unwrap();
+    let network = format!("pb-e2e-{unique}");
+    let domain = format!("e2e{unique}.localhost");
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    std::fs::create_dir(dir.path().join("tenants")).unwrap();
+    let config = dir.path().join("productbuilder.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"state\"\n\
+             [http]\nlisten = \"{listen}\"\n\
+             [log]\nformat = \"json\"\nlevel = \"info\"\n\
+             [github]\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\npoll_interval = \"1s\"\n\
+             [preview]\ndomain = \"{domain}\"\nurl_template = \"http://{{repo}}-pr-{{number}}.{{domain}}\"\nnetwork = \"{network}\"\n",
+            github.url()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tenants/hello.toml"),
+        format!("repo = \"{repo}\"\n[preview]\ncpus = 0.5\nmemory = \"64m\"\n"),
+    )
+    .unwrap();
+    let site = Site {
+        dir,
+        config,
+        listen,
+        repo: repo.clone(),
+        domain,
+        network: network.clone(),
+    };
+
+    let _ = Command::new("docker")
+        .args(["network", "create", &network])
+        .output();
+    let traefik = runtime
+        .block_on(Traefik::start(
+            &format!("pb-e2e-traefik-{unique}"),
+            &network,
+            0,
+        ))
+        .expect("Traefik starts (scripts/traefik-image builds its image)");
+    let started_at = unix_now();
+
+    let one = github.open_pr(
+        &repo,
+        app_files("version one", false, false).into_iter().fold(
+            NewPr::new("A page", "octocat", "feature-one"),
+            |pr, (p, c)| pr.with_file(&p, c),
+        ),
+    );
+    let socket = github.open_pr(
+        &repo,
+        app_files("socket", true, false).into_iter().fold(
+            NewPr::new("Mount the socket", "mallory", "feature-socket"),
+            |pr, (p, c)| pr.with_file(&p, c),
+        ),
+    );
+
+    let mut daemon = site.start_daemon();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // Opened → ready, and Traefik routes the preview's host to the page of that commit.
+        let sha_one = github.head_sha(&repo, one);
+        let row = site.wait_preview(one, "ready", |r| r["status"] == "ready");
+        assert_eq!(row["head_sha"], sha_one.as_str());
+        assert_eq!(row["url"], format!("http://{}", site.host(one)).as_str());
+        let page = |number: u64, expect: &str| {
+            wait_for(
+                &format!("Traefik to serve {expect:?} for #{number}"),
+                Duration::from_secs(30),
+                || match http_get(traefik.addr, &site.host(number), "/") {
+                    Some((200, body)) if body.contains(expect) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                },
+            )
+        };
+        page(one, "version one");
+
+        // The socket mount is refused before anything runs.
+        let row = site.wait_preview(socket, "failed", |r| r["status"] == "failed");
+        assert_eq!(row["stage"], "policy", "{row}");
+        assert!(
+            row["error"].as_str().unwrap().contains("docker.sock"),
+            "{row}"
+        );
+        let created = docker(&[
+            "events",
+            "--since",
+            &started_at,
+            "--until",
+            &unix_now(),
+            "--filter",
+            "event=create",
+            "--filter",
+            &format!(
+                "label=com.docker.compose.project={}",
+                project_name(&repo, socket)
+            ),
+            "--format",
+            "{{.ID}}",
+        ]);
+        assert_eq!(
+            created, "",
+            "a container of the refused compose file was created"
+        );
+
+        // One comment, saying ready, and a successful deployment with the URL.
+        let comment_says = |number: u64, what: &str| {
+            wait_for(
+                &format!("the comment of #{number} to say {what:?}"),
+                Duration::from_secs(60),
+                || {
+                    let mine: Vec<_> = github
+                        .comments(&repo, number)
+                        .into_iter()
+                        .filter(|c| c.body.starts_with(MARKER))
+                        .collect();
+                    match mine.as_slice() {
+                        [c] if c.body.contains(what) => Ok(c.body.clone()),
+                        other => Err(format!("{} marker comments: {other:?}", other.len())),
+                    }
+                },
+            )
+        };
+        comment_says(one, "Preview ready");
+        let failed = comment_says(socket, "Failed at `policy`");
+        assert!(failed.contains("docker.sock"), "{failed}");
+
+        // A push redeploys under the same comment.
+        let sha_two = github.push(&repo, one, app_files("version two", false, false));
+        let row = site.wait_preview(one, "ready at the new head", |r| {
+            r["status"] == "ready" && r["head_sha"] == sha_two.as_str()
+        });
+        assert_eq!(row["head_sha"], sha_two.as_str());
+        page(one, "version two");
+        comment_says(one, &sha_two[..8]);
+
+        // SIGKILL in the middle of a build, then a restart: the preview ends ready, once.
+        let slow = github.open_pr(
+            &repo,
+            app_files("slow build", false, true).into_iter().fold(
+                NewPr::new("Slow", "octocat", "feature-slow"),
+                |pr, (p, c)| pr.with_file(&p, c),
+            ),
+        );
+        site.wait_preview(slow, "building its images", |r| r["stage"] == "build");
+        daemon.kill().unwrap(); // SIGKILL
+        daemon.wait().unwrap();
+        daemon = site.start_daemon();
+        let sha_slow = github.head_sha(&repo, slow);
+        site.wait_preview(slow, "ready after the restart", |r| r["status"] == "ready");
+        page(slow, "slow build");
+        comment_says(slow, "Preview ready");
+        let deployments: Vec<_> = github
+            .deployments(&repo)
+            .into_iter()
+            .filter(|d| d.sha == sha_slow)
+            .collect();
+        assert_eq!(deployments.len(), 1, "{deployments:?}");
+        let containers = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!(
+                "label=com.docker.compose.project={}",
+                project_name(&repo, slow)
+            ),
+        ]);
+        assert_eq!(containers.lines().count(), 1, "containers: {containers}");
+
+        // Closed → deleted, with nothing of them left on the engine.
+        github.close_pr(&repo, one, false);
+        github.close_pr(&repo, slow, true);
+        for number in [one, slow] {
+            site.wait_preview(number, "deleted", |r| r["status"] == "deleted");
+            assert_eq!(site.leftovers(number), Vec::<String>::new(), "#{number}");
+            comment_says(number, "Preview removed");
+        }
+        assert!(
+            !site
+                .dir
+                .path()
+                .join("state/previews")
+                .join(project_name(&repo, one))
+                .exists(),
+            "the workspace is left"
+        );
+        // Secrets never reach the logs.
+        assert!(!site.log().contains(TOKEN));
+    }));
+    sigterm(&mut daemon);
+    runtime.block_on(traefik.stop());
+    // Whatever failed, leave the engine clean for the next run.
+    for number in 1..=3 {
+        let project = project_name(&repo, number);
+        let ids = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=com.docker.compose.project={project}"),
+        ]);
+        for id in ids.lines() {
+            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+        }
+    }
+    let _ = Command::new("docker")
+        .args(["network", "rm", &site.network])
+        .output();
+    if std::env::var_os("PB_E2E_LOG").is_some() {
+        eprintln!("--- daemon log ---\n{}", site.log());
+    }
+    if let Err(panic) = outcome {
+        eprintln!("--- daemon log ---\n{}", site.log());
+        std::panic::resume_unwind(panic);
+    }
+}
