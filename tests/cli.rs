@@ -111,12 +111,16 @@ fn plan_prints_units_without_touching_the_state_directory() {
         "preflight:database:global preflight stage 0",
         "preflight:repository:acme/blog preflight stage 1",
         "preflight:repository:acme/shop preflight stage 1",
+        "preflight:previews:acme/blog preflight stage 2",
+        "preflight:previews:acme/shop preflight stage 2",
         "worker:pulls:acme/blog worker every 30s",
         "worker:pulls:acme/shop worker every 15s",
         "worker:issues:acme/blog worker every 30s",
         "worker:issues:acme/shop worker every 15s",
         "worker:comments:acme/blog worker every 30s",
         "worker:comments:acme/shop worker every 15s",
+        "worker:previews:acme/blog worker every 30s",
+        "worker:previews:acme/shop worker every 15s",
     ]
     .iter()
     .map(|l| l.split_whitespace().collect())
