@@ -7,6 +7,7 @@
 #[allow(dead_code)]
 mod config;
 mod dashboard;
+mod demo;
 mod http;
 mod kernel;
 
@@ -66,6 +67,9 @@ enum Command {
     },
     /// Apply pending database migrations and exit.
     Migrate(ConfigArg),
+    /// The whole pipeline on an embedded sandbox GitHub: the example repository with an open pull
+    /// request, deployed for real; dashboard on 127.0.0.1:8091. No token needed.
+    Demo,
     /// Tools for target repository authors.
     Preview {
         #[command(subcommand)]
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
         Command::Migrate(args) => config::load(&args.config)
             .map_err(Failure::from)
             .and_then(|c| migrate(&c)),
+        Command::Demo => demo::run(),
         Command::Preview {
             action: PreviewCommand::Validate { dir },
         } => preview_validate(&dir.unwrap_or_else(|| PathBuf::from("."))),
@@ -568,10 +573,17 @@ fn run(config: Config) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::Failed(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(daemon(config))
+    runtime.block_on(daemon(config, CancellationToken::new(), false, |_| {}))
 }
 
-async fn daemon(config: Config) -> Result<(), Failure> {
+/// The daemon until `cancel` or a signal. `remove_previews` tears every preview down at the end
+/// (the demo); a daemon normally keeps them across restarts. `wired` sees the previews once wired.
+async fn daemon(
+    config: Config,
+    cancel: CancellationToken,
+    remove_previews: bool,
+    wired: impl FnOnce(&Previews),
+) -> Result<(), Failure> {
     let store = Store::open(config.database_path()).map_err(|e| Failure::Failed(e.to_string()))?;
     let wiring = wire(&config, &store)?;
     let scheduler = Scheduler::new(
@@ -584,7 +596,7 @@ async fn daemon(config: Config) -> Result<(), Failure> {
     )
     .map_err(|e| Failure::Invalid(e.to_string()))?;
     let board = scheduler.board();
-    let cancel = CancellationToken::new();
+    wired(&wiring.previews);
     wake_previews_on_pulls(&config, &wiring.github, &board);
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -623,6 +635,9 @@ async fn daemon(config: Config) -> Result<(), Failure> {
     // Deploys stop at their next step; their rows say where, and the next start converges.
     wiring.previews.shutdown();
     let _ = tokio::time::timeout(config.scheduler.shutdown_grace, wiring.previews.idle()).await;
+    if remove_previews {
+        wiring.previews.remove_all().await;
+    }
     // The server stops accepting at once; open requests get the same grace as unit runs.
     let _ = tokio::time::timeout(config.scheduler.shutdown_grace, server).await;
     match &result {

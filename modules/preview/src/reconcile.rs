@@ -1064,6 +1064,26 @@ impl Previews {
         Ok(())
     }
 
+    /// Removes every live preview now and waits for it (the demo's clean exit; a daemon keeps its
+    /// previews across restarts).
+    pub async fn remove_all(&self) {
+        self.idle().await;
+        let live = match self.list().await {
+            Ok(rows) => rows
+                .into_iter()
+                .filter(PreviewRow::is_live)
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::warn!(error = %e, "previews: cannot list what to remove");
+                return;
+            }
+        };
+        for row in live {
+            self.remove(&row.repo, row.number, DeletedReason::Closed)
+                .await;
+        }
+    }
+
     /// The preview's logs, as the repository's contract says to read them.
     pub async fn logs(
         &self,
