@@ -124,6 +124,8 @@ struct Inner {
     tasks: Mutex<HashMap<(String, u64), Task>>,
     /// Reports running, and whether another was asked for meanwhile.
     reporting: Mutex<HashMap<(String, u64), bool>>,
+    /// How many report tasks run, for [`Previews::idle`].
+    reports_running: tokio::sync::watch::Sender<usize>,
     /// Serialises the "count, then evict" decision across tenants.
     capacity: tokio::sync::Mutex<()>,
     /// Cancelled at shutdown: tasks stop at their next step, leaving the row where it was; the
@@ -213,6 +215,7 @@ impl Previews {
                 compose: OnceCell::new(),
                 tasks: Mutex::default(),
                 reporting: Mutex::default(),
+                reports_running: tokio::sync::watch::channel(0).0,
                 capacity: tokio::sync::Mutex::new(()),
                 shutdown: CancellationToken::new(),
             }),
@@ -228,15 +231,18 @@ impl Previews {
         self.inner.shutdown.cancel();
     }
 
-    /// Waits until no deploy or removal is running.
+    /// Waits until no deploy, removal or report is running.
     pub async fn idle(&self) {
+        let mut reports = self.inner.reports_running.subscribe();
         loop {
             let waiting: Vec<_> = self.tasks().values().map(|t| t.done.clone()).collect();
-            if waiting.is_empty() {
-                return;
-            }
-            for mut done in waiting {
+            for mut done in waiting.iter().cloned() {
                 let _ = done.wait_for(|d| *d).await;
+            }
+            let _ = reports.wait_for(|n| *n == 0).await;
+            // A task that ended may have started a report meanwhile: check both again.
+            if self.tasks().is_empty() && *self.inner.reports_running.borrow() == 0 {
+                return;
             }
         }
     }
@@ -933,6 +939,7 @@ impl Previews {
             reporting.insert(key.clone(), false);
         }
         let this = self.clone();
+        self.inner.reports_running.send_modify(|n| *n += 1);
         tokio::spawn(async move {
             loop {
                 if let Err(e) = this.report_once(&key.0, key.1).await {
@@ -947,6 +954,7 @@ impl Previews {
                     Some(again) if *again => *again = false,
                     _ => {
                         reporting.remove(&key);
+                        this.inner.reports_running.send_modify(|n| *n -= 1);
                         return;
                     }
                 }
