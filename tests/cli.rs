@@ -745,3 +745,26 @@ fn preview_validate_reports_each_problem_and_exits_2() {
         text(&bad.stderr)
     );
 }
+
+#[test]
+fn run_exits_1_naming_the_docker_socket_when_the_engine_cannot_be_reached() {
+    let site = Site::new("");
+    let missing = site.dir.path().join("no-docker.sock");
+    let out = site.output(
+        &["run"],
+        &[
+            ("PRODUCTBUILDER_HTTP__LISTEN", "127.0.0.1:0"),
+            ("DOCKER_HOST", &format!("unix://{}", missing.display())),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let last = stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("productbuilder: preflight failed: preflight:previews:acme/"),
+        "{stderr}"
+    );
+    assert!(last.contains(&missing.display().to_string()), "{last}");
+    // It was retried (the engine may still be starting) before giving up.
+    assert!(last.contains("after 6 attempts"), "{last}");
+}
