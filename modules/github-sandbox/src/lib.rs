@@ -83,6 +83,9 @@ pub(crate) struct Shared {
     pub(crate) in_flight: AtomicUsize,
     pub(crate) peak: AtomicUsize,
     pub(crate) request_seq: AtomicU64,
+    /// Built source archives by (repository, sha): a commit's tree never changes, and like
+    /// codeload, the archive is built once, not on every download.
+    pub(crate) archives: Mutex<std::collections::HashMap<(String, String), axum::body::Bytes>>,
 }
 
 impl Shared {
@@ -134,6 +137,7 @@ impl Sandbox {
             in_flight: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             request_seq: AtomicU64::new(0),
+            archives: Mutex::default(),
         });
         let app = routes::router(shared.clone());
         let (tx, rx) = oneshot::channel::<()>();

@@ -617,34 +617,50 @@ async fn download_tarball(
     State(s): St,
     Path((owner, name, sha)): Path<(String, String, String)>,
 ) -> Response {
-    let (top, tree, mtime) = {
-        let world = s.world();
-        let Some(repo) = world.repos.get(&crate::world::repo_key(&owner, &name)) else {
-            return ApiError::not_found().into_response();
-        };
-        let Some(tree) = repo.snapshots.get(&sha) else {
-            return ApiError::not_found().into_response();
-        };
-        let mtime = u64::try_from(repo.created_at.timestamp()).unwrap_or(0);
-        (
-            crate::tarball::top_dir(&repo.owner, &repo.name, &sha),
-            tree.clone(),
-            mtime,
-        )
-    };
-    match crate::tarball::build(&top, &sha, &tree, mtime) {
-        Ok(bytes) => {
-            let mut response = bytes.into_response();
-            let headers = response.headers_mut();
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-gzip"));
-            if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename={top}.tar.gz")) {
-                headers.insert(CONTENT_DISPOSITION, v);
+    let key = (crate::world::repo_key(&owner, &name), sha.clone());
+    let archives = || s.archives.lock().unwrap_or_else(|p| p.into_inner());
+    let cached = archives().get(&key).cloned();
+    let (top, bytes) = match cached {
+        Some(bytes) => (crate::tarball::top_dir(&owner, &name, &sha), bytes),
+        None => {
+            let (top, tree, mtime) = {
+                let world = s.world();
+                let Some(repo) = world.repos.get(&key.0) else {
+                    return ApiError::not_found().into_response();
+                };
+                let Some(tree) = repo.snapshots.get(&sha) else {
+                    return ApiError::not_found().into_response();
+                };
+                let mtime = u64::try_from(repo.created_at.timestamp()).unwrap_or(0);
+                (
+                    crate::tarball::top_dir(&repo.owner, &repo.name, &sha),
+                    tree.clone(),
+                    mtime,
+                )
+            };
+            match crate::tarball::build(&top, &sha, &tree, mtime) {
+                Ok(bytes) => {
+                    let bytes = axum::body::Bytes::from(bytes);
+                    archives().insert(key, bytes.clone());
+                    (top, bytes)
+                }
+                Err(e) => {
+                    return ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("archive: {e}"),
+                    )
+                    .into_response();
+                }
             }
-            response
         }
-        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("archive: {e}"))
-            .into_response(),
+    };
+    let mut response = bytes.into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-gzip"));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename={top}.tar.gz")) {
+        headers.insert(CONTENT_DISPOSITION, v);
     }
+    response
 }
 
 // -- GitHub Apps ------------------------------------------------------------------------------

@@ -10,10 +10,10 @@
 //! the tarball redirect), hostile-input extraction, config.yml and compose policy checks, then
 //! parse, rewrite, render and write the compose file. Goal: p50 < 200 ms.
 //!
-//! The sandbox gzips the tarball anew on every request, in this process; real GitHub does that
-//! work on its side. So the bench also times that gzip alone, to tell it apart from our share.
+//! The sandbox builds each commit's archive once, as codeload does (the probe download before the
+//! loop builds it), so the iterations time the daemon's work: receiving 10 MiB over loopback and
+//! everything after.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -82,23 +82,6 @@ fn filler_files() -> Vec<(String, Vec<u8>)> {
             (format!("{dir}/blob-{i:03}.bin"), bytes)
         })
         .collect()
-}
-
-/// Gzips `files` into a tar the way the sandbox does on each download (default compression),
-/// minus the directory entries and pax header, which are negligible. Only to time that work.
-fn gzip_like_the_sandbox(files: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    let mut tar = tar::Builder::new(gz);
-    for (path, bytes) in files {
-        let mut header = tar::Header::new_ustar();
-        header.set_mode(0o664);
-        header.set_size(bytes.len() as u64);
-        tar.append_data(&mut header, path, bytes.as_slice())
-            .expect("a tar entry");
-    }
-    let mut gz = tar.into_inner().expect("the tar");
-    gz.flush().expect("the gzip stream");
-    gz.finish().expect("the gzip stream")
 }
 
 /// The nearest-rank percentile of sorted durations.
@@ -242,23 +225,9 @@ async fn run() {
         }
     }
 
-    // The sandbox's per-request gzip (GitHub's work, not ours), timed alone on a blocking thread.
-    let gzip_times = tokio::task::spawn_blocking(move || {
-        (0..5)
-            .map(|_| {
-                let start = Instant::now();
-                std::hint::black_box(gzip_like_the_sandbox(&files));
-                start.elapsed()
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .expect("the gzip timing");
-
     let total = sorted(samples.iter().map(|s| s.fetch + s.rewrite).collect());
     let fetch = sorted(samples.iter().map(|s| s.fetch).collect());
     let rewrites = sorted(samples.iter().map(|s| s.rewrite).collect());
-    let gzip = sorted(gzip_times);
     println!("iterations: {ITERATIONS} (after {WARMUP} warm-up)");
     println!(
         "tarball: {tarball_bytes} bytes = {:.2} MiB compressed",
@@ -277,15 +246,6 @@ async fn run() {
     println!(
         "  parse+rewrite+render+write p50: {:.3} ms",
         ms(percentile(&rewrites, 50.0))
-    );
-    println!(
-        "  of which the sandbox's own gzip per request (not ours), p50 of 5: {:.1} ms",
-        ms(percentile(&gzip, 50.0))
-    );
-    // An estimate: the sandbox gzips the whole tarball before sending it, while the client waits.
-    println!(
-        "  daemon's own share, estimated (total p50 - sandbox gzip p50): {:.1} ms",
-        ms(percentile(&total, 50.0).saturating_sub(percentile(&gzip, 50.0)))
     );
     println!(
         "peak RSS (VmHWM, sandbox included): {:.1} MiB",

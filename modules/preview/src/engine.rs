@@ -174,6 +174,28 @@ impl Engine {
         })
     }
 
+    /// The address of `service`'s container on `network`.
+    pub async fn service_ip(
+        &self,
+        project: &str,
+        service: &str,
+        network: &str,
+    ) -> Result<std::net::IpAddr, String> {
+        let id = self.service_container(project, service).await?;
+        let inspected = self
+            .docker
+            .inspect_container(&id, None)
+            .await
+            .map_err(|e| self.err("inspecting a container", e))?;
+        inspected
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut nets| nets.remove(network))
+            .and_then(|n| n.ip_address)
+            .and_then(|ip| ip.parse().ok())
+            .ok_or_else(|| format!("service `{service}` has no address on network {network}"))
+    }
+
     /// The container logs of `service` (stdout and stderr), the last `tail` lines, then new ones
     /// while `follow`.
     pub async fn container_logs(

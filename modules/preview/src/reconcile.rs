@@ -124,6 +124,8 @@ struct Inner {
     tasks: Mutex<HashMap<(String, u64), Task>>,
     /// Reports running, and whether another was asked for meanwhile.
     reporting: Mutex<HashMap<(String, u64), bool>>,
+    /// Bumped after every recorded step or outcome: what dashboards and tests can await.
+    changes: tokio::sync::watch::Sender<u64>,
     /// How many report tasks run, for [`Previews::idle`].
     reports_running: tokio::sync::watch::Sender<usize>,
     /// Serialises the "count, then evict" decision across tenants.
@@ -216,6 +218,7 @@ impl Previews {
                 tasks: Mutex::default(),
                 reporting: Mutex::default(),
                 reports_running: tokio::sync::watch::channel(0).0,
+                changes: tokio::sync::watch::channel(0).0,
                 capacity: tokio::sync::Mutex::new(()),
                 shutdown: CancellationToken::new(),
             }),
@@ -229,6 +232,11 @@ impl Previews {
     /// Stops every task at its next step (their rows stay where they were).
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
+    }
+
+    /// Changes whenever a preview's row moved (a step began, a deploy ended, a removal).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changes.subscribe()
     }
 
     /// Waits until no deploy, removal or report is running.
@@ -655,6 +663,7 @@ impl Previews {
                 ))
             })
             .await;
+        self.inner.changes.send_modify(|n| *n += 1);
         match result {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(repo, number, error = %e, "previews: refused transition"),
@@ -812,16 +821,38 @@ impl Previews {
         }
 
         self.step(repo, number, sha, Stage::Health, cancel).await?;
-        let addr = or_cancel(
+        // Two ways in: the loopback port the rewrite published (the daemon on the host), and the
+        // container's address on the shared network (the daemon in a container on that network).
+        let mut addrs = Vec::new();
+        if let Ok(addr) = or_cancel(
             cancel,
             cli.port(&project, &spec.service, spec.internal_port),
         )
         .await?
-        .map_err(command_failed(Stage::Health))?;
+        {
+            addrs.push(addr);
+        }
+        if let Ok(engine) = self.engine().await
+            && let Ok(ip) = engine
+                .service_ip(project_name, &spec.service, &self.inner.settings.network)
+                .await
+        {
+            addrs.push(std::net::SocketAddr::new(ip, spec.internal_port));
+        }
+        if addrs.is_empty() {
+            return Err(failed(
+                Stage::Health,
+                format!(
+                    "service `{}` has neither a published port nor an address on network {}",
+                    spec.service, self.inner.settings.network
+                ),
+                None,
+            ));
+        }
         or_cancel(
             cancel,
             runner::wait_healthy(
-                addr,
+                &addrs,
                 &host,
                 &spec.healthcheck_path,
                 Duration::from_secs(spec.startup_timeout_seconds),

@@ -96,9 +96,14 @@ impl Traefik {
             .filter_map(|l| l.trim().parse::<SocketAddr>().ok())
             .find(|a| a.is_ipv4())
             .ok_or_else(|| format!("`docker port {name} 80` printed no address: {printed:?}"))?;
-        crate::runner::wait_healthy(traefik.addr, "localhost", "/ping", Duration::from_secs(30))
-            .await
-            .map_err(|e| format!("Traefik did not come up: {e}"))?;
+        crate::runner::wait_healthy(
+            &[traefik.addr],
+            "localhost",
+            "/ping",
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|e| format!("Traefik did not come up: {e}"))?;
         Ok(traefik)
     }
 

@@ -288,27 +288,35 @@ pub fn write_project(
     })
 }
 
-/// Polls `http://{addr}{path}` (with `Host: {host}`) until it answers 2xx or `within` passes; the
-/// error says what the last attempt saw.
+/// Polls `http://{addr}{path}` (with `Host: {host}`) on each of `addrs` until one answers 2xx or
+/// `within` passes; the error says what the last attempt on each address saw.
 pub async fn wait_healthy(
-    addr: std::net::SocketAddr,
+    addrs: &[std::net::SocketAddr],
     host: &str,
     path: &str,
     within: Duration,
 ) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + within;
-    let mut last: String;
+    let mut last = vec![String::from("not tried"); addrs.len()];
     loop {
-        match tokio::time::timeout(Duration::from_secs(5), probe(addr, host, path)).await {
-            Ok(Ok(status)) if (200..300).contains(&status) => return Ok(()),
-            Ok(Ok(status)) => last = format!("answered {status}"),
-            Ok(Err(e)) => last = e,
-            Err(_) => last = "did not answer within 5s".into(),
+        for (addr, seen) in addrs.iter().zip(last.iter_mut()) {
+            match tokio::time::timeout(Duration::from_secs(5), probe(*addr, host, path)).await {
+                Ok(Ok(status)) if (200..300).contains(&status) => return Ok(()),
+                Ok(Ok(status)) => *seen = format!("answered {status}"),
+                Ok(Err(e)) => *seen = e,
+                Err(_) => *seen = "did not answer within 5s".into(),
+            }
         }
         if tokio::time::Instant::now() >= deadline {
+            let seen: Vec<String> = addrs
+                .iter()
+                .zip(&last)
+                .map(|(a, s)| format!("{a}: {s}"))
+                .collect();
             return Err(format!(
-                "GET {path} on the preview ({addr}) did not answer 2xx within {}s: {last}",
-                within.as_secs()
+                "GET {path} on the preview did not answer 2xx within {}s ({})",
+                within.as_secs(),
+                seen.join("; ")
             ));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
