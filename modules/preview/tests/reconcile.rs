@@ -134,3 +134,65 @@ async fn forks_drafts_and_labels_decide_what_is_deployed() {
     w.clean_up(&previews).await;
     outcome
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_head_cancels_the_deploy_in_flight() {
+    use productbuilder_preview::state::Stage;
+    let w = World::new("cancel").await;
+    let previews = w.previews(20, Duration::from_secs(3600), TenantRules::default());
+    let outcome = async {
+        // A build that would take ten minutes.
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/hello-preview");
+        let dockerfile = std::fs::read_to_string(root.join("Dockerfile"))
+            .unwrap()
+            .replace(
+                "COPY www /www",
+                "COPY www /www\nRUN [\"/bin/busybox\", \"sleep\", \"600\"]",
+            );
+        let number = w
+            .sandbox
+            .open_pr(&w.repo, app("slow").with_file("Dockerfile", dockerfile));
+        let slow_sha = w.sandbox.head_sha(&w.repo, number);
+        let mut changes = previews.changes();
+        productbuilder_github::poll_pulls(&w.github, &w.tenant)
+            .await
+            .unwrap();
+        previews.reconcile(&w.repo).await.unwrap();
+        loop {
+            let row = previews.get(&w.repo, number).await.unwrap();
+            if row.is_some_and(|r| r.stage == Some(Stage::Build)) {
+                break;
+            }
+            changes.changed().await.unwrap();
+        }
+
+        // The fix lands while the slow build runs: the new head is deployed now, not after it.
+        let root_files = std::fs::read(root.join("Dockerfile")).unwrap();
+        let fixed = w
+            .sandbox
+            .push(&w.repo, number, vec![("Dockerfile".into(), root_files)]);
+        tokio::time::timeout(Duration::from_secs(120), w.pass(&previews))
+            .await
+            .expect("the new head waited behind the old build");
+        let row = previews.get(&w.repo, number).await.unwrap().unwrap();
+        assert_eq!(
+            (row.status, row.head_sha.as_str()),
+            (Status::Ready, fixed.as_str())
+        );
+        // The old head never got a successful deployment.
+        let old: Vec<_> = w
+            .sandbox
+            .deployments(&w.repo)
+            .into_iter()
+            .filter(|d| d.sha == slow_sha)
+            .flat_map(|d| d.statuses)
+            .filter(|(state, _)| state == "success")
+            .collect();
+        assert!(old.is_empty(), "{old:?}");
+        assert_eq!(w.containers(number).len(), 1);
+    }
+    .await;
+    w.clean_up(&previews).await;
+    outcome
+}
