@@ -123,6 +123,10 @@ impl ComposeCli {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Compose interpolates `${VAR}` in the pull request's file from its environment: it
+            // must not see the daemon's (tokens, keys), only what it needs to reach the engine.
+            .env_clear()
+            .envs(compose_env(std::env::vars_os()))
             // v1 builds through docker-py instead of the CLI's deprecated legacy builder.
             .env("COMPOSE_DOCKER_CLI_BUILD", "0")
             .kill_on_drop(true)
@@ -181,6 +185,12 @@ impl ComposeCli {
                 tail,
             }),
         }
+    }
+
+    /// The project as Compose resolves it (interpolated, normalised).
+    pub async fn config(&self, project: &Project) -> Result<String, CommandError> {
+        self.run(project, &["config"], Duration::from_secs(30))
+            .await
     }
 
     /// Builds the images of every service that has a `build` section.
@@ -272,6 +282,28 @@ impl ComposeCli {
     }
 }
 
+/// Variables the Compose CLI may inherit: how to find programs and the engine, nothing else.
+const COMPOSE_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "LANG",
+    "TMPDIR",
+    "XDG_RUNTIME_DIR",
+    "DOCKER_HOST",
+    "DOCKER_CONTEXT",
+    "DOCKER_CONFIG",
+    "DOCKER_CERT_PATH",
+    "DOCKER_TLS_VERIFY",
+];
+
+/// The part of `vars` the Compose CLI gets.
+pub fn compose_env(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    vars.filter(|(k, _)| COMPOSE_ENV.iter().any(|allowed| k == allowed))
+        .collect()
+}
+
 /// Writes a rewritten compose file next to the checkout, in the preview's workspace.
 pub fn write_project(
     workspace: &Path,
@@ -354,4 +386,25 @@ async fn probe(addr: std::net::SocketAddr, host: &str, path: &str) -> Result<u16
         .and_then(|code| code.parse().ok())
         .filter(|_| line.starts_with("HTTP/"))
         .ok_or_else(|| "closed without an HTTP answer".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compose_inherits_no_secret() {
+        let vars = [
+            ("PATH", "/usr/bin"),
+            ("PRODUCTBUILDER_GITHUB__TOKEN", "ghp_secret"),
+            ("DOCKER_HOST", "unix:///run/docker.sock"),
+            ("AWS_SECRET_ACCESS_KEY", "x"),
+        ]
+        .map(|(k, v)| (k.into(), v.into()));
+        let kept: Vec<String> = compose_env(vars.into_iter())
+            .into_iter()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(kept, ["PATH", "DOCKER_HOST"]);
+    }
 }

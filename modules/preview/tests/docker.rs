@@ -153,3 +153,25 @@ fn fastrand_suffix() -> String {
         .subsec_nanos();
     format!("{nanos:x}")
 }
+
+/// A compose file interpolates `${VAR}` from the environment of the Compose CLI; the daemon's own
+/// environment (tokens) must not be visible to it.
+#[tokio::test]
+async fn the_compose_cli_does_not_see_the_daemons_environment() {
+    // Cargo sets this for test processes: a variable the test has and Compose must not get.
+    assert!(std::env::var("CARGO_PKG_NAME").is_ok());
+    let cli = ComposeCli::detect(&["docker".into(), "compose".into()])
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let p = write_project(
+        work.path(),
+        "pb-env-probe",
+        "services:\n  app:\n    image: scratch\n    environment:\n      PROBE: \"${CARGO_PKG_NAME:-absent}\"\n",
+        work.path(),
+    )
+    .unwrap();
+    let resolved = cli.config(&p).await.unwrap();
+    assert!(resolved.contains("absent"), "{resolved}");
+    assert!(!resolved.contains("productbuilder-preview"), "{resolved}");
+}
