@@ -196,3 +196,80 @@ async fn a_new_head_cancels_the_deploy_in_flight() {
     w.clean_up(&previews).await;
     outcome
 }
+
+/// The example app with a shell (busybox's applets installed), a migration, a post-deploy command
+/// and logs read from a file inside the container.
+fn app_with_steps(title: &str, post_deploy: &str) -> productbuilder_github_sandbox::NewPr {
+    let root =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-preview");
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile"))
+        .unwrap()
+        .replace(
+            "COPY busybox /bin/busybox",
+            "COPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]",
+        );
+    let config = format!(
+        "version: 1\n\
+         compose:\n  file: .productbuilding/preview/docker-compose.yml\n  service: app\n\
+         runtime:\n  internal_port: 8080\n  healthcheck_path: /\n  startup_timeout_seconds: 60\n\
+         database:\n  migrate_command: \"echo migrated >> /www/steps.log\"\n\
+         logging:\n  service: app\n  type: file\n  path: /www/steps.log\n\
+         post_deploy_commands:\n  - service: app\n    command: \"{post_deploy}\"\n    description: Seed demo data\n"
+    );
+    app(title)
+        .with_file("Dockerfile", dockerfile)
+        .with_file(".productbuilding/preview/config.yml", config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_post_deploy_commands_and_file_logs() {
+    use futures_util::StreamExt;
+    use productbuilder_preview::state::Stage;
+    let w = World::new("steps").await;
+    let previews = w.previews(20, Duration::from_secs(3600), TenantRules::default());
+    let outcome = async {
+        let number = w.sandbox.open_pr(
+            &w.repo,
+            app_with_steps("steps", "echo seeded >> /www/steps.log"),
+        );
+        w.pass(&previews).await;
+        let row = previews.get(&w.repo, number).await.unwrap().unwrap();
+        assert_eq!(row.status, Status::Ready, "{row:?}");
+
+        // The file the contract names, read inside the container: the migration ran first.
+        let mut stream = previews.logs(&w.repo, number, 10, false).await.unwrap();
+        let mut text = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            text.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(String::from_utf8_lossy(&text), "migrated\nseeded\n");
+
+        // A post-deploy command that fails: the stage, its description and its output are kept.
+        let broken = app_with_steps("steps", "echo cannot seed; exit 3");
+        let sha = w.sandbox.push(&w.repo, number, broken.files);
+        w.pass(&previews).await;
+        let row = previews.get(&w.repo, number).await.unwrap().unwrap();
+        assert_eq!(row.head_sha, sha);
+        assert_eq!(
+            (row.status, row.stage),
+            (Status::Failed, Some(Stage::PostDeploy))
+        );
+        assert!(
+            row.error
+                .as_deref()
+                .unwrap()
+                .starts_with("Seed demo data: "),
+            "{row:?}"
+        );
+        assert!(
+            row.log_tail.as_deref().unwrap().contains("cannot seed"),
+            "{row:?}"
+        );
+        let comment = &w.sandbox.comments(&w.repo, number)[0].body;
+        assert!(comment.contains("Failed at `post_deploy`"), "{comment}");
+        assert!(comment.contains("cannot seed"), "{comment}");
+    }
+    .await;
+    w.clean_up(&previews).await;
+    outcome
+}
