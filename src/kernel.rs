@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use productbuilder_planner::{Module, Scope, Spec, Tenant, When, every_tenant, spec_work, stage};
 use productbuilder_scheduler::{ErrorKind, RetryPolicy, RetryRule, UnitError};
-use productbuilder_store::{Store, StoreError};
+use productbuilder_store::Store;
 
 /// Migrates the database, then fills every tenant's cached repository id from it.
 pub struct Kernel {
@@ -46,12 +46,12 @@ impl Module for Kernel {
                     tokio::task::spawn_blocking(move || migrator.migrate())
                         .await
                         .map_err(|e| UnitError::new(ErrorKind::Internal, e.to_string()))?
-                        .map_err(store_error)?;
+                        .map_err(UnitError::from)?;
                     for tenant in &tenants {
                         if let Some(id) = store
                             .tenant_repo_id(&tenant.repo())
                             .await
-                            .map_err(store_error)?
+                            .map_err(UnitError::from)?
                         {
                             tenant.repo_id.set(id);
                         }
@@ -61,19 +61,4 @@ impl Module for Kernel {
             }),
         }]
     }
-}
-
-/// A locked database is worth a retry; every other store error is permanent.
-pub fn store_error(error: StoreError) -> UnitError {
-    let busy = matches!(
-        &error,
-        StoreError::Sql { source, .. } | StoreError::Migration { source, .. }
-            if source.sqlite_error_code() == Some(productbuilder_store::rusqlite::ErrorCode::DatabaseBusy)
-    );
-    let kind = if busy {
-        ErrorKind::Timeout
-    } else {
-        ErrorKind::Internal
-    };
-    UnitError::new(kind, error.to_string())
 }

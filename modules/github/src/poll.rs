@@ -167,10 +167,6 @@ enum Job {
     Comments,
 }
 
-fn store_err(e: productbuilder_store::StoreError) -> UnitError {
-    UnitError::new(ErrorKind::Internal, e.to_string())
-}
-
 /// `preflight:repository:{owner}/{name}`: the repository exists, these credentials may comment
 /// and post statuses on it, and its id is cached.
 async fn check_repository(state: &GithubState, tenant: &Tenant) -> Result<(), UnitError> {
@@ -214,7 +210,7 @@ async fn check_repository(state: &GithubState, tenant: &Tenant) -> Result<(), Un
         .store
         .set_tenant_repo_id(&repo, id)
         .await
-        .map_err(store_err)?;
+        .map_err(UnitError::from)?;
     tracing::info!(repo = %repo, repo_id = id, "repository checked");
     Ok(())
 }
@@ -283,7 +279,7 @@ async fn skip_cold(
             Ok(open == 0 && quiet.is_some())
         })
         .await
-        .map_err(store_err)?;
+        .map_err(UnitError::from)?;
     if !cold {
         return Ok(false);
     }
@@ -311,7 +307,7 @@ async fn record_poll(state: &GithubState, repo: &str, changed: bool) -> Result<(
             )
         })
         .await
-        .map_err(store_err)?;
+        .map_err(UnitError::from)?;
     Ok(())
 }
 
@@ -349,7 +345,7 @@ pub async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), Unit
         .store
         .call(move |c| load_open(c, &key))
         .await
-        .map_err(store_err)?;
+        .map_err(UnitError::from)?;
     let listed_numbers: HashSet<u64> = open.iter().map(|p| p.number).collect();
     let mut closed = Vec::new();
     for gone in known.iter().filter(|k| !listed_numbers.contains(&k.number)) {
@@ -439,7 +435,7 @@ pub async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), Unit
                 tx.commit()
             })
             .await
-            .map_err(store_err)?;
+            .map_err(UnitError::from)?;
     }
     record_poll(state, &repo, changed).await?;
     let new_heads = changed_pulls_len(&open, &known_by_number);
@@ -451,7 +447,7 @@ pub async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), Unit
             .store
             .call(move |c| load_open(c, &key))
             .await
-            .map_err(store_err)?
+            .map_err(UnitError::from)?
     } else {
         known
     };
@@ -645,7 +641,7 @@ async fn sync_stream(
             .optional()
         })
         .await
-        .map_err(store_err)?
+        .map_err(UnitError::from)?
         .unwrap_or_default();
     let mut url = state.client.url(&format!("/repos/{repo}{}", stream.path));
     if !cursor.updated_at.is_empty() {
@@ -692,7 +688,7 @@ async fn sync_stream(
             tx.commit()
         })
         .await
-        .map_err(store_err)?;
+        .map_err(UnitError::from)?;
     tracing::info!(repo = %repo, stream = stream.name, count, "new or changed items");
     record_poll(state, &repo, true).await?;
     Ok(())

@@ -29,7 +29,14 @@ fn unit_error(e: ReconcileError) -> UnitError {
         // The engine may still be starting: retried by the network rule, then the preflight fails
         // for good and `run` exits 1 with this message, which names the socket.
         ReconcileError::Engine(m) => UnitError::new(ErrorKind::Network, m),
-        ReconcileError::Store(m) => UnitError::new(ErrorKind::Internal, m),
+        ReconcileError::Store {
+            message,
+            busy: true,
+        } => UnitError::new(ErrorKind::Timeout, message),
+        ReconcileError::Store {
+            message,
+            busy: false,
+        } => UnitError::new(ErrorKind::Internal, message),
     }
 }
 

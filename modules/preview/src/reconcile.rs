@@ -36,6 +36,10 @@ pub const MARKER: &str = "<!-- productbuilder:preview -->";
 
 /// How long an image build may take.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Attempts at a download whose failure looks transient, and the first wait between them
+/// (then four times longer each time).
+const DOWNLOAD_ATTEMPTS: u32 = 3;
+const DOWNLOAD_BACKOFF: Duration = Duration::from_secs(2);
 /// How long `up`, a migration or one post-deploy command may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
@@ -146,21 +150,33 @@ pub struct Previews {
 pub enum ReconcileError {
     /// The Docker engine or the Compose CLI is missing or not answering.
     Engine(String),
-    Store(String),
+    /// The database failed; `busy` when another connection held the lock (worth a retry).
+    Store { message: String, busy: bool },
 }
 
 impl std::fmt::Display for ReconcileError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ReconcileError::Engine(m) | ReconcileError::Store(m) => f.write_str(m),
+            ReconcileError::Engine(m) | ReconcileError::Store { message: m, .. } => f.write_str(m),
         }
     }
 }
 
 impl std::error::Error for ReconcileError {}
 
-fn store_err(e: impl std::fmt::Display) -> ReconcileError {
-    ReconcileError::Store(format!("previews database: {e}"))
+fn store_err(e: productbuilder_store::StoreError) -> ReconcileError {
+    ReconcileError::Store {
+        busy: e.is_busy(),
+        message: format!("previews database: {e}"),
+    }
+}
+
+/// A move the state machine refused: a bug, reported as such.
+fn refused(e: String) -> ReconcileError {
+    ReconcileError::Store {
+        busy: false,
+        message: format!("previews: {e}"),
+    }
 }
 
 /// A step that failed: its stage, message and output tail.
@@ -508,7 +524,7 @@ impl Previews {
                 })
                 .await
                 .map_err(store_err)?
-                .map_err(store_err)?;
+                .map_err(refused)?;
             self.spawn_remove(&victim.repo, victim.number, DeletedReason::Evicted);
             excess -= 1;
         }
@@ -709,12 +725,25 @@ impl Previews {
         self.step(repo, number, sha, Stage::Download, cancel)
             .await?;
         let client = &self.inner.github.client;
-        let dir = or_cancel(
-            cancel,
-            source::download(client, repo, sha, &workspace, &self.inner.settings.limits),
-        )
-        .await?
-        .map_err(|e| failed(e.stage, e.message, None))?;
+        let mut attempt = 1;
+        let dir = loop {
+            let limits = &self.inner.settings.limits;
+            match or_cancel(
+                cancel,
+                source::download(client, repo, sha, &workspace, limits),
+            )
+            .await?
+            {
+                Ok(dir) => break dir,
+                Err(e) if e.transient && attempt < DOWNLOAD_ATTEMPTS => {
+                    let wait = DOWNLOAD_BACKOFF * 4u32.pow(attempt - 1);
+                    tracing::info!(repo, number, sha, attempt, error = %e.message, ?wait, "previews: download failed; retrying");
+                    or_cancel(cancel, tokio::time::sleep(wait)).await?;
+                    attempt += 1;
+                }
+                Err(e) => return Err(failed(e.stage, e.message, None)),
+            }
+        };
 
         self.step(repo, number, sha, Stage::Config, cancel).await?;
         let checkout = or_cancel(cancel, source::check(&dir, &rules.policy))

@@ -21,6 +21,9 @@ const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 pub struct StageError {
     pub stage: Stage,
     pub message: String,
+    /// The cause may pass by itself (a network error, a timeout, GitHub's 5xx or rate limit):
+    /// worth another attempt before the preview is marked failed.
+    pub transient: bool,
 }
 
 impl std::fmt::Display for StageError {
@@ -44,6 +47,19 @@ fn fail(stage: Stage, message: impl Into<String>) -> StageError {
     StageError {
         stage,
         message: message.into(),
+        transient: false,
+    }
+}
+
+/// A download failure, transient or not as the scheduler's kinds say.
+fn download_failed(e: productbuilder_github::GithubError) -> StageError {
+    let message = e.to_string();
+    let kind = productbuilder_scheduler::UnitError::from(e).kind();
+    use productbuilder_scheduler::ErrorKind::*;
+    StageError {
+        stage: Stage::Download,
+        message,
+        transient: matches!(kind, Network | Timeout | Server | RateLimited),
     }
 }
 
@@ -93,10 +109,7 @@ pub async fn download(
         )
     })?;
     let tarball = workspace.join("source.tar.gz");
-    let identity = client
-        .identity(repo)
-        .await
-        .map_err(|e| fail(Stage::Download, e.to_string()))?;
+    let identity = client.identity(repo).await.map_err(download_failed)?;
     let url = client.url(&format!("/repos/{repo}/tarball/{sha}"));
     client
         .download_to(
@@ -107,7 +120,7 @@ pub async fn download(
             DOWNLOAD_TIMEOUT,
         )
         .await
-        .map_err(|e| fail(Stage::Download, e.to_string()))?;
+        .map_err(download_failed)?;
 
     let dir = workspace.join("checkout");
     let (source, dest, limits_owned) = (tarball.clone(), dir.clone(), limits.clone());

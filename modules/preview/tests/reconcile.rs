@@ -273,3 +273,29 @@ async fn migrations_post_deploy_commands_and_file_logs() {
     w.clean_up(&previews).await;
     outcome
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_that_fails_for_a_moment_is_retried_not_reported_failed() {
+    use productbuilder_github_sandbox::Fault;
+    let w = World::new("flaky").await;
+    let previews = w.previews(20, Duration::from_secs(3600), TenantRules::default());
+    let outcome = async {
+        // GitHub answers the tarball request 502 twice, then serves it.
+        w.sandbox
+            .inject(Fault::new(&format!("/repos/{}/tarball", w.repo), 502).times(2));
+        let number = w.sandbox.open_pr(&w.repo, app("flaky"));
+        w.pass(&previews).await;
+        let row = previews.get(&w.repo, number).await.unwrap().unwrap();
+        assert_eq!(row.status, Status::Ready, "{row:?}");
+        let tarball_requests = w
+            .sandbox
+            .requests()
+            .iter()
+            .filter(|r| r.path_and_query.contains("/tarball/"))
+            .count();
+        assert_eq!(tarball_requests, 3);
+    }
+    .await;
+    w.clean_up(&previews).await;
+    outcome
+}

@@ -96,6 +96,31 @@ pub enum StoreError {
     Task { path: PathBuf, message: String },
 }
 
+impl StoreError {
+    /// Another connection held the lock past the busy timeout: worth a retry.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sql { source, .. } | StoreError::Migration { source, .. }
+                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+        )
+    }
+}
+
+/// The one mapping of a store failure onto the scheduler's kinds, for every unit: a locked
+/// database is retried like a timeout; anything else is permanent.
+impl From<StoreError> for productbuilder_scheduler::UnitError {
+    fn from(error: StoreError) -> Self {
+        use productbuilder_scheduler::ErrorKind;
+        let kind = if error.is_busy() {
+            ErrorKind::Timeout
+        } else {
+            ErrorKind::Internal
+        };
+        productbuilder_scheduler::UnitError::new(kind, error.to_string())
+    }
+}
+
 /// A migration that [`Store::migrate`] applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
