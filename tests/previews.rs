@@ -314,6 +314,28 @@ fn previews_follow_their_pull_requests_through_traefik() {
         };
         page(one, "version one");
 
+        // The dashboard lists it, and its logs (busybox httpd -v: a line per request) are served.
+        let (status, dashboard) = http_get(site.listen, "localhost", "/").unwrap();
+        assert_eq!(status, 200);
+        assert!(
+            dashboard.contains(&format!("http://{}", site.host(one))),
+            "{dashboard}"
+        );
+        assert!(
+            dashboard.contains(&format!("/previews/{repo}/{one}/logs")),
+            "{dashboard}"
+        );
+        let logs_path = format!("/previews/{repo}/{one}/logs?tail=50");
+        let logs = wait_for(
+            "a request in the preview's logs",
+            Duration::from_secs(30),
+            || match http_get(site.listen, "localhost", &logs_path) {
+                Some((200, body)) if body.contains("response:200") => Ok(body),
+                other => Err(format!("{other:?}")),
+            },
+        );
+        assert!(!logs.contains(TOKEN));
+
         // The socket mount is refused before anything runs.
         let row = site.wait_preview(socket, "failed", |r| r["status"] == "failed");
         assert_eq!(row["stage"], "policy", "{row}");
