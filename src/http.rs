@@ -226,6 +226,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             }
         }
     }
+    render_preview_metrics(&state.previews, &mut text).await;
     (
         [(
             header::CONTENT_TYPE,
@@ -234,6 +235,47 @@ async fn metrics(State(state): State<AppState>) -> Response {
         text,
     )
         .into_response()
+}
+
+async fn render_preview_metrics(previews: &Previews, text: &mut String) {
+    use productbuilder_preview::state::Status;
+    if let Ok(rows) = previews.list().await {
+        let _ = writeln!(
+            text,
+            "# HELP productbuilder_previews Previews by status (deleted ones are kept as history).\n# TYPE productbuilder_previews gauge"
+        );
+        for status in [
+            Status::Pending,
+            Status::Building,
+            Status::Deploying,
+            Status::Ready,
+            Status::Failed,
+            Status::Deleted,
+        ] {
+            let n = rows.iter().filter(|r| r.status == status).count();
+            let _ = writeln!(text, "productbuilder_previews{{status=\"{status}\"}} {n}");
+        }
+    }
+    let (ready, failed, cancelled) = previews.outcomes();
+    let _ = writeln!(
+        text,
+        "# HELP productbuilder_preview_deploys_total Deploys ended since start, by outcome.\n# TYPE productbuilder_preview_deploys_total counter"
+    );
+    for (outcome, n) in [
+        ("ready", ready),
+        ("failed", failed),
+        ("cancelled", cancelled),
+    ] {
+        let _ = writeln!(
+            text,
+            "productbuilder_preview_deploys_total{{outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        text,
+        "# HELP productbuilder_preview_builds_running Image builds running now.\n# TYPE productbuilder_preview_builds_running gauge\nproductbuilder_preview_builds_running {}",
+        previews.builds_running()
+    );
 }
 
 #[derive(Serialize)]

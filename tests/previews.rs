@@ -335,7 +335,6 @@ fn previews_follow_their_pull_requests_through_traefik() {
             },
         );
         assert!(!logs.contains(TOKEN));
-
         // The socket mount is refused before anything runs.
         let row = site.wait_preview(socket, "failed", |r| r["status"] == "failed");
         assert_eq!(row["stage"], "policy", "{row}");
@@ -362,6 +361,15 @@ fn previews_follow_their_pull_requests_through_traefik() {
         assert_eq!(
             created, "",
             "a container of the refused compose file was created"
+        );
+        let (_, metrics) = http_get(site.listen, "localhost", "/metrics").unwrap();
+        assert!(
+            metrics.contains("productbuilder_previews{status=\"ready\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("productbuilder_previews{status=\"failed\"} 1"),
+            "{metrics}"
         );
 
         // One comment, saying ready, and a successful deployment with the URL.

@@ -128,6 +128,8 @@ struct Inner {
     tasks: Mutex<HashMap<(String, u64), Task>>,
     /// Reports running, and whether another was asked for meanwhile.
     reporting: Mutex<HashMap<(String, u64), bool>>,
+    /// Deploys that ended ready, failed, or were cancelled by a newer head or shutdown.
+    outcomes: [std::sync::atomic::AtomicU64; 3],
     /// Bumped after every recorded step or outcome: what dashboards and tests can await.
     changes: tokio::sync::watch::Sender<u64>,
     /// How many report tasks run, for [`Previews::idle`].
@@ -235,6 +237,7 @@ impl Previews {
                 reporting: Mutex::default(),
                 reports_running: tokio::sync::watch::channel(0).0,
                 changes: tokio::sync::watch::channel(0).0,
+                outcomes: Default::default(),
                 capacity: tokio::sync::Mutex::new(()),
                 shutdown: CancellationToken::new(),
             }),
@@ -248,6 +251,26 @@ impl Previews {
     /// Stops every task at its next step (their rows stay where they were).
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
+    }
+
+    /// Deploys ended so far: (ready, failed, cancelled).
+    pub fn outcomes(&self) -> (u64, u64, u64) {
+        let [r, f, c] = &self.inner.outcomes;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        (load(r), load(f), load(c))
+    }
+
+    /// Image builds running now.
+    pub fn builds_running(&self) -> usize {
+        self.inner
+            .settings
+            .max_builds
+            .max(1)
+            .saturating_sub(self.inner.builds.available_permits())
+    }
+
+    fn count_outcome(&self, index: usize) {
+        self.inner.outcomes[index].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Changes whenever a preview's row moved (a step began, a deploy ended, a removal).
@@ -626,11 +649,13 @@ impl Previews {
         self.report(repo, number);
         match self.steps(repo, number, sha, &project, &url, cancel).await {
             Ok(()) => {
+                self.count_outcome(0);
                 self.record(repo, number, sha, Event::Ready, Details::default())
                     .await;
                 tracing::info!(repo, number, sha, url, "previews: ready");
             }
             Err(Stop::Failed(f)) => {
+                self.count_outcome(1);
                 tracing::warn!(repo, number, sha, stage = %f.stage, error = %f.error, "previews: deploy failed");
                 self.record(
                     repo,
@@ -646,6 +671,7 @@ impl Previews {
                 .await;
             }
             Err(Stop::Cancelled) => {
+                self.count_outcome(2);
                 tracing::info!(repo, number, sha, "previews: deploy cancelled");
                 return;
             }
