@@ -482,3 +482,104 @@ fn previews_follow_their_pull_requests_through_traefik() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// `productbuilder demo`, the README's first command: the example is deployed and served through
+/// Traefik, the API answers, and Ctrl-C leaves nothing behind.
+#[test]
+fn the_demo_deploys_the_example_and_cleans_up_on_ctrl_c() {
+    use std::io::BufRead;
+    let mut demo = Command::new(BIN)
+        .arg("demo")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut seen = Vec::new();
+        let ready = loop {
+            match lines.recv_timeout(Duration::from_secs(180)) {
+                Ok(line) if line.starts_with("demo: preview ready at ") => break line,
+                Ok(line) if line.starts_with("demo: preview failed") => panic!("{line}"),
+                Ok(line) => seen.push(line),
+                Err(e) => panic!("no ready line ({e}); printed: {seen:?}"),
+            }
+        };
+        assert_eq!(
+            ready,
+            "demo: preview ready at http://hello-pr-1.preview.localhost:8092"
+        );
+        let traefik = SocketAddr::from(([127, 0, 0, 1], 8092));
+        wait_for(
+            "the demo's page through Traefik",
+            Duration::from_secs(30),
+            || match http_get(traefik, "hello-pr-1.preview.localhost", "/") {
+                Some((200, body)) if body.contains("Hello from a productbuilder preview") => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        );
+        let api = SocketAddr::from(([127, 0, 0, 1], 8091));
+        let (status, body) = http_get(api, "localhost", "/previews").unwrap();
+        assert_eq!(status, 200);
+        let rows: Vec<Value> = serde_json::from_str(&body).unwrap();
+        let keys: Vec<&str> = rows[0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for key in [
+            "repo",
+            "number",
+            "status",
+            "head_sha",
+            "url",
+            "stage",
+            "error",
+            "updated_at",
+        ] {
+            assert!(keys.contains(&key), "GET /previews lacks {key}: {body}");
+        }
+    }));
+    let _ = Command::new("kill")
+        .args(["-INT", &demo.id().to_string()])
+        .status();
+    let code = demo.wait().unwrap().code();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    assert_eq!(code, Some(0));
+    let left = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        "label=productbuilder.tenant=demo/hello",
+    ]);
+    assert_eq!(left, "", "the demo's preview is left");
+    assert_eq!(
+        docker(&["ps", "-aq", "--filter", "name=productbuilder-demo-traefik"]),
+        "",
+        "the demo's Traefik is left"
+    );
+    assert_eq!(
+        docker(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            "name=^productbuilder-demo$"
+        ]),
+        "",
+        "the demo's network is left"
+    );
+}
