@@ -50,16 +50,32 @@ fn http_get(addr: std::net::SocketAddr) -> Option<String> {
 }
 
 #[tokio::test]
-async fn a_preview_builds_starts_answers_and_leaves_nothing_behind() {
+async fn a_preview_builds_starts_answers_and_leaves_nothing_behind_with_compose_v2() {
+    builds_starts_answers_and_leaves_nothing_behind(&["docker", "compose"]).await;
+}
+
+#[tokio::test]
+async fn a_preview_builds_starts_answers_and_leaves_nothing_behind_with_compose_v1() {
+    builds_starts_answers_and_leaves_nothing_behind(&["docker-compose"]).await;
+}
+
+/// The daemon's sequence (build, start, exec, port, down) with one Compose CLI flavour, which must
+/// be installed (`.ci/run` installs both).
+async fn builds_starts_answers_and_leaves_nothing_behind(flavour: &[&str]) {
     let busybox = Path::new("/bin/busybox");
     assert!(
         busybox.exists(),
         "/bin/busybox is missing: apt-get install busybox-static (.ci/run does)"
     );
     docker(&["info", "--format", "{{.ServerVersion}}"]);
-    let cli = ComposeCli::detect(&["docker".into(), "compose".into()])
-        .await
-        .unwrap();
+    let flavour: Vec<String> = flavour.iter().map(|s| s.to_string()).collect();
+    let cli = ComposeCli::detect(&flavour).await.unwrap();
+    assert_eq!(
+        cli.argv(),
+        flavour.as_slice(),
+        "{} is not installed (.ci/run installs it)",
+        flavour.join(" ")
+    );
 
     // The example repository, as a pull request's checkout.
     let work = tempfile::tempdir().unwrap();
@@ -67,6 +83,16 @@ async fn a_preview_builds_starts_answers_and_leaves_nothing_behind() {
     let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-preview");
     copy_dir(&example, &checkout);
     std::fs::copy(busybox, checkout.join("busybox")).unwrap();
+    // A shell for `exec` (`sh -c`): busybox's applets, installed in the image.
+    let dockerfile = std::fs::read_to_string(checkout.join("Dockerfile")).unwrap();
+    std::fs::write(
+        checkout.join("Dockerfile"),
+        dockerfile.replace(
+            "COPY busybox /bin/busybox",
+            "COPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]",
+        ),
+    )
+    .unwrap();
     let report = validate_checkout(&checkout, &Policy::default());
     let spec = report.spec.expect("the example passes its own checks");
 
@@ -104,9 +130,20 @@ async fn a_preview_builds_starts_answers_and_leaves_nothing_behind() {
     .unwrap();
 
     let outcome = async {
-        cli.up(&p, Duration::from_secs(300))
+        cli.build(&p, Duration::from_secs(300))
             .await
             .map_err(|e| format!("{e}\n{}", e.tail))?;
+        cli.start(&p, Duration::from_secs(300))
+            .await
+            .map_err(|e| format!("{e}\n{}", e.tail))?;
+        // A command inside the running container, as migrations and post-deploy commands run.
+        let out = cli
+            .exec(&p, &spec.service, "echo inside", Duration::from_secs(60))
+            .await
+            .map_err(|e| format!("{e}\n{}", e.tail))?;
+        if out.trim() != "inside" {
+            return Err(format!("exec printed {out:?}"));
+        }
         let addr = cli
             .port(&p, &spec.service, spec.internal_port)
             .await
