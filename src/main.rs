@@ -253,9 +253,11 @@ fn previews(config: &Config, store: &Store, github: &GithubState) -> Previews {
         public_url: config.http.public_url.clone(),
         limits: Default::default(),
     };
+    // Only tenants with previews on: the others' previews are swept at start-up.
     let rules = config
         .tenants
         .iter()
+        .filter(|t| t.previews)
         .map(|t| {
             let r = &t.preview;
             let rules = TenantRules {

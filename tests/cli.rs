@@ -111,6 +111,7 @@ fn plan_prints_units_without_touching_the_state_directory() {
         "preflight:database:global preflight stage 0",
         "preflight:repository:acme/blog preflight stage 1",
         "preflight:repository:acme/shop preflight stage 1",
+        "preflight:previews:global preflight stage 2",
         "preflight:previews:acme/blog preflight stage 2",
         "preflight:previews:acme/shop preflight stage 2",
         "worker:pulls:acme/blog worker every 30s",

@@ -1,13 +1,14 @@
-//! The preview units: `preflight:previews:{owner}/{name}` and `worker:previews:{owner}/{name}`,
-//! for tenants with previews on. Both run the same reconcile; the preflight first polls the open
-//! pull requests itself, so that what runs at start-up comes from GitHub and the engine, not from
-//! the database alone.
+//! The preview units: `preflight:previews:{owner}/{name}` and `worker:previews:{owner}/{name}`
+//! for tenants with previews on, both running the same reconcile (the preflight first polls the
+//! open pull requests itself, so that what runs at start-up comes from GitHub and the engine, not
+//! from the database alone); and `preflight:previews:global`, which removes what this host still
+//! runs for repositories whose previews were turned off or which left the configuration.
 
 use std::time::Duration;
 
 use productbuilder_github::{GithubState, poll_pulls};
 use productbuilder_planner::{
-    Every, Module, Scope, Spec, Tenant, TenantCtx, When, spec_work, stage,
+    Every, Module, Scope, Spec, Tenant, TenantCtx, When, every_tenant, spec_work, stage,
 };
 use productbuilder_scheduler::{ErrorKind, RetryPolicy, UnitError};
 
@@ -47,25 +48,42 @@ impl Module for PreviewModule {
 
     fn preflights(&self) -> Vec<Spec> {
         let (previews, github) = (self.previews.clone(), self.github.clone());
-        vec![Spec {
-            resource: "previews",
-            scope: Scope::PerTenant,
-            when: When::Preflight {
-                stage: stage::RECONCILE,
+        let sweeper = self.previews.clone();
+        vec![
+            Spec {
+                resource: "previews",
+                scope: Scope::Global,
+                when: When::Preflight {
+                    stage: stage::RECONCILE,
+                },
+                timeout: self.run_timeout,
+                retry: RetryPolicy::remote_api(),
+                applies_to: every_tenant,
+                work: spec_work(move |_ctx: TenantCtx| {
+                    let previews = sweeper.clone();
+                    async move { previews.sweep().await.map(|_| ()).map_err(unit_error) }
+                }),
             },
-            timeout: self.run_timeout,
-            retry: RetryPolicy::remote_api(),
-            applies_to: with_previews,
-            work: spec_work(move |ctx: TenantCtx| {
-                let (previews, github) = (previews.clone(), github.clone());
-                async move {
-                    let tenant = ctx.tenant();
-                    previews.engine().await.map_err(unit_error)?;
-                    poll_pulls(&github, tenant).await?;
-                    previews.reconcile(&tenant.repo()).await.map_err(unit_error)
-                }
-            }),
-        }]
+            Spec {
+                resource: "previews",
+                scope: Scope::PerTenant,
+                when: When::Preflight {
+                    stage: stage::RECONCILE,
+                },
+                timeout: self.run_timeout,
+                retry: RetryPolicy::remote_api(),
+                applies_to: with_previews,
+                work: spec_work(move |ctx: TenantCtx| {
+                    let (previews, github) = (previews.clone(), github.clone());
+                    async move {
+                        let tenant = ctx.tenant();
+                        previews.engine().await.map_err(unit_error)?;
+                        poll_pulls(&github, tenant).await?;
+                        previews.reconcile(&tenant.repo()).await.map_err(unit_error)
+                    }
+                }),
+            },
+        ]
     }
 
     fn workers(&self) -> Vec<Spec> {

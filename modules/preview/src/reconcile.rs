@@ -483,6 +483,55 @@ impl Previews {
         Ok(())
     }
 
+    /// Removes the previews this host still runs for repositories whose previews were turned off
+    /// or which left the configuration (their rows say so; containers of other daemons on the same
+    /// engine are never touched). No report: those repositories are no longer ours to write to.
+    pub async fn sweep(&self) -> Result<usize, ReconcileError> {
+        let rows = self.list().await?;
+        let stale: Vec<PreviewRow> = rows
+            .into_iter()
+            .filter(|r| r.is_live() && !self.inner.rules.contains_key(&r.repo))
+            .collect();
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        self.engine().await?;
+        for row in &stale {
+            tracing::info!(repo = %row.repo, number = row.number, "previews: removing a preview of a repository without previews");
+            self.teardown(&row.project)
+                .await
+                .map_err(ReconcileError::Engine)?;
+            let (r, n, sha, key) = (
+                row.repo.clone(),
+                row.number,
+                row.head_sha.clone(),
+                format!("{}:{}:", row.head_sha, Status::Deleted),
+            );
+            self.inner
+                .store
+                .call(move |c| {
+                    let moved = db::transition(
+                        c,
+                        &r,
+                        n,
+                        &sha,
+                        Event::Delete,
+                        &Details {
+                            deleted_reason: Some(DeletedReason::Unwanted),
+                            ..Details::default()
+                        },
+                    );
+                    // Nothing to report: mark it reported.
+                    db::set_reported(c, &r, n, &key)?;
+                    Ok(moved)
+                })
+                .await
+                .map_err(store_err)?
+                .map_err(refused)?;
+        }
+        Ok(stale.len())
+    }
+
     fn job_of(&self, repo: &str, number: u64) -> Option<Job> {
         self.tasks()
             .get(&(repo.to_owned(), number))

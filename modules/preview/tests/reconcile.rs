@@ -299,3 +299,34 @@ async fn a_download_that_fails_for_a_moment_is_retried_not_reported_failed() {
     w.clean_up(&previews).await;
     outcome
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn previews_of_a_repository_that_left_the_configuration_are_swept() {
+    let w = World::new("sweep").await;
+    let previews = w.previews(20, Duration::from_secs(3600), TenantRules::default());
+    let number = w.sandbox.open_pr(&w.repo, app("sweep"));
+    w.pass(&previews).await;
+    assert_eq!(w.status(&previews, number).await.0, Status::Ready);
+    assert_eq!(
+        previews.sweep().await.unwrap(),
+        0,
+        "a configured repository is kept"
+    );
+    assert_eq!(w.containers(number).len(), 1);
+
+    // The next start knows no such repository.
+    let restarted = productbuilder_preview::Previews::new(
+        previews.settings().clone(),
+        std::collections::HashMap::new(),
+        w.store.clone(),
+        w.github.clone(),
+    );
+    assert_eq!(restarted.sweep().await.unwrap(), 1);
+    assert!(w.containers(number).is_empty());
+    assert_eq!(
+        w.status(&restarted, number).await,
+        (Status::Deleted, Some(DeletedReason::Unwanted))
+    );
+    assert_eq!(restarted.sweep().await.unwrap(), 0);
+    w.clean_up(&restarted).await;
+}
