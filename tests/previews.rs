@@ -199,6 +199,15 @@ impl Site {
                 "images",
                 docker(&["images", "-q", "--filter", &format!("reference={project}*")]),
             ),
+            (
+                "images built for it (by label, untagged ones too)",
+                docker(&[
+                    "images",
+                    "-q",
+                    "--filter",
+                    &format!("label=productbuilder.project={project}"),
+                ]),
+            ),
         ] {
             if !out.is_empty() {
                 found.push(format!("{kind}: {out}"));
@@ -401,6 +410,14 @@ fn previews_follow_their_pull_requests_through_traefik() {
         });
         assert_eq!(row["head_sha"], sha_two.as_str());
         page(one, "version two");
+        // The first head's image went with its containers: one image per preview, not per push.
+        let images = docker(&[
+            "images",
+            "-q",
+            "--filter",
+            &format!("label=productbuilder.project={}", project_name(&repo, one)),
+        ]);
+        assert_eq!(images.lines().count(), 1, "images: {images}");
         comment_says(one, &sha_two[..8]);
 
         // SIGKILL in the middle of a build, then a restart: the preview ends ready, once.

@@ -16,6 +16,9 @@ pub const LABEL_MANAGED: &str = "productbuilder.managed";
 pub const LABEL_TENANT: &str = "productbuilder.tenant";
 pub const LABEL_PR: &str = "productbuilder.pr";
 pub const LABEL_SHA: &str = "productbuilder.sha";
+/// On images built for a preview: how they are found again, including the untagged images of
+/// earlier heads, which no tag or compose command reaches.
+pub const LABEL_PROJECT: &str = "productbuilder.project";
 
 /// What the rewrite needs to know.
 #[derive(Debug, Clone)]
@@ -87,6 +90,23 @@ fn environment_map(value: Option<&Value>) -> Map<String, Value> {
     labels_map(value)
 }
 
+/// Labels the images a service builds (`build` as a context string or a mapping).
+fn label_build(build: &mut Value, r: &Rewrite<'_>) {
+    if let Value::String(context) = build {
+        *build = json!({ "context": context });
+    }
+    let Some(map) = build.as_object_mut() else {
+        return;
+    };
+    let mut labels = labels_map(map.get("labels"));
+    labels.retain(|k, _| !k.starts_with("productbuilder."));
+    labels.insert(LABEL_MANAGED.into(), json!("true"));
+    labels.insert(LABEL_TENANT.into(), json!(r.repo));
+    labels.insert(LABEL_PR.into(), json!(r.number.to_string()));
+    labels.insert(LABEL_PROJECT.into(), json!(r.project));
+    map.insert("labels".into(), Value::Object(labels));
+}
+
 /// Rewrites a parsed compose document. The document was already checked by the policy.
 pub fn rewrite(doc: &Value, r: &Rewrite<'_>) -> Value {
     let mut doc = doc.clone();
@@ -100,6 +120,9 @@ pub fn rewrite(doc: &Value, r: &Rewrite<'_>) -> Value {
         };
         svc.remove("ports");
         svc.remove("container_name"); // a fixed name would clash between previews
+        if let Some(build) = svc.get_mut("build") {
+            label_build(build, r);
+        }
         let mut labels = labels_map(svc.get("labels"));
         labels.retain(|k, _| !k.starts_with("traefik.") && !k.starts_with("productbuilder."));
         labels.insert(LABEL_MANAGED.into(), json!("true"));

@@ -17,7 +17,9 @@ use bollard::query_parameters::{
 };
 use futures_util::{Stream, StreamExt};
 
-use crate::compose::{LABEL_MANAGED, LABEL_PR, LABEL_SHA, LABEL_TENANT};
+use crate::compose::{
+    LABEL_MANAGED, LABEL_PR, LABEL_PROJECT as LABEL_IMAGE_PROJECT, LABEL_SHA, LABEL_TENANT,
+};
 
 /// Compose's own label naming a container's project and service.
 const LABEL_PROJECT: &str = "com.docker.compose.project";
@@ -325,7 +327,8 @@ impl Engine {
                 .await
                 .map_err(|e| self.err(&format!("removing volume {}", volume.name), e))?;
         }
-        let images = self
+        // By name (images built before they were labelled), then by label.
+        let named = self
             .docker
             .list_images(Some(ListImagesOptions {
                 filters: Some(HashMap::from([(
@@ -336,19 +339,62 @@ impl Engine {
             }))
             .await
             .map_err(|e| self.err("listing images", e))?;
+        for image in named {
+            self.remove_image(&image.id, true).await?;
+        }
+        self.remove_images(project, false).await
+    }
+
+    /// Removes the images built for `project` (found by their `productbuilder.project` label):
+    /// every one, or with `dangling_only` those no tag names any more (earlier heads' builds).
+    /// An image a container still uses is kept when only dangling ones are asked for.
+    pub async fn remove_images(&self, project: &str, dangling_only: bool) -> Result<(), String> {
+        let mut filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{LABEL_IMAGE_PROJECT}={project}")],
+        )]);
+        if dangling_only {
+            filters.insert("dangling".to_owned(), vec!["true".to_owned()]);
+        }
+        let images = self
+            .docker
+            .list_images(Some(ListImagesOptions {
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| self.err("listing images", e))?;
         for image in images {
-            self.docker
-                .remove_image(
-                    &image.id,
-                    Some(RemoveImageOptions {
-                        force: true,
-                        ..Default::default()
-                    }),
-                    None,
-                )
-                .await
-                .map_err(|e| self.err(&format!("removing image {}", image.id), e))?;
+            match self.remove_image(&image.id, !dangling_only).await {
+                Ok(()) => {}
+                Err(e) if dangling_only => {
+                    tracing::debug!(project, error = %e, "an old image stays")
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
+    }
+
+    async fn remove_image(&self, id: &str, force: bool) -> Result<(), String> {
+        match self
+            .docker
+            .remove_image(
+                id,
+                Some(RemoveImageOptions {
+                    force,
+                    ..Default::default()
+                }),
+                None,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Removed meanwhile (an image listed twice, or by another removal): fine.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(self.err(&format!("removing image {id}"), e)),
+        }
     }
 }

@@ -913,6 +913,13 @@ impl Previews {
         or_cancel(cancel, cli.start(&project, STEP_TIMEOUT))
             .await?
             .map_err(command_failed(Stage::Start))?;
+        // The previous head's images lost their tags to this build, and its containers were
+        // replaced: remove them now, or every push would leave an image behind.
+        if let Ok(engine) = self.engine().await
+            && let Err(e) = engine.remove_images(project_name, true).await
+        {
+            tracing::warn!(repo, number, error = %e, "previews: cannot remove old images");
+        }
 
         if let Some(migrate) = &spec.migrate_command {
             self.step(repo, number, sha, Stage::Migrate, cancel).await?;
@@ -1046,6 +1053,12 @@ impl Previews {
                 .remove_project(project)
                 .await?;
         }
+        // `down --rmi local` removes the images tagged now; earlier heads' are found by label.
+        self.engine()
+            .await
+            .map_err(|e| e.to_string())?
+            .remove_images(project, false)
+            .await?;
         match tokio::fs::remove_dir_all(&workspace).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -156,6 +156,14 @@ fn the_rewrite_is_valid_compose_with_routing_labels_and_no_host_ports() {
         "the pull request's own traefik labels are dropped"
     );
     assert!(labels(db).iter().any(|l| l == "productbuilder.pr=42"));
+    // The image it builds carries the project, so that every image of the preview is found again.
+    let build_labels = labels(&app["build"]);
+    assert!(
+        build_labels
+            .iter()
+            .any(|l| *l == format!("productbuilder.project={project}")),
+        "{build_labels:?}"
+    );
 
     // No host port binding is left but the loopback, ephemeral one for health checks.
     let ports = serde_json::to_string(&app["ports"]).unwrap();
