@@ -475,17 +475,15 @@ fn previews_follow_their_pull_requests_through_traefik() {
     }));
     sigterm(&mut daemon);
     runtime.block_on(traefik.stop());
-    // Whatever failed, leave the engine clean for the next run.
+    // Whatever failed, leave the engine clean for the next run: containers, networks, volumes and
+    // images of every project this test could have created.
+    let engine = runtime
+        .block_on(productbuilder_preview::engine::Engine::connect())
+        .expect("the engine");
     for number in 1..=3 {
         let project = project_name(&repo, number);
-        let ids = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=com.docker.compose.project={project}"),
-        ]);
-        for id in ids.lines() {
-            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+        if let Err(e) = runtime.block_on(engine.remove_project(&project)) {
+            eprintln!("cleaning up {project}: {e}");
         }
     }
     let _ = Command::new("docker")

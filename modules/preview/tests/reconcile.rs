@@ -17,7 +17,7 @@ use support::{World, app, docker};
 async fn repair_eviction_orphans_and_expiry() {
     let w = World::new("rec").await;
     let previews = w.previews(1, Duration::from_secs(3600), TenantRules::default());
-    let outcome = async {
+    w.guarded(&previews, async {
         // Deployed, then its container vanishes: the next pass repairs it.
         let one = w.sandbox.open_pr(&w.repo, app("one"));
         w.pass(&previews).await;
@@ -95,18 +95,16 @@ async fn repair_eviction_orphans_and_expiry() {
         );
         w.pass(&previews).await;
         assert_eq!(w.status(&previews, two).await.0, Status::Ready);
-    }
+    })
     .await;
-    w.clean_up(&previews).await;
     assert!(w.containers(1).is_empty() && w.containers(2).is_empty());
-    outcome
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forks_drafts_and_labels_decide_what_is_deployed() {
     let w = World::new("gate").await;
     let previews = w.previews(20, Duration::from_secs(3600), TenantRules::default());
-    let outcome = async {
+    w.guarded(&previews, async {
         let fork = w.sandbox.open_pr(&w.repo, app("fork").from_fork());
         let draft = w.sandbox.open_pr(&w.repo, app("draft").as_draft());
         w.pass(&previews).await;
@@ -129,10 +127,8 @@ async fn forks_drafts_and_labels_decide_what_is_deployed() {
             (Status::Deleted, Some(DeletedReason::Unwanted))
         );
         assert!(w.containers(fork).is_empty());
-    }
+    })
     .await;
-    w.clean_up(&previews).await;
-    outcome
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,7 +136,7 @@ async fn a_new_head_cancels_the_deploy_in_flight() {
     use productbuilder_preview::state::Stage;
     let w = World::new("cancel").await;
     let previews = w.previews(20, Duration::from_secs(3600), TenantRules::default());
-    let outcome = async {
+    w.guarded(&previews, async {
         // A build that would take ten minutes.
         let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../../examples/hello-preview");
@@ -191,10 +187,8 @@ async fn a_new_head_cancels_the_deploy_in_flight() {
             .collect();
         assert!(old.is_empty(), "{old:?}");
         assert_eq!(w.containers(number).len(), 1);
-    }
+    })
     .await;
-    w.clean_up(&previews).await;
-    outcome
 }
 
 /// The example app with a shell (busybox's applets installed), a migration, a post-deploy command
@@ -227,7 +221,7 @@ async fn migrations_post_deploy_commands_and_file_logs() {
     use productbuilder_preview::state::Stage;
     let w = World::new("steps").await;
     let previews = w.previews(20, Duration::from_secs(3600), TenantRules::default());
-    let outcome = async {
+    w.guarded(&previews, async {
         let number = w.sandbox.open_pr(
             &w.repo,
             app_with_steps("steps", "echo seeded >> /www/steps.log"),
@@ -268,10 +262,8 @@ async fn migrations_post_deploy_commands_and_file_logs() {
         let comment = &w.sandbox.comments(&w.repo, number)[0].body;
         assert!(comment.contains("Failed at `post_deploy`"), "{comment}");
         assert!(comment.contains("cannot seed"), "{comment}");
-    }
+    })
     .await;
-    w.clean_up(&previews).await;
-    outcome
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,7 +271,7 @@ async fn a_download_that_fails_for_a_moment_is_retried_not_reported_failed() {
     use productbuilder_github_sandbox::Fault;
     let w = World::new("flaky").await;
     let previews = w.previews(20, Duration::from_secs(3600), TenantRules::default());
-    let outcome = async {
+    w.guarded(&previews, async {
         // GitHub answers the tarball request 502 twice, then serves it.
         w.sandbox
             .inject(Fault::new(&format!("/repos/{}/tarball", w.repo), 502).times(2));
@@ -294,10 +286,8 @@ async fn a_download_that_fails_for_a_moment_is_retried_not_reported_failed() {
             .filter(|r| r.path_and_query.contains("/tarball/"))
             .count();
         assert_eq!(tarball_requests, 3);
-    }
+    })
     .await;
-    w.clean_up(&previews).await;
-    outcome
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -157,6 +157,16 @@ impl World {
             .collect()
     }
 
+    /// Runs a test's body, then cleans up whether it passed or panicked (then panics again).
+    pub async fn guarded(&self, previews: &Previews, body: impl std::future::Future<Output = ()>) {
+        use futures_util::FutureExt;
+        let outcome = std::panic::AssertUnwindSafe(body).catch_unwind().await;
+        self.clean_up(previews).await;
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
     pub async fn clean_up(&self, previews: &Previews) {
         previews.remove_all().await;
         previews.idle().await;
