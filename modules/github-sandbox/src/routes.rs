@@ -18,7 +18,8 @@ use crate::Shared;
 use crate::http::{ApiError, Query, Reply, gate, paginate};
 use crate::shapes::{self, Ctx};
 use crate::world::{
-    Caller, DeploymentInput, DeploymentStatusInput, Identity, Issue, Permission, StatusInput, World,
+    Caller, DeploymentInput, DeploymentStatusInput, Identity, Issue, Permission, Repo, StatusInput,
+    World,
 };
 
 type St = State<Arc<Shared>>;
@@ -112,6 +113,24 @@ fn comment_body(bytes: &[u8]) -> Result<String, ApiError> {
 }
 
 /// What the shapes need to draw an answer for `who`.
+/// A `GET` of one item of a repository the caller can read, by the number or id in its path:
+/// `find` picks it, `shape` renders it; 404 when either the repository or the item is missing.
+fn read_one<T>(
+    s: &Shared,
+    me: &Caller,
+    (owner, name, raw): (&str, &str, &str),
+    find: impl FnOnce(&Repo, u64) -> Option<&T>,
+    shape: impl FnOnce(&Ctx<'_>, &Repo, &T) -> Value,
+) -> Answer {
+    let n = number(raw)?;
+    let world = s.world();
+    let key = world.check_repo(&me.identity, owner, name, Permission::Pull)?;
+    let repo = &world.repos[&key];
+    let item = find(repo, n).ok_or_else(ApiError::not_found)?;
+    let ctx = ctx(s, &world, &me.identity);
+    Ok(Reply::ok(shape(&ctx, repo, item)))
+}
+
 fn ctx<'a>(s: &'a Shared, world: &'a World, who: &'a Identity) -> Ctx<'a> {
     Ctx {
         base: &s.base_url,
@@ -227,17 +246,13 @@ async fn get_pull(
     Extension(me): Me,
     Path((owner, name, n)): Path<(String, String, String)>,
 ) -> Answer {
-    let n = number(&n)?;
-    let world = s.world();
-    let key = world.check_repo(&me.identity, &owner, &name, Permission::Pull)?;
-    let repo = &world.repos[&key];
-    let issue = repo
-        .issues
-        .get(&n)
-        .filter(|i| i.pull.is_some())
-        .ok_or_else(ApiError::not_found)?;
-    let ctx = ctx(&s, &world, &me.identity);
-    Ok(Reply::ok(shapes::pull(&ctx, repo, issue, true)))
+    read_one(
+        &s,
+        &me,
+        (&owner, &name, &n),
+        |repo, n| repo.issues.get(&n).filter(|i| i.pull.is_some()),
+        |ctx, repo, issue| shapes::pull(ctx, repo, issue, true),
+    )
 }
 
 async fn list_issues(
@@ -291,13 +306,13 @@ async fn get_issue(
     Extension(me): Me,
     Path((owner, name, n)): Path<(String, String, String)>,
 ) -> Answer {
-    let n = number(&n)?;
-    let world = s.world();
-    let key = world.check_repo(&me.identity, &owner, &name, Permission::Pull)?;
-    let repo = &world.repos[&key];
-    let issue = repo.issues.get(&n).ok_or_else(ApiError::not_found)?;
-    let ctx = ctx(&s, &world, &me.identity);
-    Ok(Reply::ok(shapes::issue(&ctx, repo, issue)))
+    read_one(
+        &s,
+        &me,
+        (&owner, &name, &n),
+        |repo, n| repo.issues.get(&n),
+        shapes::issue,
+    )
 }
 
 /// Lists comments (of one issue, or of the whole repository) with `since`, `sort`, `direction`
@@ -370,13 +385,13 @@ async fn get_comment(
     Extension(me): Me,
     Path((owner, name, id)): Path<(String, String, String)>,
 ) -> Answer {
-    let id = number(&id)?;
-    let world = s.world();
-    let key = world.check_repo(&me.identity, &owner, &name, Permission::Pull)?;
-    let repo = &world.repos[&key];
-    let comment = repo.comments.get(&id).ok_or_else(ApiError::not_found)?;
-    let ctx = ctx(&s, &world, &me.identity);
-    Ok(Reply::ok(shapes::comment(&ctx, repo, comment)))
+    read_one(
+        &s,
+        &me,
+        (&owner, &name, &id),
+        |repo, id| repo.comments.get(&id),
+        shapes::comment,
+    )
 }
 
 async fn create_comment(
@@ -504,13 +519,13 @@ async fn get_deployment(
     Extension(me): Me,
     Path((owner, name, id)): Path<(String, String, String)>,
 ) -> Answer {
-    let id = number(&id)?;
-    let world = s.world();
-    let key = world.check_repo(&me.identity, &owner, &name, Permission::Pull)?;
-    let repo = &world.repos[&key];
-    let deployment = repo.deployments.get(&id).ok_or_else(ApiError::not_found)?;
-    let ctx = ctx(&s, &world, &me.identity);
-    Ok(Reply::ok(shapes::deployment(&ctx, repo, deployment)))
+    read_one(
+        &s,
+        &me,
+        (&owner, &name, &id),
+        |repo, id| repo.deployments.get(&id),
+        shapes::deployment,
+    )
 }
 
 async fn create_deployment(
