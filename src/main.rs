@@ -435,22 +435,7 @@ fn check(config: &Config, online: bool) -> Result<(), Failure> {
         }
     }
     if config.tenants.iter().any(|t| t.previews) {
-        match runtime.block_on(engine_version()) {
-            Ok(version) => println!("√ Docker engine {version} at {}", docker_socket()),
-            Err(e) => {
-                ok = false;
-                println!("x {e}");
-            }
-        }
-        match runtime.block_on(productbuilder_preview::runner::ComposeCli::detect(
-            &config.preview.compose_command,
-        )) {
-            Ok(cli) => println!("√ Compose: `{}` ({})", cli.argv().join(" "), cli.version),
-            Err(e) => {
-                ok = false;
-                println!("x {e}");
-            }
-        }
+        ok &= runtime.block_on(check_preview_host(config));
     }
     if ok {
         Ok(())
@@ -459,27 +444,48 @@ fn check(config: &Config, online: bool) -> Result<(), Failure> {
     }
 }
 
-/// Where the Docker engine is expected: `DOCKER_HOST`, or the default socket.
-fn docker_socket() -> String {
-    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned())
-}
-
-/// The engine's version, through the Engine API.
-async fn engine_version() -> Result<String, String> {
-    let socket = docker_socket();
-    let unreachable = |e: &dyn std::fmt::Display| {
-        format!("Docker engine at {socket}: {e}; start dockerd or set DOCKER_HOST")
-    };
-    let docker = bollard::Docker::connect_with_local_defaults().map_err(|e| unreachable(&e))?;
-    let version = tokio::time::timeout(std::time::Duration::from_secs(10), docker.version())
-        .await
-        .map_err(|_| unreachable(&"no answer within 10s"))?
-        .map_err(|e| unreachable(&e))?;
-    Ok(format!(
-        "{} (API {})",
-        version.version.unwrap_or_else(|| "unknown".into()),
-        version.api_version.unwrap_or_else(|| "unknown".into())
-    ))
+/// The Docker engine, the shared network and its router, and the Compose CLI; prints one line
+/// each and says whether previews can run here.
+async fn check_preview_host(config: &Config) -> bool {
+    use productbuilder_preview::engine::Engine;
+    let mut ok = true;
+    match Engine::connect().await {
+        Ok(engine) => {
+            match engine.version().await {
+                Ok(version) => println!("√ Docker engine {version} at {}", engine.socket_name()),
+                Err(e) => {
+                    ok = false;
+                    println!("x {e}");
+                }
+            }
+            let network = &config.preview.network;
+            match engine.routers_on(network).await {
+                Ok(None) => println!(
+                    "! network {network} does not exist yet: `run` creates it; attach Traefik to it (README, \"On the host\")"
+                ),
+                Ok(Some(routers)) if routers.is_empty() => println!(
+                    "! no Traefik container on network {network}: previews will deploy but nobody can reach them"
+                ),
+                Ok(Some(routers)) => {
+                    println!("√ network {network} with Traefik: {}", routers.join(", "))
+                }
+                Err(e) => println!("! {e}"),
+            }
+        }
+        Err(e) => {
+            ok = false;
+            println!("x {e}");
+        }
+    }
+    match productbuilder_preview::runner::ComposeCli::detect(&config.preview.compose_command).await
+    {
+        Ok(cli) => println!("√ Compose: `{}` ({})", cli.argv().join(" "), cli.version),
+        Err(e) => {
+            ok = false;
+            println!("x {e}");
+        }
+    }
+    ok
 }
 
 /// Whether the state directory exists (or can be created) and accepts files.

@@ -769,3 +769,45 @@ fn run_exits_1_naming_the_docker_socket_when_the_engine_cannot_be_reached() {
     // It was retried (the engine may still be starting) before giving up.
     assert!(last.contains("after 6 attempts"), "{last}");
 }
+
+#[test]
+fn check_online_says_whether_previews_will_be_routed() {
+    let network = format!("pb-check-{}", std::process::id());
+    let site = Site::new(&format!("[preview]\nnetwork = \"{network}\"\n"));
+    let online = || {
+        let out = site.output(&["check", "--online"], &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert!(
+        online().contains(&format!("! network {network} does not exist yet")),
+        "{}",
+        online()
+    );
+    let docker = |args: &[&str]| Command::new("docker").args(args).output().unwrap();
+    assert!(docker(&["network", "create", &network]).status.success());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let out = online();
+        assert!(
+            out.contains(&format!("! no Traefik container on network {network}")),
+            "{out}"
+        );
+        let name = format!("{network}-traefik");
+        let traefik = runtime
+            .block_on(productbuilder_preview::router::Traefik::start(
+                &name, &network, 0,
+            ))
+            .expect("Traefik starts (scripts/traefik-image builds its image)");
+        let out = online();
+        runtime.block_on(traefik.stop());
+        assert!(
+            out.contains(&format!("√ network {network} with Traefik: {name}")),
+            "{out}"
+        );
+    }));
+    docker(&["network", "rm", &network]);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}

@@ -114,6 +114,41 @@ impl Engine {
         }
     }
 
+    /// The names of the Traefik containers attached to `network` (by image name), or `None` when
+    /// the network does not exist yet. For `check --online`: previews deploy without a router, but
+    /// nobody can reach them.
+    pub async fn routers_on(&self, network: &str) -> Result<Option<Vec<String>>, String> {
+        if self.docker.inspect_network(network, None).await.is_err() {
+            return Ok(None);
+        }
+        let attached = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                filters: Some(HashMap::from([(
+                    "network".to_owned(),
+                    vec![network.to_owned()],
+                )])),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| self.err("listing containers", e))?;
+        Ok(Some(
+            attached
+                .into_iter()
+                .filter(|c| {
+                    c.image
+                        .as_deref()
+                        .is_some_and(|i| i.to_ascii_lowercase().contains("traefik"))
+                })
+                .filter_map(|c| {
+                    c.names?
+                        .first()
+                        .map(|n| n.trim_start_matches('/').to_owned())
+                })
+                .collect(),
+        ))
+    }
+
     /// Every container labelled `productbuilder.managed`, running or not; for one tenant when
     /// `tenant` is set.
     pub async fn labelled(&self, tenant: Option<&str>) -> Result<Vec<Labelled>, String> {
