@@ -344,6 +344,34 @@ fn previews_follow_their_pull_requests_through_traefik() {
             },
         );
         assert!(!logs.contains(TOKEN));
+
+        // follow=true streams what comes next: nothing old (tail=0), then the next request's line.
+        let mut follow = TcpStream::connect(site.listen).unwrap();
+        follow
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        write!(
+            follow,
+            "GET /previews/{repo}/{one}/logs?tail=0&follow=true HTTP/1.0\r\nHost: localhost\r\n\r\n"
+        )
+        .unwrap();
+        let mut streamed = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&streamed).contains("\r\n\r\n") {
+            let n = follow.read(&mut buf).unwrap();
+            assert!(n > 0, "the logs stream closed before its headers");
+            streamed.extend_from_slice(&buf[..n]);
+        }
+        assert!(streamed.starts_with(b"HTTP/1.0 200") || streamed.starts_with(b"HTTP/1.1 200"));
+        http_get(traefik.addr, &site.host(one), "/followed").unwrap();
+        while !String::from_utf8_lossy(&streamed).contains("response:404") {
+            let n = follow
+                .read(&mut buf)
+                .expect("a line for the request while following");
+            assert!(n > 0, "the logs stream closed while following");
+            streamed.extend_from_slice(&buf[..n]);
+        }
+        drop(follow);
         // The socket mount is refused before anything runs.
         let row = site.wait_preview(socket, "failed", |r| r["status"] == "failed");
         assert_eq!(row["stage"], "policy", "{row}");
