@@ -151,16 +151,21 @@ async fn builds_starts_answers_and_leaves_nothing_behind(flavour: &[&str]) {
         if !addr.ip().is_loopback() {
             return Err(format!("published on {addr}, not loopback"));
         }
-        // The container may need a moment to accept connections: poll until it answers.
+        // The other way in, for a daemon that runs in a container on the shared network: the
+        // main container's address there.
+        let engine = productbuilder_preview::engine::Engine::connect().await?;
+        let ip = engine.service_ip(&project, &spec.service, &network).await?;
+        let inside = std::net::SocketAddr::new(ip, spec.internal_port);
+        // The container may need a moment to accept connections: poll until both answer.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(body) = http_get(addr)
-                && body.contains("Hello from a productbuilder preview")
-            {
+            let serves =
+                |a| http_get(a).is_some_and(|b| b.contains("Hello from a productbuilder preview"));
+            if serves(addr) && serves(inside) {
                 return Ok(addr);
             }
             if std::time::Instant::now() > deadline {
-                return Err(format!("{addr} never served the page"));
+                return Err(format!("{addr} or {inside} never served the page"));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
