@@ -285,8 +285,14 @@ fn wake_previews_on_pulls(config: &Config, github: &GithubState, board: &StatusB
         let board = board.clone();
         tokio::spawn(async move {
             let unit = format!("worker:previews:{repo}");
+            // The feed is replaced after every poll; only a different set is worth a nudge.
+            let mut last = feed.borrow_and_update().clone();
             while feed.changed().await.is_ok() {
-                board.nudge_unit(&unit);
+                let current = feed.borrow_and_update().clone();
+                if *current != *last {
+                    board.nudge_unit(&unit);
+                }
+                last = current;
             }
         });
     }
