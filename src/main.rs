@@ -263,6 +263,7 @@ fn previews(config: &Config, store: &Store, github: &GithubState) -> Previews {
             let rules = TenantRules {
                 allow_forks: r.allow_forks,
                 fork_label: r.fork_label.clone(),
+                require_label: r.require_label,
                 drafts: r.drafts,
                 policy: Policy {
                     allowed: r.allowed.clone(),

@@ -132,6 +132,8 @@ pub struct TenantPreview {
     pub allow_forks: bool,
     /// A label that, added by someone with write access, allows a fork's pull request.
     pub fork_label: String,
+    /// Only pull requests carrying `fork_label` get a preview (opt-in per pull request).
+    pub require_label: bool,
     pub drafts: bool,
     /// Policy rules this tenant waives.
     pub allowed: std::collections::BTreeSet<Rule>,
@@ -144,6 +146,7 @@ impl Default for TenantPreview {
         TenantPreview {
             allow_forks: false,
             fork_label: "preview".to_owned(),
+            require_label: false,
             drafts: false,
             allowed: Default::default(),
             cpus: Some(1.0),
@@ -951,6 +954,9 @@ fn tenant_preview(
     }
     if let Some(v) = raw.drafts {
         preview.drafts = v;
+    }
+    if let Some(v) = raw.require_label {
+        preview.require_label = v;
     }
     if let Some(label) = raw.fork_label {
         if label.trim().is_empty() || label.len() > 50 {

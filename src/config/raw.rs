@@ -154,6 +154,7 @@ pub struct RawTenant {
 pub struct RawTenantPreview {
     pub allow_forks: Option<bool>,
     pub fork_label: Option<String>,
+    pub require_label: Option<bool>,
     pub drafts: Option<bool>,
     pub allow: Option<Vec<String>>,
     pub cpus: Option<f64>,

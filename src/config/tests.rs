@@ -349,11 +349,11 @@ fn nearest_key_only_suggests_plausible_typos() {
 fn tenant_preview_settings_parse_and_are_checked() {
     let setup = Setup::new(MINIMAL).tenant(
         "shop.toml",
-        "repo = \"acme/shop\"\n[preview]\nallow_forks = true\ndrafts = true\nfork_label = \"safe-to-preview\"\nallow = [\"cap_add\"]\ncpus = 2.5\nmemory = \"2g\"\n",
+        "repo = \"acme/shop\"\n[preview]\nallow_forks = true\ndrafts = true\nfork_label = \"safe-to-preview\"\nrequire_label = true\nallow = [\"cap_add\"]\ncpus = 2.5\nmemory = \"2g\"\n",
     );
     let config = setup.load().unwrap();
     let p = &config.tenants[0].preview;
-    assert!(p.allow_forks && p.drafts);
+    assert!(p.allow_forks && p.drafts && p.require_label);
     assert_eq!(p.fork_label, "safe-to-preview");
     assert_eq!(
         p.allowed.iter().map(|r| r.name()).collect::<Vec<_>>(),

@@ -70,6 +70,9 @@ pub struct TenantRules {
     /// GitHub only lets people with triage or write access add labels, so a label on a fork's pull
     /// request is the maintainers' consent.
     pub fork_label: String,
+    /// Only pull requests carrying `fork_label` get a preview: an opt-in per pull request, and a
+    /// way to retry a failed preview without a push (remove the label, add it again).
+    pub require_label: bool,
     pub drafts: bool,
     pub policy: Policy,
     pub cpus: Option<f64>,
@@ -81,6 +84,7 @@ impl Default for TenantRules {
         TenantRules {
             allow_forks: false,
             fork_label: "preview".into(),
+            require_label: false,
             drafts: false,
             policy: Policy::default(),
             cpus: Some(1.0),
@@ -95,10 +99,11 @@ impl TenantRules {
         if pull.draft && !self.drafts {
             return false;
         }
-        if pull.fork && !self.allow_forks && !pull.labels.contains(&self.fork_label) {
+        let labelled = pull.labels.contains(&self.fork_label);
+        if self.require_label && !labelled {
             return false;
         }
-        true
+        !pull.fork || self.allow_forks || labelled
     }
 }
 
@@ -1282,4 +1287,94 @@ fn commit_url(api_root: &str, repo: &str, sha: &str) -> Option<String> {
     api_root
         .starts_with("https://api.github.com")
         .then(|| format!("https://github.com/{repo}/commit/{sha}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pull(fork: bool, draft: bool, labels: &[&str]) -> Pull {
+        Pull {
+            number: 1,
+            title: "t".into(),
+            head_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+            head_ref: "b".into(),
+            head_repo: Some(if fork { "mallory/shop" } else { "acme/shop" }.into()),
+            fork,
+            author: "a".into(),
+            author_association: "NONE".into(),
+            draft,
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            updated_at: None,
+            seen_at: "2026-11-25T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn who_gets_a_preview() {
+        let default = TenantRules::default();
+        let forks_ok = TenantRules {
+            allow_forks: true,
+            ..TenantRules::default()
+        };
+        let drafts_ok = TenantRules {
+            drafts: true,
+            ..TenantRules::default()
+        };
+        let opt_in = TenantRules {
+            require_label: true,
+            ..TenantRules::default()
+        };
+        let table: &[(&TenantRules, Pull, bool, &str)] = &[
+            (
+                &default,
+                pull(false, false, &[]),
+                true,
+                "a branch of the repository",
+            ),
+            (
+                &default,
+                pull(true, false, &[]),
+                false,
+                "a fork without the label",
+            ),
+            (
+                &default,
+                pull(true, false, &["preview"]),
+                true,
+                "a fork a maintainer labelled",
+            ),
+            (
+                &default,
+                pull(true, false, &["Preview"]),
+                false,
+                "labels match exactly",
+            ),
+            (&forks_ok, pull(true, false, &[]), true, "forks allowed"),
+            (&default, pull(false, true, &[]), false, "a draft"),
+            (
+                &default,
+                pull(false, true, &["preview"]),
+                false,
+                "a labelled draft",
+            ),
+            (&drafts_ok, pull(false, true, &[]), true, "drafts allowed"),
+            (&opt_in, pull(false, false, &[]), false, "opt-in, no label"),
+            (
+                &opt_in,
+                pull(false, false, &["preview"]),
+                true,
+                "opt-in, labelled",
+            ),
+            (
+                &opt_in,
+                pull(true, false, &["preview"]),
+                true,
+                "opt-in, a labelled fork",
+            ),
+        ];
+        for (rules, pr, want, case) in table {
+            assert_eq!(rules.wants(pr), *want, "{case}");
+        }
+    }
 }
