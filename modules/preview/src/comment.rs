@@ -94,6 +94,7 @@ pub fn render(v: &CommentView<'_>) -> String {
             out.push_str(&fenced(tail, 60));
             out.push_str("\n\n</details>\n");
         }
+        out.push_str("\nPush a commit to try again.\n");
     }
     if let Some(note) = v.note.filter(|n| !n.trim().is_empty())
         && v.status != Status::Deleted
@@ -154,6 +155,7 @@ mod tests {
             !text.contains("https://shop-pr-4"),
             "no link to a failed preview"
         );
+        assert!(text.ends_with("Push a commit to try again.\n"), "{text}");
     }
 
     #[test]
