@@ -106,18 +106,6 @@ impl PreviewRow {
     }
 }
 
-impl serde::Serialize for Status {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl serde::Serialize for Stage {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
 const COLUMNS: &str = "repo, number, head_sha, status, stage, error, log_tail, url, project, deleted_reason, note, log_service, log_file, deployment_id, reported, sha_changed_at, updated_at";
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PreviewRow> {

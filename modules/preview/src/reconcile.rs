@@ -403,18 +403,12 @@ impl Previews {
 
         for (&number, pull) in &desired {
             let row = rows.get(&number);
-            if let Some(job) = self.job_of(repo, number) {
-                if job
-                    == (Job::Deploy {
-                        sha: pull.head_sha.clone(),
-                    })
-                {
-                    continue;
-                }
-                if job == Job::Remove && row.is_some_and(|r| !r.is_live()) {
-                    // A removal is finishing; the next pass redeploys if still wanted.
-                    continue;
-                }
+            let job = self.job_of(repo, number);
+            match &job {
+                Some(Job::Deploy { sha }) if *sha == pull.head_sha => continue,
+                // A removal is finishing; the next pass redeploys if still wanted.
+                Some(Job::Remove) if row.is_some_and(|r| !r.is_live()) => continue,
+                _ => {}
             }
             let deploy = match row {
                 None => true,
@@ -426,9 +420,7 @@ impl Previews {
                     // Its containers vanished: repair.
                     Status::Ready => !running.contains(&(number, r.project.as_str())),
                     // Under way with no task: this process restarted mid-deploy.
-                    Status::Pending | Status::Building | Status::Deploying => {
-                        self.job_of(repo, number).is_none()
-                    }
+                    Status::Pending | Status::Building | Status::Deploying => job.is_none(),
                 },
             };
             if deploy {
@@ -436,7 +428,7 @@ impl Previews {
                 self.spawn_deploy(repo, pull);
             } else if let Some(r) = row
                 && matches!(r.status, Status::Ready | Status::Failed)
-                && self.job_of(repo, number).is_none()
+                && job.is_none()
                 && self.expired(r).await?
             {
                 self.spawn_remove(repo, number, DeletedReason::Expired);
@@ -1030,40 +1022,31 @@ impl Previews {
     }
 
     /// `down` for a project: with its compose file when the workspace still has it, else (a lost
-    /// workspace, an orphan) through the engine by Compose's project label.
+    /// workspace, an orphan, a file whose paths are gone) through the engine by Compose's project
+    /// label; then the images built for it and the workspace.
     async fn teardown(&self, project: &str) -> Result<(), String> {
+        let engine = self.engine().await.map_err(|e| e.to_string())?.clone();
         let workspace = self.workspace(project);
         let file = workspace.join("productbuilder.compose.yml");
-        let cli = self.compose().await.map_err(|e| e.to_string())?.clone();
-        if file.is_file() {
+        let down = if file.is_file() {
+            let cli = self.compose().await.map_err(|e| e.to_string())?;
             let p = Project {
                 name: project.to_owned(),
                 file,
                 dir: workspace.clone(),
             };
-            if let Err(e) = cli.down(&p).await {
-                // The file may refer to paths of a checkout that is gone; the engine path below
-                // does not need them.
-                tracing::debug!(project, error = %e, "compose down failed; removing through the engine");
-                self.engine()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .remove_project(project)
-                    .await?;
-            }
+            cli.down(&p).await.map_err(|e| e.to_string())
         } else {
-            self.engine()
-                .await
-                .map_err(|e| e.to_string())?
-                .remove_project(project)
-                .await?;
+            Err("no compose file in the workspace".to_owned())
+        };
+        match down {
+            // `down --rmi local` removed the images tagged now; earlier heads' are found by label.
+            Ok(()) => engine.remove_images(project, false).await?,
+            Err(why) => {
+                tracing::debug!(project, why, "removing through the engine");
+                engine.remove_project(project).await?;
+            }
         }
-        // `down --rmi local` removes the images tagged now; earlier heads' are found by label.
-        self.engine()
-            .await
-            .map_err(|e| e.to_string())?
-            .remove_images(project, false)
-            .await?;
         match tokio::fs::remove_dir_all(&workspace).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

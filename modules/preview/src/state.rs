@@ -108,6 +108,19 @@ impl fmt::Display for Stage {
     }
 }
 
+/// As the contract spells them (`GET /previews`).
+impl serde::Serialize for Status {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for Stage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// What happened to a preview.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
