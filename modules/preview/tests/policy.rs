@@ -176,3 +176,27 @@ fn broken_or_empty_compose_files_are_findings_not_panics() {
     assert!(e.to_string().ends_with("has no `services` mapping"), "{e}");
     assert!(violations("services: {}\n").is_empty());
 }
+
+/// A compose file is hostile input: an alias bomb (a billion `lol`s from a few hundred bytes)
+/// must be refused by the parser's budget, not expanded into memory.
+#[test]
+fn an_alias_bomb_is_refused_not_expanded() {
+    let mut yaml = String::from(
+        "x-a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+    for pair in names.windows(2) {
+        let (prev, next) = (pair[0], pair[1]);
+        yaml.push_str(&format!(
+            "x-{next}: &{next} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"
+        ));
+    }
+    yaml.push_str("services:\n  app:\n    image: x\n    command: *i\n");
+    let finding =
+        check(&yaml, "compose.yml", &Policy::default()).expect_err("the bomb is a finding");
+    assert_eq!(finding.file, "compose.yml");
+    assert!(finding.message.contains("budget"), "{}", finding.message);
+    // The same shape, small, is fine: the refusal is the budget's, not the syntax's.
+    let small = "x-a: &a [\"lol\"]\nservices:\n  app:\n    image: x\n    command: *a\n";
+    assert!(check(small, "compose.yml", &Policy::default()).is_ok());
+}
