@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use productbuilder_github::webhook::{self, Deliveries};
 use productbuilder_github::{GithubState, Pull};
-use productbuilder_preview::Previews;
+use productbuilder_preview::{LogsError, Previews};
 use productbuilder_scheduler::{StatusBoard, escape_label};
 use productbuilder_store::Store;
 use serde::Serialize;
@@ -120,7 +120,12 @@ async fn preview_logs(
             axum::body::Body::from_stream(stream),
         )
             .into_response(),
-        Err(e) => (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
+        Err(e @ LogsError::NotFound(_)) => {
+            (StatusCode::NOT_FOUND, format!("{e}\n")).into_response()
+        }
+        Err(e @ LogsError::Unavailable(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response()
+        }
     }
 }
 

@@ -86,10 +86,15 @@ fn app_files(version: &str, socket_mount: bool, slow_build: bool) -> Vec<(String
     let read = |p: &str| std::fs::read(root.join(p)).unwrap();
     let mut dockerfile = String::from_utf8(read("Dockerfile")).unwrap();
     if slow_build {
-        // A build step that takes a while, so the test can kill the daemon in the middle of it.
+        // A build step that takes a while, so the test can kill the daemon in the middle of it;
+        // the label before it is new on every run, so no earlier run's layer cache skips it.
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
         dockerfile = dockerfile.replace(
             "COPY www /www",
-            "COPY www /www\nRUN [\"/bin/busybox\", \"sleep\", \"4\"]",
+            &format!("COPY www /www\nLABEL test.nonce=\"{nonce}\"\nRUN [\"/bin/busybox\", \"sleep\", \"4\"]"),
         );
     }
     let mut compose =
@@ -399,6 +404,17 @@ fn previews_follow_their_pull_requests_through_traefik() {
             created, "",
             "a container of the refused compose file was created"
         );
+        for (path, why) in [
+            (format!("/previews/{repo}/{socket}/logs"), "never started"),
+            (format!("/previews/{repo}/99/logs"), "no such preview"),
+            (
+                "/previews/someone/else/1/logs".to_owned(),
+                "not a configured repository",
+            ),
+        ] {
+            let (status, body) = http_get(site.listen, "localhost", &path).unwrap();
+            assert_eq!(status, 404, "{why}: {body}");
+        }
         let (_, metrics) = http_get(site.listen, "localhost", "/metrics").unwrap();
         assert!(
             metrics.contains("productbuilder_previews{status=\"ready\"} 1"),

@@ -33,7 +33,7 @@ pub mod spec;
 pub mod state;
 
 pub use module::PreviewModule;
-pub use reconcile::{MARKER, Previews, ReconcileError, Settings, TenantRules};
+pub use reconcile::{LogsError, MARKER, Previews, ReconcileError, Settings, TenantRules};
 
 use std::path::Path;
 

@@ -186,6 +186,23 @@ fn refused(e: String) -> ReconcileError {
     }
 }
 
+/// Why a preview's logs cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogsError {
+    /// No such preview, removed, or not started: nothing to read.
+    NotFound(String),
+    /// The preview exists but its logs cannot be read now (the engine, a missing container).
+    Unavailable(String),
+}
+
+impl std::fmt::Display for LogsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogsError::NotFound(m) | LogsError::Unavailable(m) => f.write_str(m),
+        }
+    }
+}
+
 /// A step that failed: its stage, message and output tail.
 struct Failure {
     stage: Stage,
@@ -1235,21 +1252,27 @@ impl Previews {
         number: u64,
         tail: usize,
         follow: bool,
-    ) -> Result<crate::engine::LogStream, String> {
+    ) -> Result<crate::engine::LogStream, LogsError> {
+        let missing =
+            |what: &str| LogsError::NotFound(format!("the preview of {repo}#{number} {what}"));
+        let unavailable = |e: String| LogsError::Unavailable(e);
         let row = self
             .get(repo, number)
             .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{repo} has no preview for pull request #{number}"))?;
+            .map_err(|e| unavailable(e.to_string()))?
+            .ok_or_else(|| missing("does not exist"))?;
         if !row.is_live() {
-            return Err(format!("the preview of {repo}#{number} was removed"));
+            return Err(missing("was removed"));
         }
         let service = row
             .log_service
             .clone()
-            .ok_or_else(|| format!("the preview of {repo}#{number} has not started yet"))?;
-        let engine = self.engine().await.map_err(|e| e.to_string())?;
-        match &row.log_file {
+            .ok_or_else(|| missing("has not started yet"))?;
+        let engine = self
+            .engine()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let stream = match &row.log_file {
             None => {
                 engine
                     .container_logs(&row.project, &service, tail, follow)
@@ -1260,7 +1283,9 @@ impl Previews {
                     .file_logs(&row.project, &service, path, tail, follow)
                     .await
             }
-        }
+        };
+        // The preview exists; its container may be gone (a failed start) or the engine away.
+        stream.map_err(unavailable)
     }
 }
 

@@ -144,7 +144,14 @@ async fn a_new_head_cancels_the_deploy_in_flight() {
             .unwrap()
             .replace(
                 "COPY www /www",
-                "COPY www /www\nRUN [\"/bin/busybox\", \"sleep\", \"600\"]",
+                &format!(
+                    "COPY www /www\nLABEL test.nonce=\"{}\"\nRUN [\"/bin/busybox\", \"sleep\", \"600\"]",
+                    // New on every run: no layer cache of an earlier run skips the slow step.
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_nanos()
+                ),
             );
         let number = w
             .sandbox
