@@ -22,7 +22,7 @@ use productbuilder_github::{
 };
 use productbuilder_planner::{Module, PlanError, RepoIdCell, Tenant, plan};
 use productbuilder_preview::policy::Policy;
-use productbuilder_preview::{PreviewModule, Previews, Settings, TenantRules};
+use productbuilder_preview::{PreviewModule, Previews, Settings};
 use productbuilder_scheduler::{
     PreflightFailed, Schedule, Scheduler, SchedulerOptions, StatusBoard, UnitSpec,
 };
@@ -258,21 +258,7 @@ fn previews(config: &Config, store: &Store, github: &GithubState) -> Previews {
         .tenants
         .iter()
         .filter(|t| t.previews)
-        .map(|t| {
-            let r = &t.preview;
-            let rules = TenantRules {
-                allow_forks: r.allow_forks,
-                fork_label: r.fork_label.clone(),
-                require_label: r.require_label,
-                drafts: r.drafts,
-                policy: Policy {
-                    allowed: r.allowed.clone(),
-                },
-                cpus: r.cpus,
-                memory: r.memory.clone(),
-            };
-            (t.repo(), rules)
-        })
+        .map(|t| (t.repo(), t.preview.clone()))
         .collect();
     Previews::new(settings, rules, store.clone(), github.clone())
 }

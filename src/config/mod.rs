@@ -16,6 +16,7 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 
+use productbuilder_preview::TenantRules;
 use productbuilder_preview::policy::Rule;
 use raw::{LlmProvider, RawConfig, RawTenant};
 
@@ -125,36 +126,6 @@ pub struct PreviewConfig {
     pub ttl: Duration,
 }
 
-/// A tenant's preview settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TenantPreview {
-    /// Deploy pull requests from forks without a label.
-    pub allow_forks: bool,
-    /// A label that, added by someone with write access, allows a fork's pull request.
-    pub fork_label: String,
-    /// Only pull requests carrying `fork_label` get a preview (opt-in per pull request).
-    pub require_label: bool,
-    pub drafts: bool,
-    /// Policy rules this tenant waives.
-    pub allowed: std::collections::BTreeSet<Rule>,
-    pub cpus: Option<f64>,
-    pub memory: Option<String>,
-}
-
-impl Default for TenantPreview {
-    fn default() -> Self {
-        TenantPreview {
-            allow_forks: false,
-            fork_label: "preview".to_owned(),
-            require_label: false,
-            drafts: false,
-            allowed: Default::default(),
-            cpus: Some(1.0),
-            memory: Some("1g".to_owned()),
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct SlackConfig {
     pub bot_token: Secret,
@@ -197,7 +168,8 @@ pub struct TenantConfig {
     pub poll_interval: Duration,
     pub previews: bool,
     pub slack_channel: Option<String>,
-    pub preview: TenantPreview,
+    /// Its `[preview]` table: the preview crate's own type, defaults included.
+    pub preview: TenantRules,
     /// The tenant file.
     pub source: PathBuf,
 }
@@ -945,9 +917,9 @@ fn tenant_preview(
     p: &mut Problems,
     origin: &str,
     raw: Option<raw::RawTenantPreview>,
-) -> Option<TenantPreview> {
+) -> Option<TenantRules> {
     let raw = raw.unwrap_or_default();
-    let mut preview = TenantPreview::default();
+    let mut preview = TenantRules::default();
     let before = p.list.len();
     if let Some(v) = raw.allow_forks {
         preview.allow_forks = v;
@@ -971,7 +943,7 @@ fn tenant_preview(
     for name in raw.allow.unwrap_or_default() {
         match Rule::from_name(&name) {
             Some(rule) => {
-                preview.allowed.insert(rule);
+                preview.policy.allowed.insert(rule);
             }
             None => p.push(
                 origin,

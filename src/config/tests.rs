@@ -356,7 +356,11 @@ fn tenant_preview_settings_parse_and_are_checked() {
     assert!(p.allow_forks && p.drafts && p.require_label);
     assert_eq!(p.fork_label, "safe-to-preview");
     assert_eq!(
-        p.allowed.iter().map(|r| r.name()).collect::<Vec<_>>(),
+        p.policy
+            .allowed
+            .iter()
+            .map(|r| r.name())
+            .collect::<Vec<_>>(),
         ["cap_add"]
     );
     assert_eq!((p.cpus, p.memory.as_deref()), (Some(2.5), Some("2g")));

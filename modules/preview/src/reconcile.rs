@@ -64,7 +64,7 @@ pub struct Settings {
 }
 
 /// One tenant's rules (`[preview]` in its file).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TenantRules {
     pub allow_forks: bool,
     /// GitHub only lets people with triage or write access add labels, so a label on a fork's pull
