@@ -22,7 +22,7 @@ use productbuilder_github::{
 };
 use productbuilder_planner::{Module, PlanError, RepoIdCell, Tenant, plan};
 use productbuilder_preview::policy::Policy;
-use productbuilder_preview::{PreviewModule, Previews, Settings};
+use productbuilder_preview::{PreviewModule, Previews};
 use productbuilder_scheduler::{
     PreflightFailed, Schedule, Scheduler, SchedulerOptions, StatusBoard, UnitSpec,
 };
@@ -238,21 +238,6 @@ fn wire(config: &Config, store: &Store) -> Result<Wiring, Failure> {
 
 /// The previews of every tenant, with the host's `[preview]` settings and each tenant's rules.
 fn previews(config: &Config, store: &Store, github: &GithubState) -> Previews {
-    let p = &config.preview;
-    let settings = Settings {
-        state_dir: config.state_dir.clone(),
-        domain: p.domain.clone(),
-        url_template: p.url_template.clone(),
-        compose_command: p.compose_command.clone(),
-        network: p.network.clone(),
-        entrypoint: p.entrypoint.clone(),
-        cert_resolver: p.cert_resolver.clone(),
-        max_previews: p.max_previews,
-        max_builds: p.max_builds,
-        ttl: p.ttl,
-        public_url: config.http.public_url.clone(),
-        limits: Default::default(),
-    };
     // Only tenants with previews on: the others' previews are swept at start-up.
     let rules = config
         .tenants
@@ -260,7 +245,7 @@ fn previews(config: &Config, store: &Store, github: &GithubState) -> Previews {
         .filter(|t| t.previews)
         .map(|t| (t.repo(), t.preview.clone()))
         .collect();
-    Previews::new(settings, rules, store.clone(), github.clone())
+    Previews::new(config.preview.clone(), rules, store.clone(), github.clone())
 }
 
 /// A pull request feed that changed wakes its tenant's previews reconciler at once, instead of at

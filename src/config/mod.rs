@@ -16,8 +16,8 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 
-use productbuilder_preview::TenantRules;
 use productbuilder_preview::policy::Rule;
+use productbuilder_preview::{Settings, TenantRules};
 use raw::{LlmProvider, RawConfig, RawTenant};
 
 pub use raw::LogFormat;
@@ -53,7 +53,9 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub github: GithubConfig,
-    pub preview: PreviewConfig,
+    /// `[preview]`, resolved into the preview crate's own settings (with `state_dir` and
+    /// `[http].public_url`, which it needs too).
+    pub preview: Settings,
     pub slack: Option<SlackConfig>,
     pub llm: Option<LlmConfig>,
     pub builds: Option<BuildsConfig>,
@@ -105,25 +107,6 @@ pub struct GithubConfig {
     /// Requests in flight per GitHub identity.
     pub max_in_flight: usize,
     pub request_timeout: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct PreviewConfig {
-    pub domain: String,
-    pub url_template: String,
-    pub compose_command: Vec<String>,
-    /// The external Docker network shared by Traefik and every preview's main service.
-    pub network: String,
-    /// Traefik's entrypoint for preview routers.
-    pub entrypoint: String,
-    /// Traefik's certificate resolver, when previews are served over TLS.
-    pub cert_resolver: Option<String>,
-    /// Previews on this host at most; the least recently updated is evicted.
-    pub max_previews: usize,
-    /// Image builds at once.
-    pub max_builds: usize,
-    /// Previews not updated for this long are removed.
-    pub ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -602,7 +585,10 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
         Duration::from_secs(30),
     );
 
-    let preview = PreviewConfig {
+    let preview = Settings {
+        state_dir: state_dir.clone(),
+        public_url: public_url.clone(),
+        limits: Default::default(),
         domain: raw
             .preview
             .domain
