@@ -2,28 +2,16 @@
 //! binding, and remove without a trace. Needs the engine, a Compose CLI and Debian's
 //! busybox-static (`.ci/run` installs the last two).
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use productbuilder_preview::compose::{Rewrite, project_name, render, rewrite};
 use productbuilder_preview::policy::Policy;
 use productbuilder_preview::runner::{ComposeCli, write_project};
 use productbuilder_preview::validate_checkout;
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("the docker CLI");
-    assert!(
-        out.status.success(),
-        "docker {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
+use support::docker;
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
