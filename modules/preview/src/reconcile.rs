@@ -501,6 +501,9 @@ impl Previews {
     /// or which left the configuration (their rows say so; containers of other daemons on the same
     /// engine are never touched). No report: those repositories are no longer ours to write to.
     pub async fn sweep(&self) -> Result<usize, ReconcileError> {
+        if !self.inner.rules.is_empty() {
+            self.warn_without_router().await;
+        }
         let rows = self.list().await?;
         let stale: Vec<PreviewRow> = rows
             .into_iter()
@@ -544,6 +547,24 @@ impl Previews {
                 .map_err(refused)?;
         }
         Ok(stale.len())
+    }
+
+    /// Says once, at start-up, when previews will deploy but nobody can reach them.
+    async fn warn_without_router(&self) {
+        let network = &self.inner.settings.network;
+        let Ok(engine) = self.engine().await else {
+            return; // the tenants' preflights report an unreachable engine
+        };
+        match engine.routers_on(network).await {
+            Ok(Some(routers)) if !routers.is_empty() => {
+                tracing::info!(network, routers = %routers.join(", "), "previews: routed by Traefik");
+            }
+            Ok(_) => tracing::warn!(
+                network,
+                "previews: no Traefik container on the shared network; previews will deploy but nobody can reach them (README, \"On the host\")"
+            ),
+            Err(e) => tracing::warn!(network, error = %e, "previews: cannot look for Traefik"),
+        }
     }
 
     fn job_of(&self, repo: &str, number: u64) -> Option<Job> {
