@@ -2,8 +2,8 @@
 //! this file parses the command line, loads the configuration, connects the modules to each other
 //! in one visible place, and maps every outcome to an exit code (here and nowhere else).
 
-// The configuration already carries the keys of features that later issues wire in (previews,
-// Slack, the LLM agent, builds): the contract fixes them, so they are parsed and checked today.
+// The configuration already carries the keys of features that later issues wire in (Slack, the
+// LLM agent, builds): the contract fixes them, so they are parsed and checked today.
 #[allow(dead_code)]
 mod config;
 mod dashboard;
