@@ -518,33 +518,27 @@ impl Previews {
             self.teardown(&row.project)
                 .await
                 .map_err(ReconcileError::Engine)?;
-            let (r, n, sha, key) = (
-                row.repo.clone(),
+            self.transition(
+                &row.repo,
                 row.number,
-                row.head_sha.clone(),
-                format!("{}:{}:", row.head_sha, Status::Deleted),
-            );
+                &row.head_sha,
+                Event::Delete,
+                Details {
+                    deleted_reason: Some(DeletedReason::Unwanted),
+                    ..Details::default()
+                },
+            )
+            .await?;
+            // Nothing to report to a repository that is no longer ours: mark it reported.
+            let (r, n) = (row.repo.clone(), row.number);
             self.inner
                 .store
-                .call(move |c| {
-                    let moved = db::transition(
-                        c,
-                        &r,
-                        n,
-                        &sha,
-                        Event::Delete,
-                        &Details {
-                            deleted_reason: Some(DeletedReason::Unwanted),
-                            ..Details::default()
-                        },
-                    );
-                    // Nothing to report: mark it reported.
-                    db::set_reported(c, &r, n, &key)?;
-                    Ok(moved)
+                .call(move |c| match db::row(c, &r, n)? {
+                    Some(now) => db::set_reported(c, &r, n, &now.report_key()).map(|_| ()),
+                    None => Ok(()),
                 })
                 .await
-                .map_err(store_err)?
-                .map_err(refused)?;
+                .map_err(store_err)?;
         }
         Ok(stale.len())
     }
@@ -613,25 +607,17 @@ impl Previews {
                 "previews: evicting the least recently updated preview"
             );
             // Marked deleted now, so that the next count already sees the room.
-            let (r, n, sha) = (victim.repo.clone(), victim.number, victim.head_sha.clone());
-            self.inner
-                .store
-                .call(move |c| {
-                    Ok(db::transition(
-                        c,
-                        &r,
-                        n,
-                        &sha,
-                        Event::Delete,
-                        &Details {
-                            deleted_reason: Some(DeletedReason::Evicted),
-                            ..Details::default()
-                        },
-                    ))
-                })
-                .await
-                .map_err(store_err)?
-                .map_err(refused)?;
+            self.transition(
+                &victim.repo,
+                victim.number,
+                &victim.head_sha,
+                Event::Delete,
+                Details {
+                    deleted_reason: Some(DeletedReason::Evicted),
+                    ..Details::default()
+                },
+            )
+            .await?;
             self.spawn_remove(&victim.repo, victim.number, DeletedReason::Evicted);
             excess -= 1;
         }
@@ -763,15 +749,23 @@ impl Previews {
         self.report(repo, number);
     }
 
-    /// Persists a step before it starts (or an outcome), then reports it.
-    async fn record(&self, repo: &str, number: u64, sha: &str, event: Event, details: Details<'_>) {
+    /// Moves `repo#number` at `sha` by `event` in the table (every move goes through here, and
+    /// wakes [`Previews::changes`]). `Ok(false)` when a newer head took the row over.
+    async fn transition(
+        &self,
+        repo: &str,
+        number: u64,
+        sha: &str,
+        event: Event,
+        details: Details<'_>,
+    ) -> Result<bool, ReconcileError> {
         let (r, s) = (repo.to_owned(), sha.to_owned());
         let (error, tail) = (
             details.error.map(str::to_owned),
             details.log_tail.map(str::to_owned),
         );
         let reason = details.deleted_reason;
-        let result = self
+        let moved = self
             .inner
             .store
             .call(move |c| {
@@ -790,10 +784,14 @@ impl Previews {
             })
             .await;
         self.inner.changes.send_modify(|n| *n += 1);
-        match result {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(repo, number, error = %e, "previews: refused transition"),
-            Err(e) => tracing::error!(repo, number, error = %e, "previews: cannot record a step"),
+        moved.map_err(store_err)?.map_err(refused)
+    }
+
+    /// Persists a step before it starts, or an outcome. A failure is logged: the deploy goes on,
+    /// and the next pass converges from whatever the row says.
+    async fn record(&self, repo: &str, number: u64, sha: &str, event: Event, details: Details<'_>) {
+        if let Err(e) = self.transition(repo, number, sha, event, details).await {
+            tracing::error!(repo, number, error = %e, "previews: cannot record a step");
         }
     }
 
