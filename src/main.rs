@@ -22,6 +22,7 @@ use productbuilder_github::{
 };
 use productbuilder_planner::{Module, PlanError, RepoIdCell, Tenant, plan};
 use productbuilder_preview::policy::Policy;
+use productbuilder_preview::runner::ComposeCli;
 use productbuilder_preview::{PreviewModule, Previews};
 use productbuilder_scheduler::{
     PreflightFailed, Schedule, Scheduler, SchedulerOptions, StatusBoard, UnitSpec,
@@ -455,7 +456,7 @@ async fn check_preview_host(config: &Config) -> bool {
             println!("x {e}");
         }
     }
-    match productbuilder_preview::runner::ComposeCli::detect(&config.preview.compose_command).await
+    match ComposeCli::detect(&config.preview.compose_command).await
     {
         Ok(cli) => println!("√ Compose: `{}` ({})", cli.argv().join(" "), cli.version),
         Err(e) => {
@@ -494,7 +495,20 @@ fn migrate(config: &Config) -> Result<(), Failure> {
 }
 
 fn preview_validate(dir: &std::path::Path) -> Result<(), Failure> {
-    let report = productbuilder_preview::validate_checkout(dir, &Policy::default());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Failed(format!("cannot start the async runtime: {e}")))?;
+    let report = runtime.block_on(async {
+        // The policy checks the model Compose itself resolves: Compose v2 is required.
+        let cli = ComposeCli::detect(&["docker".to_owned(), "compose".to_owned()])
+            .await
+            .map_err(Failure::Failed)?;
+        Ok::<_, Failure>(
+            productbuilder_preview::validate_checkout(dir, &Policy::default(), &cli, "pb-validate")
+                .await,
+        )
+    })?;
     for warning in &report.warnings {
         println!("warning: {warning}");
     }

@@ -17,7 +17,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 
 use productbuilder_preview::policy::Rule;
-use productbuilder_preview::{Settings, TenantRules};
+use productbuilder_preview::{Egress, Settings, TenantRules};
 use raw::{LlmProvider, RawConfig, RawTenant};
 
 pub use raw::LogFormat;
@@ -585,7 +585,21 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
         Duration::from_secs(30),
     );
 
+    let egress = match raw.preview.egress.as_deref() {
+        None | Some("open") => Egress::Open,
+        Some("none") => Egress::None,
+        Some(other) => {
+            p.push(
+                here("preview.egress"),
+                Some("preview.egress"),
+                format!("{other:?} is not an egress mode; use \"open\" or \"none\""),
+            );
+            Egress::Open
+        }
+    };
     let preview = Settings {
+        egress,
+        docker_config: None,
         state_dir: state_dir.clone(),
         public_url: public_url.clone(),
         limits: Default::default(),
@@ -636,7 +650,7 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
         p.push(
             here("preview.compose_command"),
             Some("preview.compose_command"),
-            "must name a program, for example [\"docker\", \"compose\"] or [\"docker-compose\"]",
+            "must name a Compose v2 program, for example [\"docker\", \"compose\"]",
         );
     }
 

@@ -69,6 +69,8 @@ pub struct RawGithub {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPreview {
+    /// "open" (default) or "none": whether preview containers may connect out of their networks.
+    pub egress: Option<String>,
     pub domain: Option<String>,
     pub url_template: Option<String>,
     pub compose_command: Option<Vec<String>>,

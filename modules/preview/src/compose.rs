@@ -1,13 +1,13 @@
-//! The compose file a preview actually runs: the pull request's file, rewritten.
+//! The compose file a preview actually runs: the model Compose resolved from the pull request's
+//! files ([`crate::resolve`]), checked ([`crate::policy`]) and rewritten here. Compose is handed only
+//! this file, so nothing the pull request's files say reaches the engine without passing both.
 //!
-//! A merge override cannot *remove* host port bindings with Compose v1 (only v2 has `!reset`), so
-//! instead of layering an override the whole file is rewritten into the preview's workspace and run
-//! with `--project-directory` set to the original file's directory, so that relative paths still
-//! resolve. The rewrite, for every service: drops host port bindings (previews never clash), adds
-//! labels naming tenant, pull request and sha, and applies the tenant's CPU and memory limits. For
-//! the main service it adds the Traefik labels, joins the shared external network, sets
-//! `BASE_URL`, and publishes the internal port on an ephemeral loopback port so that the health
-//! check works from the host as well as from a container on the shared network.
+//! For every service, from whichever file it came: host port bindings and fixed container names
+//! are dropped (previews never clash), `pids_limit`, the tenant's CPU and memory limits, log
+//! rotation and `no-new-privileges` are set, and labels name tenant, pull request and sha. The main
+//! service gets the Traefik labels for the network the router joins (the preview's own), `BASE_URL`,
+//! the tenant's variables, and an ephemeral loopback port for the health check. With
+//! `egress = "none"` every network of the project is internal: no traffic leaves it.
 
 use serde_json::{Map, Value, json};
 
@@ -32,15 +32,24 @@ pub struct Rewrite<'a> {
     /// The preview's host name, for the router rule and `BASE_URL`.
     pub host: &'a str,
     pub base_url: &'a str,
-    /// The external network shared with Traefik.
-    pub network: &'a str,
     pub entrypoint: &'a str,
     pub cert_resolver: Option<&'a str>,
     /// `cpus` for every service, e.g. 1.5.
     pub cpus: Option<f64>,
     /// `mem_limit` for every service, e.g. "1g".
     pub memory: Option<&'a str>,
+    /// Most processes per container.
+    pub pids_limit: u32,
+    /// No traffic out of the project's networks (`egress = "none"`).
+    pub internal: bool,
+    /// `(service, variable)` pairs whose values Compose takes from its own environment: the
+    /// tenant's variables and secrets, which never appear in this file.
+    pub env: &'a [(String, String)],
 }
+
+/// Log rotation for every container: a chatty preview cannot fill the host's disk.
+pub const LOG_MAX_SIZE: &str = "10m";
+pub const LOG_MAX_FILE: &str = "3";
 
 /// A Compose project name: lowercase letters, digits, `-` and `_`, starting with a letter or digit,
 /// unique per repository and pull request, at most 63 characters.
@@ -107,10 +116,29 @@ fn label_build(build: &mut Value, r: &Rewrite<'_>) {
     map.insert("labels".into(), Value::Object(labels));
 }
 
-/// Rewrites a parsed compose document. The document was already checked by the policy.
-pub fn rewrite(doc: &Value, r: &Rewrite<'_>) -> Value {
-    let mut doc = doc.clone();
-    // `version` is obsolete in v2 and optional in v1; keep whatever the file says.
+/// The network of the main service that the router joins: its `default` network if it has one,
+/// else the first it names; `None` when it has none (`network_mode: none` or `service:`).
+pub fn routed_network(model: &Value, service: &str) -> Option<String> {
+    let networks = model.pointer(&format!("/services/{}/networks", escape_pointer(service)))?;
+    let networks = networks.as_object()?;
+    let key = if networks.contains_key("default") {
+        "default"
+    } else {
+        networks.keys().next()?
+    };
+    model
+        .pointer(&format!("/networks/{}/name", escape_pointer(key)))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// Rewrites a resolved model that passed the policy. `network` is [`routed_network`]'s answer.
+pub fn rewrite(model: &Value, r: &Rewrite<'_>, network: &str) -> Value {
+    let mut doc = model.clone();
     let Some(services) = doc.get_mut("services").and_then(Value::as_object_mut) else {
         return doc;
     };
@@ -124,16 +152,52 @@ pub fn rewrite(doc: &Value, r: &Rewrite<'_>) -> Value {
             label_build(build, r);
         }
         let mut labels = labels_map(svc.get("labels"));
-        labels.retain(|k, _| !k.starts_with("traefik.") && !k.starts_with("productbuilder."));
+        labels.retain(|k, _| {
+            !k.starts_with("traefik.")
+                && !k.starts_with("productbuilder.")
+                && !k.starts_with("com.docker.compose.")
+        });
         labels.insert(LABEL_MANAGED.into(), json!("true"));
         labels.insert(LABEL_TENANT.into(), json!(r.repo));
         labels.insert(LABEL_PR.into(), json!(r.number.to_string()));
         labels.insert(LABEL_SHA.into(), json!(r.sha));
+        // `deploy.resources.limits` would contradict the limits below (Compose refuses both).
+        if let Some(deploy) = svc.get_mut("deploy").and_then(Value::as_object_mut) {
+            if let Some(resources) = deploy.get_mut("resources").and_then(Value::as_object_mut) {
+                resources.remove("limits");
+            }
+        }
         if let Some(cpus) = r.cpus {
             svc.insert("cpus".into(), json!(cpus));
         }
         if let Some(memory) = r.memory {
             svc.insert("mem_limit".into(), json!(memory));
+            svc.remove("memswap_limit");
+        }
+        let pids = svc
+            .get("pids_limit")
+            .and_then(Value::as_i64)
+            .filter(|p| *p > 0)
+            .map_or(i64::from(r.pids_limit), |p| p.min(i64::from(r.pids_limit)));
+        svc.insert("pids_limit".into(), json!(pids));
+        svc.insert(
+            "logging".into(),
+            json!({ "driver": "json-file", "options": { "max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE } }),
+        );
+        let mut security: Vec<Value> = svc
+            .get("security_opt")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        security.retain(|o| !o.as_str().is_some_and(|o| o.starts_with("no-new-privileges")));
+        security.push(json!("no-new-privileges:true"));
+        svc.insert("security_opt".into(), Value::Array(security));
+        let mut env = environment_map(svc.get("environment"));
+        for (service, var) in r.env {
+            if service == name {
+                // No value: Compose takes it from its own environment, so it is never on disk.
+                env.insert(var.clone(), Value::Null);
+            }
         }
         if name == r.service {
             let router = router(r.project);
@@ -160,49 +224,41 @@ pub fn rewrite(doc: &Value, r: &Rewrite<'_>) -> Value {
                 format!("traefik.http.services.{router}.loadbalancer.server.port"),
                 json!(r.internal_port.to_string()),
             );
-            labels.insert("traefik.docker.network".into(), json!(r.network));
-            let mut env = environment_map(svc.get("environment"));
-            env.insert("BASE_URL".into(), json!(r.base_url));
+            labels.insert("traefik.docker.network".into(), json!(network));
+            env.insert("BASE_URL".into(), json!(escape_dollars(r.base_url)));
+            if !r.internal {
+                // Loopback only, ephemeral: the host can health-check, nothing else can reach
+                // it. (An internal network publishes nothing; the check then uses the container's
+                // address.)
+                svc.insert(
+                    "ports".into(),
+                    json!([{ "target": r.internal_port, "host_ip": "127.0.0.1", "protocol": "tcp" }]),
+                );
+            }
+        }
+        if !env.is_empty() {
             svc.insert("environment".into(), Value::Object(env));
-            // Loopback only, ephemeral: the host can health-check, nothing else can reach it.
-            svc.insert(
-                "ports".into(),
-                json!([format!("127.0.0.1::{}", r.internal_port)]),
-            );
-            let mut networks = match svc.get("networks") {
-                Some(Value::Object(map)) => map.clone(),
-                Some(Value::Array(items)) => items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(|n| (n.to_owned(), Value::Null))
-                    .collect(),
-                _ => {
-                    let mut m = Map::new();
-                    m.insert("default".into(), Value::Null);
-                    m
-                }
-            };
-            networks.insert(r.network.to_owned(), Value::Null);
-            svc.insert("networks".into(), Value::Object(networks));
         }
         svc.insert("labels".into(), Value::Object(labels));
     }
-    let top = doc.as_object_mut().expect("checked above");
-    let networks = top
-        .entry("networks")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if !networks.is_object() {
-        *networks = Value::Object(Map::new());
+    if r.internal
+        && let Some(networks) = doc.get_mut("networks").and_then(Value::as_object_mut)
+    {
+        for net in networks.values_mut() {
+            if let Some(net) = net.as_object_mut() {
+                net.insert("internal".into(), json!(true));
+            }
+        }
     }
-    let networks = networks.as_object_mut().expect("made an object above");
-    networks.insert(
-        r.network.to_owned(),
-        json!({ "external": true, "name": r.network }),
-    );
     doc
 }
 
-/// The rewritten file as YAML text.
+/// A value of ours in Compose's escaped form (`$` is `$$`), as the resolved model's strings are.
+fn escape_dollars(s: &str) -> String {
+    s.replace('$', "$$")
+}
+
+/// The rewritten file's text (JSON, which Compose reads as YAML).
 pub fn render(doc: &Value) -> Result<String, String> {
-    serde_saphyr::to_string(doc).map_err(|e| format!("cannot write the compose file: {e}"))
+    serde_json::to_string_pretty(doc).map_err(|e| format!("cannot write the compose file: {e}"))
 }

@@ -10,7 +10,10 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{ContainerSummaryStateEnum, NetworkCreateRequest};
+use bollard::models::{
+    ContainerSummaryStateEnum, NetworkConnectRequest, NetworkCreateRequest,
+    NetworkDisconnectRequest,
+};
 use bollard::query_parameters::{
     ListContainersOptions, ListImagesOptions, ListNetworksOptions, ListVolumesOptions, LogsOptions,
     RemoveContainerOptions, RemoveImageOptions, RemoveVolumeOptions,
@@ -147,6 +150,92 @@ impl Engine {
                 })
                 .collect(),
         ))
+    }
+
+    /// Attaches the router containers of the shared network (see [`Engine::routers_on`]) to a
+    /// preview's own `network`, so they can route to it. Already attached is fine.
+    pub async fn attach_routers(&self, shared: &str, network: &str) -> Result<(), String> {
+        let routers = self.routers_on(shared).await?.unwrap_or_default();
+        let attached = self.containers_on(network).await?;
+        for router in routers {
+            if attached.iter().any(|(_, names, _)| names.contains(&router)) {
+                continue;
+            }
+            let request = NetworkConnectRequest {
+                container: router.clone(),
+                endpoint_config: None,
+            };
+            if let Err(e) = self.docker.connect_network(network, request).await
+                && !e.to_string().contains("already exists")
+            {
+                return Err(self.err(&format!("attaching {router} to {network}"), e));
+            }
+        }
+        Ok(())
+    }
+
+    /// `(id, names, compose project)` of the containers attached to `network`.
+    async fn containers_on(
+        &self,
+        network: &str,
+    ) -> Result<Vec<(String, Vec<String>, Option<String>)>, String> {
+        let attached = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(HashMap::from([(
+                    "network".to_owned(),
+                    vec![network.to_owned()],
+                )])),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| self.err("listing containers", e))?;
+        Ok(attached
+            .into_iter()
+            .filter_map(|c| {
+                let names = c
+                    .names
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|n| n.trim_start_matches('/').to_owned())
+                    .collect();
+                let project = c.labels.and_then(|l| l.get(LABEL_PROJECT).cloned());
+                Some((c.id?, names, project))
+            })
+            .collect())
+    }
+
+    /// Disconnects every container that is not part of `project` (the router) from the
+    /// project's networks, so that they can be removed.
+    pub async fn detach_foreign(&self, project: &str) -> Result<(), String> {
+        let networks = self
+            .docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(HashMap::from([(
+                    "label".to_owned(),
+                    vec![format!("{LABEL_PROJECT}={project}")],
+                )])),
+            }))
+            .await
+            .map_err(|e| self.err("listing networks", e))?;
+        for network in networks.into_iter().filter_map(|n| n.name) {
+            for (id, _, owner) in self.containers_on(&network).await? {
+                if owner.as_deref() == Some(project) {
+                    continue;
+                }
+                let request = NetworkDisconnectRequest {
+                    container: id.clone(),
+                    force: Some(true),
+                };
+                if let Err(e) = self.docker.disconnect_network(&network, request).await
+                    && !e.to_string().contains("is not connected")
+                {
+                    return Err(self.err(&format!("detaching {id} from {network}"), e));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every container labelled `productbuilder.managed`, running or not; for one tenant when
@@ -323,6 +412,7 @@ impl Engine {
             }))
             .await
             .map_err(|e| self.err("listing containers", e))?;
+        self.detach_foreign(project).await?;
         for id in containers.into_iter().filter_map(|c| c.id) {
             self.docker
                 .remove_container(

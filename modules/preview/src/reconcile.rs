@@ -61,7 +61,24 @@ pub struct Settings {
     /// Where this daemon's HTTP API is reachable by people, for log links; none when unknown.
     pub public_url: Option<String>,
     pub limits: Limits,
+    /// Whether previews may open connections out of their networks.
+    pub egress: Egress,
+    /// `DOCKER_CONFIG` for preview builds (registry credentials); `None`: builds see none.
+    pub docker_config: Option<PathBuf>,
 }
+
+/// `[preview] egress`: whether a preview's containers may open connections out of its networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Egress {
+    /// Outbound traffic is allowed (package registries, APIs), and so is the host's network.
+    #[default]
+    Open,
+    /// Every network of a preview is internal: the router still reaches it, nothing leaves it.
+    None,
+}
+
+/// Most processes in one preview container.
+const PIDS_LIMIT: u32 = 1024;
 
 /// One tenant's rules (`[preview]` in its file).
 #[derive(Debug, Clone, PartialEq)]
@@ -339,9 +356,22 @@ impl Previews {
         self.inner
             .compose
             .get_or_try_init(|| async {
-                ComposeCli::detect(&self.inner.settings.compose_command)
+                let cli = ComposeCli::detect(&self.inner.settings.compose_command)
                     .await
-                    .map_err(ReconcileError::Engine)
+                    .map_err(ReconcileError::Engine)?;
+                // Builds get the operator's registry credentials only when configured; else an
+                // empty configuration directory of the daemon's.
+                let dir = match &self.inner.settings.docker_config {
+                    Some(dir) => dir.clone(),
+                    None => {
+                        let dir = self.inner.settings.state_dir.join("docker-config");
+                        std::fs::create_dir_all(&dir).map_err(|e| {
+                            ReconcileError::Engine(format!("cannot create {}: {e}", dir.display()))
+                        })?;
+                        dir
+                    }
+                };
+                Ok(cli.with_docker_config(dir))
             })
             .await
     }
@@ -854,9 +884,17 @@ impl Previews {
         };
 
         self.step(repo, number, sha, Stage::Config, cancel).await?;
-        let checkout = or_cancel(cancel, source::check(&dir, &rules.policy))
-            .await?
-            .map_err(|e| failed(e.stage, e.message, None))?;
+        let cli = self
+            .compose()
+            .await
+            .map_err(|e| failed(Stage::Config, e.to_string(), None))?
+            .clone();
+        let checkout = or_cancel(
+            cancel,
+            source::check(&dir, &rules.policy, &cli, project_name),
+        )
+        .await?
+        .map_err(|e| failed(e.stage, e.message, None))?;
         let spec = checkout.spec;
         {
             let (r, note, service) = (
@@ -877,7 +915,6 @@ impl Previews {
                 .await;
         }
         self.step(repo, number, sha, Stage::Policy, cancel).await?;
-        let compose_path = dir.join(&spec.compose_file);
         let host = url
             .split("://")
             .nth(1)
@@ -886,13 +923,35 @@ impl Previews {
             .next()
             .unwrap_or_default()
             .to_owned();
+        let model = &checkout.resolved.model;
+        let network = compose::routed_network(model, &spec.service).ok_or_else(|| {
+            failed(
+                Stage::Config,
+                format!("service `{}` is on no network the router can join", spec.service),
+                None,
+            )
+        })?;
+        // Unknown counts as a fork: secrets are withheld when in doubt.
+        let fork = self
+            .inner
+            .github
+            .subscribe(repo)
+            .borrow()
+            .pulls
+            .iter()
+            .find(|p| p.number == number)
+            .is_none_or(|p| p.fork);
+        let env: Vec<(String, String, String)> = {
+            let _ = fork;
+            Vec::new()
+        };
+        let env_names: Vec<(String, String)> = env
+            .iter()
+            .map(|(service, name, _)| (service.clone(), name.clone()))
+            .collect();
         let project = {
-            let text = std::fs::read_to_string(&compose_path)
-                .map_err(|e| failed(Stage::Config, format!("{}: {e}", spec.compose_file), None))?;
-            let doc: serde_json::Value = serde_saphyr::from_str(&text)
-                .map_err(|e| failed(Stage::Config, format!("{}: {e}", spec.compose_file), None))?;
             let rewritten = compose::rewrite(
-                &doc,
+                model,
                 &Rewrite {
                     repo,
                     number,
@@ -902,16 +961,22 @@ impl Previews {
                     internal_port: spec.internal_port,
                     host: &host,
                     base_url: url,
-                    network: &self.inner.settings.network,
                     entrypoint: &self.inner.settings.entrypoint,
                     cert_resolver: self.inner.settings.cert_resolver.as_deref(),
                     cpus: rules.cpus,
                     memory: rules.memory.as_deref(),
+                    pids_limit: PIDS_LIMIT,
+                    internal: self.inner.settings.egress == Egress::None,
+                    env: &env_names,
                 },
+                &network,
             );
             let text = compose::render(&rewritten).map_err(|e| failed(Stage::Config, e, None))?;
-            let compose_dir = compose_path.parent().unwrap_or(&dir);
-            runner::write_project(&workspace, project_name, &text, compose_dir).map_err(|e| {
+            let values = env
+                .into_iter()
+                .map(|(_, name, value)| (name, value))
+                .collect();
+            runner::write_project(&workspace, project_name, &text, values).map_err(|e| {
                 failed(
                     Stage::Config,
                     format!("cannot write the compose file into the workspace: {e}"),
@@ -919,11 +984,6 @@ impl Previews {
                 )
             })?
         };
-        let cli = self
-            .compose()
-            .await
-            .map_err(|e| failed(Stage::Build, e.to_string(), None))?
-            .clone();
         let command_failed = |stage: Stage| {
             move |e: runner::CommandError| {
                 failed(
@@ -946,6 +1006,14 @@ impl Previews {
         or_cancel(cancel, cli.start(&project, STEP_TIMEOUT))
             .await?
             .map_err(command_failed(Stage::Start))?;
+        // The router joins this preview's own network (and leaves it at teardown): it routes
+        // every preview, while no preview's container can reach another's.
+        if let Ok(engine) = self.engine().await {
+            engine
+                .attach_routers(&self.inner.settings.network, &network)
+                .await
+                .map_err(|e| failed(Stage::Start, format!("cannot attach the router: {e}"), None))?;
+        }
         // The previous head's images lost their tags to this build, and its containers were
         // replaced: remove them now, or every push would leave an image behind.
         if let Ok(engine) = self.engine().await
@@ -978,7 +1046,7 @@ impl Previews {
         }
         if let Ok(engine) = self.engine().await
             && let Ok(ip) = engine
-                .service_ip(project_name, &spec.service, &self.inner.settings.network)
+                .service_ip(project_name, &spec.service, &network)
                 .await
         {
             addrs.push(std::net::SocketAddr::new(ip, spec.internal_port));
@@ -987,8 +1055,8 @@ impl Previews {
             return Err(failed(
                 Stage::Health,
                 format!(
-                    "service `{}` has neither a published port nor an address on network {}",
-                    spec.service, self.inner.settings.network
+                    "service `{}` has neither a published port nor an address on network {network}",
+                    spec.service
                 ),
                 None,
             ));
@@ -1064,12 +1132,16 @@ impl Previews {
         let engine = self.engine().await.map_err(|e| e.to_string())?.clone();
         let workspace = self.workspace(project);
         let file = workspace.join("productbuilder.compose.yml");
+        // The router is attached to the preview's networks; `down` cannot remove them until it
+        // leaves.
+        engine.detach_foreign(project).await?;
         let down = if file.is_file() {
             let cli = self.compose().await.map_err(|e| e.to_string())?;
             let p = Project {
                 name: project.to_owned(),
                 file,
                 dir: workspace.clone(),
+                env: Vec::new(),
             };
             cli.down(&p).await.map_err(|e| e.to_string())
         } else {

@@ -1,7 +1,12 @@
-//! The Compose CLI, as previews use it: `up` (building images), `port`, `down` with everything the
-//! project created. Compose v2 (`docker compose`) and v1 (`docker-compose`) both work; the only
-//! differences that matter here (container and image names) are hidden behind Compose's own
-//! commands.
+//! The Compose CLI, as previews use it: `config` (the model the policy checks), `build`, `up`,
+//! `exec`, `port`, `down` with everything the project created. Only Compose v2 can print the
+//! resolved model, so v1 (end of life since 2023) is refused with a message saying how to install
+//! v2.
+//!
+//! Compose runs with an allowlisted environment: the daemon's tokens never reach it (a pull
+//! request's `${VAR}` would read them), and neither do the operator's registry credentials
+//! (`HOME`, `DOCKER_CONFIG`) unless `[preview] docker_config` names a directory for them. The
+//! `docker compose` plugin is therefore resolved to its binary once and run directly.
 //!
 //! Every command runs with a deadline and is killed with the future (`kill_on_drop`), so a
 //! cancelled deploy leaves no stray `compose` process behind; what it keeps of the output is the
@@ -24,8 +29,12 @@ pub struct Project {
     pub name: String,
     /// The rewritten compose file.
     pub file: PathBuf,
-    /// Where relative paths of the original file resolve: its directory in the checkout.
+    /// The project directory. The rewritten model's paths are absolute, so this is the workspace:
+    /// a `.env` of the pull request is not read again when the project runs.
     pub dir: PathBuf,
+    /// Variables Compose passes to the services that name them without a value (the tenant's
+    /// variables and secrets): on the process's environment, never in a file or an argument.
+    pub env: Vec<(String, String)>,
 }
 
 /// A failed or timed-out command.
@@ -50,49 +59,100 @@ impl std::error::Error for CommandError {}
 pub struct ComposeCli {
     argv: Vec<String>,
     pub version: String,
+    /// `DOCKER_CONFIG` for Compose: the operator's directory for preview builds, or an empty one.
+    docker_config: Option<PathBuf>,
+}
+
+/// Where the Docker CLI looks for plugins besides `$DOCKER_CONFIG/cli-plugins`.
+const SYSTEM_PLUGIN_DIRS: &[&str] = &[
+    "/usr/local/lib/docker/cli-plugins",
+    "/usr/local/libexec/docker/cli-plugins",
+    "/usr/lib/docker/cli-plugins",
+    "/usr/libexec/docker/cli-plugins",
+];
+
+/// How to install Compose v2, for every message that needs it.
+pub const INSTALL_V2: &str = "install the Docker Compose v2 plugin (Debian/Ubuntu: the `docker-compose-plugin` package from Docker's repository; or its release binary as ~/.docker/cli-plugins/docker-compose) and set `[preview] compose_command = [\"docker\", \"compose\"]`";
+
+/// The binary behind `docker compose`: the CLI plugin, found where the Docker CLI finds it.
+fn compose_plugin() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(config) = std::env::var_os("DOCKER_CONFIG") {
+        dirs.push(PathBuf::from(config).join("cli-plugins"));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".docker/cli-plugins"));
+    }
+    dirs.extend(SYSTEM_PLUGIN_DIRS.iter().map(PathBuf::from));
+    dirs.into_iter()
+        .map(|d| d.join("docker-compose"))
+        .find(|p| p.is_file())
 }
 
 impl ComposeCli {
-    /// The configured command if it works, else the other flavour; the error says what was tried.
+    /// The configured command, which must be Compose v2. `docker compose` is resolved to the
+    /// plugin's binary, so it runs without the Docker CLI's configuration directory.
     pub async fn detect(preferred: &[String]) -> Result<ComposeCli, String> {
-        let mut candidates: Vec<Vec<String>> = vec![preferred.to_vec()];
-        for other in [vec!["docker", "compose"], vec!["docker-compose"]] {
-            let other: Vec<String> = other.into_iter().map(String::from).collect();
-            if other != preferred {
-                candidates.push(other);
-            }
-        }
-        let mut tried = Vec::new();
-        for argv in candidates.into_iter().filter(|a| !a.is_empty()) {
-            let output = Command::new(&argv[0])
-                .args(&argv[1..])
-                .arg("version")
-                .stdin(Stdio::null())
-                .kill_on_drop(true)
-                .output();
-            match tokio::time::timeout(Duration::from_secs(20), output).await {
-                Ok(Ok(out)) if out.status.success() => {
-                    let version = String::from_utf8_lossy(&out.stdout)
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                        .trim()
-                        .to_owned();
-                    return Ok(ComposeCli { argv, version });
+        let shown = preferred.join(" ");
+        let mut argv = preferred.to_vec();
+        if argv.len() >= 2 && argv[0] == "docker" && argv[1] == "compose" {
+            match compose_plugin() {
+                Some(plugin) => {
+                    argv.splice(..2, [plugin.display().to_string()]);
                 }
-                Ok(Ok(out)) => tried.push(format!(
-                    "`{} version` exited with {}",
-                    argv.join(" "),
-                    out.status
-                )),
-                Ok(Err(e)) => tried.push(format!("`{}`: {e}", argv.join(" "))),
-                Err(_) => tried.push(format!("`{} version` did not answer", argv.join(" "))),
+                None => {
+                    return Err(format!(
+                        "`{shown}`: no Compose plugin found (looked in $DOCKER_CONFIG, ~/.docker and {}/cli-plugins); {INSTALL_V2}",
+                        SYSTEM_PLUGIN_DIRS.join(", ")
+                    ));
+                }
             }
         }
-        Err(format!(
-            "no working Compose CLI: {}; install the Docker Compose plugin or docker-compose",
-            tried.join("; ")
-        ))
+        let Some(program) = argv.first() else {
+            return Err(format!("`[preview] compose_command` is empty; {INSTALL_V2}"));
+        };
+        let output = Command::new(program)
+            .args(&argv[1..])
+            .args(["version", "--short"])
+            .stdin(Stdio::null())
+            .env_clear()
+            .envs(compose_env(std::env::vars_os()))
+            .kill_on_drop(true)
+            .output();
+        let out = match tokio::time::timeout(Duration::from_secs(20), output).await {
+            Ok(Ok(out)) if out.status.success() => out,
+            Ok(Ok(out)) => {
+                return Err(format!(
+                    "`{shown} version` exited with {}; {INSTALL_V2}",
+                    out.status
+                ));
+            }
+            Ok(Err(e)) => return Err(format!("`{shown}`: {e}; {INSTALL_V2}")),
+            Err(_) => return Err(format!("`{shown} version` did not answer within 20s")),
+        };
+        let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let major = version
+            .trim_start_matches('v')
+            .split('.')
+            .next()
+            .and_then(|m| m.parse::<u32>().ok());
+        match major {
+            Some(m) if m >= 2 => Ok(ComposeCli {
+                argv,
+                version: format!("Docker Compose version v{}", version.trim_start_matches('v')),
+                docker_config: None,
+            }),
+            _ => Err(format!(
+                "`{shown}` is Compose {version}, which cannot resolve a project for the preview policy (Compose v1 is end of life); {INSTALL_V2}"
+            )),
+        }
+    }
+
+    /// Builds see the registry credentials in `dir` (`[preview] docker_config`), or none when
+    /// `dir` is an empty directory of the daemon's.
+    pub fn with_docker_config(mut self, dir: PathBuf) -> ComposeCli {
+        self.docker_config = Some(dir);
+        self
     }
 
     pub fn argv(&self) -> &[String] {
@@ -127,8 +187,8 @@ impl ComposeCli {
             // must not see the daemon's (tokens, keys), only what it needs to reach the engine.
             .env_clear()
             .envs(compose_env(std::env::vars_os()))
-            // v1 builds through docker-py instead of the CLI's deprecated legacy builder.
-            .env("COMPOSE_DOCKER_CLI_BUILD", "0")
+            .envs(self.docker_config.iter().map(|d| ("DOCKER_CONFIG", d)))
+            .envs(project.env.iter().map(|(k, v)| (k, v)))
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| CommandError {
@@ -187,10 +247,9 @@ impl ComposeCli {
         }
     }
 
-    /// The project as Compose resolves it (interpolated, normalised).
-    pub async fn config(&self, project: &Project) -> Result<String, CommandError> {
-        self.run(project, &["config"], Duration::from_secs(30))
-            .await
+    /// A read-only command (`config ...`) with a short deadline; its standard output.
+    pub async fn run_checked(&self, project: &Project, args: &[&str]) -> Result<String, CommandError> {
+        self.run(project, args, Duration::from_secs(60)).await
     }
 
     /// Builds the images of every service that has a `build` section.
@@ -221,7 +280,8 @@ impl ComposeCli {
     ) -> Result<String, CommandError> {
         self.run(
             project,
-            &["exec", "-T", service, "sh", "-c", command],
+            // `--` ends the options: a service named like a flag stays a service name.
+            &["exec", "-T", "--", service, "sh", "-c", command],
             deadline,
         )
         .await
@@ -248,7 +308,7 @@ impl ComposeCli {
         let out = self
             .run(
                 project,
-                &["port", service, &port.to_string()],
+                &["port", "--", service, &port.to_string()],
                 Duration::from_secs(30),
             )
             .await?;
@@ -282,16 +342,14 @@ impl ComposeCli {
     }
 }
 
-/// Variables the Compose CLI may inherit: how to find programs and the engine, nothing else.
+/// Variables the Compose CLI may inherit: how to find programs and the engine, nothing else. Not
+/// `HOME` nor `DOCKER_CONFIG`: they hold the operator's registry credentials.
 const COMPOSE_ENV: &[&str] = &[
     "PATH",
-    "HOME",
     "LANG",
     "TMPDIR",
     "XDG_RUNTIME_DIR",
     "DOCKER_HOST",
-    "DOCKER_CONTEXT",
-    "DOCKER_CONFIG",
     "DOCKER_CERT_PATH",
     "DOCKER_TLS_VERIFY",
 ];
@@ -309,14 +367,15 @@ pub fn write_project(
     workspace: &Path,
     name: &str,
     compose_text: &str,
-    compose_dir: &Path,
+    env: Vec<(String, String)>,
 ) -> std::io::Result<Project> {
     let file = workspace.join("productbuilder.compose.yml");
     std::fs::write(&file, compose_text)?;
     Ok(Project {
         name: name.to_owned(),
         file,
-        dir: compose_dir.to_path_buf(),
+        dir: workspace.to_path_buf(),
+        env,
     })
 }
 

@@ -9,6 +9,7 @@ use productbuilder_github::GithubClient;
 
 use crate::archive::{self, Limits};
 use crate::policy::Policy;
+use crate::runner::ComposeCli;
 use crate::spec::PreviewSpec;
 use crate::state::Stage;
 use crate::validate_checkout;
@@ -39,6 +40,8 @@ impl std::error::Error for StageError {}
 pub struct Checkout {
     pub dir: PathBuf,
     pub spec: PreviewSpec,
+    /// The compose model Compose resolved, which passed the policy.
+    pub resolved: crate::resolve::Resolved,
     /// Warnings for the pull request comment (unknown keys in config.yml).
     pub warnings: Vec<String>,
 }
@@ -72,9 +75,11 @@ pub async fn fetch_and_check(
     workspace: &Path,
     policy: &Policy,
     limits: &Limits,
+    cli: &ComposeCli,
+    project: &str,
 ) -> Result<Checkout, StageError> {
     let dir = download(client, repo, sha, workspace, limits).await?;
-    check(&dir, policy).await
+    check(&dir, policy, cli, project).await
 }
 
 /// The `download` stage: `repo`'s tree at `sha`, extracted into `workspace/checkout`. The
@@ -140,26 +145,31 @@ pub async fn download(
     Ok(dir)
 }
 
-/// The `config` and `policy` stages on an extracted checkout.
-pub async fn check(dir: &Path, policy: &Policy) -> Result<Checkout, StageError> {
-    let (check_dir, policy) = (dir.to_path_buf(), policy.clone());
-    let report = tokio::task::spawn_blocking(move || validate_checkout(&check_dir, &policy))
-        .await
-        .map_err(|e| fail(Stage::Config, format!("validation stopped: {e}")))?;
-    if !report.errors.is_empty() {
-        let lines: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
-        return Err(fail(Stage::Config, lines.join("\n")));
+/// The `config` and `policy` stages on an extracted checkout, resolved as Compose project
+/// `project`.
+pub async fn check(
+    dir: &Path,
+    policy: &Policy,
+    cli: &ComposeCli,
+    project: &str,
+) -> Result<Checkout, StageError> {
+    let report = validate_checkout(dir, policy, cli, project).await;
+    // Every problem at once, so one push can fix them all; config errors name the stage.
+    let stage = if report.errors.is_empty() {
+        Stage::Policy
+    } else {
+        Stage::Config
+    };
+    let mut lines: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+    lines.extend(report.violations.iter().map(|v| v.to_string()));
+    match (report.spec, report.resolved) {
+        (Some(spec), Some(resolved)) if lines.is_empty() => Ok(Checkout {
+            dir: dir.to_path_buf(),
+            spec,
+            resolved,
+            warnings: report.warnings.iter().map(|w| w.to_string()).collect(),
+        }),
+        _ if lines.is_empty() => Err(fail(Stage::Config, "no valid contract")),
+        _ => Err(fail(stage, lines.join("\n"))),
     }
-    if !report.violations.is_empty() {
-        let lines: Vec<String> = report.violations.iter().map(|v| v.to_string()).collect();
-        return Err(fail(Stage::Policy, lines.join("\n")));
-    }
-    let spec = report
-        .spec
-        .ok_or_else(|| fail(Stage::Config, "no valid contract"))?;
-    Ok(Checkout {
-        dir: dir.to_path_buf(),
-        spec,
-        warnings: report.warnings.iter().map(|w| w.to_string()).collect(),
-    })
 }

@@ -123,6 +123,8 @@ impl World {
                 ttl,
                 public_url: None,
                 limits: Default::default(),
+                egress: Default::default(),
+                docker_config: None,
             },
             HashMap::from([(self.repo.clone(), rules)]),
             self.store.clone(),
