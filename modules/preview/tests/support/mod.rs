@@ -123,6 +123,7 @@ impl World {
                 ttl,
                 public_url: None,
                 limits: Default::default(),
+                docker_config: None,
             },
             HashMap::from([(self.repo.clone(), rules)]),
             self.store.clone(),
