@@ -1513,7 +1513,9 @@ mod tests {
         };
         let names =
             |vars: Vec<&PreviewVar>| vars.iter().map(|v| v.name.clone()).collect::<Vec<_>>();
-        let table: &[(&TenantRules, bool, &[&str], &[&str], &str)] = &[
+        // rules, fork, the names given, the names withheld, the case
+        type Case<'a> = (&'a TenantRules, bool, &'a [&'a str], &'a [&'a str], &'a str);
+        let table: &[Case] = &[
             (
                 &strict,
                 false,
