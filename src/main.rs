@@ -317,6 +317,24 @@ fn check(config: &Config, online: bool) -> Result<(), Failure> {
             on_off(t.previews),
             t.source.display()
         );
+        // Names only: values are never printed.
+        if !t.preview.env.is_empty() {
+            let names: Vec<String> = t
+                .preview
+                .env
+                .iter()
+                .map(|v| {
+                    let secret = if v.secret { " (secret)" } else { "" };
+                    format!("{}.{}{secret}", v.service, v.name)
+                })
+                .collect();
+            let forks = if t.preview.secrets_for_forks {
+                "given to forks too"
+            } else {
+                "withheld from forks"
+            };
+            println!("      preview env: {}; secrets {forks}", names.join(", "));
+        }
     }
     let auth = match &config.github.auth {
         GithubAuth::Token(_) => "token (set)".to_owned(),

@@ -811,3 +811,44 @@ fn check_online_says_whether_previews_will_be_routed() {
         std::panic::resume_unwind(panic);
     }
 }
+
+#[test]
+fn check_names_preview_variables_but_never_their_values() {
+    let site = Site::new("");
+    std::fs::write(
+        site.dir.path().join("tenants/shop.toml"),
+        "repo = \"acme/shop\"\n[preview.env.web]\nDATABASE_URL = \"postgres://plain-value\"\nAPI_KEY_file = \"api-key\"\n",
+    )
+    .unwrap();
+    std::fs::write(site.dir.path().join("tenants/api-key"), "sk-secret-value\n").unwrap();
+    let out = site.output(&["check"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        all.contains(
+            "preview env: web.API_KEY (secret), web.DATABASE_URL; secrets withheld from forks"
+        ),
+        "{all}"
+    );
+    assert!(
+        !all.contains("plain-value") && !all.contains("sk-secret-value"),
+        "{all}"
+    );
+
+    // The host-wide registry credentials directory, from the environment, must exist.
+    let out = site.output(
+        &["check"],
+        &[(
+            "PRODUCTBUILDER_PREVIEW__DOCKER_CONFIG",
+            "/nonexistent/docker",
+        )],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(
+            "environment variable PRODUCTBUILDER_PREVIEW__DOCKER_CONFIG: key `preview.docker_config`: cannot read the directory /nonexistent/docker"
+        ),
+        "{stderr}"
+    );
+}

@@ -17,6 +17,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 
 use productbuilder_preview::policy::Rule;
+use productbuilder_preview::reconcile::PreviewVar;
+use productbuilder_preview::spec::valid_service_name;
 use productbuilder_preview::{Egress, Settings, TenantRules};
 use raw::{LlmProvider, RawConfig, RawTenant};
 
@@ -599,7 +601,6 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
     };
     let preview = Settings {
         egress,
-        docker_config: None,
         state_dir: state_dir.clone(),
         public_url: public_url.clone(),
         limits: Default::default(),
@@ -629,7 +630,27 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
             raw.preview.ttl.as_ref(),
             Duration::from_secs(7 * 24 * 3600),
         ),
+        docker_config: raw.preview.docker_config.map(relative),
     };
+    if let Some(dir) = &preview.docker_config {
+        let key = "preview.docker_config";
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => p.push(
+                here(key),
+                Some(key),
+                format!(
+                    "{} is not a directory; name the directory that holds config.json (as DOCKER_CONFIG would)",
+                    dir.display()
+                ),
+            ),
+            Err(e) => p.push(
+                here(key),
+                Some(key),
+                format!("cannot read the directory {}: {e}", dir.display()),
+            ),
+        }
+    }
     for (key, value) in [
         ("preview.max_previews", preview.max_previews),
         ("preview.max_builds", preview.max_builds),
@@ -912,10 +933,179 @@ fn valid_memory(text: &str) -> bool {
         && digits.parse::<u64>().is_ok_and(|n| n > 0)
 }
 
+/// Largest value of a preview variable, inline or from a file: far below what Linux allows for
+/// one environment string (128 KiB), and far above any real URL or key.
+const MAX_ENV_VALUE_BYTES: usize = 64 * 1024;
+
+/// How a TOML key is written in a dotted path: bare when TOML allows, quoted otherwise.
+fn toml_key(key: &str) -> String {
+    if !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+    {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    }
+}
+
+/// Reads a `<NAME>_file` secret: at most [`MAX_ENV_VALUE_BYTES`] (a device like /dev/zero ends
+/// the read), UTF-8, one trailing newline trimmed. Errors name the path, never the content.
+fn read_env_secret(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(MAX_ENV_VALUE_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+    if bytes.len() > MAX_ENV_VALUE_BYTES {
+        return Err(format!(
+            "secret file {} is larger than {} KiB",
+            path.display(),
+            MAX_ENV_VALUE_BYTES / 1024
+        ));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("secret file {} is not UTF-8 text", path.display()))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// `[preview.env.<service>]` of a tenant file: `NAME = "value"` is a plain variable, and
+/// `NAME_file = "path"` a secret read from that file (relative paths from the tenant file's
+/// directory). Problems never quote a value.
+fn tenant_env(
+    p: &mut Problems,
+    origin: &str,
+    dir: &Path,
+    env: figment::value::Value,
+) -> Vec<PreviewVar> {
+    use figment::value::Value;
+    const HOW: &str = "write variables under a table named after the Compose service, for example [preview.env.web] with DATABASE_URL = \"...\" or API_KEY_file = \"/path/to/secret\"";
+    let Value::Dict(_, services) = env else {
+        p.push(
+            origin,
+            Some("preview.env"),
+            format!("must be a table; {HOW}"),
+        );
+        return Vec::new();
+    };
+    let mut vars = Vec::new();
+    for (service, table) in services {
+        let service_key = format!("preview.env.{}", toml_key(&service));
+        if !valid_service_name(&service) {
+            p.push(
+                origin,
+                Some(&service_key),
+                format!(
+                    "{service:?} is not a Compose service name (letters, digits, `_`, `.` and `-`, starting with a letter or digit)"
+                ),
+            );
+            continue;
+        }
+        let Value::Dict(_, table) = table else {
+            p.push(
+                origin,
+                Some(&service_key),
+                format!("must be a table named after a Compose service; {HOW}"),
+            );
+            continue;
+        };
+        for (key, value) in &table {
+            let full_key = format!("{service_key}.{}", toml_key(key));
+            let (name, from_file) = match key.strip_suffix("_file") {
+                Some(name) => (name, true),
+                None => (key.as_str(), false),
+            };
+            if !PreviewVar::valid_name(name) {
+                p.push(
+                    origin,
+                    Some(&full_key),
+                    format!(
+                        "{name:?} is not an environment variable name (letters, digits and `_`, not starting with a digit)"
+                    ),
+                );
+                continue;
+            }
+            if PreviewVar::reserved(name) {
+                p.push(
+                    origin,
+                    Some(&full_key),
+                    format!(
+                        "`{name}` is reserved: productbuilder sets BASE_URL (the preview's address) and keeps names starting with {} for itself",
+                        PreviewVar::RESERVED_PREFIX
+                    ),
+                );
+                continue;
+            }
+            if from_file && table.contains_key(name) {
+                p.push(
+                    origin,
+                    Some(&full_key),
+                    format!("set either `{name}` or `{name}_file`, not both"),
+                );
+                continue;
+            }
+            let Value::String(_, text) = value else {
+                let what = if from_file {
+                    "must be the path of the secret file, as a string"
+                } else {
+                    "must be a string; quote it, for example PORT = \"8080\""
+                };
+                p.push(origin, Some(&full_key), what);
+                continue;
+            };
+            let value = if from_file {
+                let path = Path::new(text);
+                let path = if path.is_absolute() {
+                    path.to_path_buf()
+                } else {
+                    dir.join(path)
+                };
+                match read_env_secret(&path) {
+                    Ok(value) => value,
+                    Err(message) => {
+                        p.push(origin, Some(&full_key), message);
+                        continue;
+                    }
+                }
+            } else if text.len() > MAX_ENV_VALUE_BYTES {
+                p.push(
+                    origin,
+                    Some(&full_key),
+                    format!("is longer than {} KiB", MAX_ENV_VALUE_BYTES / 1024),
+                );
+                continue;
+            } else {
+                text.clone()
+            };
+            if value.contains('\0') {
+                p.push(
+                    origin,
+                    Some(&full_key),
+                    "contains a NUL byte, which no environment variable can hold",
+                );
+                continue;
+            }
+            vars.push(PreviewVar {
+                service: service.clone(),
+                name: name.to_owned(),
+                value: productbuilder_preview::reconcile::Secret::new(value),
+                secret: from_file,
+            });
+        }
+    }
+    vars.sort_by(|a, b| (&a.service, &a.name).cmp(&(&b.service, &b.name)));
+    vars
+}
+
 /// A tenant file's `[preview]` table; `None` when it has problems (they are recorded).
 fn tenant_preview(
     p: &mut Problems,
     origin: &str,
+    dir: &Path,
     raw: Option<raw::RawTenantPreview>,
 ) -> Option<TenantRules> {
     let raw = raw.unwrap_or_default();
@@ -974,6 +1164,12 @@ fn tenant_preview(
             );
         }
         preview.memory = Some(memory);
+    }
+    if let Some(env) = raw.env {
+        preview.env = tenant_env(p, origin, dir, env);
+    }
+    if let Some(v) = raw.secrets_for_forks {
+        preview.secrets_for_forks = v;
     }
     (p.list.len() == before).then_some(preview)
 }
@@ -1049,7 +1245,7 @@ fn load_tenants(
                 continue;
             }
         };
-        let Some(preview) = tenant_preview(p, &origin, raw.preview) else {
+        let Some(preview) = tenant_preview(p, &origin, dir, raw.preview) else {
             continue;
         };
         let tenant = TenantConfig {

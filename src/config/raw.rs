@@ -82,6 +82,7 @@ pub struct RawPreview {
     #[serde(default, deserialize_with = "lenient_u64")]
     pub max_builds: Option<u64>,
     pub ttl: Option<String>,
+    pub docker_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +162,10 @@ pub struct RawTenantPreview {
     pub allow: Option<Vec<String>>,
     pub cpus: Option<f64>,
     pub memory: Option<String>,
+    /// `[preview.env.<service>]` tables, kept untyped here: serde's type errors quote the value
+    /// they found, and these values may be secrets, so [`super::resolve`] checks them itself.
+    pub env: Option<figment::value::Value>,
+    pub secrets_for_forks: Option<bool>,
 }
 
 /// Environment overrides arrive as strings (we keep them raw so that a numeric-looking token

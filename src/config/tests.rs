@@ -403,3 +403,172 @@ fn memory_sizes() {
         assert!(!valid_memory(bad), "{bad}");
     }
 }
+
+#[test]
+fn tenant_env_gives_values_and_file_secrets_to_named_services() {
+    let setup = Setup::new(MINIMAL).tenant(
+        "shop.toml",
+        r#"repo = "acme/shop"
+[preview]
+secrets_for_forks = true
+[preview.env.web]
+DATABASE_URL = "postgres://db/shop"
+API_KEY_file = "shop-api-key"
+EMPTY = ""
+[preview.env."worker.1"]
+_QUEUE = "jobs"
+"#,
+    );
+    setup.file("tenants/shop-api-key", "sk-from-file\n");
+    let config = setup.load().unwrap_or_else(|e| panic!("{e}"));
+    let p = &config.tenants[0].preview;
+    assert!(p.secrets_for_forks);
+    let got: Vec<(&str, &str, &str, bool)> = p
+        .env
+        .iter()
+        .map(|v| {
+            (
+                v.service.as_str(),
+                v.name.as_str(),
+                v.value.expose(),
+                v.secret,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("web", "API_KEY", "sk-from-file", true),
+            ("web", "DATABASE_URL", "postgres://db/shop", false),
+            ("web", "EMPTY", "", false),
+            ("worker.1", "_QUEUE", "jobs", false),
+        ]
+    );
+    let debug = format!("{config:?}");
+    assert!(
+        !debug.contains("sk-from-file") && !debug.contains("postgres://db/shop"),
+        "{debug}"
+    );
+
+    // Without the keys: no variables, and secrets stay away from forks.
+    let plain = Setup::new(MINIMAL).tenant("shop.toml", "repo = \"acme/shop\"\n");
+    let p = &plain.load().unwrap().tenants[0].preview;
+    assert!(p.env.is_empty() && !p.secrets_for_forks);
+}
+
+#[test]
+fn tenant_env_problems_name_the_key_and_never_the_value() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[preview.env.\"-web\"]\nA = \"hidden-1\"\n",
+            "key `preview.env.-web`: \"-web\" is not a Compose service name",
+        ),
+        (
+            "[preview.env.\"web app\"]\nA = \"hidden-1\"\n",
+            "key `preview.env.\"web app\"`: \"web app\" is not a Compose service name",
+        ),
+        (
+            "[preview.env]\nDATABASE_URL = \"hidden-2\"\n",
+            "key `preview.env.DATABASE_URL`: must be a table named after a Compose service; write variables under a table named after the Compose service, for example [preview.env.web]",
+        ),
+        (
+            "[preview]\nenv = \"hidden-3\"\n",
+            "key `preview.env`: must be a table;",
+        ),
+        (
+            "[preview.env.web]\n1PASSWORD = \"hidden-4\"\n",
+            "key `preview.env.web.1PASSWORD`: \"1PASSWORD\" is not an environment variable name",
+        ),
+        (
+            "[preview.env.web]\n\"A-B\" = \"hidden-5\"\n",
+            "key `preview.env.web.A-B`: \"A-B\" is not an environment variable name",
+        ),
+        (
+            "[preview.env.web]\n\"A B\" = \"hidden-5\"\n",
+            "key `preview.env.web.\"A B\"`: \"A B\" is not an environment variable name",
+        ),
+        (
+            "[preview.env.web]\nBASE_URL = \"hidden-6\"\n",
+            "key `preview.env.web.BASE_URL`: `BASE_URL` is reserved",
+        ),
+        (
+            "[preview.env.web]\nPRODUCTBUILDER_X = \"hidden-7\"\n",
+            "key `preview.env.web.PRODUCTBUILDER_X`: `PRODUCTBUILDER_X` is reserved",
+        ),
+        (
+            "[preview.env.web]\nPIN = 12345678\n",
+            "key `preview.env.web.PIN`: must be a string; quote it",
+        ),
+        (
+            "[preview.env.web]\nKEY = \"hidden-9\"\nKEY_file = \"key.txt\"\n",
+            "key `preview.env.web.KEY_file`: set either `KEY` or `KEY_file`, not both",
+        ),
+        (
+            "[preview.env.web]\nKEY_file = \"missing-secret\"\n",
+            "key `preview.env.web.KEY_file`: cannot read secret file DIR/tenants/missing-secret",
+        ),
+        (
+            "[preview.env.web]\nKEY_file = \"binary\"\n",
+            "key `preview.env.web.KEY_file`: secret file DIR/tenants/binary is not UTF-8 text",
+        ),
+        (
+            "[preview.env.web]\nKEY_file = \"huge\"\n",
+            "key `preview.env.web.KEY_file`: secret file DIR/tenants/huge is larger than 64 KiB",
+        ),
+        (
+            "[preview.env.web]\nKEY_file = \"nul\"\n",
+            "key `preview.env.web.KEY_file`: contains a NUL byte",
+        ),
+        (
+            "[preview.env.web]\n_file = \"key.txt\"\n",
+            "key `preview.env.web._file`: \"\" is not an environment variable name",
+        ),
+        (
+            "[preview]\nsecrets_for_forks = \"yes\"\n",
+            "key `preview.secrets_for_forks`: expected a boolean",
+        ),
+    ];
+    for (table, want) in cases {
+        let setup =
+            Setup::new(MINIMAL).tenant("shop.toml", &format!("repo = \"acme/shop\"\n{table}"));
+        setup.file("tenants/key.txt", "hidden-key\n");
+        setup.file("tenants/nul", "hidden\0nul");
+        std::fs::write(setup.dir.path().join("tenants/binary"), b"\xff\xfehidden").unwrap();
+        setup.file("tenants/huge", &"h".repeat(64 * 1024 + 1));
+        let error = setup.error();
+        assert!(
+            error.contains(&format!("DIR/tenants/shop.toml: {want}")),
+            "for\n{table}\nwanted …{want}\ngot {error}"
+        );
+        assert!(
+            !error.contains("hidden") && !error.contains("12345678"),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn docker_config_must_be_a_directory() {
+    let setup = Setup::new(&format!("{MINIMAL}[preview]\ndocker_config = \"docker\"\n"))
+        .tenant("shop.toml", "repo = \"acme/shop\"\n");
+    let error = setup.error();
+    assert!(
+        error.contains("key `preview.docker_config`: cannot read the directory DIR/docker"),
+        "{error}"
+    );
+    setup.file("docker", "not a directory");
+    let error = setup.error();
+    assert!(
+        error.contains("key `preview.docker_config`: DIR/docker is not a directory"),
+        "{error}"
+    );
+    std::fs::remove_file(setup.dir.path().join("docker")).unwrap();
+    std::fs::create_dir(setup.dir.path().join("docker")).unwrap();
+    let config = setup.load().unwrap();
+    assert_eq!(
+        config.preview.docker_config.as_deref(),
+        Some(setup.dir.path().join("docker").as_path())
+    );
+    let unset = Setup::new(MINIMAL).tenant("shop.toml", "repo = \"acme/shop\"\n");
+    assert_eq!(unset.load().unwrap().preview.docker_config, None);
+}

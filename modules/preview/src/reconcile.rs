@@ -63,7 +63,9 @@ pub struct Settings {
     pub limits: Limits,
     /// Whether previews may open connections out of their networks.
     pub egress: Egress,
-    /// `DOCKER_CONFIG` for preview builds (registry credentials); `None`: builds see none.
+    /// `[preview] docker_config`: the directory Compose gets as `DOCKER_CONFIG` (registry
+    /// credentials for image pulls and builds, and its `cli-plugins`); none means builds see no
+    /// registry credentials of the operator's.
     pub docker_config: Option<PathBuf>,
 }
 
@@ -94,6 +96,74 @@ pub struct TenantRules {
     pub policy: Policy,
     pub cpus: Option<f64>,
     pub memory: Option<String>,
+    /// `[preview.env.<service>]`: variables for named services of the pull request's compose
+    /// file, ordered by service, then name.
+    pub env: Vec<PreviewVar>,
+    /// Whether fork pull requests get the secret variables too; like GitHub Actions, they do not
+    /// by default (anyone can open one, and its code would read them).
+    pub secrets_for_forks: bool,
+}
+
+/// A value that must never be shown: `Debug` and `Display` print `[redacted]`, only
+/// [`Secret::expose`] reads it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value, for the one place that hands it to the preview.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// One environment variable a tenant gives a service of its previews.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviewVar {
+    /// The Compose service it is set on.
+    pub service: String,
+    pub name: String,
+    /// Redacted even when not secret: a plain value may still be something nobody should read
+    /// in a log.
+    pub value: Secret,
+    /// Read from a `<NAME>_file`: withheld from fork pull requests unless `secrets_for_forks`.
+    pub secret: bool,
+}
+
+impl PreviewVar {
+    /// Names the daemon sets itself, which a tenant cannot override.
+    pub const RESERVED: &[&str] = &["BASE_URL"];
+    /// A prefix the daemon keeps for its own variables.
+    pub const RESERVED_PREFIX: &str = "PRODUCTBUILDER_";
+
+    /// A portable environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+    pub fn valid_name(name: &str) -> bool {
+        let mut chars = name.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    }
+
+    /// Whether the daemon sets (or may later set) `name` itself.
+    pub fn reserved(name: &str) -> bool {
+        Self::RESERVED.contains(&name) || name.starts_with(Self::RESERVED_PREFIX)
+    }
 }
 
 impl Default for TenantRules {
@@ -106,6 +176,8 @@ impl Default for TenantRules {
             policy: Policy::default(),
             cpus: Some(1.0),
             memory: Some("1g".into()),
+            env: Vec::new(),
+            secrets_for_forks: false,
         }
     }
 }
@@ -121,6 +193,20 @@ impl TenantRules {
             return false;
         }
         !pull.fork || self.allow_forks || labelled
+    }
+
+    /// The variables a pull request's preview gets: all of them, except the secret ones when
+    /// the pull request comes from a fork and the tenant has not set `secrets_for_forks`.
+    pub fn env_for(&self, fork: bool) -> impl Iterator<Item = &PreviewVar> {
+        let withhold = fork && !self.secrets_for_forks;
+        self.env.iter().filter(move |v| !(withhold && v.secret))
+    }
+
+    /// The variables [`TenantRules::env_for`] leaves out, so that the comment can say which
+    /// names a fork's preview runs without (names only, never values).
+    pub fn env_withheld(&self, fork: bool) -> impl Iterator<Item = &PreviewVar> {
+        let withhold = fork && !self.secrets_for_forks;
+        self.env.iter().filter(move |v| withhold && v.secret)
     }
 }
 
@@ -941,10 +1027,14 @@ impl Previews {
             .iter()
             .find(|p| p.number == number)
             .is_none_or(|p| p.fork);
-        let env: Vec<(String, String, String)> = {
-            let _ = fork;
-            Vec::new()
-        };
+        let env: Vec<(String, String, Secret)> = rules
+            .env_for(fork)
+            .map(|v| (v.service.clone(), v.name.clone(), v.value.clone()))
+            .collect();
+        let withheld: Vec<String> = rules.env_withheld(fork).map(|v| v.name.clone()).collect();
+        if !withheld.is_empty() {
+            tracing::info!(repo, number, withheld = %withheld.join(", "), "previews: secrets withheld from a fork's pull request");
+        }
         let env_names: Vec<(String, String)> = env
             .iter()
             .map(|(service, name, _)| (service.clone(), name.clone()))
@@ -1475,5 +1565,99 @@ mod tests {
         for (rules, pr, want, case) in table {
             assert_eq!(rules.wants(pr), *want, "{case}");
         }
+    }
+
+    #[test]
+    fn secrets_are_withheld_from_forks_unless_the_tenant_allows() {
+        let var = |name: &str, secret: bool| PreviewVar {
+            service: "web".into(),
+            name: name.into(),
+            value: Secret::new(format!("value of {name}")),
+            secret,
+        };
+        let env = vec![var("DATABASE_URL", false), var("API_KEY", true)];
+        let strict = TenantRules {
+            env: env.clone(),
+            ..TenantRules::default()
+        };
+        let generous = TenantRules {
+            env,
+            secrets_for_forks: true,
+            ..TenantRules::default()
+        };
+        let names =
+            |vars: Vec<&PreviewVar>| vars.iter().map(|v| v.name.clone()).collect::<Vec<_>>();
+        // rules, fork, the names given, the names withheld, the case
+        type Case<'a> = (&'a TenantRules, bool, &'a [&'a str], &'a [&'a str], &'a str);
+        let table: &[Case] = &[
+            (
+                &strict,
+                false,
+                &["DATABASE_URL", "API_KEY"],
+                &[],
+                "same repository",
+            ),
+            (
+                &strict,
+                true,
+                &["DATABASE_URL"],
+                &["API_KEY"],
+                "a fork, by default",
+            ),
+            (
+                &generous,
+                false,
+                &["DATABASE_URL", "API_KEY"],
+                &[],
+                "same repository, generous",
+            ),
+            (
+                &generous,
+                true,
+                &["DATABASE_URL", "API_KEY"],
+                &[],
+                "a fork, secrets_for_forks",
+            ),
+        ];
+        for (rules, fork, given, withheld, case) in table {
+            assert_eq!(names(rules.env_for(*fork).collect()), *given, "{case}");
+            assert_eq!(
+                names(rules.env_withheld(*fork).collect()),
+                *withheld,
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn values_never_print() {
+        let v = PreviewVar {
+            service: "web".into(),
+            name: "API_KEY".into(),
+            value: Secret::new("hunter2"),
+            secret: true,
+        };
+        let rules = TenantRules {
+            env: vec![v.clone()],
+            ..TenantRules::default()
+        };
+        for shown in [format!("{v:?}"), format!("{rules:?}"), v.value.to_string()] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("[redacted]"), "{shown}");
+        }
+        assert_eq!(v.value.expose(), "hunter2");
+    }
+
+    #[test]
+    fn variable_names() {
+        for ok in ["A", "_", "DATABASE_URL", "api_key2", "_X"] {
+            assert!(PreviewVar::valid_name(ok), "{ok}");
+        }
+        for bad in ["", "1A", "A-B", "A B", "A=B", "É", "A.B"] {
+            assert!(!PreviewVar::valid_name(bad), "{bad}");
+        }
+        assert!(PreviewVar::reserved("BASE_URL"));
+        assert!(PreviewVar::reserved("PRODUCTBUILDER_TOKEN"));
+        assert!(!PreviewVar::reserved("base_url"));
     }
 }

@@ -20,6 +20,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
+use crate::reconcile::Secret;
+
 /// Lines of output kept for error reports.
 const TAIL_LINES: usize = 60;
 
@@ -34,7 +36,7 @@ pub struct Project {
     pub dir: PathBuf,
     /// Variables Compose passes to the services that name them without a value (the tenant's
     /// variables and secrets): on the process's environment, never in a file or an argument.
-    pub env: Vec<(String, String)>,
+    pub env: Vec<(String, Secret)>,
 }
 
 /// A failed or timed-out command.
@@ -188,7 +190,7 @@ impl ComposeCli {
             .env_clear()
             .envs(compose_env(std::env::vars_os()))
             .envs(self.docker_config.iter().map(|d| ("DOCKER_CONFIG", d)))
-            .envs(project.env.iter().map(|(k, v)| (k, v)))
+            .envs(project.env.iter().map(|(k, v)| (k, v.expose())))
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| CommandError {
@@ -367,7 +369,7 @@ pub fn write_project(
     workspace: &Path,
     name: &str,
     compose_text: &str,
-    env: Vec<(String, String)>,
+    env: Vec<(String, Secret)>,
 ) -> std::io::Result<Project> {
     let file = workspace.join("productbuilder.compose.yml");
     std::fs::write(&file, compose_text)?;

@@ -212,6 +212,30 @@ pub fn inside_checkout(path: &str) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("/"))
 }
 
+/// A Compose service name, by Compose's own rule `^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`: so never empty
+/// and never starting with `-`, which `compose exec` or `compose port` would read as a flag.
+pub fn valid_service_name(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// The error for a service name that is not one; the name is quoted (control characters
+/// escaped) and cut short, since it ends up in a pull request comment.
+fn bad_service_name(key: &str, name: &str) -> String {
+    const SHOWN: usize = 64;
+    let mut shown = format!("{:?}", name.chars().take(SHOWN).collect::<String>());
+    if name.chars().count() > SHOWN {
+        shown.push('…');
+    }
+    format!(
+        "`{key}` {shown} is not a Compose service name (letters, digits, `_`, `.` and `-`, starting with a letter or digit)"
+    )
+}
+
 fn clean_text(s: &str, max: usize) -> String {
     s.chars()
         .filter(|c| !c.is_control() || *c == '\n')
@@ -317,6 +341,14 @@ pub fn parse(text: &str, file: &str) -> Validated {
                     );
                     None
                 }
+                Some(s) if !valid_service_name(&s.value) => {
+                    err(
+                        &mut out,
+                        Some(s.referenced.line()),
+                        bad_service_name("compose.service", &s.value),
+                    );
+                    None
+                }
                 Some(s) => Some(s.value.clone()),
             };
             (file_value, service)
@@ -397,6 +429,15 @@ pub fn parse(text: &str, file: &str) -> Validated {
         None => (main_service.clone(), LogSource::Docker),
         Some(logging) => {
             let l = &logging.value;
+            if let Some(s) = &l.service
+                && !valid_service_name(&s.value)
+            {
+                err(
+                    &mut out,
+                    Some(s.referenced.line()),
+                    bad_service_name("logging.service", &s.value),
+                );
+            }
             let log_service = l
                 .service
                 .as_ref()
@@ -455,6 +496,15 @@ pub fn parse(text: &str, file: &str) -> Validated {
     let mut post_deploy = Vec::new();
     for (i, item) in raw.post_deploy_commands.iter().flatten().enumerate() {
         let line = item.referenced.line();
+        if let Some(s) = &item.value.service
+            && !valid_service_name(&s.value)
+        {
+            err(
+                &mut out,
+                Some(s.referenced.line()),
+                bad_service_name(&format!("post_deploy_commands[{i}].service"), &s.value),
+            );
+        }
         match &item.value.command {
             Some(c) if !c.value.trim().is_empty() => post_deploy.push(PostDeploy {
                 service: item

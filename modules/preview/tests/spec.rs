@@ -1,6 +1,6 @@
 //! The contract as repository authors write it: every bad input with the message they see.
 
-use productbuilder_preview::spec::{LogSource, parse};
+use productbuilder_preview::spec::{LogSource, parse, valid_service_name};
 
 const FILE: &str = ".productbuilding/preview/config.yml";
 
@@ -232,4 +232,80 @@ fn hostile_yaml_is_refused_without_hanging() {
             .to_string()
             .contains("larger than")
     );
+}
+
+/// A service name reaches `compose exec` and `compose port` as an argument: one that looks like a
+/// flag, or that Compose itself would refuse, is refused here with the file, line and key.
+#[test]
+fn hostile_service_names_are_refused_where_they_are_written() {
+    let head = "version: 1\ncompose:\n  file: compose.yml\n";
+    let cases: &[(String, &str)] = &[
+        (
+            format!("{head}  service: --privileged\n"),
+            "config.yml:4: `compose.service` \"--privileged\" is not a Compose service name",
+        ),
+        (
+            format!("{head}  service: \"-d\"\n"),
+            "config.yml:4: `compose.service` \"-d\" is not a Compose service name",
+        ),
+        (
+            format!("{head}  service: \"web app\"\n"),
+            "config.yml:4: `compose.service` \"web app\" is not a Compose service name",
+        ),
+        (
+            format!("{head}  service: \"web\\nx\"\n"),
+            "config.yml:4: `compose.service` \"web\\nx\" is not a Compose service name",
+        ),
+        (
+            format!("{head}  service: web\nlogging:\n  service: --volume=/:/host\n"),
+            "config.yml:6: `logging.service` \"--volume=/:/host\" is not a Compose service name",
+        ),
+        (
+            format!("{head}  service: web\nlogging:\n  service: \"\"\n"),
+            "config.yml:6: `logging.service` \"\" is not a Compose service name",
+        ),
+        (
+            format!(
+                "{head}  service: web\npost_deploy_commands:\n  - command: ok\n  - service: _web\n    command: seed\n"
+            ),
+            "config.yml:7: `post_deploy_commands[1].service` \"_web\" is not a Compose service name",
+        ),
+        (
+            format!(
+                "{head}  service: web\npost_deploy_commands:\n  - service: \"-T\"\n    command: id\n"
+            ),
+            "config.yml:6: `post_deploy_commands[0].service` \"-T\" is not a Compose service name",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let v = parse(yaml, FILE);
+        let got: Vec<String> = v.errors.iter().map(|e| e.to_string()).collect();
+        assert!(v.spec.is_none(), "{yaml}");
+        assert!(
+            got.iter().any(|g| g.ends_with(&format!(
+                "{want} (letters, digits, `_`, `.` and `-`, starting with a letter or digit)"
+            ))),
+            "for\n{yaml}\nwanted …{want}\ngot {got:#?}"
+        );
+    }
+
+    // A very long name is cut short in the message, which a pull request comment shows.
+    let long = format!("{head}  service: \"-{}\"\n", "a".repeat(10_000));
+    let message = parse(&long, FILE).errors[0].to_string();
+    assert!(message.len() < 300 && message.contains('…'), "{message}");
+
+    // Names Compose accepts still pass, in every place.
+    let fine = format!(
+        "{head}  service: web-1.app_x\nlogging:\n  service: 0db\npost_deploy_commands:\n  - service: Worker\n    command: seed\n"
+    );
+    let v = parse(&fine, FILE);
+    assert!(v.errors.is_empty(), "{:?}", v.errors);
+    assert_eq!(v.spec.unwrap().log_service, "0db");
+
+    for ok in ["web", "0", "a.b", "a_b", "a-b", "Web9"] {
+        assert!(valid_service_name(ok), "{ok}");
+    }
+    for bad in ["", "-a", "_a", ".a", "a b", "a/b", "a:b", "é", "a\n"] {
+        assert!(!valid_service_name(bad), "{bad:?}");
+    }
 }
