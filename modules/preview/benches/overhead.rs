@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use productbuilder_github::{BudgetLimits, ClientConfig, Credentials, GithubClient, Token};
 use productbuilder_github_sandbox::{NewPr, Permission, Sandbox};
 use productbuilder_preview::archive::Limits;
-use productbuilder_preview::compose::{Rewrite, project_name, render, rewrite};
+use productbuilder_preview::compose::{Rewrite, project_name, render, rewrite, routed_network};
 use productbuilder_preview::policy::Policy;
-use productbuilder_preview::runner::write_project;
+use productbuilder_preview::runner::{ComposeCli, write_project};
 use productbuilder_preview::source::fetch_and_check;
 use productbuilder_store::Store;
 
@@ -115,6 +115,10 @@ fn peak_rss_mib() -> f64 {
 /// One deploy, up to the compose file written into `workspace`.
 async fn deploy(client: &GithubClient, sha: &str, number: u64, workspace: &Path) -> Sample {
     let start = Instant::now();
+    let project = project_name(REPO, number);
+    let cli = ComposeCli::detect(&["docker".into(), "compose".into()])
+        .await
+        .expect("Compose v2");
     let checkout = fetch_and_check(
         client,
         REPO,
@@ -122,20 +126,20 @@ async fn deploy(client: &GithubClient, sha: &str, number: u64, workspace: &Path)
         workspace,
         &Policy::default(),
         &Limits::default(),
+        &cli,
+        &project,
     )
     .await
     .expect("the head passes its checks");
     let fetched = Instant::now();
 
     let spec = &checkout.spec;
-    let compose_path = checkout.dir.join(&spec.compose_file);
-    let text = std::fs::read_to_string(&compose_path).expect("the compose file");
-    let doc: serde_json::Value = serde_saphyr::from_str(&text).expect("valid YAML");
-    let project = project_name(REPO, number);
+    let doc = &checkout.resolved.model;
+    let network = routed_network(doc, &spec.service).expect("a routed network");
     let host = format!("shop-pr-{number}.preview.example.com");
     let base_url = format!("https://{host}");
     let rewritten = rewrite(
-        &doc,
+        doc,
         &Rewrite {
             repo: REPO,
             number,
@@ -145,16 +149,18 @@ async fn deploy(client: &GithubClient, sha: &str, number: u64, workspace: &Path)
             internal_port: spec.internal_port,
             host: &host,
             base_url: &base_url,
-            network: "productbuilder",
             entrypoint: "websecure",
             cert_resolver: Some("letsencrypt"),
             cpus: Some(1.0),
             memory: Some("512m"),
+            pids_limit: 1024,
+            internal: false,
+            env: &[],
         },
+        &network,
     );
     let rendered = render(&rewritten).expect("a renderable compose file");
-    let compose_dir = compose_path.parent().expect("the compose file's directory");
-    write_project(workspace, &project, &rendered, compose_dir).expect("the project file");
+    write_project(workspace, &project, &rendered, Vec::new()).expect("the project file");
     let done = Instant::now();
 
     Sample {

@@ -93,7 +93,7 @@ pub async fn validate_checkout(
     let Some(spec) = validated.spec else {
         return report;
     };
-    let resolved = match resolve::resolve(cli, checkout, &spec.compose_file, project).await {
+    let resolved = match resolve::resolve(cli, checkout, &spec.compose_file, project, policy).await {
         Ok(resolved) => resolved,
         Err(refusal) => {
             report.errors.extend(refusal.errors);

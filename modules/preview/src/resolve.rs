@@ -21,7 +21,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::policy::{Rule, Violation};
+use crate::policy::{Policy, Rule, Violation};
 use crate::runner::{ComposeCli, Project};
 use crate::spec::Finding;
 
@@ -299,17 +299,34 @@ pub async fn resolve(
     root: &Path,
     compose_file: &str,
     project: &str,
+    policy: &Policy,
 ) -> Result<Resolved, Refusal> {
+    let waived = |mut refusal: Refusal| {
+        refusal
+            .violations
+            .retain(|v| !policy.allowed.contains(&v.rule));
+        refusal
+    };
+    let keep_going = |r: &Refusal| r.errors.is_empty() && r.violations.is_empty();
     let root = root.canonicalize().map_err(|e| Refusal {
         errors: vec![finding(".", format!("the checkout cannot be read: {}", io_reason(&e)))],
         violations: Vec::new(),
     })?;
-    let walked = walk(&root, compose_file)?;
+    let walked = match walk(&root, compose_file) {
+        Ok(w) => w,
+        Err(r) => {
+            let r = waived(r);
+            if !keep_going(&r) {
+                return Err(r);
+            }
+            walk_unchecked(&root, compose_file)
+        }
+    };
     let file = root.join(compose_file);
     let dir = file.parent().unwrap_or(&root).to_path_buf();
     if let Ok(text) = std::fs::read_to_string(dir.join(".env")) {
         let steering = steering_variables(&text);
-        if !steering.is_empty() {
+        if !steering.is_empty() && !policy.allowed.contains(&Rule::HostPath) {
             let env_file = shown(&root, &dir.join(".env"));
             return Err(Refusal {
                 errors: Vec::new(),
@@ -389,18 +406,19 @@ pub async fn resolve(
                     Rule::HostPath,
                     origin,
                     format!(
-                        "service `{name}`, key `env_file`: {} is outside the checkout",
+                        "service `{name}`, key `env_file`: {}",
                         shown(&root, Path::new(path))
                     ),
                 ));
             }
         }
     }
-    if !refused.is_empty() {
-        return Err(Refusal {
-            errors: Vec::new(),
-            violations: refused,
-        });
+    let refused = waived(Refusal {
+        errors: Vec::new(),
+        violations: refused,
+    });
+    if !keep_going(&refused) {
+        return Err(refused);
     }
     let model = cli
         .run_checked(&p, &["config", "--format", "json"])
@@ -415,6 +433,24 @@ pub async fn resolve(
         origins: walked.origins,
         root,
     })
+}
+
+/// The services' origins when a tenant waived the walk's refusals: best effort, for messages.
+fn walk_unchecked(root: &Path, compose_file: &str) -> Walk {
+    let mut walk = Walk::default();
+    if let Ok(text) = std::fs::read_to_string(root.join(compose_file))
+        && let Ok(doc) = serde_saphyr::from_str::<Value>(&text)
+    {
+        for name in doc
+            .get("services")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flat_map(|s| s.keys())
+        {
+            walk.origins.insert(name.clone(), compose_file.to_owned());
+        }
+    }
+    walk
 }
 
 /// Compose's error text with the checkout's absolute path made relative.
