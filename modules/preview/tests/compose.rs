@@ -1,27 +1,14 @@
-//! The rewritten compose file, checked by the real Compose CLI (`config` validates and normalises
-//! it without starting anything).
+//! The rewritten compose file: the model Compose resolved from a pull request's files, rewritten,
+//! then checked by the real Compose v2 CLI (`config` validates and normalises it without starting
+//! anything).
 
 use std::process::Command;
 
-use productbuilder_preview::compose::{Rewrite, project_name, render, rewrite};
+use productbuilder_preview::compose::{Rewrite, project_name, render, rewrite, routed_network};
+use productbuilder_preview::policy::{Policy, Rule};
+use productbuilder_preview::runner::ComposeCli;
+use productbuilder_preview::validate_checkout;
 use serde_json::Value;
-
-/// The Compose CLI on this machine: v2 as a Docker plugin, else v1.
-fn compose_cli() -> Vec<String> {
-    for candidate in [vec!["docker", "compose"], vec!["docker-compose"]] {
-        let ok = Command::new(candidate[0])
-            .args(&candidate[1..])
-            .arg("version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if ok {
-            return candidate.into_iter().map(String::from).collect();
-        }
-    }
-    panic!(
-        "neither `docker compose` nor `docker-compose` is installed; .ci/run installs docker-compose"
-    );
-}
 
 const ORIGINAL: &str = r#"
 services:
@@ -45,10 +32,32 @@ volumes:
   data: {}
 "#;
 
-fn rewritten(project: &str) -> (String, Value) {
-    let doc: Value = serde_saphyr::from_str(ORIGINAL).unwrap();
+const CONFIG: &str = "version: 1\ncompose:\n  file: .productbuilding/preview/docker-compose.yml\n  service: app\nruntime:\n  internal_port: 8080\n";
+
+/// ORIGINAL resolved by Compose in a checkout, then rewritten; the checkout stays alive with it.
+async fn rewritten(
+    project: &str,
+    internal: bool,
+    env: &[(String, String)],
+) -> (String, Value, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let preview = dir.path().join(".productbuilding/preview");
+    std::fs::create_dir_all(&preview).unwrap();
+    std::fs::write(preview.join("config.yml"), CONFIG).unwrap();
+    std::fs::write(preview.join("docker-compose.yml"), ORIGINAL).unwrap();
+    let cli = ComposeCli::detect(&["docker".into(), "compose".into()])
+        .await
+        .expect("Compose v2");
+    // The original carries a router label: waived here, so that the rewrite is seen dropping it.
+    let policy = Policy {
+        allowed: [Rule::ReservedLabel].into(),
+    };
+    let report = validate_checkout(dir.path(), &policy, &cli, project).await;
+    assert!(report.is_valid(), "{report:#?}");
+    let model = report.resolved.unwrap().model;
+    let network = routed_network(&model, "app").expect("app has a network");
     let out = rewrite(
-        &doc,
+        &model,
         &Rewrite {
             repo: "Acme/Shop.Web",
             number: 42,
@@ -58,14 +67,39 @@ fn rewritten(project: &str) -> (String, Value) {
             internal_port: 8080,
             host: "shop-web-pr-42.preview.localhost",
             base_url: "http://shop-web-pr-42.preview.localhost",
-            network: "productbuilder-previews",
             entrypoint: "web",
             cert_resolver: None,
             cpus: Some(1.5),
             memory: Some("512m"),
+            pids_limit: 256,
+            internal,
+            env,
         },
+        &network,
     );
-    (render(&out).unwrap(), out)
+    (render(&out).unwrap(), out, dir)
+}
+
+/// `docker compose config` of a rewritten file, with `env` in Compose's environment.
+fn compose_config(project: &str, yaml: &str, env: &[(&str, &str)]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("compose.yml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new("docker")
+        .args(["compose", "--project-name", project, "--project-directory"])
+        .arg(dir.path())
+        .arg("-f")
+        .arg(&file)
+        .args(["config", "--format", "json"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker compose config refused the rewrite:\n{}\n---\n{yaml}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]
@@ -89,34 +123,11 @@ fn project_names_meet_composes_rules() {
     }
 }
 
-#[test]
-fn the_rewrite_is_valid_compose_with_routing_labels_and_no_host_ports() {
+#[tokio::test]
+async fn the_rewrite_is_valid_compose_with_routing_labels_limits_and_no_host_ports() {
     let project = project_name("Acme/Shop.Web", 42);
-    let (yaml, _) = rewritten(&project);
-    let dir = tempfile::tempdir().unwrap();
-    let app_dir = dir.path().join("checkout/.productbuilding/preview");
-    std::fs::create_dir_all(&app_dir).unwrap();
-    let file = dir.path().join("compose.yml");
-    std::fs::write(&file, &yaml).unwrap();
-    let cli = compose_cli();
-    let out = Command::new(&cli[0])
-        .args(&cli[1..])
-        .arg("--project-name")
-        .arg(&project)
-        .arg("--project-directory")
-        .arg(&app_dir)
-        .arg("-f")
-        .arg(&file)
-        .arg("config")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{} config refused the rewrite:\n{}\n---\n{yaml}",
-        cli.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let normalised: Value = serde_saphyr::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let (yaml, _, _checkout) = rewritten(&project, false, &[]).await;
+    let normalised = compose_config(&project, &yaml, &[]);
     let app = &normalised["services"]["app"];
     let db = &normalised["services"]["db"];
 
@@ -140,7 +151,7 @@ fn the_rewrite_is_valid_compose_with_routing_labels_and_no_host_ports() {
         &format!("traefik.http.routers.{project}.rule=Host(`shop-web-pr-42.preview.localhost`)"),
         &format!("traefik.http.routers.{project}.entrypoints=web"),
         &format!("traefik.http.services.{project}.loadbalancer.server.port=8080"),
-        "traefik.docker.network=productbuilder-previews",
+        &format!("traefik.docker.network={project}_default"),
         "productbuilder.tenant=Acme/Shop.Web",
         "productbuilder.pr=42",
         "productbuilder.sha=0123456789abcdef0123456789abcdef01234567",
@@ -186,19 +197,55 @@ fn the_rewrite_is_valid_compose_with_routing_labels_and_no_host_ports() {
         "{env}"
     );
     assert!(env.contains("MODE"), "{env}");
-    let networks = serde_json::to_string(&app["networks"]).unwrap();
-    assert!(
-        networks.contains("productbuilder-previews") && networks.contains("default"),
-        "{networks}"
-    );
-    let external = &normalised["networks"]["productbuilder-previews"];
-    assert!(
-        external["external"] == Value::Bool(true) || external["external"]["name"].is_string(),
-        "{external}"
-    );
+    // Its own network only: the router is attached to it at start, nothing external is joined.
+    let networks: Vec<&String> = normalised["networks"].as_object().unwrap().keys().collect();
+    assert_eq!(networks, ["default"], "{}", normalised["networks"]);
+    assert_eq!(normalised["networks"]["default"]["name"], format!("{project}_default"));
     let limits = serde_json::to_string(app).unwrap();
     assert!(
         limits.contains("1.5") && (limits.contains("512m") || limits.contains("536870912")),
         "{limits}"
+    );
+    // Every service, from whichever file: pids, log rotation, no new privileges.
+    for svc in [app, db] {
+        assert_eq!(svc["pids_limit"], 256, "{svc}");
+        assert_eq!(svc["logging"]["driver"], "json-file", "{svc}");
+        assert_eq!(svc["logging"]["options"]["max-size"], "10m", "{svc}");
+        let security = serde_json::to_string(&svc["security_opt"]).unwrap();
+        assert!(security.contains("no-new-privileges"), "{security}");
+    }
+}
+
+#[tokio::test]
+async fn the_tenants_variables_come_from_composes_environment_never_from_the_file() {
+    let project = project_name("Acme/Shop.Web", 43);
+    let env = [("app".to_owned(), "API_KEY".to_owned())];
+    let (yaml, _, _checkout) = rewritten(&project, false, &env).await;
+    assert!(yaml.contains("API_KEY"), "the variable is named");
+    let normalised = compose_config(&project, &yaml, &[("API_KEY", "s3cr3t-value")]);
+    assert_eq!(
+        normalised["services"]["app"]["environment"]["API_KEY"],
+        "s3cr3t-value"
+    );
+    assert!(
+        normalised["services"]["db"]["environment"]
+            .get("API_KEY")
+            .is_none(),
+        "only the named service gets it"
+    );
+}
+
+#[tokio::test]
+async fn without_egress_every_network_is_internal_and_nothing_is_published() {
+    let project = project_name("Acme/Shop.Web", 44);
+    let (yaml, _, _checkout) = rewritten(&project, true, &[]).await;
+    let normalised = compose_config(&project, &yaml, &[]);
+    assert_eq!(normalised["networks"]["default"]["internal"], true);
+    assert!(
+        normalised["services"]["app"]
+            .get("ports")
+            .is_none_or(|p| p.as_array().is_none_or(|a| a.is_empty())),
+        "{}",
+        normalised["services"]["app"]
     );
 }

@@ -53,6 +53,10 @@ async fn stages(s: &Setup, sha: &str, ws: &str, limits: &Limits) -> Result<Check
         &s.dir.path().join(ws),
         &Policy::default(),
         limits,
+        &productbuilder_preview::runner::ComposeCli::detect(&["docker".into(), "compose".into()])
+            .await
+            .expect("Compose v2"),
+        "pb-source-test",
     )
     .await
 }
