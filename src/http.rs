@@ -1,6 +1,8 @@
 //! The only inbound port: health, readiness, metrics, the tenants API and the webhook accelerator.
 //!
-//! Only this module knows axum and the JSON shapes of the routes.
+//! Only this module knows axum and the JSON shapes of the routes. Every route is listed once in
+//! [`ROUTES`] with its [`Access`]; the router is built from that table alone, and one layer
+//! ([`authorize`]) enforces the table's decision for every request.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -8,13 +10,17 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use productbuilder_github::webhook::{self, Deliveries};
 use productbuilder_github::{GithubState, Pull};
+use productbuilder_preview::reconcile::{Redeploy, RedeployError};
 use productbuilder_preview::{LogsError, Previews};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use productbuilder_scheduler::{StatusBoard, escape_label};
 use productbuilder_store::Store;
 use serde::Serialize;
@@ -32,6 +38,193 @@ pub struct AppState {
     pub tenants: Vec<String>,
     pub webhook_secret: Option<Secret>,
     pub deliveries: Arc<Deliveries>,
+    pub tokens: ApiTokens,
+}
+
+/// The API's bearer tokens (`[http].api_token`, `[http].read_token`), kept as SHA-256 digests:
+/// comparing digests in constant time reveals neither a token's length nor a matching prefix.
+#[derive(Clone, Default)]
+pub struct ApiTokens {
+    api: Option<[u8; 32]>,
+    read: Option<[u8; 32]>,
+}
+
+impl ApiTokens {
+    pub fn new(api: Option<&Secret>, read: Option<&Secret>) -> ApiTokens {
+        let digest = |s: &Secret| Sha256::digest(s.expose().as_bytes()).into();
+        ApiTokens {
+            api: api.map(digest),
+            read: read.map(digest),
+        }
+    }
+
+    /// The decision for a request to a route of `access`, from its `Authorization` header.
+    fn decide(&self, access: Access, authorization: Option<&[u8]>) -> Result<(), Denied> {
+        let presented: Option<[u8; 32]> = authorization
+            .and_then(|h| h.strip_prefix(b"Bearer "))
+            .map(|t| Sha256::digest(t.trim_ascii()).into());
+        let matches = |want: Option<[u8; 32]>| {
+            matches!((want, presented), (Some(w), Some(p)) if bool::from(w.ct_eq(&p)))
+        };
+        match access {
+            Access::Public => Ok(()),
+            Access::Read if self.read.is_none() => Ok(()),
+            Access::Read if matches(self.read) || matches(self.api) => Ok(()),
+            Access::Read => Err(Denied::Unauthenticated),
+            Access::Mutating if self.api.is_none() => Err(Denied::NoApiToken),
+            Access::Mutating if matches(self.api) => Ok(()),
+            Access::Mutating => Err(Denied::Unauthenticated),
+        }
+    }
+}
+
+/// Who may call a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: probes, and the webhook (which checks its own HMAC signature).
+    Public,
+    /// Open unless `[http].read_token` is set; then the read token or the api token.
+    Read,
+    /// The api token only; 403 for everyone when none is configured.
+    Mutating,
+}
+
+enum Denied {
+    Unauthenticated,
+    NoApiToken,
+}
+
+/// One route: its method and path, who may call it, and its handler.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+    handler: fn(MethodFilter) -> MethodRouter<AppState>,
+}
+
+/// Every route of the API, each with its one access decision. The router is built from this
+/// list only, so a route cannot exist without a decision.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: Method::GET,
+        path: "/",
+        access: Access::Read,
+        handler: |m| on(m, dashboard),
+    },
+    Route {
+        method: Method::GET,
+        path: "/healthz",
+        access: Access::Public,
+        handler: |m| on(m, healthz),
+    },
+    Route {
+        method: Method::GET,
+        path: "/readyz",
+        access: Access::Public,
+        handler: |m| on(m, readyz),
+    },
+    Route {
+        method: Method::GET,
+        path: "/metrics",
+        access: Access::Read,
+        handler: |m| on(m, metrics),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/tenants",
+        access: Access::Read,
+        handler: |m| on(m, api_tenants),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/tenants/{owner}/{repo}/pulls",
+        access: Access::Read,
+        handler: |m| on(m, api_pulls),
+    },
+    Route {
+        method: Method::GET,
+        path: "/previews",
+        access: Access::Read,
+        handler: |m| on(m, previews),
+    },
+    Route {
+        method: Method::GET,
+        path: "/previews/{owner}/{repo}/{number}/logs",
+        access: Access::Read,
+        handler: |m| on(m, preview_logs),
+    },
+    Route {
+        method: Method::POST,
+        path: "/previews/{owner}/{repo}/{number}/redeploy",
+        access: Access::Mutating,
+        handler: |m| on(m, preview_redeploy),
+    },
+    Route {
+        method: Method::POST,
+        path: "/webhook",
+        access: Access::Public,
+        handler: |m| {
+            on(m, webhook).layer(DefaultBodyLimit::max(webhook::MAX_BODY_BYTES))
+        },
+    },
+];
+
+/// The access decision for a matched route; `None` for a route missing from [`ROUTES`].
+fn access_of(method: &Method, path: &str) -> Option<Access> {
+    // axum answers HEAD with the GET handler.
+    let method = if method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
+    ROUTES
+        .iter()
+        .find(|r| r.path == path && r.method == method)
+        .map(|r| r.access)
+}
+
+/// The one auth layer: the route's decision from [`ROUTES`], enforced before any handler runs.
+/// Tokens are never logged; a denial names the method and the route only.
+async fn authorize(State(tokens): State<ApiTokens>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let method = request.method().clone();
+    let Some(access) = access_of(&method, &route) else {
+        // Fail closed: a route that is served but not listed is a bug, not an open door.
+        tracing::error!(%method, route, "route without an access decision in http::ROUTES; refused");
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "this route has no access decision\n",
+        )
+            .into_response();
+    };
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    match tokens.decide(access, authorization) {
+        Ok(()) => next.run(request).await,
+        Err(Denied::Unauthenticated) => {
+            tracing::info!(%method, route, "API request without a valid bearer token; refused");
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer realm=\"productbuilder\"")],
+                match access {
+                    Access::Mutating => "this route needs `Authorization: Bearer <[http].api_token>`\n",
+                    _ => "this route needs `Authorization: Bearer <[http].read_token or api_token>`\n",
+                },
+            )
+                .into_response()
+        }
+        Err(Denied::NoApiToken) => (
+            StatusCode::FORBIDDEN,
+            "mutating routes are off: set [http].api_token (or api_token_file) to enable them\n",
+        )
+            .into_response(),
+    }
 }
 
 impl AppState {
@@ -45,19 +238,17 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(dashboard))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/api/tenants", get(api_tenants))
-        .route("/api/tenants/{owner}/{repo}/pulls", get(api_pulls))
-        .route("/previews", get(previews))
-        .route("/previews/{owner}/{repo}/{number}/logs", get(preview_logs))
-        .route(
-            "/webhook",
-            post(webhook).layer(DefaultBodyLimit::max(webhook::MAX_BODY_BYTES)),
-        )
+    let mut router = Router::new();
+    for route in ROUTES {
+        let filter = MethodFilter::try_from(route.method.clone())
+            .expect("ROUTES use standard methods only");
+        router = router.route(route.path, (route.handler)(filter));
+    }
+    router
+        .route_layer(middleware::from_fn_with_state(
+            state.tokens.clone(),
+            authorize,
+        ))
         .with_state(state)
 }
 
@@ -125,6 +316,42 @@ async fn preview_logs(
         }
         Err(e @ LogsError::Unavailable(_)) => {
             (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response()
+        }
+        Err(e @ LogsError::TooManyFollows(_)) => {
+            (StatusCode::TOO_MANY_REQUESTS, format!("{e}\n")).into_response()
+        }
+    }
+}
+
+/// `POST /previews/{owner}/{repo}/{number}/redeploy`: deploys the preview again at its current
+/// commit (a failed preview otherwise waits for a push). 202 once the deploy is under way.
+async fn preview_redeploy(
+    State(state): State<AppState>,
+    Path((owner, repo, number)): Path<(String, String, u64)>,
+) -> Response {
+    let error = |status: StatusCode, message: String| {
+        (status, axum::Json(json!({ "error": message }))).into_response()
+    };
+    let Some(tenant) = state.tenant(&format!("{owner}/{repo}")).map(str::to_owned) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("{owner}/{repo} is not a configured repository"),
+        );
+    };
+    match state.previews.redeploy(&tenant, number).await {
+        Ok(Redeploy::Started(sha)) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "redeploy": "started", "sha": sha })),
+        )
+            .into_response(),
+        Ok(Redeploy::AlreadyDeploying(sha)) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "redeploy": "already_deploying", "sha": sha })),
+        )
+            .into_response(),
+        Err(e @ RedeployError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ RedeployError::Unavailable(_)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
     }
 }
