@@ -19,12 +19,12 @@ use productbuilder_github::webhook::{self, Deliveries};
 use productbuilder_github::{GithubState, Pull};
 use productbuilder_preview::reconcile::{Redeploy, RedeployError};
 use productbuilder_preview::{LogsError, Previews};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use productbuilder_scheduler::{StatusBoard, escape_label};
 use productbuilder_store::Store;
 use serde::Serialize;
 use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::config::Secret;
 
@@ -63,9 +63,7 @@ impl ApiTokens {
         let presented: Option<[u8; 32]> = authorization
             .and_then(|h| h.strip_prefix(b"Bearer "))
             .map(|t| Sha256::digest(t.trim_ascii()).into());
-        let matches = |want: Option<[u8; 32]>| {
-            matches!((want, presented), (Some(w), Some(p)) if bool::from(w.ct_eq(&p)))
-        };
+        let matches = |want: Option<[u8; 32]>| matches!((want, presented), (Some(w), Some(p)) if bool::from(w.ct_eq(&p)));
         match access {
             Access::Public => Ok(()),
             Access::Read if self.read.is_none() => Ok(()),
@@ -163,9 +161,7 @@ pub const ROUTES: &[Route] = &[
         method: Method::POST,
         path: "/webhook",
         access: Access::Public,
-        handler: |m| {
-            on(m, webhook).layer(DefaultBodyLimit::max(webhook::MAX_BODY_BYTES))
-        },
+        handler: |m| on(m, webhook).layer(DefaultBodyLimit::max(webhook::MAX_BODY_BYTES)),
     },
 ];
 
@@ -252,8 +248,8 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for route in ROUTES {
-        let filter = MethodFilter::try_from(route.method.clone())
-            .expect("ROUTES use standard methods only");
+        let filter =
+            MethodFilter::try_from(route.method.clone()).expect("ROUTES use standard methods only");
         router = router.route(route.path, (route.handler)(filter));
     }
     router
@@ -751,7 +747,12 @@ mod tests {
     }
 
     /// Status line and head of the answer to `method path` with an optional bearer token.
-    async fn call(served: &Served, method: &Method, path: &str, token: Option<&str>) -> (u16, String) {
+    async fn call(
+        served: &Served,
+        method: &Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> (u16, String) {
         let mut stream = tokio::net::TcpStream::connect(served.addr).await.unwrap();
         let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
         let request = format!(
@@ -815,7 +816,10 @@ mod tests {
                             .contains("www-authenticate: bearer"),
                         "{at}: {head}"
                     );
-                    assert!(read != 401 && read != 403, "{at} with the read token: {read}");
+                    assert!(
+                        read != 401 && read != 403,
+                        "{at} with the read token: {read}"
+                    );
                     assert!(api != 401 && api != 403, "{at} with the api token: {api}");
                 }
                 Access::Mutating => {
@@ -877,13 +881,26 @@ mod tests {
         )
         .await;
         assert_eq!(status, 404, "{body}");
-        assert!(body.contains("other/repo is not a configured repository"), "{body}");
-        let (status, body) =
-            call(&served, &Method::POST, "/previews/acme/shop/7/redeploy", Some(API)).await;
+        assert!(
+            body.contains("other/repo is not a configured repository"),
+            "{body}"
+        );
+        let (status, body) = call(
+            &served,
+            &Method::POST,
+            "/previews/acme/shop/7/redeploy",
+            Some(API),
+        )
+        .await;
         assert_eq!(status, 404, "{body}");
         assert!(body.contains("acme/shop#7 does not exist"), "{body}");
-        let (status, _) =
-            call(&served, &Method::GET, "/previews/acme/shop/7/redeploy", Some(API)).await;
+        let (status, _) = call(
+            &served,
+            &Method::GET,
+            "/previews/acme/shop/7/redeploy",
+            Some(API),
+        )
+        .await;
         assert_eq!(status, 405);
     }
 
@@ -903,7 +920,12 @@ mod tests {
             access_of(&Method::DELETE, "/previews"),
             Err(StatusCode::METHOD_NOT_ALLOWED)
         );
-        for unlisted in ["/previews/a/b/1", "/previews//b/1/logs", "/healthz/", "/admin"] {
+        for unlisted in [
+            "/previews/a/b/1",
+            "/previews//b/1/logs",
+            "/healthz/",
+            "/admin",
+        ] {
             assert_eq!(
                 access_of(&Method::GET, unlisted),
                 Err(StatusCode::NOT_FOUND),

@@ -606,9 +606,15 @@ impl Drop for KillOnDrop {
         runtime.spawn(async move {
             // The shell's own `kill`: the container may have no kill binary, but it has the shell
             // that ran tail. The pid is a number we parsed, passed as an argument.
-            let cmd = ["sh", "-c", "kill \"$1\"", "productbuilder-logs", &pid.to_string()]
-                .map(str::to_owned)
-                .to_vec();
+            let cmd = [
+                "sh",
+                "-c",
+                "kill \"$1\"",
+                "productbuilder-logs",
+                &pid.to_string(),
+            ]
+            .map(str::to_owned)
+            .to_vec();
             let ended = match engine.exec_attached(&container, cmd).await {
                 Ok(StartExecResults::Attached { mut output, .. }) => {
                     while output.next().await.is_some() {}
@@ -620,7 +626,9 @@ impl Drop for KillOnDrop {
             match ended {
                 Ok(()) => tracing::debug!(container, pid, "log follow ended; its tail was stopped"),
                 // The container may be gone already (a redeploy, a removal): nothing to stop then.
-                Err(e) => tracing::debug!(container, pid, error = %e, "cannot stop a log follow's tail"),
+                Err(e) => {
+                    tracing::debug!(container, pid, error = %e, "cannot stop a log follow's tail")
+                }
             }
         });
     }

@@ -1534,7 +1534,9 @@ impl Previews {
                 .any(|p| p.number == number && rules.wants(p))
         };
         if !wanted {
-            return Err(missing("is not wanted: its pull request is closed or not allowed"));
+            return Err(missing(
+                "is not wanted: its pull request is closed or not allowed",
+            ));
         }
         self.engine().await.map_err(unavailable)?;
         self.compose().await.map_err(unavailable)?;
