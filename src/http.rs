@@ -1,6 +1,8 @@
 //! The only inbound port: health, readiness, metrics, the tenants API and the webhook accelerator.
 //!
-//! Only this module knows axum and the JSON shapes of the routes.
+//! Only this module knows axum and the JSON shapes of the routes. Every route is listed once in
+//! [`ROUTES`] with its [`Access`]; the router is built from that table alone, and one layer
+//! around it ([`authorize`]) enforces the table's decision for every request.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -8,17 +10,21 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use productbuilder_github::webhook::{self, Deliveries};
 use productbuilder_github::{GithubState, Pull};
+use productbuilder_preview::reconcile::{Redeploy, RedeployError};
 use productbuilder_preview::{LogsError, Previews};
 use productbuilder_scheduler::{StatusBoard, escape_label};
 use productbuilder_store::Store;
 use serde::Serialize;
 use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::config::Secret;
 
@@ -32,6 +38,201 @@ pub struct AppState {
     pub tenants: Vec<String>,
     pub webhook_secret: Option<Secret>,
     pub deliveries: Arc<Deliveries>,
+    pub tokens: ApiTokens,
+}
+
+/// The API's bearer tokens (`[http].api_token`, `[http].read_token`), kept as SHA-256 digests:
+/// comparing digests in constant time reveals neither a token's length nor a matching prefix.
+#[derive(Clone, Default)]
+pub struct ApiTokens {
+    api: Option<[u8; 32]>,
+    read: Option<[u8; 32]>,
+}
+
+impl ApiTokens {
+    pub fn new(api: Option<&Secret>, read: Option<&Secret>) -> ApiTokens {
+        let digest = |s: &Secret| Sha256::digest(s.expose().as_bytes()).into();
+        ApiTokens {
+            api: api.map(digest),
+            read: read.map(digest),
+        }
+    }
+
+    /// The decision for a request to a route of `access`, from its `Authorization` header.
+    fn decide(&self, access: Access, authorization: Option<&[u8]>) -> Result<(), Denied> {
+        let presented: Option<[u8; 32]> = authorization
+            .and_then(|h| h.strip_prefix(b"Bearer "))
+            .map(|t| Sha256::digest(t.trim_ascii()).into());
+        let matches = |want: Option<[u8; 32]>| matches!((want, presented), (Some(w), Some(p)) if bool::from(w.ct_eq(&p)));
+        match access {
+            Access::Public => Ok(()),
+            Access::Read if self.read.is_none() => Ok(()),
+            Access::Read if matches(self.read) || matches(self.api) => Ok(()),
+            Access::Read => Err(Denied::Unauthenticated),
+            Access::Mutating if self.api.is_none() => Err(Denied::NoApiToken),
+            Access::Mutating if matches(self.api) => Ok(()),
+            Access::Mutating => Err(Denied::Unauthenticated),
+        }
+    }
+}
+
+/// Who may call a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: probes, and the webhook (which checks its own HMAC signature).
+    Public,
+    /// Open unless `[http].read_token` is set; then the read token or the api token.
+    Read,
+    /// The api token only; 403 for everyone when none is configured.
+    Mutating,
+}
+
+enum Denied {
+    Unauthenticated,
+    NoApiToken,
+}
+
+/// One route: its method and path, who may call it, and its handler.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+    handler: fn(MethodFilter) -> MethodRouter<AppState>,
+}
+
+/// Every route of the API, each with its one access decision. The router is built from this
+/// list only, so a route cannot exist without a decision.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: Method::GET,
+        path: "/",
+        access: Access::Read,
+        handler: |m| on(m, dashboard),
+    },
+    Route {
+        method: Method::GET,
+        path: "/healthz",
+        access: Access::Public,
+        handler: |m| on(m, healthz),
+    },
+    Route {
+        method: Method::GET,
+        path: "/readyz",
+        access: Access::Public,
+        handler: |m| on(m, readyz),
+    },
+    Route {
+        method: Method::GET,
+        path: "/metrics",
+        access: Access::Read,
+        handler: |m| on(m, metrics),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/tenants",
+        access: Access::Read,
+        handler: |m| on(m, api_tenants),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/tenants/{owner}/{repo}/pulls",
+        access: Access::Read,
+        handler: |m| on(m, api_pulls),
+    },
+    Route {
+        method: Method::GET,
+        path: "/previews",
+        access: Access::Read,
+        handler: |m| on(m, previews),
+    },
+    Route {
+        method: Method::GET,
+        path: "/previews/{owner}/{repo}/{number}/logs",
+        access: Access::Read,
+        handler: |m| on(m, preview_logs),
+    },
+    Route {
+        method: Method::POST,
+        path: "/previews/{owner}/{repo}/{number}/redeploy",
+        access: Access::Mutating,
+        handler: |m| on(m, preview_redeploy),
+    },
+    Route {
+        method: Method::POST,
+        path: "/webhook",
+        access: Access::Public,
+        handler: |m| on(m, webhook).layer(DefaultBodyLimit::max(webhook::MAX_BODY_BYTES)),
+    },
+];
+
+/// Whether `path` (as requested, still percent-encoded, as axum matches it) fits a route
+/// template of [`ROUTES`]: literal segments equal, `{name}` any non-empty segment.
+fn fits(template: &str, path: &str) -> bool {
+    let (mut t, mut p) = (template.split('/'), path.split('/'));
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return true,
+            (Some(t), Some(p)) if t.starts_with('{') && t.ends_with('}') && !p.is_empty() => {}
+            (Some(t), Some(p)) if t == p => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The access decision for a request, from [`ROUTES`] alone: an unlisted path is 404 and an
+/// unlisted method of a listed path 405, before any handler could run.
+fn access_of(method: &Method, path: &str) -> Result<Access, StatusCode> {
+    // axum answers HEAD with the GET handler.
+    let method = if method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
+    let mut listed = ROUTES.iter().filter(|r| fits(r.path, path)).peekable();
+    if listed.peek().is_none() {
+        return Err(StatusCode::NOT_FOUND);
+    }
+    listed
+        .find(|r| r.method == method)
+        .map(|r| r.access)
+        .ok_or(StatusCode::METHOD_NOT_ALLOWED)
+}
+
+/// The one auth layer, around the whole router: the decision of [`ROUTES`] for the request,
+/// enforced before routing, from the table alone (a path or method the table does not list is
+/// refused here, whatever the router holds). Tokens are never logged; a denial names the method
+/// and the path only.
+async fn authorize(State(tokens): State<ApiTokens>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let route = request.uri().path().to_owned();
+    let access = match access_of(&method, &route) {
+        Ok(access) => access,
+        Err(status) => return status.into_response(),
+    };
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    match tokens.decide(access, authorization) {
+        Ok(()) => next.run(request).await,
+        Err(Denied::Unauthenticated) => {
+            tracing::info!(%method, route, "API request without a valid bearer token; refused");
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer realm=\"productbuilder\"")],
+                match access {
+                    Access::Mutating => "this route needs `Authorization: Bearer <[http].api_token>`\n",
+                    _ => "this route needs `Authorization: Bearer <[http].read_token or api_token>`\n",
+                },
+            )
+                .into_response()
+        }
+        Err(Denied::NoApiToken) => (
+            StatusCode::FORBIDDEN,
+            "mutating routes are off: set [http].api_token (or api_token_file) to enable them\n",
+        )
+            .into_response(),
+    }
 }
 
 impl AppState {
@@ -45,19 +246,17 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(dashboard))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/api/tenants", get(api_tenants))
-        .route("/api/tenants/{owner}/{repo}/pulls", get(api_pulls))
-        .route("/previews", get(previews))
-        .route("/previews/{owner}/{repo}/{number}/logs", get(preview_logs))
-        .route(
-            "/webhook",
-            post(webhook).layer(DefaultBodyLimit::max(webhook::MAX_BODY_BYTES)),
-        )
+    let mut router = Router::new();
+    for route in ROUTES {
+        let filter =
+            MethodFilter::try_from(route.method.clone()).expect("ROUTES use standard methods only");
+        router = router.route(route.path, (route.handler)(filter));
+    }
+    router
+        .layer(middleware::from_fn_with_state(
+            state.tokens.clone(),
+            authorize,
+        ))
         .with_state(state)
 }
 
@@ -125,6 +324,42 @@ async fn preview_logs(
         }
         Err(e @ LogsError::Unavailable(_)) => {
             (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response()
+        }
+        Err(e @ LogsError::TooManyFollows(_)) => {
+            (StatusCode::TOO_MANY_REQUESTS, format!("{e}\n")).into_response()
+        }
+    }
+}
+
+/// `POST /previews/{owner}/{repo}/{number}/redeploy`: deploys the preview again at its current
+/// commit (a failed preview otherwise waits for a push). 202 once the deploy is under way.
+async fn preview_redeploy(
+    State(state): State<AppState>,
+    Path((owner, repo, number)): Path<(String, String, u64)>,
+) -> Response {
+    let error = |status: StatusCode, message: String| {
+        (status, axum::Json(json!({ "error": message }))).into_response()
+    };
+    let Some(tenant) = state.tenant(&format!("{owner}/{repo}")).map(str::to_owned) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("{owner}/{repo} is not a configured repository"),
+        );
+    };
+    match state.previews.redeploy(&tenant, number).await {
+        Ok(Redeploy::Started(sha)) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "redeploy": "started", "sha": sha })),
+        )
+            .into_response(),
+        Ok(Redeploy::AlreadyDeploying(sha)) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "redeploy": "already_deploying", "sha": sha })),
+        )
+            .into_response(),
+        Err(e @ RedeployError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ RedeployError::Unavailable(_)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
     }
 }
@@ -435,5 +670,267 @@ async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
                 .into_response()
         }
         None => (StatusCode::OK, "repository not configured; ignored\n").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The whole router over real HTTP, wired as `run` wires it (real SQLite; GitHub is never
+    //! reached: no route here asks it anything). Every route of [`ROUTES`] is called, so a route
+    //! added later is walked too, and the router has no route outside that table.
+
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const API: &str = "api-token-for-the-router-test";
+    const READ: &str = "read-token-for-the-router-test";
+
+    struct Served {
+        addr: std::net::SocketAddr,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn serve(http: &str) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tenants")).unwrap();
+        std::fs::write(
+            dir.path().join("tenants/shop.toml"),
+            "repo = \"acme/shop\"\n",
+        )
+        .unwrap();
+        let main = dir.path().join("productbuilder.toml");
+        std::fs::write(
+            &main,
+            format!(
+                "state_dir = \"state\"\n[github]\ntoken = \"t\"\napi_url = \"http://127.0.0.1:9\"\n[http]\n{http}"
+            ),
+        )
+        .unwrap();
+        let config = crate::config::load(&main).unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(config.database_path()).unwrap();
+        store.migrate().unwrap();
+        let wiring = match crate::wire(&config, &store) {
+            Ok(w) => w,
+            Err(_) => panic!("the test config does not wire"),
+        };
+        let board = productbuilder_scheduler::Scheduler::new(
+            wiring.units,
+            productbuilder_scheduler::SchedulerOptions::default(),
+        )
+        .unwrap()
+        .board();
+        let app = router(AppState {
+            board,
+            store,
+            github: wiring.github,
+            previews: wiring.previews,
+            tenants: config.tenants.iter().map(|t| t.repo()).collect(),
+            webhook_secret: None,
+            deliveries: Arc::new(Deliveries::new(10)),
+            tokens: ApiTokens::new(
+                config.http.api_token.as_ref(),
+                config.http.read_token.as_ref(),
+            ),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(axum::serve(listener, app).into_future());
+        Served { addr, _dir: dir }
+    }
+
+    /// The route's path with its parameters filled in: a configured repository, a preview that
+    /// does not exist.
+    fn concrete(path: &str) -> String {
+        path.replace("{owner}", "acme")
+            .replace("{repo}", "shop")
+            .replace("{number}", "7")
+    }
+
+    /// Status line and head of the answer to `method path` with an optional bearer token.
+    async fn call(
+        served: &Served,
+        method: &Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(served.addr).await.unwrap();
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let status = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line in {answer:?}"));
+        (status, answer)
+    }
+
+    #[test]
+    fn every_route_is_listed_once() {
+        for (i, a) in ROUTES.iter().enumerate() {
+            for b in &ROUTES[i + 1..] {
+                assert!(
+                    !(a.method == b.method && a.path == b.path),
+                    "{} {} is listed twice",
+                    a.method,
+                    a.path
+                );
+            }
+        }
+        let public: Vec<_> = ROUTES
+            .iter()
+            .filter(|r| r.access == Access::Public)
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect();
+        assert_eq!(public, ["GET /healthz", "GET /readyz", "POST /webhook"]);
+        for r in ROUTES.iter().filter(|r| r.access == Access::Read) {
+            assert_eq!(r.method, Method::GET, "{}: a read route is a GET", r.path);
+        }
+    }
+
+    #[tokio::test]
+    async fn with_both_tokens_every_route_but_the_public_three_needs_one() {
+        let served = serve(&format!("api_token = \"{API}\"\nread_token = \"{READ}\"\n")).await;
+        for route in ROUTES {
+            let path = concrete(route.path);
+            let at = format!("{} {}", route.method, route.path);
+            let (none, head) = call(&served, &route.method, &path, None).await;
+            let (wrong, _) = call(&served, &route.method, &path, Some("not-the-token")).await;
+            let (read, _) = call(&served, &route.method, &path, Some(READ)).await;
+            let (api, _) = call(&served, &route.method, &path, Some(API)).await;
+            match route.access {
+                Access::Public => {
+                    for s in [none, wrong, read, api] {
+                        assert!(s != 401 && s != 403, "{at}: {s}");
+                    }
+                }
+                Access::Read => {
+                    assert_eq!((none, wrong), (401, 401), "{at}");
+                    assert!(
+                        head.to_ascii_lowercase()
+                            .contains("www-authenticate: bearer"),
+                        "{at}: {head}"
+                    );
+                    assert!(
+                        read != 401 && read != 403,
+                        "{at} with the read token: {read}"
+                    );
+                    assert!(api != 401 && api != 403, "{at} with the api token: {api}");
+                }
+                Access::Mutating => {
+                    assert_eq!((none, wrong, read), (401, 401, 401), "{at}");
+                    assert!(
+                        head.to_ascii_lowercase()
+                            .contains("www-authenticate: bearer"),
+                        "{at}: {head}"
+                    );
+                    assert!(api != 401 && api != 403, "{at} with the api token: {api}");
+                }
+            }
+            // Whatever the answer, it never carries a token back.
+            assert!(!head.contains(API) && !head.contains(READ), "{at}: {head}");
+        }
+    }
+
+    #[tokio::test]
+    async fn without_tokens_mutating_routes_are_403_and_the_rest_is_open() {
+        let served = serve("").await;
+        for route in ROUTES {
+            let path = concrete(route.path);
+            let at = format!("{} {}", route.method, route.path);
+            let (none, _) = call(&served, &route.method, &path, None).await;
+            let (some, _) = call(&served, &route.method, &path, Some(API)).await;
+            match route.access {
+                Access::Mutating => assert_eq!((none, some), (403, 403), "{at}"),
+                Access::Public | Access::Read => {
+                    assert!(none != 401 && none != 403, "{at}: {none}")
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn with_only_an_api_token_reads_stay_open_and_mutations_need_it() {
+        let served = serve(&format!("api_token = \"{API}\"\n")).await;
+        for route in ROUTES {
+            let path = concrete(route.path);
+            let at = format!("{} {}", route.method, route.path);
+            let (none, _) = call(&served, &route.method, &path, None).await;
+            match route.access {
+                Access::Mutating => assert_eq!(none, 401, "{at}"),
+                Access::Public | Access::Read => {
+                    assert!(none != 401 && none != 403, "{at}: {none}")
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn redeploy_of_an_unknown_tenant_or_preview_is_404() {
+        let served = serve(&format!("api_token = \"{API}\"\n")).await;
+        let (status, body) = call(
+            &served,
+            &Method::POST,
+            "/previews/other/repo/1/redeploy",
+            Some(API),
+        )
+        .await;
+        assert_eq!(status, 404, "{body}");
+        assert!(
+            body.contains("other/repo is not a configured repository"),
+            "{body}"
+        );
+        let (status, body) = call(
+            &served,
+            &Method::POST,
+            "/previews/acme/shop/7/redeploy",
+            Some(API),
+        )
+        .await;
+        assert_eq!(status, 404, "{body}");
+        assert!(body.contains("acme/shop#7 does not exist"), "{body}");
+        let (status, _) = call(
+            &served,
+            &Method::GET,
+            "/previews/acme/shop/7/redeploy",
+            Some(API),
+        )
+        .await;
+        assert_eq!(status, 405);
+    }
+
+    #[test]
+    fn requests_are_matched_against_the_table_only() {
+        assert_eq!(access_of(&Method::GET, "/healthz"), Ok(Access::Public));
+        assert_eq!(access_of(&Method::HEAD, "/metrics"), Ok(Access::Read));
+        assert_eq!(
+            access_of(&Method::POST, "/previews/a/b/1/redeploy"),
+            Ok(Access::Mutating)
+        );
+        assert_eq!(
+            access_of(&Method::GET, "/previews/a/b/1/logs"),
+            Ok(Access::Read)
+        );
+        assert_eq!(
+            access_of(&Method::DELETE, "/previews"),
+            Err(StatusCode::METHOD_NOT_ALLOWED)
+        );
+        for unlisted in [
+            "/previews/a/b/1",
+            "/previews//b/1/logs",
+            "/healthz/",
+            "/admin",
+        ] {
+            assert_eq!(
+                access_of(&Method::GET, unlisted),
+                Err(StatusCode::NOT_FOUND),
+                "{unlisted}"
+            );
+        }
     }
 }

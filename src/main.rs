@@ -349,12 +349,17 @@ fn check(config: &Config, online: bool) -> Result<(), Failure> {
     };
     println!("  github: {} with {auth}", config.github.api_url);
     println!(
-        "  http: {} (api token {}, webhook {})",
+        "  http: {} (api token {}, read token {}, webhook {})",
         config.http.listen,
         if config.http.api_token.is_some() {
             "set"
         } else {
             "not set: mutating routes answer 403"
+        },
+        if config.http.read_token.is_some() {
+            "set"
+        } else {
+            "not set: read routes are open"
         },
         on_off(config.github.webhook_secret.is_some())
     );
@@ -634,6 +639,10 @@ async fn daemon(
         tenants: config.tenants.iter().map(|t| t.repo()).collect(),
         webhook_secret: config.github.webhook_secret.clone(),
         deliveries: Arc::new(Deliveries::new(10_000)),
+        tokens: http::ApiTokens::new(
+            config.http.api_token.as_ref(),
+            config.http.read_token.as_ref(),
+        ),
     });
     let server = tokio::spawn(
         axum::serve(listener, app)

@@ -80,6 +80,9 @@ pub struct HttpConfig {
     pub public_url: Option<String>,
     /// Without it every mutating route answers 403.
     pub api_token: Option<Secret>,
+    /// With it every route but `/healthz`, `/readyz` and `/webhook` asks for this token (or the
+    /// api token); without it those read routes are open.
+    pub read_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -458,6 +461,12 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
         raw.http.api_token,
         raw.http.api_token_file,
     );
+    let read_token = secret(
+        &mut p,
+        "http.read_token",
+        raw.http.read_token,
+        raw.http.read_token_file,
+    );
 
     let log = LogConfig {
         format: raw.log.format.unwrap_or(LogFormat::Json),
@@ -793,6 +802,7 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
             listen,
             public_url,
             api_token,
+            read_token,
         },
         log,
         github: GithubConfig {

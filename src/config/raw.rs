@@ -31,6 +31,8 @@ pub struct RawHttp {
     pub public_url: Option<String>,
     pub api_token: Option<String>,
     pub api_token_file: Option<PathBuf>,
+    pub read_token: Option<String>,
+    pub read_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -74,7 +74,7 @@ fn a_minimal_config_gets_the_documented_defaults() {
     assert_eq!(config.log.format, LogFormat::Json);
     assert_eq!(config.preview.compose_command, ["docker", "compose"]);
     assert_eq!(config.scheduler.shutdown_grace, Duration::from_secs(30));
-    assert!(config.http.api_token.is_none());
+    assert!(config.http.api_token.is_none() && config.http.read_token.is_none());
     assert!(config.slack.is_none() && config.llm.is_none() && config.builds.is_none());
     let tenant = &config.tenants[0];
     assert_eq!(
@@ -241,18 +241,25 @@ fn a_missing_main_file_says_how_to_point_at_one() {
 #[test]
 fn secrets_come_from_files_and_never_print() {
     let setup = Setup::new(
-        "state_dir = \"s\"\n[github]\ntoken_file = \"token.txt\"\nwebhook_secret = \"hook-secret\"\n",
+        "state_dir = \"s\"\n[github]\ntoken_file = \"token.txt\"\nwebhook_secret = \"hook-secret\"\n[http]\nread_token_file = \"read.txt\"\n",
     )
     .tenant("shop.toml", "repo = \"acme/shop\"\n");
     setup.file("token.txt", "ghp_from_file\n");
+    setup.file("read.txt", "read-from-file\n");
     let config = setup.load().unwrap();
     match &config.github.auth {
         GithubAuth::Token(t) => assert_eq!(t.expose(), "ghp_from_file"),
         other => panic!("{other:?}"),
     }
+    assert_eq!(
+        config.http.read_token.as_ref().map(Secret::expose),
+        Some("read-from-file")
+    );
     let debug = format!("{config:?}");
     assert!(
-        !debug.contains("ghp_from_file") && !debug.contains("hook-secret"),
+        !debug.contains("ghp_from_file")
+            && !debug.contains("hook-secret")
+            && !debug.contains("read-from-file"),
         "{debug}"
     );
     assert!(debug.contains("[redacted]"));

@@ -320,6 +320,28 @@ pub fn wait_hint(
     body: &[u8],
     now: SystemTime,
 ) -> Option<Duration> {
+    asked_wait(status, headers, body, now).map(|wait| capped_wait(wait, status))
+}
+
+/// The longest wait a server's hint may impose. A hint comes from outside: a wrong clock, a
+/// proxy's or a hostile server's `Retry-After: 99999999` must not stop an identity for days.
+pub const MAX_WAIT_HINT: Duration = Duration::from_secs(60 * 60);
+
+/// `wait`, at most [`MAX_WAIT_HINT`]; a cap is logged, since it means the server asked for more.
+pub fn capped_wait(wait: Duration, status: u16) -> Duration {
+    if wait > MAX_WAIT_HINT {
+        tracing::warn!(
+            status,
+            asked = ?wait,
+            capped_to = ?MAX_WAIT_HINT,
+            "GitHub asked for a wait longer than an hour; waiting an hour"
+        );
+        return MAX_WAIT_HINT;
+    }
+    wait
+}
+
+fn asked_wait(status: u16, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Option<Duration> {
     if let Some(seconds) = headers
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
@@ -374,6 +396,42 @@ mod tests {
         let forbidden = br#"{"message":"Resource not accessible by integration"}"#;
         assert_eq!(wait_hint(403, &HeaderMap::new(), forbidden, now), None);
         assert_eq!(wait_hint(500, &h, b"", now), None);
+    }
+
+    #[test]
+    fn wait_hints_are_capped_at_an_hour() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let hour = Duration::from_secs(3600);
+        let cases: &[(&[(&'static str, &str)], Duration)] = &[
+            (&[("retry-after", "3599")], Duration::from_secs(3599)),
+            (&[("retry-after", "3600")], hour),
+            (&[("retry-after", "3601")], hour),
+            (&[("retry-after", "18446744073709551615")], hour),
+            // A reset a day away (a wrong clock, or a hostile server).
+            (
+                &[
+                    ("x-ratelimit-remaining", "0"),
+                    ("x-ratelimit-reset", "1086400"),
+                ],
+                hour,
+            ),
+            (
+                &[
+                    ("x-ratelimit-remaining", "0"),
+                    ("x-ratelimit-reset", "1003000"),
+                ],
+                Duration::from_secs(3001),
+            ),
+        ];
+        for (pairs, want) in cases {
+            assert_eq!(
+                wait_hint(429, &headers(pairs), b"", now),
+                Some(*want),
+                "{pairs:?}"
+            );
+        }
+        assert_eq!(capped_wait(Duration::from_secs(7200), 403), hour);
+        assert_eq!(capped_wait(Duration::ZERO, 403), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

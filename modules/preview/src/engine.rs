@@ -350,6 +350,11 @@ impl Engine {
 
     /// The last `tail` lines of a file inside `service`'s container (`tail -F` while `follow`),
     /// for repositories whose `logging.type` is `file`.
+    ///
+    /// The engine never ends an exec when its client goes away, so a follow runs `tail` under a
+    /// shell that first prints its process id (`exec` keeps that id for `tail`); dropping the
+    /// stream execs a `kill` of that id in the container. Without this, every follow a client
+    /// abandoned would leave a `tail -F` running in the preview for as long as it lives.
     pub async fn file_logs(
         &self,
         project: &str,
@@ -359,17 +364,85 @@ impl Engine {
         follow: bool,
     ) -> Result<LogStream, String> {
         let id = self.service_container(project, service).await?;
-        let mut cmd = vec!["tail".to_owned(), "-n".to_owned(), tail.to_string()];
-        if follow {
-            cmd.push("-F".into());
+        // `--` so that a path from the repository's config can never be read as an option; with a
+        // shell, the tail count and path are positional arguments, never part of the script.
+        let cmd: Vec<String> = if follow {
+            [
+                "sh",
+                "-c",
+                "echo $$; exec tail -n \"$1\" -F -- \"$2\"",
+                "productbuilder-logs",
+                &tail.to_string(),
+                path,
+            ]
+            .map(str::to_owned)
+            .to_vec()
+        } else {
+            ["tail", "-n", &tail.to_string(), "--", path]
+                .map(str::to_owned)
+                .to_vec()
+        };
+        let mut output = match self.exec_attached(&id, cmd).await? {
+            StartExecResults::Attached { output, .. } => output,
+            StartExecResults::Detached => return Err("the exec detached unexpectedly".into()),
+        };
+        let bytes = |item: Result<LogOutput, bollard::errors::Error>| {
+            item.map(LogOutput::into_bytes)
+                .map_err(|e| format!("log stream: {e}"))
+        };
+        if !follow {
+            return Ok(Box::pin(output.map(bytes)));
         }
-        // `--` so that a path from the repository's config can never be read as an option.
-        cmd.push("--".into());
-        cmd.push(path.to_owned());
+        // The shell's first line is its (and then tail's) process id; anything after it is log.
+        let mut first = Vec::new();
+        let mut said = Vec::new();
+        let (pid, rest) = loop {
+            let item = tokio::time::timeout(API_TIMEOUT, output.next())
+                .await
+                .map_err(|_| self.err("exec tail", "no process id within 30s"))?;
+            match item {
+                Some(Ok(LogOutput::StdOut { message })) => {
+                    first.extend_from_slice(&message);
+                    if let Some(end) = first.iter().position(|b| *b == b'\n') {
+                        let pid = std::str::from_utf8(&first[..end])
+                            .ok()
+                            .and_then(|t| t.trim().parse::<u32>().ok())
+                            .ok_or_else(|| {
+                                format!(
+                                    "following {path} needs a shell (`sh`) in service `{service}`'s container"
+                                )
+                            })?;
+                        break (pid, bytes::Bytes::copy_from_slice(&first[end + 1..]));
+                    }
+                }
+                Some(Ok(other)) => said.extend_from_slice(&other.into_bytes()),
+                Some(Err(e)) => return Err(self.err("exec tail", e)),
+                None => {
+                    return Err(format!(
+                        "following {path} in service `{service}` ended at once: {}",
+                        String::from_utf8_lossy(&said).trim()
+                    ));
+                }
+            }
+        };
+        let killer = KillOnDrop {
+            engine: self.clone(),
+            container: id,
+            pid,
+        };
+        let head = futures_util::stream::iter((!rest.is_empty()).then_some(Ok(rest)));
+        Ok(Box::pin(head.chain(output.map(move |item| {
+            // The stream owns the killer: it runs when the stream is dropped, however it ends.
+            let _owned = &killer;
+            bytes(item)
+        }))))
+    }
+
+    async fn exec_attached(&self, id: &str, cmd: Vec<String>) -> Result<StartExecResults, String> {
         let exec = self
             .docker
             .create_exec(
-                &id,
+                id,
                 CreateExecOptions {
                     cmd: Some(cmd),
                     attach_stdout: Some(true),
@@ -379,18 +452,10 @@ impl Engine {
             )
             .await
             .map_err(|e| self.err("exec tail", e))?;
-        match self
-            .docker
+        self.docker
             .start_exec(&exec.id, None)
             .await
-            .map_err(|e| self.err("exec tail", e))?
-        {
-            StartExecResults::Attached { output, .. } => Ok(Box::pin(output.map(|item| {
-                item.map(LogOutput::into_bytes)
-                    .map_err(|e| format!("log stream: {e}"))
-            }))),
-            StartExecResults::Detached => Err("the exec detached unexpectedly".into()),
-        }
+            .map_err(|e| self.err("exec tail", e))
     }
 
     /// Removes everything of a Compose project without its compose file: containers (with their
@@ -521,5 +586,50 @@ impl Engine {
             }) => Ok(()),
             Err(e) => Err(self.err(&format!("removing image {id}"), e)),
         }
+    }
+}
+
+/// Ends a process started by an exec in a container when dropped (a log follow whose client went
+/// away, or whose time ran out).
+struct KillOnDrop {
+    engine: Engine,
+    container: String,
+    pid: u32,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (engine, container, pid) = (self.engine.clone(), self.container.clone(), self.pid);
+        runtime.spawn(async move {
+            // The shell's own `kill`: the container may have no kill binary, but it has the shell
+            // that ran tail. The pid is a number we parsed, passed as an argument.
+            let cmd = [
+                "sh",
+                "-c",
+                "kill \"$1\"",
+                "productbuilder-logs",
+                &pid.to_string(),
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            let ended = match engine.exec_attached(&container, cmd).await {
+                Ok(StartExecResults::Attached { mut output, .. }) => {
+                    while output.next().await.is_some() {}
+                    Ok(())
+                }
+                Ok(StartExecResults::Detached) => Ok(()),
+                Err(e) => Err(e),
+            };
+            match ended {
+                Ok(()) => tracing::debug!(container, pid, "log follow ended; its tail was stopped"),
+                // The container may be gone already (a redeploy, a removal): nothing to stop then.
+                Err(e) => {
+                    tracing::debug!(container, pid, error = %e, "cannot stop a log follow's tail")
+                }
+            }
+        });
     }
 }

@@ -42,6 +42,11 @@ const DOWNLOAD_ATTEMPTS: u32 = 3;
 const DOWNLOAD_BACKOFF: Duration = Duration::from_secs(2);
 /// How long `up`, a migration or one post-deploy command may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Log follows of one preview at once: each holds a connection to the engine (and, for a log file,
+/// a process in the container), so an API client must not be able to open them without end.
+pub const MAX_FOLLOWS: usize = 4;
+/// How long one log follow lasts at most; the client reconnects for more.
+pub const MAX_FOLLOW_DURATION: Duration = Duration::from_secs(30 * 60);
 
 /// Host-wide preview settings (`[preview]`).
 #[derive(Debug, Clone)]
@@ -234,6 +239,8 @@ struct Inner {
     compose: OnceCell<ComposeCli>,
     builds: Semaphore,
     tasks: Mutex<HashMap<(String, u64), Task>>,
+    /// Log follows open now, per preview (at most [`MAX_FOLLOWS`]).
+    follows: Arc<Mutex<HashMap<(String, u64), usize>>>,
     /// Reports running, and whether another was asked for meanwhile.
     reporting: Mutex<HashMap<(String, u64), bool>>,
     /// Deploys that ended ready, failed, or were cancelled by a newer head or shutdown.
@@ -296,14 +303,86 @@ pub enum LogsError {
     NotFound(String),
     /// The preview exists but its logs cannot be read now (the engine, a missing container).
     Unavailable(String),
+    /// [`MAX_FOLLOWS`] follows of this preview are open already.
+    TooManyFollows(String),
 }
 
 impl std::fmt::Display for LogsError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LogsError::NotFound(m) | LogsError::Unavailable(m) => f.write_str(m),
+            LogsError::NotFound(m) | LogsError::Unavailable(m) | LogsError::TooManyFollows(m) => {
+                f.write_str(m)
+            }
         }
     }
+}
+
+/// Why a preview cannot be deployed again on request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedeployError {
+    /// No such preview, removed, or its pull request is no longer open or wanted.
+    NotFound(String),
+    /// The engine, Compose or the database is not answering now.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for RedeployError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedeployError::NotFound(m) | RedeployError::Unavailable(m) => f.write_str(m),
+        }
+    }
+}
+
+/// What a redeploy request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redeploy {
+    /// A deploy at this sha was started.
+    Started(String),
+    /// A deploy at this sha was already under way; it goes on.
+    AlreadyDeploying(String),
+}
+
+/// One open log follow of a preview; gives its place back when dropped.
+struct FollowSlot {
+    follows: Arc<Mutex<HashMap<(String, u64), usize>>>,
+    key: (String, u64),
+}
+
+impl FollowSlot {
+    fn take(
+        follows: &Arc<Mutex<HashMap<(String, u64), usize>>>,
+        key: (String, u64),
+    ) -> Option<FollowSlot> {
+        let mut open = follows.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(key.clone()).or_default();
+        if *n >= MAX_FOLLOWS {
+            return None;
+        }
+        *n += 1;
+        Some(FollowSlot {
+            follows: follows.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for FollowSlot {
+    fn drop(&mut self) {
+        let mut open = self.follows.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// `stream`, ended after `limit` at the latest.
+pub fn at_most(stream: crate::engine::LogStream, limit: Duration) -> crate::engine::LogStream {
+    use futures_util::StreamExt;
+    Box::pin(stream.take_until(tokio::time::sleep(limit)))
 }
 
 /// A step that failed: its stage, message and output tail.
@@ -359,6 +438,7 @@ impl Previews {
                 engine: OnceCell::new(),
                 compose: OnceCell::new(),
                 tasks: Mutex::default(),
+                follows: Arc::default(),
                 reporting: Mutex::default(),
                 reports_running: tokio::sync::watch::channel(0).0,
                 changes: tokio::sync::watch::channel(0).0,
@@ -781,7 +861,11 @@ impl Previews {
     }
 
     fn spawn_deploy(&self, repo: &str, pull: &Pull) {
-        let (repo_owned, sha, number) = (repo.to_owned(), pull.head_sha.clone(), pull.number);
+        self.spawn_deploy_at(repo, pull.number, &pull.head_sha);
+    }
+
+    fn spawn_deploy_at(&self, repo: &str, number: u64, sha: &str) {
+        let (repo_owned, sha) = (repo.to_owned(), sha.to_owned());
         tracing::info!(repo, number, sha = %sha, "previews: deploying");
         self.spawn_task(
             repo,
@@ -1426,7 +1510,49 @@ impl Previews {
         }
     }
 
-    /// The preview's logs, as the repository's contract says to read them.
+    /// Deploys `repo#number` again at the commit its row holds, whatever its status: a failed
+    /// preview otherwise waits for a new push. Only a preview the reconciler still wants (its pull
+    /// request open and allowed) is redeployed; the row's commit is the one the reconciler chose.
+    pub async fn redeploy(&self, repo: &str, number: u64) -> Result<Redeploy, RedeployError> {
+        let unavailable = |e: ReconcileError| RedeployError::Unavailable(e.to_string());
+        let missing =
+            |what: &str| RedeployError::NotFound(format!("the preview of {repo}#{number} {what}"));
+        let row = self
+            .get(repo, number)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| missing("does not exist"))?;
+        if row.status == Status::Deleted {
+            return Err(missing("was removed"));
+        }
+        let wanted = {
+            let pulls = self.inner.github.subscribe(repo).borrow().clone();
+            let rules = self.inner.rules.get(repo).cloned().unwrap_or_default();
+            pulls
+                .pulls
+                .iter()
+                .any(|p| p.number == number && rules.wants(p))
+        };
+        if !wanted {
+            return Err(missing(
+                "is not wanted: its pull request is closed or not allowed",
+            ));
+        }
+        self.engine().await.map_err(unavailable)?;
+        self.compose().await.map_err(unavailable)?;
+        let sha = row.head_sha;
+        if self.job_of(repo, number) == Some(Job::Deploy { sha: sha.clone() }) {
+            return Ok(Redeploy::AlreadyDeploying(sha));
+        }
+        self.make_room(repo, number).await.map_err(unavailable)?;
+        tracing::info!(repo, number, sha = %sha, "previews: redeploy requested");
+        self.spawn_deploy_at(repo, number, &sha);
+        Ok(Redeploy::Started(sha))
+    }
+
+    /// The preview's logs, as the repository's contract says to read them. A follow takes one of
+    /// the preview's [`MAX_FOLLOWS`] places until its stream is dropped, and ends after
+    /// [`MAX_FOLLOW_DURATION`].
     pub async fn logs(
         &self,
         repo: &str,
@@ -1449,6 +1575,16 @@ impl Previews {
             .log_service
             .clone()
             .ok_or_else(|| missing("has not started yet"))?;
+        let slot = if follow {
+            let slot = FollowSlot::take(&self.inner.follows, (repo.to_owned(), number));
+            Some(slot.ok_or_else(|| {
+                LogsError::TooManyFollows(format!(
+                    "the preview of {repo}#{number} has {MAX_FOLLOWS} log follows open already; close one, or read without follow"
+                ))
+            })?)
+        } else {
+            None
+        };
         let engine = self
             .engine()
             .await
@@ -1466,7 +1602,19 @@ impl Previews {
             }
         };
         // The preview exists; its container may be gone (a failed start) or the engine away.
-        stream.map_err(unavailable)
+        let stream = stream.map_err(unavailable)?;
+        Ok(match slot {
+            None => stream,
+            Some(slot) => {
+                use futures_util::StreamExt;
+                // The stream owns its place: dropped with it, however the follow ends.
+                let stream = stream.map(move |item| {
+                    let _owned = &slot;
+                    item
+                });
+                at_most(Box::pin(stream), MAX_FOLLOW_DURATION)
+            }
+        })
     }
 }
 

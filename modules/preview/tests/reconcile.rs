@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use productbuilder_preview::compose::project_name;
 use productbuilder_preview::db::DeletedReason;
+use productbuilder_preview::reconcile::{MAX_FOLLOWS, Redeploy, RedeployError};
 use productbuilder_preview::state::Status;
-use productbuilder_preview::{MARKER, TenantRules};
+use productbuilder_preview::{LogsError, MARKER, TenantRules};
 use support::{World, app, docker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,6 +246,47 @@ async fn migrations_post_deploy_commands_and_file_logs() {
         }
         assert_eq!(String::from_utf8_lossy(&text), "migrated\nseeded\n");
 
+        // Follows: at most four at once, each a `tail -F` in the container while its reader is
+        // there, and none left once the readers went away.
+        let container = w.containers(number).remove(0);
+        let tails = || {
+            docker(&["top", &container])
+                .lines()
+                .filter(|l| l.contains("tail -n 10 -F"))
+                .count()
+        };
+        let mut follows = Vec::new();
+        for _ in 0..MAX_FOLLOWS {
+            let mut stream = previews.logs(&w.repo, number, 10, true).await.unwrap();
+            let first = stream.next().await.unwrap().unwrap();
+            assert!(
+                String::from_utf8_lossy(&first).starts_with("migrated"),
+                "{first:?}"
+            );
+            follows.push(stream);
+        }
+        assert_eq!(tails(), MAX_FOLLOWS);
+        match previews.logs(&w.repo, number, 10, true).await {
+            Err(LogsError::TooManyFollows(m)) => assert!(m.contains("4 log follows"), "{m}"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a fifth follow was served"),
+        }
+        // Reading without follow is not limited.
+        drop(previews.logs(&w.repo, number, 10, false).await.unwrap());
+        drop(follows);
+        // The kills run in the background once the streams are gone: wait for them, bounded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while tails() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tails left: {}",
+                docker(&["top", &container])
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Their places are free again.
+        drop(previews.logs(&w.repo, number, 10, true).await.unwrap());
+
         // A post-deploy command that fails: the stage, its description and its output are kept.
         let broken = app_with_steps("steps", "echo cannot seed; exit 3");
         let sha = w.sandbox.push(&w.repo, number, broken.files);
@@ -269,6 +311,31 @@ async fn migrations_post_deploy_commands_and_file_logs() {
         let comment = &w.sandbox.comments(&w.repo, number)[0].body;
         assert!(comment.contains("Failed at `post_deploy`"), "{comment}");
         assert!(comment.contains("cannot seed"), "{comment}");
+
+        // A failed preview waits for a push, unless an operator asks for a redeploy: it runs
+        // again at the same commit (and fails again, the same way).
+        let (_, failed_before, _) = previews.outcomes();
+        w.pass(&previews).await;
+        assert_eq!(
+            previews.outcomes().1,
+            failed_before,
+            "a pass alone redeployed"
+        );
+        assert_eq!(
+            previews.redeploy(&w.repo, number).await,
+            Ok(Redeploy::Started(sha.clone()))
+        );
+        previews.idle().await;
+        assert_eq!(previews.outcomes().1, failed_before + 1);
+        let row = previews.get(&w.repo, number).await.unwrap().unwrap();
+        assert_eq!(
+            (row.status, row.stage, row.head_sha),
+            (Status::Failed, Some(Stage::PostDeploy), sha)
+        );
+        assert!(matches!(
+            previews.redeploy(&w.repo, number + 100).await,
+            Err(RedeployError::NotFound(m)) if m.contains("does not exist")
+        ));
     })
     .await;
 }
@@ -326,4 +393,20 @@ async fn previews_of_a_repository_that_left_the_configuration_are_swept() {
     );
     assert_eq!(restarted.sweep().await.unwrap(), 0);
     w.clean_up(&restarted).await;
+}
+
+#[tokio::test]
+async fn a_log_follow_ends_after_its_maximum_duration() {
+    use futures_util::StreamExt;
+    // A follow of a quiet log: it would never end by itself.
+    let quiet: productbuilder_preview::engine::LogStream =
+        Box::pin(futures_util::stream::pending());
+    let started = std::time::Instant::now();
+    let mut limited = productbuilder_preview::reconcile::at_most(quiet, Duration::from_millis(50));
+    assert!(limited.next().await.is_none());
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    assert_eq!(
+        productbuilder_preview::reconcile::MAX_FOLLOW_DURATION,
+        Duration::from_secs(30 * 60)
+    );
 }

@@ -116,15 +116,31 @@ impl RetryRule {
     }
 }
 
-/// The delay before the next attempt: the server's wait hint when it sent one, else the backoff.
+/// The longest a server's wait hint may hold a unit back. A hint comes from outside (a wrong
+/// clock, a proxy, a hostile server): `Retry-After: 99999999` must not park a unit for years.
+pub const MAX_WAIT_HINT: Duration = Duration::from_secs(60 * 60);
+
+/// The delay before the next attempt: the server's wait hint when it sent one (at most
+/// [`MAX_WAIT_HINT`], logged when capped), else the backoff.
 pub fn delay_for(
     rule: &RetryRule,
     err: &UnitError,
     attempt: u32,
     rng: &mut fastrand::Rng,
 ) -> Duration {
-    err.wait_hint()
-        .unwrap_or_else(|| rule.backoff(attempt, rng))
+    match err.wait_hint() {
+        Some(wait) if wait > MAX_WAIT_HINT => {
+            tracing::warn!(
+                asked = ?wait,
+                capped_to = ?MAX_WAIT_HINT,
+                error = %err,
+                "a server asked for a wait longer than an hour; retrying in an hour"
+            );
+            MAX_WAIT_HINT
+        }
+        Some(wait) => wait,
+        None => rule.backoff(attempt, rng),
+    }
 }
 
 #[cfg(test)]
@@ -233,5 +249,24 @@ mod tests {
         assert_eq!(delay_for(rule, &err, 1, &mut rng), Duration::from_secs(42));
         let plain = UnitError::new(ErrorKind::RateLimited, "no hint");
         assert!(delay_for(rule, &plain, 1, &mut rng) <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn wait_hints_are_capped_at_an_hour() {
+        let policy = RetryPolicy::remote_api();
+        let rule = &policy.rules()[0];
+        let mut rng = fastrand::Rng::with_seed(1);
+        let hour = Duration::from_secs(3600);
+        for (asked, want) in [
+            (Duration::ZERO, Duration::ZERO),
+            (Duration::from_secs(3599), Duration::from_secs(3599)),
+            (hour, hour),
+            (hour + Duration::from_millis(1), hour),
+            (Duration::from_secs(7 * 24 * 3600), hour),
+            (Duration::MAX, hour),
+        ] {
+            let err = UnitError::from_http_status(429, Some(asked), "slow down");
+            assert_eq!(delay_for(rule, &err, 1, &mut rng), want, "asked {asked:?}");
+        }
     }
 }
