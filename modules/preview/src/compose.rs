@@ -51,27 +51,10 @@ pub struct Rewrite<'a> {
 pub const LOG_MAX_SIZE: &str = "10m";
 pub const LOG_MAX_FILE: &str = "3";
 
-/// A Compose project name: lowercase letters, digits, `-` and `_`, starting with a letter or digit,
-/// unique per repository and pull request, at most 63 characters.
+/// A Compose project name, also the workspace directory's: distinct for distinct repositories
+/// and pull requests, at most 63 characters. The encoding is the planner's (`names`).
 pub fn project_name(repo: &str, number: u64) -> String {
-    let mut name: String = format!("pb-{repo}")
-        .chars()
-        .map(|c| match c.to_ascii_lowercase() {
-            c @ ('a'..='z' | '0'..='9' | '_' | '-') => c,
-            _ => '-',
-        })
-        .collect();
-    let suffix = format!("-pr-{number}");
-    if name.len() + suffix.len() > 63 {
-        // Keep it unique: a short hash of the full repository name replaces the tail.
-        let hash = repo.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        name.truncate(63 - suffix.len() - 9);
-        name.push_str(&format!("-{:08x}", hash as u32));
-    }
-    name.push_str(&suffix);
-    name
+    productbuilder_planner::names::project_of(repo, number)
 }
 
 /// The router and service name in Traefik: the project name, which is unique.

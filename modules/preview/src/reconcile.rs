@@ -49,7 +49,7 @@ pub struct Settings {
     /// Workspaces live under `{state_dir}/previews/{project}`.
     pub state_dir: PathBuf,
     pub domain: String,
-    /// Placeholders `{owner}` `{repo}` `{number}` `{domain}`.
+    /// Placeholders `{owner}` `{repo}` (as `names::label` writes them) `{number}` `{domain}`.
     pub url_template: String,
     pub compose_command: Vec<String>,
     pub network: String,
@@ -480,16 +480,10 @@ impl Previews {
             .map_err(store_err)
     }
 
-    /// The preview's public URL.
+    /// The preview's public URL (the encoding of names is the planner's).
     pub fn url(&self, repo: &str, number: u64) -> String {
-        let (owner, name) = repo.split_once('/').unwrap_or(("", repo));
-        self.inner
-            .settings
-            .url_template
-            .replace("{owner}", &owner.to_ascii_lowercase())
-            .replace("{repo}", &name.to_ascii_lowercase())
-            .replace("{number}", &number.to_string())
-            .replace("{domain}", &self.inner.settings.domain)
+        let settings = &self.inner.settings;
+        productbuilder_planner::names::url(&settings.url_template, &settings.domain, repo, number)
     }
 
     fn workspace(&self, project: &str) -> PathBuf {
@@ -1001,14 +995,7 @@ impl Previews {
                 .await;
         }
         self.step(repo, number, sha, Stage::Policy, cancel).await?;
-        let host = url
-            .split("://")
-            .nth(1)
-            .unwrap_or(url)
-            .split(['/', ':'])
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let host = productbuilder_planner::names::host(url).to_owned();
         let model = &checkout.resolved.model;
         let network = compose::routed_network(model, &spec.service).ok_or_else(|| {
             failed(
