@@ -180,7 +180,11 @@ fn tenants(config: &Config) -> Vec<Arc<Tenant>> {
 /// already rules out): refused before anything runs.
 fn names_apart(config: &Config, tenants: &[Arc<Tenant>]) -> Result<(), Failure> {
     let preview = &config.preview;
-    Ok(check_names(tenants, &preview.url_template, &preview.domain)?)
+    Ok(check_names(
+        tenants,
+        &preview.url_template,
+        &preview.domain,
+    )?)
 }
 
 /// Everything `run` needs besides the units themselves.

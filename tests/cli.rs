@@ -160,7 +160,12 @@ fn tenants_whose_preview_hosts_collide_are_refused_naming_both() {
     .unwrap();
     for command in [&["check"][..], &["plan"], &["run"]] {
         let out = site.output(command, &[]);
-        assert_eq!(out.status.code(), Some(2), "{command:?}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{command:?}: {}",
+            text(&out.stderr)
+        );
         let stderr = text(&out.stderr);
         for needle in [
             "acme/shop (",
@@ -173,7 +178,10 @@ fn tenants_whose_preview_hosts_collide_are_refused_naming_both() {
             assert!(stderr.contains(needle), "{command:?}: {needle} in {stderr}");
         }
     }
-    assert!(!site.dir.path().join("state").exists(), "refused before any state");
+    assert!(
+        !site.dir.path().join("state").exists(),
+        "refused before any state"
+    );
 
     // With {owner} in the host they are apart.
     std::fs::write(

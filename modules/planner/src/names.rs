@@ -264,9 +264,14 @@ fn host_pattern(template: &str, domain: &str, owner: &str, repo: &str) -> Vec<Sy
 fn common_host(a: &[Sym], b: &[Sym]) -> Option<String> {
     // A state is (position, inside a number that has at least one digit).
     type State = (usize, bool);
+    type Pair = (State, State);
     // Where a state can be without reading anything: the end of a number is optional.
     fn closure(s: State) -> Vec<State> {
-        if s.1 { vec![s, (s.0 + 1, false)] } else { vec![s] }
+        if s.1 {
+            vec![s, (s.0 + 1, false)]
+        } else {
+            vec![s]
+        }
     }
     fn step(p: &[Sym], s: State, byte: u8) -> Option<State> {
         match (s, p.get(s.0)) {
@@ -278,7 +283,7 @@ fn common_host(a: &[Sym], b: &[Sym]) -> Option<String> {
     }
     let accepts = |p: &[Sym], s: State| s == (p.len(), false);
     let start = ((0, false), (0, false));
-    let mut came_from: HashMap<(State, State), Option<((State, State), u8)>> = HashMap::new();
+    let mut came_from: HashMap<Pair, Option<(Pair, u8)>> = HashMap::new();
     came_from.insert(start, None);
     let mut queue = VecDeque::from([start]);
     while let Some(pair) = queue.pop_front() {

@@ -72,7 +72,10 @@ fn rewritten(project: &str) -> (String, Value) {
 fn project_names_meet_composes_rules() {
     assert_eq!(project_name("Acme/Shop.Web", 42), "pb--acme--shopqdweb--42");
     // These two shared one project (and tore each other down) before the planner's encoding.
-    assert_ne!(project_name("foo/bar-baz", 1), project_name("foo-bar/baz", 1));
+    assert_ne!(
+        project_name("foo/bar-baz", 1),
+        project_name("foo-bar/baz", 1)
+    );
     let long = project_name(&format!("acme/{}", "x".repeat(100)), 7);
     assert!(long.len() <= 63, "{long}");
     assert_ne!(

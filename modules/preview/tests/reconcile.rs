@@ -348,7 +348,9 @@ async fn a_preview_under_an_earlier_project_name_is_kept_then_moved() {
         // workspace (its checkout is the project directory), as the earlier release did.
         let (new_ws, old_ws) = (previews_dir.join(&current), previews_dir.join(&legacy));
         command(&["cp", "-a", &path(&new_ws), &path(&old_ws)]);
-        let compose_dir = find_dir(&old_ws, ".productbuilding").unwrap().join("preview");
+        let compose_dir = find_dir(&old_ws, ".productbuilding")
+            .unwrap()
+            .join("preview");
         command(&[
             "docker",
             "compose",
@@ -389,8 +391,14 @@ async fn a_preview_under_an_earlier_project_name_is_kept_then_moved() {
         // The stored name is the preview's: running, so nothing is redeployed or removed.
         w.pass(&previews).await;
         let row = previews.get(&w.repo, one).await.unwrap().unwrap();
-        assert_eq!((row.status, row.project.as_str()), (Status::Ready, legacy.as_str()));
-        assert!(!legacy_containers().is_empty(), "the running preview was torn down");
+        assert_eq!(
+            (row.status, row.project.as_str()),
+            (Status::Ready, legacy.as_str())
+        );
+        assert!(
+            !legacy_containers().is_empty(),
+            "the running preview was torn down"
+        );
         assert!(w.containers(one).is_empty());
 
         // A push deploys under the planner's name; the old project goes, with its workspace.
@@ -402,10 +410,16 @@ async fn a_preview_under_an_earlier_project_name_is_kept_then_moved() {
         w.pass(&previews).await;
         w.pass(&previews).await;
         let row = previews.get(&w.repo, one).await.unwrap().unwrap();
-        assert_eq!((row.status, row.project.as_str()), (Status::Ready, current.as_str()));
+        assert_eq!(
+            (row.status, row.project.as_str()),
+            (Status::Ready, current.as_str())
+        );
         assert_eq!(w.containers(one).len(), 1);
         assert!(legacy_containers().is_empty(), "the old project is left");
-        assert!(!previews_dir.join(&legacy).exists(), "the old workspace is left");
+        assert!(
+            !previews_dir.join(&legacy).exists(),
+            "the old workspace is left"
+        );
     })
     .await;
 }

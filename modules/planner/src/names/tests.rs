@@ -181,7 +181,10 @@ fn urls_and_hosts() {
         ),
         "https://acme.shop.7.example.com:8443/x"
     );
-    assert_eq!(host("https://acme.shop.7.example.com:8443/x"), "acme.shop.7.example.com");
+    assert_eq!(
+        host("https://acme.shop.7.example.com:8443/x"),
+        "acme.shop.7.example.com"
+    );
     assert_eq!(host("http://a.b/c"), "a.b");
     assert_eq!(host("a.b"), "a.b");
 }
@@ -211,37 +214,96 @@ fn colliding_hosts_are_found_for_the_configured_tenants() {
     let owner_repo = "https://{repo}-{owner}-pr-{number}.{domain}";
     let table: &[(&str, &[&str], usize, &str)] = &[
         // The bug: the default template and two repositories of one name.
-        (DEFAULT_TEMPLATE, &["acme/shop", "globex/shop"], 1, "shop-pr-1.preview.localhost"),
+        (
+            DEFAULT_TEMPLATE,
+            &["acme/shop", "globex/shop"],
+            1,
+            "shop-pr-1.preview.localhost",
+        ),
         (DEFAULT_TEMPLATE, &["acme/shop", "acme/blog"], 0, ""),
-        (DEFAULT_TEMPLATE, &["acme/shop", "globex/shop", "initech/shop"], 3, "put {owner}"),
+        (
+            DEFAULT_TEMPLATE,
+            &["acme/shop", "globex/shop", "initech/shop"],
+            3,
+            "put {owner}",
+        ),
         // `{owner}` separates them.
         (owner_repo, &["acme/shop", "globex/shop"], 0, ""),
         // Repository names that escape differently.
-        (DEFAULT_TEMPLATE, &["acme/shop.web", "acme/shop-web", "acme/shop_web"], 0, ""),
+        (
+            DEFAULT_TEMPLATE,
+            &["acme/shop.web", "acme/shop-web", "acme/shop_web"],
+            0,
+            "",
+        ),
         // Text and digits: `a1`#1 and `a`#11.
-        ("http://{repo}{number}.{domain}", &["acme/a1", "acme/a"], 1, "a11.preview.localhost"),
+        (
+            "http://{repo}{number}.{domain}",
+            &["acme/a1", "acme/a"],
+            1,
+            "a11.preview.localhost",
+        ),
         // A number can never hold `-pr-`.
         (DEFAULT_TEMPLATE, &["acme/a-pr-1", "acme/a"], 0, ""),
         // A single `-` between owner and repository is ambiguous...
-        ("http://{owner}-{repo}-{number}.{domain}", &["foo/bar-baz", "foo-bar/baz"], 1, "foo-bar-baz-1"),
+        (
+            "http://{owner}-{repo}-{number}.{domain}",
+            &["foo/bar-baz", "foo-bar/baz"],
+            1,
+            "foo-bar-baz-1",
+        ),
         // ... `--` is not: no label contains it.
-        ("http://{owner}--{repo}-{number}.{domain}", &["foo/bar-baz", "foo-bar/baz"], 0, ""),
+        (
+            "http://{owner}--{repo}-{number}.{domain}",
+            &["foo/bar-baz", "foo-bar/baz"],
+            0,
+            "",
+        ),
         // Dots separate too.
-        ("http://{number}.{repo}.{owner}.{domain}", &["foo/bar-baz", "foo-bar/baz", "acme/shop"], 0, ""),
+        (
+            "http://{number}.{repo}.{owner}.{domain}",
+            &["foo/bar-baz", "foo-bar/baz", "acme/shop"],
+            0,
+            "",
+        ),
         // Case does not matter in a host.
-        ("http://{repo}-PR-{number}.{domain}", &["acme/shop", "globex/shop"], 1, "shop-pr-1"),
+        (
+            "http://{repo}-PR-{number}.{domain}",
+            &["acme/shop", "globex/shop"],
+            1,
+            "shop-pr-1",
+        ),
         // Only the host routes: what follows it does not separate tenants.
-        ("https://pr-{number}.{domain}/{owner}/{repo}", &["acme/shop", "globex/blog"], 1, "pr-1.preview.localhost"),
+        (
+            "https://pr-{number}.{domain}/{owner}/{repo}",
+            &["acme/shop", "globex/blog"],
+            1,
+            "pr-1.preview.localhost",
+        ),
         // Every pull request on one host.
-        ("https://{domain}/{owner}/{repo}/{number}", &["acme/shop"], 1, "no {number} in its host"),
+        (
+            "https://{domain}/{owner}/{repo}/{number}",
+            &["acme/shop"],
+            1,
+            "no {number} in its host",
+        ),
         // A label longer than DNS allows.
-        ("http://{repo}-{owner}-pr-{number}.{domain}", &["acmeacmeacmeacmeacme/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"], 1, "longer than DNS allows"),
+        (
+            "http://{repo}-{owner}-pr-{number}.{domain}",
+            &["acmeacmeacmeacmeacme/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"],
+            1,
+            "longer than DNS allows",
+        ),
         // Same template, one tenant: nothing to collide with.
         (DEFAULT_TEMPLATE, &["acme/shop"], 0, ""),
     ];
     for (template, repos, count, needle) in table {
         let problems = conflicts_of(template, repos);
-        assert_eq!(problems.len(), *count, "{template} {repos:?}: {problems:#?}");
+        assert_eq!(
+            problems.len(),
+            *count,
+            "{template} {repos:?}: {problems:#?}"
+        );
         for problem in &problems {
             assert!(problem.contains(needle), "{template} {repos:?}: {problem}");
         }
