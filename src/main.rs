@@ -20,7 +20,7 @@ use productbuilder_github::webhook::Deliveries;
 use productbuilder_github::{
     BudgetLimits, ClientConfig, Credentials, GithubClient, GithubModule, GithubState, Token,
 };
-use productbuilder_planner::{Module, PlanError, RepoIdCell, Tenant, plan};
+use productbuilder_planner::{Module, PlanError, RepoIdCell, Tenant, check_names, plan};
 use productbuilder_preview::policy::Policy;
 use productbuilder_preview::runner::ComposeCli;
 use productbuilder_preview::{PreviewModule, Previews};
@@ -176,6 +176,17 @@ fn tenants(config: &Config) -> Vec<Arc<Tenant>> {
         .collect()
 }
 
+/// No two tenants' previews may share a host (nor a Compose project, which the planner's encoding
+/// already rules out): refused before anything runs.
+fn names_apart(config: &Config, tenants: &[Arc<Tenant>]) -> Result<(), Failure> {
+    let preview = &config.preview;
+    Ok(check_names(
+        tenants,
+        &preview.url_template,
+        &preview.domain,
+    )?)
+}
+
 /// Everything `run` needs besides the units themselves.
 struct Wiring {
     units: Vec<UnitSpec>,
@@ -186,6 +197,7 @@ struct Wiring {
 /// The whole wiring: every module, in the order their units are listed.
 fn wire(config: &Config, store: &Store) -> Result<Wiring, Failure> {
     let tenants = tenants(config);
+    names_apart(config, &tenants)?;
     let credentials = match &config.github.auth {
         GithubAuth::Token(token) => Credentials::Token(Token::new(token.expose())),
         GithubAuth::App {
@@ -479,8 +491,7 @@ async fn check_preview_host(config: &Config) -> bool {
             println!("x {e}");
         }
     }
-    match ComposeCli::detect(&config.preview.compose_command).await
-    {
+    match ComposeCli::detect(&config.preview.compose_command).await {
         Ok(cli) => println!("√ Compose: `{}` ({})", cli.argv().join(" "), cli.version),
         Err(e) => {
             ok = false;
@@ -591,6 +602,8 @@ fn init_logging(config: &Config) {
 }
 
 fn run(config: Config) -> Result<(), Failure> {
+    // Before the state directory is touched (`wire` checks again, for `plan` and `check`).
+    names_apart(&config, &tenants(&config))?;
     init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -149,6 +149,54 @@ fn plan_with_a_bad_config_exits_2_naming_file_and_key() {
 }
 
 #[test]
+fn tenants_whose_preview_hosts_collide_are_refused_naming_both() {
+    // The default url_template has no {owner}: acme/shop and globex/shop would share a host.
+    let site = Site::new("");
+    site.github.create_repo("globex", "shop");
+    std::fs::write(
+        site.dir.path().join("tenants/globex-shop.toml"),
+        "repo = \"globex/shop\"\n",
+    )
+    .unwrap();
+    for command in [&["check"][..], &["plan"], &["run"]] {
+        let out = site.output(command, &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{command:?}: {}",
+            text(&out.stderr)
+        );
+        let stderr = text(&out.stderr);
+        for needle in [
+            "acme/shop (",
+            "tenants/shop.toml",
+            "globex/shop (",
+            "tenants/globex-shop.toml",
+            "shop-pr-1.preview.localhost",
+            "put {owner} in preview.url_template",
+        ] {
+            assert!(stderr.contains(needle), "{command:?}: {needle} in {stderr}");
+        }
+    }
+    assert!(
+        !site.dir.path().join("state").exists(),
+        "refused before any state"
+    );
+
+    // With {owner} in the host they are apart.
+    std::fs::write(
+        site.config(),
+        std::fs::read_to_string(site.config()).unwrap().replace(
+            "[github]",
+            "[preview]\nurl_template = \"http://{repo}-{owner}-pr-{number}.{domain}\"\n[github]",
+        ),
+    )
+    .unwrap();
+    let out = site.output(&["check"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
 fn usage_errors_exit_2_and_help_exits_0() {
     let site = Site::new("");
     assert_eq!(site.output(&["frobnicate"], &[]).status.code(), Some(2));

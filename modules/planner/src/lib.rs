@@ -7,6 +7,8 @@
 //! - [`plan`] multiplies tenants by specs into [`UnitSpec`]s named
 //!   `{phase}:{resource}:{owner}/{name}` (or `{phase}:{resource}:global`), and refuses a plan with
 //!   duplicate names or malformed resources before anything runs.
+//! - [`names`] derives every preview's Compose project, workspace and host with a collision-free
+//!   encoding, and [`check_names`] refuses tenants whose preview hosts could still meet.
 //!
 //! # Why the planner is pure
 //! `plan` reads no file, database or network: `productbuilder plan` prints exactly what `run` would
@@ -20,6 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use productbuilder_scheduler::{RetryPolicy, RunCtx, RunFuture, Schedule, UnitError, UnitSpec};
+
+pub mod names;
 
 /// GitHub's numeric repository id, shared by every unit of a tenant. Empty until a preflight (or
 /// the database) fills it; 0 is never a valid id, so it stands for "unknown".
@@ -266,6 +270,23 @@ pub fn plan(
     problems.dedup();
     if problems.is_empty() {
         Ok(units)
+    } else {
+        Err(PlanError(problems))
+    }
+}
+
+/// Refuses tenants whose previews could get the same host from `url_template` (see
+/// [`names::conflicts`]), naming both tenants and their files. Compose projects and workspaces
+/// need no check: [`names::project`] is distinct for distinct repositories by construction.
+pub fn check_names(
+    tenants: &[Arc<Tenant>],
+    url_template: &str,
+    domain: &str,
+) -> Result<(), PlanError> {
+    let tenants: Vec<&Tenant> = tenants.iter().map(Arc::as_ref).collect();
+    let problems = names::conflicts(&tenants, url_template, domain);
+    if problems.is_empty() {
+        Ok(())
     } else {
         Err(PlanError(problems))
     }

@@ -23,7 +23,7 @@ use productbuilder_preview::archive::Limits;
 use productbuilder_preview::compose::{Rewrite, project_name, render, rewrite, routed_network};
 use productbuilder_preview::policy::Policy;
 use productbuilder_preview::runner::{ComposeCli, write_project};
-use productbuilder_preview::source::fetch_and_check;
+use productbuilder_preview::source::{Checks, fetch_and_check};
 use productbuilder_store::Store;
 
 const REPO: &str = "acme/shop";
@@ -124,10 +124,12 @@ async fn deploy(client: &GithubClient, sha: &str, number: u64, workspace: &Path)
         REPO,
         sha,
         workspace,
-        &Policy::default(),
         &Limits::default(),
-        &cli,
-        &project,
+        &Checks {
+            policy: &Policy::default(),
+            cli: &cli,
+            project: &project,
+        },
     )
     .await
     .expect("the head passes its checks");

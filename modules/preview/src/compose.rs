@@ -51,27 +51,10 @@ pub struct Rewrite<'a> {
 pub const LOG_MAX_SIZE: &str = "10m";
 pub const LOG_MAX_FILE: &str = "3";
 
-/// A Compose project name: lowercase letters, digits, `-` and `_`, starting with a letter or digit,
-/// unique per repository and pull request, at most 63 characters.
+/// A Compose project name, also the workspace directory's: distinct for distinct repositories
+/// and pull requests, at most 63 characters. The encoding is the planner's (`names`).
 pub fn project_name(repo: &str, number: u64) -> String {
-    let mut name: String = format!("pb-{repo}")
-        .chars()
-        .map(|c| match c.to_ascii_lowercase() {
-            c @ ('a'..='z' | '0'..='9' | '_' | '-') => c,
-            _ => '-',
-        })
-        .collect();
-    let suffix = format!("-pr-{number}");
-    if name.len() + suffix.len() > 63 {
-        // Keep it unique: a short hash of the full repository name replaces the tail.
-        let hash = repo.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        name.truncate(63 - suffix.len() - 9);
-        name.push_str(&format!("-{:08x}", hash as u32));
-    }
-    name.push_str(&suffix);
-    name
+    productbuilder_planner::names::project_of(repo, number)
 }
 
 /// The router and service name in Traefik: the project name, which is unique.
@@ -162,10 +145,12 @@ pub fn rewrite(model: &Value, r: &Rewrite<'_>, network: &str) -> Value {
         labels.insert(LABEL_PR.into(), json!(r.number.to_string()));
         labels.insert(LABEL_SHA.into(), json!(r.sha));
         // `deploy.resources.limits` would contradict the limits below (Compose refuses both).
-        if let Some(deploy) = svc.get_mut("deploy").and_then(Value::as_object_mut) {
-            if let Some(resources) = deploy.get_mut("resources").and_then(Value::as_object_mut) {
-                resources.remove("limits");
-            }
+        if let Some(resources) = svc
+            .get_mut("deploy")
+            .and_then(|d| d.get_mut("resources"))
+            .and_then(Value::as_object_mut)
+        {
+            resources.remove("limits");
         }
         if let Some(cpus) = r.cpus {
             svc.insert("cpus".into(), json!(cpus));
@@ -189,7 +174,10 @@ pub fn rewrite(model: &Value, r: &Rewrite<'_>, network: &str) -> Value {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        security.retain(|o| !o.as_str().is_some_and(|o| o.starts_with("no-new-privileges")));
+        security.retain(|o| {
+            !o.as_str()
+                .is_some_and(|o| o.starts_with("no-new-privileges"))
+        });
         security.push(json!("no-new-privileges:true"));
         svc.insert("security_opt".into(), Value::Array(security));
         let mut env = environment_map(svc.get("environment"));

@@ -93,7 +93,8 @@ pub async fn validate_checkout(
     let Some(spec) = validated.spec else {
         return report;
     };
-    let resolved = match resolve::resolve(cli, checkout, &spec.compose_file, project, policy).await {
+    let resolved = match resolve::resolve(cli, checkout, &spec.compose_file, project, policy).await
+    {
         Ok(resolved) => resolved,
         Err(refusal) => {
             report.errors.extend(refusal.errors);
@@ -122,7 +123,7 @@ pub async fn validate_checkout(
         }
     }
     if compose::routed_network(&resolved.model, &spec.service).is_none()
-        && services.iter().any(|s| *s == spec.service)
+        && services.contains(&spec.service)
     {
         report.errors.push(Finding {
             file: spec.compose_file.clone(),

@@ -135,7 +135,9 @@ impl fmt::Display for Violation {
 }
 
 /// Top-level keys of a resolved model.
-const TOP_KEYS: &[&str] = &["name", "services", "networks", "volumes", "configs", "secrets"];
+const TOP_KEYS: &[&str] = &[
+    "name", "services", "networks", "volumes", "configs", "secrets",
+];
 
 /// Service keys that give no power over the host, or whose values are checked below.
 const SERVICE_KEYS: &[&str] = &[
@@ -304,7 +306,13 @@ impl Checker<'_> {
         shown(self.root, Path::new(path))
     }
 
-    fn unknown_keys(&mut self, map: &Map<String, Value>, known: &[&str], service: Option<&str>, what: &str) {
+    fn unknown_keys(
+        &mut self,
+        map: &Map<String, Value>,
+        known: &[&str],
+        service: Option<&str>,
+        what: &str,
+    ) {
         for key in map.keys() {
             if !known.contains(&key.as_str()) && !key.starts_with("x-") {
                 self.refuse(
@@ -323,9 +331,18 @@ impl Checker<'_> {
             self.refuse(Rule::Privileged, s, "key `privileged` is true".into());
         }
         for hook in ["post_start", "pre_stop"] {
-            for h in svc.get(hook).and_then(Value::as_array).into_iter().flatten() {
+            for h in svc
+                .get(hook)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if h.get("privileged").and_then(Value::as_bool) == Some(true) {
-                    self.refuse(Rule::Privileged, s, format!("key `{hook}[].privileged` is true"));
+                    self.refuse(
+                        Rule::Privileged,
+                        s,
+                        format!("key `{hook}[].privileged` is true"),
+                    );
                 }
             }
         }
@@ -360,7 +377,10 @@ impl Checker<'_> {
                 self.refuse(Rule::Devices, s, format!("key `{key}` uses host devices"));
             }
         }
-        if non_empty(svc.get("deploy").and_then(|d| d.pointer("/resources/reservations/devices"))) {
+        if non_empty(
+            svc.get("deploy")
+                .and_then(|d| d.pointer("/resources/reservations/devices")),
+        ) {
             self.refuse(
                 Rule::Devices,
                 s,
@@ -394,7 +414,11 @@ impl Checker<'_> {
             );
         }
         if non_empty(svc.get("sysctls")) {
-            self.refuse(Rule::Sysctls, s, "key `sysctls` sets kernel parameters".into());
+            self.refuse(
+                Rule::Sysctls,
+                s,
+                "key `sysctls` sets kernel parameters".into(),
+            );
         }
         if svc
             .get("oom_score_adj")
@@ -404,7 +428,8 @@ impl Checker<'_> {
             self.refuse(
                 Rule::OomScore,
                 s,
-                "key `oom_score_adj` is negative: the host's processes would be killed first".into(),
+                "key `oom_score_adj` is negative: the host's processes would be killed first"
+                    .into(),
             );
         }
         for key in ["cgroup_parent", "runtime", "oom_kill_disable", "isolation"] {
@@ -413,18 +438,26 @@ impl Checker<'_> {
             }
         }
         self.labels(svc.get("labels"), s, "labels");
-        self.labels(svc.get("deploy").and_then(|d| d.get("labels")), s, "deploy.labels");
-        for volume in svc.get("volumes").and_then(Value::as_array).into_iter().flatten() {
-            let kind = volume.get("type").and_then(Value::as_str).unwrap_or("volume");
+        self.labels(
+            svc.get("deploy").and_then(|d| d.get("labels")),
+            s,
+            "deploy.labels",
+        );
+        for volume in svc
+            .get("volumes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let kind = volume
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("volume");
             let source = volume.get("source").and_then(Value::as_str).unwrap_or("");
             match kind {
                 "bind" if !self.inside(source) => {
                     let shown = self.shown(source);
-                    self.refuse(
-                        Rule::HostPath,
-                        s,
-                        format!("key `volumes` mounts {shown}"),
-                    );
+                    self.refuse(Rule::HostPath, s, format!("key `volumes` mounts {shown}"));
                 }
                 "bind" | "volume" | "tmpfs" => {}
                 other => self.refuse(
@@ -478,7 +511,11 @@ impl Checker<'_> {
             let path = path.to_string_lossy();
             if !self.inside(&path) {
                 let shown = self.shown(&path);
-                self.refuse(Rule::HostPath, s, format!("key `build.dockerfile` is {shown}"));
+                self.refuse(
+                    Rule::HostPath,
+                    s,
+                    format!("key `build.dockerfile` is {shown}"),
+                );
             }
         }
         for (ctx_name, ctx) in build
@@ -493,7 +530,11 @@ impl Checker<'_> {
                 continue;
             }
             if !local || !self.inside(ctx) {
-                let shown = if local { self.shown(ctx) } else { format!("{ctx:?}") };
+                let shown = if local {
+                    self.shown(ctx)
+                } else {
+                    format!("{ctx:?}")
+                };
                 self.refuse(
                     Rule::HostPath,
                     s,
@@ -548,7 +589,9 @@ impl Checker<'_> {
     /// Top-level `configs` and `secrets`: files inside the checkout or inline content.
     fn files(&mut self, section: &str, entries: &Map<String, Value>) {
         for (name, entry) in entries {
-            let Some(entry) = entry.as_object() else { continue };
+            let Some(entry) = entry.as_object() else {
+                continue;
+            };
             for key in entry.keys() {
                 match key.as_str() {
                     "name" | "content" | "labels" | "template_driver" => {}
@@ -572,7 +615,9 @@ impl Checker<'_> {
                     other => self.refuse(
                         Rule::UnknownKey,
                         None,
-                        format!("{section} `{name}`: key `{other}` is not known to the preview policy"),
+                        format!(
+                            "{section} `{name}`: key `{other}` is not known to the preview policy"
+                        ),
                     ),
                 }
             }
@@ -670,7 +715,12 @@ fn non_empty(value: Option<&Value>) -> bool {
 
 /// Checks a resolved project. `project` is the name it was resolved under (its own networks and
 /// volumes are `{project}_{key}`); `main_file` names the compose file in messages.
-pub fn check(resolved: &Resolved, project: &str, main_file: &str, policy: &Policy) -> Vec<Violation> {
+pub fn check(
+    resolved: &Resolved,
+    project: &str,
+    main_file: &str,
+    policy: &Policy,
+) -> Vec<Violation> {
     let mut c = Checker {
         policy,
         root: &resolved.root,
@@ -692,7 +742,11 @@ pub fn check(resolved: &Resolved, project: &str, main_file: &str, policy: &Polic
         .iter()
         .find(|s| s.contains("docker.sock") || s.contains("containerd.sock"))
     {
-        let s = if s.starts_with('/') { c.shown(s) } else { format!("{s:?}") };
+        let s = if s.starts_with('/') {
+            c.shown(s)
+        } else {
+            format!("{s:?}")
+        };
         c.refuse(
             Rule::DockerSocket,
             None,

@@ -54,7 +54,7 @@ pub struct Settings {
     /// Workspaces live under `{state_dir}/previews/{project}`.
     pub state_dir: PathBuf,
     pub domain: String,
-    /// Placeholders `{owner}` `{repo}` `{number}` `{domain}`.
+    /// Placeholders `{owner}` `{repo}` (as `names::label` writes them) `{number}` `{domain}`.
     pub url_template: String,
     pub compose_command: Vec<String>,
     pub network: String,
@@ -560,16 +560,10 @@ impl Previews {
             .map_err(store_err)
     }
 
-    /// The preview's public URL.
+    /// The preview's public URL (the encoding of names is the planner's).
     pub fn url(&self, repo: &str, number: u64) -> String {
-        let (owner, name) = repo.split_once('/').unwrap_or(("", repo));
-        self.inner
-            .settings
-            .url_template
-            .replace("{owner}", &owner.to_ascii_lowercase())
-            .replace("{repo}", &name.to_ascii_lowercase())
-            .replace("{number}", &number.to_string())
-            .replace("{domain}", &self.inner.settings.domain)
+        let settings = &self.inner.settings;
+        productbuilder_planner::names::url(&settings.url_template, &settings.domain, repo, number)
     }
 
     fn workspace(&self, project: &str) -> PathBuf {
@@ -1061,7 +1055,14 @@ impl Previews {
             .clone();
         let checkout = or_cancel(
             cancel,
-            source::check(&dir, &rules.policy, &cli, project_name),
+            source::check(
+                &dir,
+                &source::Checks {
+                    policy: &rules.policy,
+                    cli: &cli,
+                    project: project_name,
+                },
+            ),
         )
         .await?
         .map_err(|e| failed(e.stage, e.message, None))?;
@@ -1085,19 +1086,15 @@ impl Previews {
                 .await;
         }
         self.step(repo, number, sha, Stage::Policy, cancel).await?;
-        let host = url
-            .split("://")
-            .nth(1)
-            .unwrap_or(url)
-            .split(['/', ':'])
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let host = productbuilder_planner::names::host(url).to_owned();
         let model = &checkout.resolved.model;
         let network = compose::routed_network(model, &spec.service).ok_or_else(|| {
             failed(
                 Stage::Config,
-                format!("service `{}` is on no network the router can join", spec.service),
+                format!(
+                    "service `{}` is on no network the router can join",
+                    spec.service
+                ),
                 None,
             )
         })?;
@@ -1186,7 +1183,9 @@ impl Previews {
             engine
                 .attach_routers(&self.inner.settings.network, &network)
                 .await
-                .map_err(|e| failed(Stage::Start, format!("cannot attach the router: {e}"), None))?;
+                .map_err(|e| {
+                    failed(Stage::Start, format!("cannot attach the router: {e}"), None)
+                })?;
         }
         // The previous head's images lost their tags to this build, and its containers were
         // replaced: remove them now, or every push would leave an image behind.

@@ -179,11 +179,16 @@ pub fn walk(root: &Path, compose_file: &str) -> Result<Walk, Refusal> {
                     &rel_text,
                     format!("`{key}: {named}` uses interpolation; the files Compose reads must be named literally"),
                 ));
-            } else if named.contains("://") || named.starts_with("oci:") || named.starts_with("git@") {
+            } else if named.contains("://")
+                || named.starts_with("oci:")
+                || named.starts_with("git@")
+            {
                 refusal.violations.push(violation(
                     Rule::HostPath,
                     &rel_text,
-                    format!("`{key}: {named}` is remote; only files inside the checkout can be included"),
+                    format!(
+                        "`{key}: {named}` is remote; only files inside the checkout can be included"
+                    ),
                 ));
             } else {
                 match inside(root, &dir.join(named)) {
@@ -220,8 +225,9 @@ pub fn walk(root: &Path, compose_file: &str) -> Result<Walk, Refusal> {
                         let mut named = Vec::new();
                         match o.get(key) {
                             Some(Value::String(p)) => named.push(p.clone()),
-                            Some(Value::Array(ps)) => named
-                                .extend(ps.iter().filter_map(Value::as_str).map(str::to_owned)),
+                            Some(Value::Array(ps)) => {
+                                named.extend(ps.iter().filter_map(Value::as_str).map(str::to_owned))
+                            }
                             _ => {}
                         }
                         for n in named {
@@ -288,7 +294,9 @@ fn steering_variables(text: &str) -> Vec<String> {
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
         .map(|(k, _)| k.trim().to_owned())
-        .filter(|k| k.starts_with("COMPOSE_") || k.starts_with("DOCKER_") || k.starts_with("BUILDKIT_"))
+        .filter(|k| {
+            k.starts_with("COMPOSE_") || k.starts_with("DOCKER_") || k.starts_with("BUILDKIT_")
+        })
         .collect()
 }
 
@@ -309,7 +317,10 @@ pub async fn resolve(
     };
     let keep_going = |r: &Refusal| r.errors.is_empty() && r.violations.is_empty();
     let root = root.canonicalize().map_err(|e| Refusal {
-        errors: vec![finding(".", format!("the checkout cannot be read: {}", io_reason(&e)))],
+        errors: vec![finding(
+            ".",
+            format!("the checkout cannot be read: {}", io_reason(&e)),
+        )],
         violations: Vec::new(),
     })?;
     let walked = match walk(&root, compose_file) {
@@ -352,7 +363,10 @@ pub async fn resolve(
             compose_file,
             format!(
                 "Compose cannot resolve it: {}",
-                scrub(&root, e.tail.trim()).lines().last().unwrap_or("no output")
+                scrub(&root, e.tail.trim())
+                    .lines()
+                    .last()
+                    .unwrap_or("no output")
             ),
         )],
         violations: Vec::new(),
@@ -372,7 +386,10 @@ pub async fn resolve(
         .await
         .map_err(error)?;
     let raw: Value = serde_json::from_str(&raw).map_err(|e| Refusal {
-        errors: vec![finding(compose_file, format!("Compose printed no model: {e}"))],
+        errors: vec![finding(
+            compose_file,
+            format!("Compose printed no model: {e}"),
+        )],
         violations: Vec::new(),
     })?;
     let mut refused = Vec::new();
@@ -425,7 +442,10 @@ pub async fn resolve(
         .await
         .map_err(error)?;
     let model: Value = serde_json::from_str(&model).map_err(|e| Refusal {
-        errors: vec![finding(compose_file, format!("Compose printed no model: {e}"))],
+        errors: vec![finding(
+            compose_file,
+            format!("Compose printed no model: {e}"),
+        )],
         violations: Vec::new(),
     })?;
     Ok(Resolved {
@@ -467,7 +487,10 @@ mod tests {
     fn inside_resolves_dots_and_refuses_escapes() {
         let root = Path::new("/srv/co");
         assert_eq!(inside(root, Path::new("a/../b")), Some("/srv/co/b".into()));
-        assert_eq!(inside(root, Path::new("/srv/co/x")), Some("/srv/co/x".into()));
+        assert_eq!(
+            inside(root, Path::new("/srv/co/x")),
+            Some("/srv/co/x".into())
+        );
         assert_eq!(inside(root, Path::new("..")), None);
         assert_eq!(inside(root, Path::new("a/../../co2")), None);
         assert_eq!(inside(root, Path::new("/etc/passwd")), None);
@@ -476,7 +499,9 @@ mod tests {
 
     #[test]
     fn env_steering_compose_is_found() {
-        let found = steering_variables("A=1\n# COMPOSE_X=1\nexport DOCKER_HOST=tcp://x\nCOMPOSE_PROFILES=a\n");
+        let found = steering_variables(
+            "A=1\n# COMPOSE_X=1\nexport DOCKER_HOST=tcp://x\nCOMPOSE_PROFILES=a\n",
+        );
         assert_eq!(found, ["DOCKER_HOST", "COMPOSE_PROFILES"]);
     }
 }

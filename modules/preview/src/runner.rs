@@ -111,7 +111,9 @@ impl ComposeCli {
             }
         }
         let Some(program) = argv.first() else {
-            return Err(format!("`[preview] compose_command` is empty; {INSTALL_V2}"));
+            return Err(format!(
+                "`[preview] compose_command` is empty; {INSTALL_V2}"
+            ));
         };
         let output = Command::new(program)
             .args(&argv[1..])
@@ -141,7 +143,10 @@ impl ComposeCli {
         match major {
             Some(m) if m >= 2 => Ok(ComposeCli {
                 argv,
-                version: format!("Docker Compose version v{}", version.trim_start_matches('v')),
+                version: format!(
+                    "Docker Compose version v{}",
+                    version.trim_start_matches('v')
+                ),
                 docker_config: None,
             }),
             _ => Err(format!(
@@ -250,7 +255,11 @@ impl ComposeCli {
     }
 
     /// A read-only command (`config ...`) with a short deadline; its standard output.
-    pub async fn run_checked(&self, project: &Project, args: &[&str]) -> Result<String, CommandError> {
+    pub async fn run_checked(
+        &self,
+        project: &Project,
+        args: &[&str],
+    ) -> Result<String, CommandError> {
         self.run(project, args, Duration::from_secs(60)).await
     }
 

@@ -73,13 +73,20 @@ pub async fn fetch_and_check(
     repo: &str,
     sha: &str,
     workspace: &Path,
-    policy: &Policy,
     limits: &Limits,
-    cli: &ComposeCli,
-    project: &str,
+    checks: &Checks<'_>,
 ) -> Result<Checkout, StageError> {
     let dir = download(client, repo, sha, workspace, limits).await?;
-    check(&dir, policy, cli, project).await
+    check(&dir, checks).await
+}
+
+/// How a checkout is checked: the tenant's policy, the Compose CLI that resolves the model, and
+/// the project name it is resolved under.
+#[derive(Debug, Clone, Copy)]
+pub struct Checks<'a> {
+    pub policy: &'a Policy,
+    pub cli: &'a ComposeCli,
+    pub project: &'a str,
 }
 
 /// The `download` stage: `repo`'s tree at `sha`, extracted into `workspace/checkout`. The
@@ -147,13 +154,8 @@ pub async fn download(
 
 /// The `config` and `policy` stages on an extracted checkout, resolved as Compose project
 /// `project`.
-pub async fn check(
-    dir: &Path,
-    policy: &Policy,
-    cli: &ComposeCli,
-    project: &str,
-) -> Result<Checkout, StageError> {
-    let report = validate_checkout(dir, policy, cli, project).await;
+pub async fn check(dir: &Path, checks: &Checks<'_>) -> Result<Checkout, StageError> {
+    let report = validate_checkout(dir, checks.policy, checks.cli, checks.project).await;
     // Every problem at once, so one push can fix them all; config errors name the stage.
     let stage = if report.errors.is_empty() {
         Stage::Policy

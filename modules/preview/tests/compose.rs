@@ -104,15 +104,20 @@ fn compose_config(project: &str, yaml: &str, env: &[(&str, &str)]) -> Value {
 
 #[test]
 fn project_names_meet_composes_rules() {
-    assert_eq!(project_name("Acme/Shop.Web", 42), "pb-acme-shop-web-pr-42");
+    assert_eq!(project_name("Acme/Shop.Web", 42), "pb--acme--shopqdweb--42");
+    // These two shared one project (and tore each other down) before the planner's encoding.
+    assert_ne!(
+        project_name("foo/bar-baz", 1),
+        project_name("foo-bar/baz", 1)
+    );
     let long = project_name(&format!("acme/{}", "x".repeat(100)), 7);
     assert!(long.len() <= 63, "{long}");
-    assert!(long.ends_with("-pr-7"));
     assert_ne!(
         long,
         project_name(&format!("acme/{}y", "x".repeat(100)), 7),
         "unique"
     );
+    assert_ne!(long, project_name(&format!("acme/{}", "x".repeat(100)), 8));
     for name in [long, project_name("ACME/..", 1)] {
         assert!(
             name.chars()
@@ -200,7 +205,10 @@ async fn the_rewrite_is_valid_compose_with_routing_labels_limits_and_no_host_por
     // Its own network only: the router is attached to it at start, nothing external is joined.
     let networks: Vec<&String> = normalised["networks"].as_object().unwrap().keys().collect();
     assert_eq!(networks, ["default"], "{}", normalised["networks"]);
-    assert_eq!(normalised["networks"]["default"]["name"], format!("{project}_default"));
+    assert_eq!(
+        normalised["networks"]["default"]["name"],
+        format!("{project}_default")
+    );
     let limits = serde_json::to_string(app).unwrap();
     assert!(
         limits.contains("1.5") && (limits.contains("512m") || limits.contains("536870912")),

@@ -209,6 +209,9 @@ async fn compose_v1_is_refused_saying_how_to_install_v2() {
     let e = ComposeCli::detect(&[v1.display().to_string()])
         .await
         .unwrap_err();
-    assert!(e.contains("Compose 1.29.2") && e.contains("end of life"), "{e}");
+    assert!(
+        e.contains("Compose 1.29.2") && e.contains("end of life"),
+        "{e}"
+    );
     assert!(e.contains("docker-compose-plugin"), "{e}");
 }

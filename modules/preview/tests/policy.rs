@@ -43,12 +43,14 @@ async fn validate(compose: &str, more: &[(&str, &str)], policy: &Policy) -> Repo
     validate_checkout(dir.path(), policy, &cli().await, "pb-test").await
 }
 
+/// What is tried, the compose file, further files beside it, the rule, what the message says.
+type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], Rule, &'a str);
+
 const APP: &str = "services:\n  app:\n    image: busybox\n";
 
 #[tokio::test]
 async fn each_bypass_and_each_rule_is_refused_naming_file_service_key_and_rule() {
-    // (what, compose file, further files, rule, wanted in the message)
-    let cases: &[(&str, &str, &[(&str, &str)], Rule, &str)] = &[
+    let cases: &[Case] = &[
         (
             "privileged by interpolation",
             "services:\n  app:\n    image: busybox\n    privileged: ${PRIV:-true}\n",
@@ -432,10 +434,9 @@ async fn missing_files_and_links_out_of_the_checkout_are_refused() {
     let report = validate_checkout(dir.path(), &Policy::default(), &cli().await, "pb-test").await;
     assert!(!report.is_valid());
     assert!(
-        report
-            .violations
-            .iter()
-            .any(|v| v.to_string().contains("is a link to a file outside the checkout")),
+        report.violations.iter().any(|v| v
+            .to_string()
+            .contains("is a link to a file outside the checkout")),
         "{report:?}"
     );
 }

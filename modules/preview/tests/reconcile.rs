@@ -410,3 +410,132 @@ async fn a_log_follow_ends_after_its_maximum_duration() {
         Duration::from_secs(30 * 60)
     );
 }
+
+/// After an upgrade, a preview deployed under the project name of an earlier release
+/// (`pb-{owner}-{repo}-pr-{n}`, kept in its row) keeps running, and its next deploy moves it to the
+/// planner's name and removes the old project and workspace: nothing is orphaned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_under_an_earlier_project_name_is_kept_then_moved() {
+    let w = World::new("legacy").await;
+    let previews = w.previews(4, Duration::from_secs(3600), TenantRules::default());
+    w.guarded(&previews, async {
+        let one = w.sandbox.open_pr(&w.repo, app("one"));
+        w.pass(&previews).await;
+        assert_eq!(w.status(&previews, one).await.0, Status::Ready);
+
+        // What an earlier release left: its containers, workspace and row under the old name.
+        let current = project_name(&w.repo, one);
+        let legacy = format!("pb-{}-pr-{one}", w.repo.replace('/', "-"));
+        let previews_dir = w.dir.path().join("state/previews");
+        // The same compose project, started by Compose under the old name from a copy of the
+        // workspace (its checkout is the project directory), as the earlier release did.
+        let (new_ws, old_ws) = (previews_dir.join(&current), previews_dir.join(&legacy));
+        command(&["cp", "-a", &path(&new_ws), &path(&old_ws)]);
+        let compose_dir = find_dir(&old_ws, ".productbuilding")
+            .unwrap()
+            .join("preview");
+        command(&[
+            "docker",
+            "compose",
+            "-p",
+            &legacy,
+            "-f",
+            &path(&old_ws.join("productbuilder.compose.yml")),
+            "--project-directory",
+            &path(&compose_dir),
+            "up",
+            "-d",
+            "--build",
+        ]);
+        for id in w.containers(one) {
+            docker(&["rm", "-f", &id]);
+        }
+        std::fs::remove_dir_all(&new_ws).unwrap();
+        let (repo, old) = (w.repo.clone(), legacy.clone());
+        w.store
+            .call(move |c| {
+                c.execute(
+                    &format!("UPDATE previews SET project = ?1 WHERE repo = ?2 AND number = {one}"),
+                    [&old, &repo],
+                )
+            })
+            .await
+            .unwrap();
+        let legacy_containers = || {
+            docker(&[
+                "ps",
+                "-q",
+                "--filter",
+                &format!("label=com.docker.compose.project={legacy}"),
+            ])
+        };
+        assert!(!legacy_containers().is_empty());
+
+        // The stored name is the preview's: running, so nothing is redeployed or removed.
+        w.pass(&previews).await;
+        let row = previews.get(&w.repo, one).await.unwrap().unwrap();
+        assert_eq!(
+            (row.status, row.project.as_str()),
+            (Status::Ready, legacy.as_str())
+        );
+        assert!(
+            !legacy_containers().is_empty(),
+            "the running preview was torn down"
+        );
+        assert!(w.containers(one).is_empty());
+
+        // A push deploys under the planner's name; the old project goes, with its workspace.
+        w.sandbox.push(
+            &w.repo,
+            one,
+            vec![("www/index.html".into(), b"<p>two</p>\n".to_vec())],
+        );
+        w.pass(&previews).await;
+        w.pass(&previews).await;
+        let row = previews.get(&w.repo, one).await.unwrap().unwrap();
+        assert_eq!(
+            (row.status, row.project.as_str()),
+            (Status::Ready, current.as_str())
+        );
+        assert_eq!(w.containers(one).len(), 1);
+        assert!(legacy_containers().is_empty(), "the old project is left");
+        assert!(
+            !previews_dir.join(&legacy).exists(),
+            "the old workspace is left"
+        );
+    })
+    .await;
+}
+
+fn path(p: &std::path::Path) -> String {
+    p.to_str().unwrap().to_owned()
+}
+
+/// Runs a command line (`cp`, `docker compose`), panicking with its output when it fails.
+fn command(args: &[&str]) {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The first directory named `name` under `root`, depth first.
+fn find_dir(root: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(root)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .find_map(|p| {
+            if p.file_name().is_some_and(|n| n == name) {
+                Some(p)
+            } else {
+                find_dir(&p, name)
+            }
+        })
+}

@@ -51,12 +51,17 @@ async fn stages(s: &Setup, sha: &str, ws: &str, limits: &Limits) -> Result<Check
         "acme/shop",
         sha,
         &s.dir.path().join(ws),
-        &Policy::default(),
         limits,
-        &productbuilder_preview::runner::ComposeCli::detect(&["docker".into(), "compose".into()])
+        &productbuilder_preview::source::Checks {
+            policy: &Policy::default(),
+            cli: &productbuilder_preview::runner::ComposeCli::detect(&[
+                "docker".into(),
+                "compose".into(),
+            ])
             .await
             .expect("Compose v2"),
-        "pb-source-test",
+            project: "pb-source-test",
+        },
     )
     .await
 }
