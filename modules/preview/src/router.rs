@@ -56,11 +56,17 @@ impl Traefik {
         let socket_path = socket
             .strip_prefix("unix://")
             .unwrap_or("/var/run/docker.sock");
-        let publish = if port == 0 {
-            "127.0.0.1::80".to_owned()
+        // A fixed host port even when any will do: the engine may move an ephemeral binding when
+        // the container joins another network, and the router joins every preview's network.
+        let port = if port == 0 {
+            std::net::TcpListener::bind(("127.0.0.1", 0))
+                .and_then(|l| l.local_addr())
+                .map_err(|e| format!("cannot find a free port for Traefik: {e}"))?
+                .port()
         } else {
-            format!("127.0.0.1:{port}:80")
+            port
         };
+        let publish = format!("127.0.0.1:{port}:80");
         docker(&[
             "run",
             "-d",
