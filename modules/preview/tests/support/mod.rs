@@ -17,7 +17,7 @@ use productbuilder_planner::{RepoIdCell, Tenant};
 use productbuilder_preview::compose::project_name;
 use productbuilder_preview::db::DeletedReason;
 use productbuilder_preview::state::Status;
-use productbuilder_preview::{Previews, Settings, TenantRules};
+use productbuilder_preview::{Egress, Previews, Settings, TenantRules};
 use productbuilder_store::Store;
 
 pub fn docker(args: &[&str]) -> String {
@@ -109,6 +109,16 @@ impl World {
     }
 
     pub fn previews(&self, max_previews: usize, ttl: Duration, rules: TenantRules) -> Previews {
+        self.previews_with(max_previews, ttl, rules, Egress::Open)
+    }
+
+    pub fn previews_with(
+        &self,
+        max_previews: usize,
+        ttl: Duration,
+        rules: TenantRules,
+        egress: Egress,
+    ) -> Previews {
         Previews::new(
             Settings {
                 state_dir: self.dir.path().join("state"),
@@ -123,7 +133,7 @@ impl World {
                 ttl,
                 public_url: None,
                 limits: Default::default(),
-                egress: Default::default(),
+                egress,
                 docker_config: None,
             },
             HashMap::from([(self.repo.clone(), rules)]),
