@@ -498,7 +498,42 @@ async fn check_preview_host(config: &Config) -> bool {
             println!("x {e}");
         }
     }
+    println!(
+        "{}",
+        egress_line(config.preview.egress, metadata_answers().await)
+    );
     ok
+}
+
+/// The cloud instance metadata endpoint, which hands out the instance role's credentials.
+const METADATA: ([u8; 4], u16) = ([169, 254, 169, 254], 80);
+
+/// Whether something answers at the metadata address from this host. Traffic of a preview with
+/// `egress = "open"` is forwarded from the host, so what the host reaches, previews reach too.
+async fn metadata_answers() -> bool {
+    let addr = std::net::SocketAddr::from(METADATA);
+    matches!(
+        tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            tokio::net::TcpStream::connect(addr)
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}
+
+/// What `check --online` says of egress (pure, for its table test).
+fn egress_line(egress: productbuilder_preview::Egress, metadata_answers: bool) -> String {
+    use productbuilder_preview::Egress;
+    match (egress, metadata_answers) {
+        (Egress::None, _) => {
+            "√ egress = \"none\": previews cannot open connections out of their networks".into()
+        }
+        (Egress::Open, true) => "! a metadata endpoint answers at 169.254.169.254, and previews (egress = \"open\") can reach it: a pull request could read the instance role's credentials. Set [preview] egress = \"none\", or require IMDSv2 with a hop limit of 1 (docs/operating.md, \"Security model\")".into(),
+        (Egress::Open, false) => {
+            "√ egress = \"open\": no metadata endpoint answers at 169.254.169.254".into()
+        }
+    }
 }
 
 /// Whether the state directory exists (or can be created) and accepts files.
@@ -707,4 +742,18 @@ async fn stop_on_signal(cancel: CancellationToken) {
         "shutting down; in-flight runs get the grace period"
     );
     cancel.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::egress_line;
+    use productbuilder_preview::Egress;
+
+    #[test]
+    fn check_warns_only_when_open_previews_can_reach_the_metadata_endpoint() {
+        assert!(egress_line(Egress::Open, true).starts_with("! "));
+        assert!(egress_line(Egress::Open, false).starts_with("√ "));
+        assert!(egress_line(Egress::None, true).starts_with("√ "));
+        assert!(egress_line(Egress::None, false).starts_with("√ "));
+    }
 }
