@@ -955,6 +955,13 @@ impl World {
 
     pub(crate) fn grant(&mut self, token_or_login: &str, repo: &str, permission: Permission) {
         let who = self.subject(token_or_login);
+        if let Identity::User(login) = &who
+            && !self.tokens.contains_key(token_or_login)
+        {
+            // A login granted access is a user GitHub knows.
+            let login = login.clone();
+            self.ensure_user(&login);
+        }
         let key = self.repo_ctl(repo).key();
         self.grants.insert((who.key(), key), permission);
     }
