@@ -773,6 +773,11 @@ fn a_fork_s_new_commit_waits_for_a_writer_s_approval() {
             "{row}"
         );
         page("commit A");
+        let (_, dashboard) = http_get(site.listen, "localhost", "/").unwrap();
+        assert!(
+            dashboard.contains(&format!("<code>{}</code> waits for approval", &sha_b[..8])),
+            "{dashboard}"
+        );
 
         // The fork's author cannot approve their own commit.
         github.add_comment(&repo, fork, "mallory", "/preview approve");
@@ -808,6 +813,11 @@ fn a_fork_s_new_commit_waits_for_a_writer_s_approval() {
         assert_eq!(row["waiting_sha"], Value::Null, "{row}");
         assert!(github.tarball_requests(&repo, &sha_b) >= 1);
         page("commit B");
+        let (_, dashboard) = http_get(site.listen, "localhost", "/").unwrap();
+        assert!(
+            dashboard.contains(&format!("<code>{}</code> by acme (comment, ", &sha_b[..8])),
+            "{dashboard}"
+        );
         let said = ours(&sha_b[..8]);
         assert!(!said.contains("waits for approval"), "{said}");
 
