@@ -818,7 +818,9 @@ fn a_fork_s_new_commit_waits_for_a_writer_s_approval() {
             dashboard.contains(&format!("<code>{}</code> by acme (comment, ", &sha_b[..8])),
             "{dashboard}"
         );
-        let said = ours(&sha_b[..8]);
+        // The comment's head line names B now (the waiting line named it before).
+        let said = ours(&format!("Commit `{}`\n", &sha_b[..8]));
+        assert!(said.contains("Preview ready"), "{said}");
         assert!(!said.contains("waits for approval"), "{said}");
 
         // The planted marker is untouched; the daemon wrote and edited one comment of its own.
