@@ -122,7 +122,7 @@ pub async fn render(
 async fn previews_table(html: &mut String, previews: &Previews) {
     html.push_str(
         "<h2>Previews</h2><table><tr><th>repository</th><th>#</th><th>status</th><th>link</th>\
-         <th>head</th><th>failed at</th><th>error</th><th>updated</th><th>logs</th></tr>",
+         <th>head</th><th>approval</th><th>failed at</th><th>error</th><th>updated</th><th>logs</th></tr>",
     );
     let rows = match previews.list().await {
         Ok(rows) => rows,
@@ -155,11 +155,12 @@ async fn previews_table(html: &mut String, previews: &Previews) {
         let _ = write!(
             html,
             "<tr><td>{repo}</td><td>{n}</td><td class=\"{class}\">{status}</td><td>{link}</td><td><code>{sha}</code></td>\
-             <td>{stage}</td><td>{error}</td><td>{updated}</td><td><a href=\"/previews/{repo}/{n}/logs?tail=200\">logs</a></td></tr>",
+             <td>{approval}</td><td>{stage}</td><td>{error}</td><td>{updated}</td><td><a href=\"/previews/{repo}/{n}/logs?tail=200\">logs</a></td></tr>",
             repo = escape(&r.repo),
             n = r.number,
             status = r.status,
             sha = escape(r.head_sha.get(..8).unwrap_or(&r.head_sha)),
+            approval = approval(r),
             stage = r.stage.map(|s| s.as_str()).unwrap_or(""),
             error = escape(error),
             updated = escape(&r.updated_at),
@@ -170,6 +171,31 @@ async fn previews_table(html: &mut String, previews: &Previews) {
         html,
         "</table><p class=\"muted\">{removed} removed previews are listed by <a href=\"/previews\">/previews</a>.</p>"
     );
+}
+
+/// Who approved which commit (forks, and `require_label`), and the commit waiting, if any.
+fn approval(r: &productbuilder_preview::db::PreviewRow) -> String {
+    let short = |s: &str| escape(s.get(..8).unwrap_or(s));
+    let mut out = String::new();
+    if let (Some(sha), Some(by)) = (&r.approved_sha, &r.approved_by) {
+        let _ = write!(
+            out,
+            "<code>{}</code> by {} ({}, {})",
+            short(sha),
+            escape(by),
+            escape(r.approved_how.as_deref().unwrap_or("")),
+            escape(r.approved_at.as_deref().unwrap_or("")),
+        );
+    }
+    if let Some(waiting) = &r.waiting_sha {
+        let _ = write!(
+            out,
+            "{}<span class=\"bad\"><code>{}</code> waits for approval</span>",
+            if out.is_empty() { "" } else { "<br>" },
+            short(waiting)
+        );
+    }
+    out
 }
 
 fn pull_row(html: &mut String, repo: &str, p: &Pull) {

@@ -644,3 +644,216 @@ fn the_demo_deploys_the_example_and_cleans_up_on_ctrl_c() {
         "the demo's network is left"
     );
 }
+
+/// Consent per commit, end to end: a fork's pull request carrying the label is ready at A; the
+/// fork pushes B, which is never downloaded and waits for approval while the preview stays at A;
+/// a `/preview approve` by someone without write access changes nothing, the owner's deploys B.
+/// A marker comment planted by the fork's author before the daemon's first report stays untouched,
+/// and the daemon edits its own.
+#[test]
+fn a_fork_s_new_commit_waits_for_a_writer_s_approval() {
+    assert!(
+        Path::new("/bin/busybox").exists(),
+        "/bin/busybox is missing: apt-get install busybox-static (.ci/run does)"
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let github = runtime.block_on(Sandbox::start()).unwrap();
+    let unique = format!("{}", std::process::id());
+    let repo = format!("acme/consent{unique}");
+    github.add_token(TOKEN, "productbuilder-bot");
+    github.create_repo("acme", &format!("consent{unique}"));
+    github.grant("productbuilder-bot", &repo, Permission::Push);
+
+    let dir = tempfile::tempdir().unwrap();
+    let network = format!("pb-e2c-{unique}");
+    let domain = format!("e2c{unique}.localhost");
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    std::fs::create_dir(dir.path().join("tenants")).unwrap();
+    let config = dir.path().join("productbuilder.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"state\"\n\
+             [http]\nlisten = \"{listen}\"\n\
+             [log]\nformat = \"json\"\nlevel = \"info\"\n\
+             [github]\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\npoll_interval = \"1s\"\n\
+             [preview]\ndomain = \"{domain}\"\nurl_template = \"http://{{repo}}-pr-{{number}}.{{domain}}\"\nnetwork = \"{network}\"\n",
+            github.url()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tenants/consent.toml"),
+        format!("repo = \"{repo}\"\n[preview]\ncpus = 0.5\nmemory = \"64m\"\n"),
+    )
+    .unwrap();
+    let site = Site {
+        dir,
+        config,
+        listen,
+        repo: repo.clone(),
+        domain,
+        network: network.clone(),
+    };
+    let _ = Command::new("docker")
+        .args(["network", "create", &network])
+        .output();
+    let traefik = runtime
+        .block_on(Traefik::start(
+            &format!("pb-e2c-traefik-{unique}"),
+            &network,
+            0,
+        ))
+        .expect("Traefik starts (scripts/traefik-image builds its image)");
+
+    // Labelled at opening (the sandbox records the owner as the one who labelled).
+    let fork = github.open_pr(
+        &repo,
+        app_files("commit A", false, false).into_iter().fold(
+            NewPr::new("From a fork", "mallory", "feature-fork")
+                .from_fork()
+                .with_label("preview"),
+            |pr, (p, c)| pr.with_file(&p, c),
+        ),
+    );
+    let sha_a = github.head_sha(&repo, fork);
+    let planted_body = format!("{MARKER}\n### Preview ready\n\nhttp://evil.example");
+    let planted = github.add_comment(&repo, fork, "mallory", &planted_body);
+
+    let mut daemon = site.start_daemon();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let page = |expect: &str| {
+            wait_for(
+                &format!("Traefik to serve {expect:?}"),
+                Duration::from_secs(30),
+                || match http_get(traefik.addr, &site.host(fork), "/") {
+                    Some((200, body)) if body.contains(expect) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                },
+            )
+        };
+        let ours = |what: &str| {
+            wait_for(
+                &format!("the daemon's comment to say {what:?}"),
+                Duration::from_secs(60),
+                || {
+                    let mine: Vec<_> = github
+                        .comments(&repo, fork)
+                        .into_iter()
+                        .filter(|c| c.author == "productbuilder-bot" && c.body.starts_with(MARKER))
+                        .collect();
+                    match mine.as_slice() {
+                        [c] if c.body.contains(what) => Ok(c.body.clone()),
+                        other => Err(format!("{} comments of the daemon: {other:?}", other.len())),
+                    }
+                },
+            )
+        };
+
+        let row = site.wait_preview(fork, "ready at A", |r| r["status"] == "ready");
+        assert_eq!(row["head_sha"], sha_a.as_str());
+        assert_eq!(row["approved_sha"], sha_a.as_str(), "{row}");
+        assert_eq!(row["approved_by"], "acme", "{row}");
+        assert_eq!(row["approved_how"], "label", "{row}");
+        assert_eq!(row["waiting_sha"], Value::Null, "{row}");
+        page("commit A");
+        ours("Preview ready");
+
+        // B: never downloaded or built; the preview stays at A; the comment names B.
+        let sha_b = github.push(&repo, fork, app_files("commit B", false, false));
+        let said = ours(&format!("Commit `{}` waits for approval", &sha_b[..8]));
+        assert!(said.contains("`/preview approve`"), "{said}");
+        assert!(said.contains("write access"), "{said}");
+        let row = site.wait_preview(fork, "naming B as waiting", |r| {
+            r["waiting_sha"] == sha_b.as_str()
+        });
+        assert_eq!(
+            (row["status"].as_str(), row["head_sha"].as_str()),
+            (Some("ready"), Some(sha_a.as_str())),
+            "{row}"
+        );
+        page("commit A");
+        let (_, dashboard) = http_get(site.listen, "localhost", "/").unwrap();
+        assert!(
+            dashboard.contains(&format!("<code>{}</code> waits for approval", &sha_b[..8])),
+            "{dashboard}"
+        );
+
+        // The fork's author cannot approve their own commit.
+        github.add_comment(&repo, fork, "mallory", "/preview approve");
+        wait_for(
+            "the daemon to ignore mallory's approval",
+            Duration::from_secs(60),
+            || {
+                let log = site.log();
+                if log.contains("an approval by someone without write access was ignored") {
+                    Ok(())
+                } else {
+                    Err("no such log line yet".to_owned())
+                }
+            },
+        );
+        let row = site.wait_preview(fork, "still at A", |r| r["status"] == "ready");
+        assert_eq!(row["head_sha"], sha_a.as_str(), "{row}");
+        // Not downloaded, so never built either.
+        assert_eq!(
+            github.tarball_requests(&repo, &sha_b),
+            0,
+            "B was downloaded"
+        );
+
+        // The owner approves: ready at B.
+        github.add_comment(&repo, fork, "acme", "/preview approve");
+        let row = site.wait_preview(fork, "ready at B", |r| {
+            r["status"] == "ready" && r["head_sha"] == sha_b.as_str()
+        });
+        assert_eq!(row["approved_sha"], sha_b.as_str(), "{row}");
+        assert_eq!(row["approved_by"], "acme", "{row}");
+        assert_eq!(row["approved_how"], "comment", "{row}");
+        assert_eq!(row["waiting_sha"], Value::Null, "{row}");
+        assert!(github.tarball_requests(&repo, &sha_b) >= 1);
+        page("commit B");
+        let (_, dashboard) = http_get(site.listen, "localhost", "/").unwrap();
+        assert!(
+            dashboard.contains(&format!("<code>{}</code> by acme (comment, ", &sha_b[..8])),
+            "{dashboard}"
+        );
+        // The comment's head line names B now (the waiting line named it before).
+        let said = ours(&format!("Commit `{}`\n", &sha_b[..8]));
+        assert!(said.contains("Preview ready"), "{said}");
+        assert!(!said.contains("waits for approval"), "{said}");
+
+        // The planted marker is untouched; the daemon wrote and edited one comment of its own.
+        let all = github.comments(&repo, fork);
+        let p = all.iter().find(|c| c.id == planted).unwrap();
+        assert_eq!(p.body, planted_body);
+        assert_eq!(p.updated_at, p.created_at, "the planted comment was edited");
+        let edits = github
+            .requests()
+            .into_iter()
+            .filter(|r| {
+                r.method != productbuilder_github_sandbox::Method::GET
+                    && r.path_and_query
+                        .contains(&format!("/issues/comments/{planted}"))
+            })
+            .count();
+        assert_eq!(edits, 0, "a write to the planted comment");
+        assert!(!site.log().contains(TOKEN));
+    }));
+    sigterm(&mut daemon);
+    runtime.block_on(traefik.stop());
+    let engine = runtime
+        .block_on(productbuilder_preview::engine::Engine::connect())
+        .expect("the engine");
+    let project = project_name(&repo, fork);
+    if let Err(e) = runtime.block_on(engine.remove_project(&project)) {
+        eprintln!("cleaning up {project}: {e}");
+    }
+    let _ = Command::new("docker")
+        .args(["network", "rm", &site.network])
+        .output();
+    if let Err(panic) = outcome {
+        eprintln!("--- daemon log ---\n{}", site.log());
+        std::panic::resume_unwind(panic);
+    }
+}

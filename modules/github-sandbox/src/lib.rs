@@ -287,9 +287,25 @@ impl Sandbox {
         self.world().reopen_pr(repo, number);
     }
 
-    /// Replaces the labels of an issue or pull request.
+    /// Replaces the labels of an issue or pull request, as the repository's owner would (the
+    /// issue events name the owner as the actor).
     pub fn set_labels(&self, repo: &str, number: u64, labels: Vec<String>) {
-        self.world().set_labels(repo, number, labels);
+        self.world().set_labels(repo, number, labels, None);
+    }
+
+    /// Adds one label to an issue or pull request as `actor` (a `labeled` event by them).
+    pub fn add_label(&self, repo: &str, number: u64, label: &str, actor: &str) {
+        let mut world = self.world();
+        let mut labels = world
+            .repo_ctl(repo)
+            .issues
+            .get(&number)
+            .map(|i| i.labels.clone())
+            .unwrap_or_else(|| panic!("{repo} has no issue or pull request #{number}"));
+        if !labels.iter().any(|l| l == label) {
+            labels.push(label.to_owned());
+        }
+        world.set_labels(repo, number, labels, Some(actor));
     }
 
     /// Creates an issue and returns its number.
@@ -334,6 +350,17 @@ impl Sandbox {
     /// Adds a fault; see [`Fault`] for how faults match and apply.
     pub fn inject(&self, fault: Fault) {
         self.world().inject(fault);
+    }
+
+    /// How many times the source archive of `sha` was requested from `repo`
+    /// (`GET /repos/{repo}/tarball/{sha}`), whatever the answer.
+    pub fn tarball_requests(&self, repo: &str, sha: &str) -> usize {
+        let path = format!("/repos/{repo}/tarball/{sha}").to_ascii_lowercase();
+        self.world()
+            .requests
+            .iter()
+            .filter(|r| r.path_and_query.to_ascii_lowercase().starts_with(&path))
+            .count()
     }
 
     /// Every request answered so far, in the order they finished.

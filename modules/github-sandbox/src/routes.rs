@@ -31,6 +31,16 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let repo = "/repos/{owner}/{repo}";
     Router::new()
         .route("/rate_limit", get(rate_limit))
+        .route("/user", get(authenticated_user))
+        .route("/app", get(authenticated_app))
+        .route(
+            &format!("{repo}/collaborators/{{username}}/permission"),
+            get(collaborator_permission),
+        )
+        .route(
+            &format!("{repo}/issues/{{number}}/events"),
+            get(list_issue_events),
+        )
         .route(repo, get(get_repo))
         .route(&format!("{repo}/pulls"), get(list_pulls))
         .route(&format!("{repo}/pulls/{{number}}"), get(get_pull))
@@ -586,6 +596,74 @@ async fn create_deployment_status(
         &deployment,
         &status,
     )))
+}
+
+// -- identities, permissions, issue events ---------------------------------------------------
+
+/// `GET /user`: the user a token belongs to. Installation tokens and JWTs are not users.
+async fn authenticated_user(State(s): St, Extension(me): Me) -> Answer {
+    let world = s.world();
+    match &me.identity {
+        Identity::User(login) => Ok(Reply::ok(shapes::user(&s.base_url, &world.user(login)))),
+        Identity::Anonymous => Err(ApiError::unauthorized(
+            "Requires authentication".to_string(),
+        )),
+        _ => Err(ApiError::forbidden(
+            "Resource not accessible by integration",
+        )),
+    }
+}
+
+/// `GET /app`: the App a JWT was signed for.
+async fn authenticated_app(State(s): St, Extension(me): Me) -> Answer {
+    let id = app_of(&me)?;
+    let world = s.world();
+    let app = world.apps.get(&id).ok_or_else(ApiError::not_found)?;
+    let ctx = ctx(&s, &world, &me.identity);
+    Ok(Reply::ok(shapes::app(&ctx, app)))
+}
+
+async fn collaborator_permission(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name, username)): Path<(String, String, String)>,
+) -> Answer {
+    let world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Push)?;
+    if !world.users.contains_key(&username.to_ascii_lowercase()) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{username} is not a user"),
+        ));
+    }
+    let repo = &world.repos[&key];
+    let permission = world.collaborator_permission(&username, repo);
+    let ctx = ctx(&s, &world, &me.identity);
+    Ok(Reply::ok(shapes::collaborator_permission(
+        &ctx, &username, permission,
+    )))
+}
+
+async fn list_issue_events(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name, n)): Path<(String, String, String)>,
+    uri: Uri,
+    RawQuery(raw): RawQuery,
+) -> Answer {
+    let n = number(&n)?;
+    let q = Query::parse(raw.as_deref());
+    let world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Pull)?;
+    let repo = &world.repos[&key];
+    if !repo.issues.contains_key(&n) {
+        return Err(ApiError::not_found());
+    }
+    let items: Vec<_> = repo.events.iter().filter(|e| e.issue == n).collect();
+    let ctx = ctx(&s, &world, &me.identity);
+    paged(&ctx, &q, &uri, items, |e| {
+        shapes::issue_event(&ctx, repo, e)
+    })
 }
 
 // -- archives ---------------------------------------------------------------------------------

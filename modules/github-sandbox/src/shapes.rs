@@ -10,8 +10,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
 use crate::world::{
-    Bucket, CommitStatus, Deployment, DeploymentStatus, Identity, Installation, Issue,
-    IssueComment, LabelDef, Permission, Repo, User, World,
+    App, Bucket, CommitStatus, Deployment, DeploymentStatus, Identity, Installation, Issue,
+    IssueComment, IssueEvent, LabelDef, Permission, Repo, User, World,
 };
 
 /// What every shape needs: the base URL, the state, and who is looking (for `permissions`).
@@ -428,6 +428,53 @@ pub(crate) fn comment(ctx: &Ctx, repo: &Repo, c: &IssueComment) -> Value {
         "performed_via_github_app": null,
         "pin": null,
         "minimized": null,
+    })
+}
+
+/// One item of `GET /repos/{o}/{r}/issues/{n}/events` (a `labeled`/`unlabeled` event).
+pub(crate) fn issue_event(ctx: &Ctx, repo: &Repo, e: &IssueEvent) -> Value {
+    let color = repo
+        .labels
+        .get(&e.label)
+        .map_or_else(|| "ededed".to_owned(), |l| l.color.clone());
+    json!({
+        "id": e.id,
+        "node_id": node_id("LabeledEvent", e.id),
+        "url": format!("{}/repos/{}/issues/events/{}", ctx.base, repo.full_name(), e.id),
+        "actor": login_json(ctx, &e.actor),
+        "event": e.event,
+        "commit_id": null,
+        "commit_url": null,
+        "created_at": ts(e.created_at),
+        "label": { "name": e.label, "color": color },
+        "performed_via_github_app": null,
+    })
+}
+
+/// `GET /repos/{o}/{r}/collaborators/{user}/permission`.
+pub(crate) fn collaborator_permission(ctx: &Ctx, login: &str, permission: &str) -> Value {
+    json!({
+        "permission": permission,
+        "role_name": permission,
+        "user": login_json(ctx, login),
+    })
+}
+
+/// `GET /app` (with the App's JWT).
+pub(crate) fn app(ctx: &Ctx, app: &App) -> Value {
+    json!({
+        "id": app.id,
+        "slug": app.slug,
+        "node_id": node_id("Integration", app.id),
+        "owner": login_json(ctx, "sandbox"),
+        "name": app.slug,
+        "description": "",
+        "external_url": format!("{}/apps/{}", ctx.base, app.slug),
+        "html_url": format!("{}/apps/{}", ctx.base, app.slug),
+        "created_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:00:00Z",
+        "permissions": installation_permissions(),
+        "events": ["pull_request", "issue_comment"],
     })
 }
 

@@ -415,6 +415,18 @@ pub(crate) struct IssueComment {
     pub updated_at: DateTime<Utc>,
 }
 
+/// An issue event (`GET /repos/{o}/{r}/issues/{n}/events`): who labelled or unlabelled what.
+#[derive(Clone, Debug)]
+pub(crate) struct IssueEvent {
+    pub id: u64,
+    pub issue: u64,
+    pub actor: String,
+    /// `labeled` or `unlabeled`.
+    pub event: String,
+    pub label: String,
+    pub created_at: DateTime<Utc>,
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct CommitStatus {
     pub id: u64,
@@ -477,6 +489,7 @@ pub(crate) struct Repo {
     pub pushed_at: DateTime<Utc>,
     pub issues: BTreeMap<u64, Issue>,
     pub comments: BTreeMap<u64, IssueComment>,
+    pub events: Vec<IssueEvent>,
     pub statuses: Vec<CommitStatus>,
     pub deployments: BTreeMap<u64, Deployment>,
     pub labels: BTreeMap<String, LabelDef>,
@@ -592,6 +605,7 @@ struct Ids {
     status: u64,
     deployment: u64,
     deployment_status: u64,
+    event: u64,
 }
 
 impl Default for Ids {
@@ -606,6 +620,7 @@ impl Default for Ids {
             status: 300_000,
             deployment: 1,
             deployment_status: 1,
+            event: 40_000_000,
         }
     }
 }
@@ -927,6 +942,7 @@ impl World {
                 pushed_at: now,
                 issues: BTreeMap::new(),
                 comments: BTreeMap::new(),
+                events: Vec::new(),
                 statuses: Vec::new(),
                 deployments: BTreeMap::new(),
                 labels: BTreeMap::new(),
@@ -939,6 +955,13 @@ impl World {
 
     pub(crate) fn grant(&mut self, token_or_login: &str, repo: &str, permission: Permission) {
         let who = self.subject(token_or_login);
+        if let Identity::User(login) = &who
+            && !self.tokens.contains_key(token_or_login)
+        {
+            // A login granted access is a user GitHub knows.
+            let login = login.clone();
+            self.ensure_user(&login);
+        }
         let key = self.repo_ctl(repo).key();
         self.grants.insert((who.key(), key), permission);
     }
@@ -966,6 +989,18 @@ impl World {
             (None, Identity::App(_)) => None,
             (None, _) if !repo.private => Some(Permission::Pull),
             (None, _) => None,
+        }
+    }
+
+    /// A user's permission on a repository as `GET .../collaborators/{user}/permission` names it:
+    /// `admin`, `write`, `read` or `none` (the legacy base roles).
+    pub(crate) fn collaborator_permission(&self, login: &str, repo: &Repo) -> &'static str {
+        let who = Identity::User(login.to_ascii_lowercase());
+        match self.permission(&who, repo) {
+            Some(Permission::Admin) => "admin",
+            Some(Permission::Push) => "write",
+            Some(Permission::Pull) => "read",
+            None => "none",
         }
     }
 
@@ -1090,6 +1125,22 @@ impl World {
         let additions = tree.values().map(|c| line_count(c)).sum();
         r.snapshots.insert(head_sha.clone(), tree);
         r.updated_at = now;
+        // Labels given at opening are recorded as added by the repository's owner (on GitHub,
+        // only people with triage access or more can label).
+        let owner = r.owner.clone();
+        for label in &pr.labels {
+            let id = next(&mut self.ids.event);
+            let r = self.repos.get_mut(&key).expect("checked above");
+            r.events.push(IssueEvent {
+                id,
+                issue: number,
+                actor: owner.clone(),
+                event: "labeled".into(),
+                label: label.clone(),
+                created_at: now,
+            });
+        }
+        let r = self.repos.get_mut(&key).expect("checked above");
         r.issues.insert(
             number,
             Issue {
@@ -1249,10 +1300,41 @@ impl World {
         issue.updated_at = now;
     }
 
-    pub(crate) fn set_labels(&mut self, repo: &str, number: u64, labels: Vec<String>) {
+    /// Replaces the labels, recording `labeled`/`unlabeled` events by `actor` (the owner when
+    /// `None`).
+    pub(crate) fn set_labels(
+        &mut self,
+        repo: &str,
+        number: u64,
+        labels: Vec<String>,
+        actor: Option<&str>,
+    ) {
         let key = self.repo_ctl(repo).key();
         self.ensure_labels(&key, &labels);
+        let actor = match actor {
+            Some(login) => self.ensure_user(login).login,
+            None => self.repos[&key].owner.clone(),
+        };
         let now = self.tick();
+        let before = self.issue_ctl(repo, number).labels.clone();
+        let mut changes: Vec<(&str, String)> = Vec::new();
+        for gone in before.iter().filter(|l| !labels.contains(l)) {
+            changes.push(("unlabeled", gone.clone()));
+        }
+        for added in labels.iter().filter(|l| !before.contains(l)) {
+            changes.push(("labeled", added.clone()));
+        }
+        for (event, label) in changes {
+            let id = next(&mut self.ids.event);
+            self.repo_ctl(repo).events.push(IssueEvent {
+                id,
+                issue: number,
+                actor: actor.clone(),
+                event: event.to_owned(),
+                label,
+                created_at: now,
+            });
+        }
         let issue = self.issue_ctl(repo, number);
         issue.labels = labels;
         issue.updated_at = now;

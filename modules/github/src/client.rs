@@ -23,6 +23,9 @@ use crate::budget::{Access, Budget, BudgetLimits, BudgetSnapshot};
 
 /// Largest response body accepted; a bigger one is an error, not an allocation.
 const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+/// How long a user's permission on a repository is trusted before it is asked again: a revoked
+/// writer can approve for at most this long.
+const PERMISSION_TTL: Duration = Duration::from_secs(10 * 60);
 /// Installation tokens live an hour; renew them this long before they expire.
 const TOKEN_RENEWAL_MARGIN: Duration = Duration::from_secs(5 * 60);
 
@@ -218,6 +221,31 @@ struct Inner {
     installation_tokens: Mutex<HashMap<u64, InstallationToken>>,
     repo_installations: Mutex<HashMap<String, u64>>,
     renewal: tokio::sync::Mutex<()>,
+    /// The login the daemon writes as, once asked.
+    own_login: tokio::sync::OnceCell<String>,
+    /// (repo, lower-cased login) → (may write, when asked).
+    permissions: Mutex<HashMap<(String, String), (bool, std::time::Instant)>>,
+}
+
+/// One `labeled` or `unlabeled` event of an issue or pull request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelEvent {
+    pub id: u64,
+    /// `labeled` or `unlabeled`.
+    pub event: String,
+    pub label: String,
+    /// Who added or removed it.
+    pub actor: String,
+    /// GitHub's `created_at`.
+    pub created_at: String,
+}
+
+/// Whether a collaborator-permission answer means write access: `permission` is the legacy base
+/// role (maintain reads as `write`, triage as `read`), `role_name` the actual one. Only write,
+/// maintain and admin may approve; triage may label but not approve.
+pub fn is_writer(permission: &str, role_name: Option<&str>) -> bool {
+    matches!(permission, "admin" | "write")
+        || role_name.is_some_and(|r| matches!(r, "admin" | "maintain" | "write"))
 }
 
 fn origin_of(url: &str) -> String {
@@ -275,6 +303,8 @@ impl GithubClient {
                 installation_tokens: Mutex::new(HashMap::new()),
                 repo_installations: Mutex::new(HashMap::new()),
                 renewal: tokio::sync::Mutex::new(()),
+                own_login: tokio::sync::OnceCell::new(),
+                permissions: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -354,6 +384,121 @@ impl GithubClient {
                 })
             }
         }
+    }
+
+    /// The login the daemon's comments carry: the token's user (`GET /user`), or `{slug}[bot]`
+    /// for a GitHub App (`GET /app` with the App's JWT). Asked once per process; `repo` is only
+    /// used to find an identity to ask with.
+    pub async fn own_login(&self, repo: &str) -> Result<String, GithubError> {
+        #[derive(serde::Deserialize)]
+        struct User {
+            login: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct App {
+            slug: String,
+        }
+        self.inner
+            .own_login
+            .get_or_try_init(|| async {
+                match &self.inner.credentials {
+                    Credentials::Token(_) => {
+                        let identity = self.identity(repo).await?;
+                        let user: User = self.get(&identity, &self.url("/user")).await?;
+                        Ok(user.login)
+                    }
+                    Credentials::App { app_id, key, .. } => {
+                        let app = self.jwt_identity(*app_id, key)?;
+                        let found: App = self.get(&app, &self.url("/app")).await?;
+                        Ok(format!("{}[bot]", found.slug))
+                    }
+                }
+            })
+            .await
+            .cloned()
+    }
+
+    /// Whether `user` has write, maintain or admin access to `repo`
+    /// (`GET /repos/{repo}/collaborators/{user}/permission`), remembered for ten minutes. A user
+    /// GitHub does not know has none. `author_association` is not used: COLLABORATOR includes
+    /// read-only collaborators.
+    pub async fn can_write(&self, repo: &str, user: &str) -> Result<bool, GithubError> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            permission: String,
+            role_name: Option<String>,
+        }
+        let key = (repo.to_owned(), user.to_ascii_lowercase());
+        let lock = || {
+            self.inner
+                .permissions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+        };
+        if let Some((writer, at)) = lock().get(&key)
+            && at.elapsed() < PERMISSION_TTL
+        {
+            return Ok(*writer);
+        }
+        if user.is_empty()
+            || !user
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_[]".contains(c))
+        {
+            return Ok(false);
+        }
+        let identity = self.identity(repo).await?;
+        let url = self.url(&format!("/repos/{repo}/collaborators/{user}/permission"));
+        let writer = match self.get::<Answer>(&identity, &url).await {
+            Ok(a) => is_writer(&a.permission, a.role_name.as_deref()),
+            Err(e) if e.status() == Some(404) => false,
+            Err(e) => return Err(e),
+        };
+        lock().insert(key, (writer, std::time::Instant::now()));
+        Ok(writer)
+    }
+
+    /// The `labeled` and `unlabeled` events of `repo#number`, oldest first (conditional requests:
+    /// an unchanged list costs no quota).
+    pub async fn label_events(
+        &self,
+        repo: &str,
+        number: u64,
+    ) -> Result<Vec<LabelEvent>, GithubError> {
+        #[derive(serde::Deserialize)]
+        struct Actor {
+            login: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Label {
+            name: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Event {
+            id: u64,
+            event: String,
+            actor: Option<Actor>,
+            label: Option<Label>,
+            created_at: String,
+        }
+        let identity = self.identity(repo).await?;
+        let url = self.url(&format!(
+            "/repos/{repo}/issues/{number}/events?per_page=100"
+        ));
+        let (events, _) = self.poll_all::<Event>(&identity, &url).await?;
+        Ok(events
+            .into_iter()
+            .filter(|e| matches!(e.event.as_str(), "labeled" | "unlabeled"))
+            .filter_map(|e| {
+                Some(LabelEvent {
+                    id: e.id,
+                    label: e.label?.name,
+                    actor: e.actor.map_or_else(|| "ghost".to_owned(), |a| a.login),
+                    event: e.event,
+                    created_at: e.created_at,
+                })
+            })
+            .collect())
     }
 
     fn jwt_identity(
@@ -1048,6 +1193,25 @@ mod tests {
             error_chain(&e),
             "Service Error: client error (Connect): dns error: no such host"
         );
+    }
+
+    #[test]
+    fn only_write_maintain_and_admin_are_writers() {
+        // (permission, role_name, writer): the legacy base role maps maintain to write and
+        // triage to read; custom roles name their base in `permission`.
+        let table = [
+            ("admin", Some("admin"), true),
+            ("write", Some("write"), true),
+            ("write", Some("maintain"), true),
+            ("read", Some("triage"), false),
+            ("read", Some("read"), false),
+            ("none", None, false),
+            ("read", None, false),
+            ("write", None, true),
+        ];
+        for (permission, role, want) in table {
+            assert_eq!(is_writer(permission, role), want, "{permission} {role:?}");
+        }
     }
 
     #[test]

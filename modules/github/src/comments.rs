@@ -1,5 +1,6 @@
-//! The one comment per pull request that productbuilder owns, found by its marker and edited in
-//! place, with repeated edits coalesced: while an edit waits for the write budget, a newer body
+//! The one comment per pull request that productbuilder owns, found by its marker among the
+//! comments written by the daemon's own login (a marker in anyone else's comment is ignored and
+//! never edited) and edited in place, with repeated edits coalesced: while an edit waits for the write budget, a newer body
 //! replaces it, so a burst of status changes costs one write, and the latest body always wins.
 
 use std::collections::HashMap;
@@ -15,6 +16,12 @@ use crate::client::{GithubClient, GithubError};
 struct IssueComment {
     id: u64,
     body: Option<String>,
+    user: Option<Author>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Author {
+    login: String,
 }
 
 #[derive(Default)]
@@ -152,7 +159,8 @@ impl MarkerComments {
         }
     }
 
-    /// The existing marker comment, if any (every page of the pull request's comments).
+    /// The existing marker comment, if any (every page of the pull request's comments): the
+    /// first one with the marker whose author is the daemon itself.
     async fn find(
         &self,
         identity: &crate::client::Identity,
@@ -162,13 +170,17 @@ impl MarkerComments {
         let url = self.client.url(&format!(
             "/repos/{repo}/issues/{number}/comments?per_page=100"
         ));
+        let own = self.client.own_login(repo).await?;
         let (comments, _) = self.client.poll_all::<IssueComment>(identity, &url).await?;
         Ok(comments
             .iter()
             .find(|c| {
-                c.body
-                    .as_deref()
-                    .is_some_and(|b| b.starts_with(&self.marker))
+                c.user
+                    .as_ref()
+                    .is_some_and(|u| u.login.eq_ignore_ascii_case(&own))
+                    && c.body
+                        .as_deref()
+                        .is_some_and(|b| b.starts_with(&self.marker))
             })
             .map(|c| c.id))
     }

@@ -392,6 +392,17 @@ pub async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), Unit
     if changed {
         let key = repo.clone();
         let closed_now = closed.clone();
+        // Heads that are new for their pull request (or head again): remembered with the time,
+        // so that an approval can be tied to the head seen when it was given.
+        let new_heads: Vec<(u64, String)> = changed_pulls
+            .iter()
+            .filter(|p| {
+                known_by_number
+                    .get(&p.number)
+                    .is_none_or(|k| k.head_sha != p.head_sha)
+            })
+            .map(|p| (p.number, p.head_sha.clone()))
+            .collect();
         state
             .store
             .call(move |c| {
@@ -423,6 +434,14 @@ pub async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), Unit
                             serde_json::to_string(&p.labels).unwrap_or_else(|_| "[]".into()),
                             p.updated_at,
                         ],
+                    )?;
+                }
+                for (number, sha) in &new_heads {
+                    tx.execute(
+                        "INSERT INTO pull_heads (repo, number, sha, seen_at)
+                         VALUES (?1, ?2, ?3, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+                         ON CONFLICT (repo, number, sha) DO UPDATE SET seen_at = excluded.seen_at",
+                        params![key, *number as i64, sha],
                     )?;
                 }
                 for number in &closed_now {

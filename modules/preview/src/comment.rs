@@ -20,6 +20,8 @@ pub struct CommentView<'a> {
     pub note: Option<&'a str>,
     /// Extra lines from productbuilder itself (eviction, policy warnings).
     pub notices: &'a [String],
+    /// A newer head commit that waits for a writer's approval (the preview stays at `head_sha`).
+    pub waiting_sha: Option<&'a str>,
 }
 
 /// Text from the pull request, made inert for one markdown line: no mentions, no HTML, no links.
@@ -101,6 +103,18 @@ pub fn render(v: &CommentView<'_>) -> String {
     {
         out.push_str(&format!("\n> **Note:** {}\n", inline(note)));
     }
+    if let Some(waiting) = v.waiting_sha
+        && v.status != Status::Deleted
+    {
+        let short = waiting.get(..8).unwrap_or(waiting);
+        // The sha is hex from GitHub's API; `inline` keeps it inert anyway.
+        out.push_str(&format!(
+            "\n**Commit `{}` waits for approval.** This preview stays at `{}` until someone with write access to the repository comments `{}` on this pull request.\n",
+            inline(short),
+            inline(v.head_sha.get(..8).unwrap_or(v.head_sha)),
+            crate::consent::APPROVE_COMMAND,
+        ));
+    }
     for notice in v.notices {
         out.push_str(&format!("\n{}\n", inline(notice)));
     }
@@ -125,7 +139,22 @@ mod tests {
             log_tail: None,
             note: None,
             notices: &[],
+            waiting_sha: None,
         }
+    }
+
+    #[test]
+    fn a_waiting_commit_is_named_with_how_to_approve_it() {
+        let mut v = view(Status::Ready);
+        assert!(!render(&v).contains("waits for approval"));
+        v.waiting_sha = Some("fedcba9876543210fedcba9876543210fedcba98");
+        let text = render(&v);
+        assert!(
+            text.contains("**Commit `fedcba98` waits for approval.** This preview stays at `01234567` until someone with write access to the repository comments `/preview approve` on this pull request."),
+            "{text}"
+        );
+        // The command is never the first line: the daemon's own comment cannot approve.
+        assert!(!crate::consent::is_approve_command(&text));
     }
 
     #[test]

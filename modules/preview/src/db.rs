@@ -80,6 +80,15 @@ pub struct PreviewRow {
     #[serde(skip)]
     pub sha_changed_at: String,
     pub updated_at: String,
+    /// A newer head commit of the pull request that waits for a writer's approval while the
+    /// preview stays at `head_sha`.
+    pub waiting_sha: Option<String>,
+    /// The latest writer's approval of a commit of this pull request (for forks, and with
+    /// `require_label`): the commit, who gave it, when, and how (`label` or `comment`).
+    pub approved_sha: Option<String>,
+    pub approved_by: Option<String>,
+    pub approved_at: Option<String>,
+    pub approved_how: Option<String>,
 }
 
 impl PreviewRow {
@@ -93,10 +102,11 @@ impl PreviewRow {
     /// What a report of this row says; equal keys need no second report.
     pub fn report_key(&self) -> String {
         format!(
-            "{}:{}:{}",
+            "{}:{}:{}:{}",
             self.head_sha,
             self.status,
-            self.stage.map_or("", Stage::as_str)
+            self.stage.map_or("", Stage::as_str),
+            self.waiting_sha.as_deref().unwrap_or("")
         )
     }
 
@@ -106,7 +116,16 @@ impl PreviewRow {
     }
 }
 
-const COLUMNS: &str = "repo, number, head_sha, status, stage, error, log_tail, url, project, deleted_reason, note, log_service, log_file, deployment_id, reported, sha_changed_at, updated_at";
+const COLUMNS: &str = "repo, number, head_sha, status, stage, error, log_tail, url, project, deleted_reason, note, log_service, log_file, deployment_id, reported, sha_changed_at, updated_at, waiting_sha, a.sha, a.given_by, a.given_at, a.how";
+
+/// The latest granted approval of each pull request, joined to its row.
+const FROM: &str = "previews LEFT JOIN (
+    SELECT k.repo AS repo, k.number AS number, k.sha, k.given_by, k.given_at, k.how
+    FROM consents k
+    WHERE k.granted = 1 AND k.sha IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM consents l WHERE l.repo = k.repo AND l.number = k.number AND l.granted = 1
+          AND l.sha IS NOT NULL AND (l.given_at, l.recorded_at, l.source) > (k.given_at, k.recorded_at, k.source))
+) a USING (repo, number)";
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PreviewRow> {
     let status: String = r.get(3)?;
@@ -131,13 +150,18 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PreviewRow> {
         reported: r.get(14)?,
         sha_changed_at: r.get(15)?,
         updated_at: r.get(16)?,
+        waiting_sha: r.get(17)?,
+        approved_sha: r.get(18)?,
+        approved_by: r.get(19)?,
+        approved_at: r.get(20)?,
+        approved_how: r.get(21)?,
     })
 }
 
 /// Every row, newest first; of one repository when `repo` is set.
 pub fn rows(c: &Connection, repo: Option<&str>) -> rusqlite::Result<Vec<PreviewRow>> {
     let mut stmt = c.prepare(&format!(
-        "SELECT {COLUMNS} FROM previews WHERE ?1 IS NULL OR repo = ?1 ORDER BY updated_at DESC, repo, number"
+        "SELECT {COLUMNS} FROM {FROM} WHERE ?1 IS NULL OR repo = ?1 ORDER BY updated_at DESC, repo, number"
     ))?;
     let rows = stmt.query_map([repo], from_row)?;
     rows.collect()
@@ -145,7 +169,7 @@ pub fn rows(c: &Connection, repo: Option<&str>) -> rusqlite::Result<Vec<PreviewR
 
 pub fn row(c: &Connection, repo: &str, number: u64) -> rusqlite::Result<Option<PreviewRow>> {
     c.query_row(
-        &format!("SELECT {COLUMNS} FROM previews WHERE repo = ?1 AND number = ?2"),
+        &format!("SELECT {COLUMNS} FROM {FROM} WHERE repo = ?1 AND number = ?2"),
         params![repo, number as i64],
         from_row,
     )
@@ -269,10 +293,24 @@ pub fn set_reported(c: &Connection, repo: &str, number: u64, key: &str) -> rusql
     Ok(true)
 }
 
+/// Records which head commit waits for approval (`None`: none). Returns whether it changed.
+pub fn set_waiting(
+    c: &Connection,
+    repo: &str,
+    number: u64,
+    waiting: Option<&str>,
+) -> rusqlite::Result<bool> {
+    let changed = c.execute(
+        "UPDATE previews SET waiting_sha = ?3 WHERE repo = ?1 AND number = ?2 AND waiting_sha IS NOT ?3",
+        params![repo, number as i64, waiting],
+    )?;
+    Ok(changed > 0)
+}
+
 /// Live previews of every tenant, least recently updated first: the eviction order.
 pub fn live_by_age(c: &Connection) -> rusqlite::Result<Vec<PreviewRow>> {
     let mut stmt = c.prepare(&format!(
-        "SELECT {COLUMNS} FROM previews WHERE status != 'deleted' ORDER BY sha_changed_at, repo, number"
+        "SELECT {COLUMNS} FROM {FROM} WHERE status != 'deleted' ORDER BY sha_changed_at, repo, number"
     ))?;
     let rows = stmt.query_map([], from_row)?;
     rows.collect()

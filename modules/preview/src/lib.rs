@@ -23,6 +23,7 @@
 pub mod archive;
 pub mod comment;
 pub mod compose;
+pub mod consent;
 pub mod db;
 pub mod engine;
 mod module;

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::Limits;
 use crate::comment::{self, CommentView};
 use crate::compose::{self, Rewrite};
+use crate::consent;
 use crate::db::{self, DeletedReason, Details, PreviewRow};
 use crate::engine::{Engine, Labelled};
 use crate::policy::Policy;
@@ -583,11 +584,7 @@ impl Previews {
         }
         let rules = self.inner.rules.get(repo).cloned().unwrap_or_default();
         let open: BTreeMap<u64, &Pull> = pulls.pulls.iter().map(|p| (p.number, p)).collect();
-        let desired: BTreeMap<u64, &Pull> = open
-            .iter()
-            .filter(|(_, p)| rules.wants(p))
-            .map(|(n, p)| (*n, *p))
-            .collect();
+        let (desired, waiting) = self.consented(repo, &rules, &open).await?;
         let key = repo.to_owned();
         let rows: BTreeMap<u64, PreviewRow> = self
             .inner
@@ -642,6 +639,21 @@ impl Previews {
             }
         }
 
+        for (number, sha) in &waiting {
+            if rows.contains_key(number) {
+                let (r, n, w) = (repo.to_owned(), *number, sha.clone());
+                let changed = self
+                    .inner
+                    .store
+                    .call(move |c| db::set_waiting(c, &r, n, w.as_deref()))
+                    .await
+                    .map_err(store_err)?;
+                if changed {
+                    self.report(repo, *number);
+                }
+            }
+        }
+
         // Previews nobody wants any more: closed, or no longer allowed.
         for (number, row) in &rows {
             if desired.contains_key(number) || !row.is_live() {
@@ -685,6 +697,37 @@ impl Previews {
             }
         }
         Ok(())
+    }
+
+    /// The pull requests the tenant wants, each at the commit its consent allows (see
+    /// [`crate::consent`]), and for each wanted one the head that waits for approval, if any.
+    async fn consented(
+        &self,
+        repo: &str,
+        rules: &TenantRules,
+        open: &BTreeMap<u64, &Pull>,
+    ) -> Result<(BTreeMap<u64, Pull>, BTreeMap<u64, Option<String>>), ReconcileError> {
+        let (mut desired, mut waiting) = (BTreeMap::new(), BTreeMap::new());
+        for (&number, &pull) in open.iter().filter(|(_, p)| rules.wants(p)) {
+            let approvals = if consent::gated(rules, pull) {
+                consent::approvals(&self.inner.github, &self.inner.store, repo, pull, rules)
+                    .await
+                    .map_err(|message| ReconcileError::Store {
+                        message,
+                        busy: false,
+                    })?
+            } else {
+                Vec::new()
+            };
+            let decision = consent::decide(rules, pull, &approvals);
+            if let Some(sha) = decision.deploy {
+                let mut at = pull.clone();
+                at.head_sha = sha;
+                desired.insert(number, at);
+            }
+            waiting.insert(number, decision.waiting);
+        }
+        Ok((desired, waiting))
     }
 
     /// Removes the previews this host still runs for repositories whose previews were turned off
@@ -1416,6 +1459,7 @@ impl Previews {
             log_tail: row.log_tail.as_deref(),
             note: row.note.as_deref(),
             notices: &notices,
+            waiting_sha: row.waiting_sha.as_deref(),
         });
         let gh = |e: productbuilder_github::GithubError| e.to_string();
         self.inner

@@ -7,6 +7,7 @@ mod support;
 
 use std::time::Duration;
 
+use productbuilder_github_sandbox::Permission;
 use productbuilder_preview::compose::project_name;
 use productbuilder_preview::db::DeletedReason;
 use productbuilder_preview::reconcile::{MAX_FOLLOWS, Redeploy, RedeployError};
@@ -120,6 +121,33 @@ async fn forks_drafts_and_labels_decide_what_is_deployed() {
             .set_labels(&w.repo, fork, vec!["preview".to_owned()]);
         w.pass(&previews).await;
         assert_eq!(w.status(&previews, fork).await.0, Status::Ready);
+        let approved = w.sandbox.head_sha(&w.repo, fork);
+        // The fork pushes: the label approved the commit it was given for, not this one. The
+        // preview stays, the new head is never downloaded, and the row names it as waiting.
+        let pushed = w.sandbox.push(
+            &w.repo,
+            fork,
+            vec![("www/index.html".into(), b"<p>unreviewed</p>\n".to_vec())],
+        );
+        w.pass(&previews).await;
+        let row = previews.get(&w.repo, fork).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                row.status,
+                row.head_sha.as_str(),
+                row.waiting_sha.as_deref()
+            ),
+            (Status::Ready, approved.as_str(), Some(pushed.as_str()))
+        );
+        assert_eq!(row.approved_sha.as_deref(), Some(approved.as_str()));
+        assert_eq!(row.approved_how.as_deref(), Some("label"));
+        assert_eq!(w.sandbox.tarball_requests(&w.repo, &pushed), 0);
+        // A label added by someone who may only triage approves nothing.
+        let other = w.sandbox.open_pr(&w.repo, app("other").from_fork());
+        w.sandbox.grant("tria", &w.repo, Permission::Pull);
+        w.sandbox.add_label(&w.repo, other, "preview", "tria");
+        w.pass(&previews).await;
+        assert!(previews.get(&w.repo, other).await.unwrap().is_none());
         // The label removed again: the preview goes, as unwanted.
         w.sandbox.set_labels(&w.repo, fork, Vec::new());
         w.pass(&previews).await;
