@@ -87,14 +87,17 @@ fn app_files(version: &str, socket_mount: bool, slow_build: bool) -> Vec<(String
     let mut dockerfile = String::from_utf8(read("Dockerfile")).unwrap();
     if slow_build {
         // A build step that takes a while, so the test can kill the daemon in the middle of it;
-        // the label before it is new on every run, so no earlier run's layer cache skips it.
+        // its command is new on every run, so no earlier run's cache skips it (BuildKit keys a
+        // step by its command and its parent's files, not by labels).
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
         dockerfile = dockerfile.replace(
             "COPY www /www",
-            &format!("COPY www /www\nLABEL test.nonce=\"{nonce}\"\nRUN [\"/bin/busybox\", \"sleep\", \"4\"]"),
+            &format!(
+                "COPY www /www\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"sleep 4; : {nonce}\"]"
+            ),
         );
     }
     let mut compose =
@@ -818,9 +821,13 @@ fn a_fork_s_new_commit_waits_for_a_writer_s_approval() {
             dashboard.contains(&format!("<code>{}</code> by acme (comment, ", &sha_b[..8])),
             "{dashboard}"
         );
-        // The comment's head line names B now (the waiting line named it before).
-        let said = ours(&format!("Commit `{}`\n", &sha_b[..8]));
-        assert!(said.contains("Preview ready"), "{said}");
+        // The comment says B is ready now (the waiting line named B before); it is sent after the
+        // row moves, so it is awaited.
+        let said = ours("Preview ready");
+        assert!(
+            said.contains(&format!("Commit `{}`\n", &sha_b[..8])),
+            "{said}"
+        );
         assert!(!said.contains("waits for approval"), "{said}");
 
         // The planted marker is untouched; the daemon wrote and edited one comment of its own.

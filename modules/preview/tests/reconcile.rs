@@ -174,8 +174,9 @@ async fn a_new_head_cancels_the_deploy_in_flight() {
             .replace(
                 "COPY www /www",
                 &format!(
-                    "COPY www /www\nLABEL test.nonce=\"{}\"\nRUN [\"/bin/busybox\", \"sleep\", \"600\"]",
-                    // New on every run: no layer cache of an earlier run skips the slow step.
+                    "COPY www /www\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"sleep 600; : {}\"]",
+                    // New on every run: no cache of an earlier run skips the slow step (BuildKit
+                    // keys a step by its command and its parent's files, not by labels).
                     std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .unwrap()
