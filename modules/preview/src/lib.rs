@@ -123,7 +123,9 @@ pub async fn validate_checkout(
             });
         }
     }
-    if compose::routed_network(&resolved.model, &spec.service).is_none()
+    // (A refused `network_mode` says so already.)
+    if report.violations.is_empty()
+        && compose::routed_network(&resolved.model, &spec.service).is_none()
         && services.contains(&spec.service)
     {
         report.errors.push(Finding {

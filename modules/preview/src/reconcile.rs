@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -963,6 +963,16 @@ impl Previews {
             }
             Err(Stop::Failed(f)) => {
                 self.count_outcome(1);
+                // What reaches the comment names paths relative to the checkout, never where the
+                // daemon keeps its state.
+                let workspace = self.workspace(&project);
+                let f = Failure {
+                    error: host_paths_hidden(&f.error, &workspace, &self.inner.settings.state_dir),
+                    tail: f
+                        .tail
+                        .map(|t| host_paths_hidden(&t, &workspace, &self.inner.settings.state_dir)),
+                    ..f
+                };
                 tracing::warn!(repo, number, sha, stage = %f.stage, error = %f.error, "previews: deploy failed");
                 self.record(
                     repo,
@@ -1663,6 +1673,33 @@ impl Previews {
 
 /// The commit's page on github.com; none for other servers (their web address is not derivable
 /// from the API's).
+/// `text` with the checkout's absolute path made relative (`.`), and the workspace and the state
+/// directory named by role: error text reaches pull request comments.
+fn host_paths_hidden(text: &str, workspace: &Path, state_dir: &Path) -> String {
+    let mut out = text.to_owned();
+    let checkout = workspace.join("checkout");
+    let mut forms = vec![
+        (checkout.clone(), "."),
+        (workspace.to_path_buf(), "<workspace>"),
+    ];
+    forms.push((state_dir.to_path_buf(), "<state_dir>"));
+    for (path, name) in forms {
+        for form in [Some(path.clone()), path.canonicalize().ok()]
+            .into_iter()
+            .flatten()
+        {
+            let form = form.display().to_string();
+            if form.len() > 1 {
+                if name == "." {
+                    out = out.replace(&format!("{form}/"), "");
+                }
+                out = out.replace(&form, name);
+            }
+        }
+    }
+    out
+}
+
 fn commit_url(api_root: &str, repo: &str, sha: &str) -> Option<String> {
     api_root
         .starts_with("https://api.github.com")
@@ -1688,6 +1725,20 @@ mod tests {
             updated_at: None,
             seen_at: "2026-11-25T00:00:00Z".into(),
         }
+    }
+
+    #[test]
+    fn failures_name_no_host_path() {
+        let ws = Path::new("/var/lib/pb/previews/pb--acme--shop--1");
+        let state = Path::new("/var/lib/pb");
+        let text = "cannot read /var/lib/pb/previews/pb--acme--shop--1/checkout/app/Dockerfile; \
+                    wrote /var/lib/pb/previews/pb--acme--shop--1/productbuilder.compose.yml; \
+                    db at /var/lib/pb/db.sqlite; checkout /var/lib/pb/previews/pb--acme--shop--1/checkout";
+        assert_eq!(
+            host_paths_hidden(text, ws, state),
+            "cannot read app/Dockerfile; wrote <workspace>/productbuilder.compose.yml; \
+             db at <state_dir>/db.sqlite; checkout ."
+        );
     }
 
     #[test]

@@ -172,12 +172,9 @@ impl ComposeCli {
         args: &[&str],
         deadline: Duration,
     ) -> Result<String, CommandError> {
-        let shown = format!(
-            "{} -p {} {}",
-            self.argv.join(" "),
-            project.name,
-            args.join(" ")
-        );
+        // Shown in pull request comments: the command as people type it, not the host's path to
+        // the plugin binary.
+        let shown = format!("docker compose -p {} {}", project.name, args.join(" "));
         let mut child = Command::new(&self.argv[0])
             .args(&self.argv[1..])
             .arg("--project-name")
@@ -469,6 +466,9 @@ mod tests {
             ("PRODUCTBUILDER_GITHUB__TOKEN", "ghp_secret"),
             ("DOCKER_HOST", "unix:///run/docker.sock"),
             ("AWS_SECRET_ACCESS_KEY", "x"),
+            // The operator's registry credentials live under these.
+            ("HOME", "/root"),
+            ("DOCKER_CONFIG", "/root/.docker"),
         ]
         .map(|(k, v)| (k.into(), v.into()));
         let kept: Vec<String> = compose_env(vars.into_iter())

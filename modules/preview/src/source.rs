@@ -156,11 +156,11 @@ pub async fn download(
 /// `project`.
 pub async fn check(dir: &Path, checks: &Checks<'_>) -> Result<Checkout, StageError> {
     let report = validate_checkout(dir, checks.policy, checks.cli, checks.project).await;
-    // Every problem at once, so one push can fix them all; config errors name the stage.
-    let stage = if report.errors.is_empty() {
-        Stage::Policy
-    } else {
+    // Every problem at once, so one push can fix them all; a refused construct names the stage.
+    let stage = if report.violations.is_empty() {
         Stage::Config
+    } else {
+        Stage::Policy
     };
     let mut lines: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
     lines.extend(report.violations.iter().map(|v| v.to_string()));

@@ -1,0 +1,143 @@
+//! The bypasses of the compose policy, each as a pull request to the daemon's reconciler on the
+//! real engine: every one ends `failed` at `policy`, and the engine never creates a container for
+//! any of them (`docker events`). A benign control with interpolation, `include`, `extends` and a
+//! profile deploys.
+
+mod support;
+
+use std::time::Duration;
+
+use productbuilder_github_sandbox::NewPr;
+use productbuilder_preview::TenantRules;
+use productbuilder_preview::state::{Stage, Status};
+use support::{World, docker};
+
+const DIR: &str = ".productbuilding/preview";
+
+/// The example app with `compose` as its compose file and `more` beside it.
+fn pr(title: &str, compose: &str, more: &[(&str, &str)]) -> NewPr {
+    let root =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-preview");
+    let read = |p: &str| std::fs::read(root.join(p)).unwrap();
+    let mut pr = NewPr::new(title, "mallory", title)
+        .with_file("Dockerfile", read("Dockerfile"))
+        .with_file(
+            &format!("{DIR}/config.yml"),
+            read(".productbuilding/preview/config.yml"),
+        )
+        .with_file(&format!("{DIR}/docker-compose.yml"), compose)
+        .with_file("www/index.html", format!("<p>{title}</p>\n"))
+        .with_file("busybox", std::fs::read("/bin/busybox").unwrap());
+    for (path, text) in more {
+        pr = pr.with_file(&format!("{DIR}/{path}"), *text);
+    }
+    pr
+}
+
+const APP: &str = "services:\n  app:\n    build: ../..\n    init: true\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_bypass_fails_at_policy_and_no_container_is_ever_created() {
+    let w = World::new("byp").await;
+    let previews = w.previews(20, Duration::from_secs(3600), TenantRules::default());
+    let since = docker(&["info", "--format", "{{.SystemTime}}"]);
+    let cases: Vec<(&str, String, Vec<(&str, &str)>)> = vec![
+        (
+            "privileged-by-interpolation",
+            format!("{APP}    privileged: ${{PRIV:-true}}\n"),
+            vec![],
+        ),
+        (
+            "host-network-by-interpolation",
+            format!("{APP}    network_mode: ${{NET:-host}}\n"),
+            vec![],
+        ),
+        (
+            "include",
+            format!("include: [other.yml]\n{APP}"),
+            vec![(
+                "other.yml",
+                "services:\n  evil:\n    image: busybox\n    privileged: true\n    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n",
+            )],
+        ),
+        (
+            "extends",
+            "services:\n  app:\n    extends: {file: base.yml, service: base}\n".to_owned(),
+            vec![(
+                "base.yml",
+                "services:\n  base:\n    build: ../..\n    volumes: [\"/:/host\"]\n",
+            )],
+        ),
+        (
+            "volumes-from-the-router",
+            format!("{APP}    volumes_from: [\"container:traefik\"]\n"),
+            vec![],
+        ),
+        (
+            "router-label",
+            format!("{APP}    labels: [\"traefik.http.routers.x.rule=Host(`bank.example`)\"]\n"),
+            vec![],
+        ),
+        (
+            "env-file-of-the-host",
+            format!("{APP}    env_file: /etc/hostname\n"),
+            vec![],
+        ),
+    ];
+    w.guarded(&previews, async {
+        let mut numbers = Vec::new();
+        for (title, compose, more) in &cases {
+            numbers.push((*title, w.sandbox.open_pr(&w.repo, pr(title, compose, more))));
+        }
+        // The control: harmless interpolation, include, extends and a profile.
+        let benign = w.sandbox.open_pr(
+            &w.repo,
+            pr(
+                "benign",
+                "include: [db.yml]\nservices:\n  app:\n    extends: {file: base.yml, service: base}\n    environment:\n      PORT: ${PORT:-8080}\n  debug:\n    image: busybox\n    profiles: [debug]\n",
+                &[
+                    ("base.yml", "services:\n  base:\n    build: ../..\n    init: true\n"),
+                    ("db.yml", "services:\n  db:\n    build: ../..\n    init: true\n"),
+                ],
+            ),
+        );
+        w.pass(&previews).await;
+        for (title, number) in &numbers {
+            let row = previews.get(&w.repo, *number).await.unwrap().unwrap();
+            assert_eq!(row.status, Status::Failed, "{title}: {row:?}");
+            assert_eq!(row.stage, Some(Stage::Policy), "{title}: {row:?}");
+            assert!(
+                row.error.as_deref().is_some_and(|e| e.contains("(rule `")),
+                "{title}: {:?}",
+                row.error
+            );
+            assert!(w.containers(*number).is_empty(), "{title}");
+        }
+        assert_eq!(w.status(&previews, benign).await.0, Status::Ready);
+
+        // The engine's own record: containers were created for the control only.
+        let until = docker(&["info", "--format", "{{.SystemTime}}"]);
+        let created = docker(&[
+            "events",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--filter",
+            "type=container",
+            "--filter",
+            "event=create",
+            "--filter",
+            &format!("label=productbuilder.tenant={}", w.repo),
+            "--format",
+            "{{index .Actor.Attributes \"productbuilder.pr\"}}",
+        ]);
+        let prs: std::collections::BTreeSet<&str> = created.lines().collect();
+        assert_eq!(
+            prs,
+            [benign.to_string().as_str()].into(),
+            "containers created: {created}"
+        );
+    })
+    .await;
+}
