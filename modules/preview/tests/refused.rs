@@ -34,6 +34,9 @@ fn pr(title: &str, compose: &str, more: &[(&str, &str)]) -> NewPr {
     pr
 }
 
+/// A title, the compose file, and further files beside it.
+type Case = (&'static str, String, Vec<(&'static str, &'static str)>);
+
 const APP: &str = "services:\n  app:\n    build: ../..\n    init: true\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,7 +44,7 @@ async fn each_bypass_fails_at_policy_and_no_container_is_ever_created() {
     let w = World::new("byp").await;
     let previews = w.previews(20, Duration::from_secs(3600), TenantRules::default());
     let since = docker(&["info", "--format", "{{.SystemTime}}"]);
-    let cases: Vec<(&str, String, Vec<(&str, &str)>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "privileged-by-interpolation",
             format!("{APP}    privileged: ${{PRIV:-true}}\n"),
