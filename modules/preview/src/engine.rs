@@ -174,6 +174,34 @@ impl Engine {
         Ok(())
     }
 
+    /// Attaches the router containers of the shared network to every network of a preview's
+    /// Compose project (found by Compose's project label).
+    pub async fn attach_routers_to_project(
+        &self,
+        shared: &str,
+        project: &str,
+    ) -> Result<(), String> {
+        for network in self.project_networks(project).await? {
+            self.attach_routers(shared, &network).await?;
+        }
+        Ok(())
+    }
+
+    /// The names of the networks Compose created for `project`.
+    async fn project_networks(&self, project: &str) -> Result<Vec<String>, String> {
+        let networks = self
+            .docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(HashMap::from([(
+                    "label".to_owned(),
+                    vec![format!("{LABEL_PROJECT}={project}")],
+                )])),
+            }))
+            .await
+            .map_err(|e| self.err("listing networks", e))?;
+        Ok(networks.into_iter().filter_map(|n| n.name).collect())
+    }
+
     /// `(id, names, compose project)` of the containers attached to `network`.
     async fn containers_on(
         &self,
@@ -209,17 +237,7 @@ impl Engine {
     /// Disconnects every container that is not part of `project` (the router) from the
     /// project's networks, so that they can be removed.
     pub async fn detach_foreign(&self, project: &str) -> Result<(), String> {
-        let networks = self
-            .docker
-            .list_networks(Some(ListNetworksOptions {
-                filters: Some(HashMap::from([(
-                    "label".to_owned(),
-                    vec![format!("{LABEL_PROJECT}={project}")],
-                )])),
-            }))
-            .await
-            .map_err(|e| self.err("listing networks", e))?;
-        for network in networks.into_iter().filter_map(|n| n.name) {
+        for network in self.project_networks(project).await? {
             for (id, _, owner) in self.containers_on(&network).await? {
                 if owner.as_deref() == Some(project) {
                     continue;

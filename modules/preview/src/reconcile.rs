@@ -636,6 +636,16 @@ impl Previews {
                 && self.expired(r).await?
             {
                 self.spawn_remove(repo, number, DeletedReason::Expired);
+            } else if let Some(r) = row
+                && r.status == Status::Ready
+                && job.is_none()
+                // A router recreated since the deploy (an upgrade of Traefik) is on none of the
+                // previews' networks: attach it again, or every preview is unreachable.
+                && let Err(e) = engine
+                    .attach_routers_to_project(&self.inner.settings.network, &r.project)
+                    .await
+            {
+                tracing::warn!(repo, number, error = %e, "previews: cannot attach the router");
             }
         }
 
@@ -1234,7 +1244,7 @@ impl Previews {
         // every preview, while no preview's container can reach another's.
         if let Ok(engine) = self.engine().await {
             engine
-                .attach_routers(&self.inner.settings.network, &network)
+                .attach_routers_to_project(&self.inner.settings.network, project_name)
                 .await
                 .map_err(|e| {
                     failed(Stage::Start, format!("cannot attach the router: {e}"), None)

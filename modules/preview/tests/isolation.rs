@@ -268,3 +268,48 @@ async fn without_egress_a_preview_cannot_connect_out_of_its_network() {
     .await;
     drop(outside);
 }
+
+/// The router joins a preview's own network when it starts, joins it again when it was recreated
+/// since (detached here by hand), and leaves it at teardown so that the network can go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_follows_the_previews_networks() {
+    let w = World::new("rtr").await;
+    let previews = w.previews(5, Duration::from_secs(3600), TenantRules::default());
+    docker(&["network", "create", &w.network]);
+    let name = format!("pb-rtr-traefik-{}", std::process::id());
+    let router = productbuilder_preview::router::Traefik::start(&name, &w.network, 0)
+        .await
+        .expect("Traefik starts (scripts/traefik-image builds its image)");
+    let networks_of = |c: &str| {
+        docker(&[
+            "inspect",
+            "--format",
+            "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
+            c,
+        ])
+    };
+    w.guarded(&previews, async {
+        let number = w.sandbox.open_pr(&w.repo, app("routed"));
+        w.pass(&previews).await;
+        assert_eq!(w.status(&previews, number).await.0, Status::Ready);
+        let row = previews.get(&w.repo, number).await.unwrap().unwrap();
+        let own = format!("{}_default", row.project);
+        assert!(networks_of(&name).contains(&own), "{}", networks_of(&name));
+
+        docker(&["network", "disconnect", &own, &name]);
+        w.pass(&previews).await;
+        assert!(networks_of(&name).contains(&own), "attached again");
+
+        w.sandbox.close_pr(&w.repo, number, false);
+        w.pass(&previews).await;
+        assert_eq!(w.status(&previews, number).await.0, Status::Deleted);
+        assert!(!networks_of(&name).contains(&own), "{}", networks_of(&name));
+        assert_eq!(
+            docker(&["network", "ls", "-q", "--filter", &format!("name={own}")]),
+            "",
+            "the preview's network is gone"
+        );
+    })
+    .await;
+    router.stop().await;
+}
