@@ -529,7 +529,7 @@ fn egress_line(egress: productbuilder_preview::Egress, metadata_answers: bool) -
         (Egress::None, _) => {
             "√ egress = \"none\": previews cannot open connections out of their networks".into()
         }
-        (Egress::Open, true) => "! a metadata endpoint answers at 169.254.169.254, and previews (egress = \"open\") can reach it: a pull request could read the instance role's credentials. Set [preview] egress = \"none\", or require IMDSv2 with a hop limit of 1 (docs/operating.md, \"Security model\")".into(),
+        (Egress::Open, true) => "! a metadata endpoint answers at 169.254.169.254, and previews (egress = \"open\") can reach it: unless the instance requires IMDSv2 with a hop limit of 1 (this check cannot tell), a pull request could read the instance role's credentials. Set [preview] egress = \"none\" (docs/operating.md, \"Security model\")".into(),
         (Egress::Open, false) => {
             "√ egress = \"open\": no metadata endpoint answers at 169.254.169.254".into()
         }
@@ -586,6 +586,14 @@ fn preview_validate(dir: &std::path::Path) -> Result<(), Failure> {
     }
     for violation in &report.violations {
         println!("refused: {violation}");
+    }
+    // What each waiver would give the pull request, so nobody waives a rule blindly.
+    let rules: std::collections::BTreeSet<_> = report.violations.iter().map(|v| v.rule).collect();
+    for rule in rules {
+        println!(
+            "rule `{rule}`: waiving it gives a pull request {}",
+            rule.risk()
+        );
     }
     match &report.spec {
         Some(spec) => {

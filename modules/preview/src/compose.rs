@@ -47,6 +47,36 @@ pub struct Rewrite<'a> {
     pub env: &'a [(String, String)],
 }
 
+/// The image each service runs: its `image`, or the name Compose v2 gives what it builds.
+pub fn service_images(model: &Value, project: &str) -> Vec<(String, String)> {
+    model
+        .get("services")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(name, svc)| {
+            let image = svc
+                .get("image")
+                .and_then(Value::as_str)
+                .map_or_else(|| format!("{project}-{name}"), str::to_owned);
+            (name.clone(), image)
+        })
+        .collect()
+}
+
+/// Labels an image may not carry into a preview: a container inherits its image's labels, and
+/// the router reads them.
+pub fn image_label_refused(key: &str) -> bool {
+    key.starts_with("traefik.")
+}
+
+/// Labels only the daemon and Compose write: Traefik's configuration and the bookkeeping.
+fn reserved_label(key: &str) -> bool {
+    key.starts_with("traefik.")
+        || key.starts_with("productbuilder.")
+        || key.starts_with("com.docker.compose.")
+}
+
 /// Log rotation for every container: a chatty preview cannot fill the host's disk.
 pub const LOG_MAX_SIZE: &str = "10m";
 pub const LOG_MAX_FILE: &str = "3";
@@ -91,7 +121,7 @@ fn label_build(build: &mut Value, r: &Rewrite<'_>) {
         return;
     };
     let mut labels = labels_map(map.get("labels"));
-    labels.retain(|k, _| !k.starts_with("productbuilder."));
+    labels.retain(|k, _| !reserved_label(k));
     labels.insert(LABEL_MANAGED.into(), json!("true"));
     labels.insert(LABEL_TENANT.into(), json!(r.repo));
     labels.insert(LABEL_PR.into(), json!(r.number.to_string()));
@@ -135,11 +165,18 @@ pub fn rewrite(model: &Value, r: &Rewrite<'_>, network: &str) -> Value {
             label_build(build, r);
         }
         let mut labels = labels_map(svc.get("labels"));
-        labels.retain(|k, _| {
-            !k.starts_with("traefik.")
-                && !k.starts_with("productbuilder.")
-                && !k.starts_with("com.docker.compose.")
-        });
+        labels.retain(|k, _| !reserved_label(k));
+        // One container per service: limits are per container, so replicas would multiply them.
+        svc.remove("scale");
+        if let Some(deploy) = svc.get_mut("deploy").and_then(Value::as_object_mut) {
+            deploy.remove("replicas");
+        }
+        if r.internal
+            && let Some(build) = svc.get_mut("build").and_then(Value::as_object_mut)
+        {
+            // No egress means none for the build's `RUN` steps either.
+            build.insert("network".into(), json!("none"));
+        }
         labels.insert(LABEL_MANAGED.into(), json!("true"));
         labels.insert(LABEL_TENANT.into(), json!(r.repo));
         labels.insert(LABEL_PR.into(), json!(r.number.to_string()));
@@ -185,6 +222,10 @@ pub fn rewrite(model: &Value, r: &Rewrite<'_>, network: &str) -> Value {
             if service == name {
                 // No value: Compose takes it from its own environment, so it is never on disk.
                 env.insert(var.clone(), Value::Null);
+            } else if env.get(var).is_some_and(Value::is_null) {
+                // Another service asking for it by name would get it the same way: it is the
+                // named service's only.
+                env.remove(var);
             }
         }
         if name == r.service {

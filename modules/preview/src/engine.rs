@@ -584,6 +584,22 @@ impl Engine {
         Ok(())
     }
 
+    /// The labels of a local image, or `None` when the engine has no such image.
+    pub async fn image_labels(
+        &self,
+        image: &str,
+    ) -> Result<Option<HashMap<String, String>>, String> {
+        match self.docker.inspect_image(image).await {
+            Ok(inspect) => Ok(Some(
+                inspect.config.and_then(|c| c.labels).unwrap_or_default(),
+            )),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.err(&format!("inspecting image {image}"), e)),
+        }
+    }
+
     async fn remove_image(&self, id: &str, force: bool) -> Result<(), String> {
         match self
             .docker

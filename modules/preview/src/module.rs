@@ -30,6 +30,8 @@ fn unit_error(e: ReconcileError) -> UnitError {
         // The engine may still be starting: retried by the network rule, then the preflight fails
         // for good and `run` exits 1 with this message, which names the socket.
         ReconcileError::Engine(m) => UnitError::new(ErrorKind::Network, m),
+        // Compose v1 or no Compose at all: the message says how to install v2.
+        ReconcileError::Compose(m) => UnitError::new(ErrorKind::Validation, m),
         ReconcileError::Store {
             message,
             busy: true,

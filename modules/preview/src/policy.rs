@@ -134,6 +134,9 @@ impl fmt::Display for Violation {
     }
 }
 
+/// Most services one preview may run.
+pub const MAX_SERVICES: usize = 25;
+
 /// Top-level keys of a resolved model.
 const TOP_KEYS: &[&str] = &[
     "name", "services", "networks", "volumes", "configs", "secrets",
@@ -147,6 +150,11 @@ const SERVICE_KEYS: &[&str] = &[
     "cap_add",
     "cap_drop",
     "cgroup",
+    // Refused by the `runtime` rule, known so that waiving it is enough.
+    "cgroup_parent",
+    "runtime",
+    "oom_kill_disable",
+    "isolation",
     "command",
     "configs",
     "container_name",
@@ -751,6 +759,17 @@ pub fn check(
             Rule::DockerSocket,
             None,
             format!("the project mentions the Docker socket ({s}); a preview must never reach the host's engine"),
+        );
+    }
+    let count = top
+        .get("services")
+        .and_then(Value::as_object)
+        .map_or(0, |s| s.len());
+    if count > MAX_SERVICES {
+        c.refuse(
+            Rule::Runtime,
+            None,
+            format!("the project runs {count} services; a preview runs at most {MAX_SERVICES}"),
         );
     }
     for (name, svc) in top

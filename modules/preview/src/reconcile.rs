@@ -26,7 +26,7 @@ use crate::compose::{self, Rewrite};
 use crate::consent;
 use crate::db::{self, DeletedReason, Details, PreviewRow};
 use crate::engine::{Engine, Labelled};
-use crate::policy::Policy;
+use crate::policy::{Policy, Rule};
 use crate::runner::{self, ComposeCli, Project};
 use crate::source;
 use crate::spec::LogSource;
@@ -266,8 +266,10 @@ pub struct Previews {
 /// Why a reconcile could not finish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReconcileError {
-    /// The Docker engine or the Compose CLI is missing or not answering.
+    /// The Docker engine is missing or not answering.
     Engine(String),
+    /// The configured Compose CLI is missing or is not Compose v2: waiting will not mend it.
+    Compose(String),
     /// The database failed; `busy` when another connection held the lock (worth a retry).
     Store { message: String, busy: bool },
 }
@@ -275,7 +277,9 @@ pub enum ReconcileError {
 impl std::fmt::Display for ReconcileError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ReconcileError::Engine(m) | ReconcileError::Store { message: m, .. } => f.write_str(m),
+            ReconcileError::Engine(m)
+            | ReconcileError::Compose(m)
+            | ReconcileError::Store { message: m, .. } => f.write_str(m),
         }
     }
 }
@@ -523,9 +527,12 @@ impl Previews {
         self.inner
             .compose
             .get_or_try_init(|| async {
-                let cli = ComposeCli::detect(&self.inner.settings.compose_command)
-                    .await
-                    .map_err(ReconcileError::Engine)?;
+                let cli = ComposeCli::detect_with(
+                    &self.inner.settings.compose_command,
+                    self.inner.settings.docker_config.as_deref(),
+                )
+                .await
+                .map_err(ReconcileError::Compose)?;
                 // Builds get the operator's registry credentials only when configured; else an
                 // empty configuration directory of the daemon's.
                 let dir = match &self.inner.settings.docker_config {
@@ -533,7 +540,7 @@ impl Previews {
                     None => {
                         let dir = self.inner.settings.state_dir.join("docker-config");
                         std::fs::create_dir_all(&dir).map_err(|e| {
-                            ReconcileError::Engine(format!("cannot create {}: {e}", dir.display()))
+                            ReconcileError::Compose(format!("cannot create {}: {e}", dir.display()))
                         })?;
                         dir
                     }
@@ -1183,6 +1190,7 @@ impl Previews {
             .iter()
             .map(|(service, name, _)| (service.clone(), name.clone()))
             .collect();
+        let rendered_model;
         let project = {
             let rewritten = compose::rewrite(
                 model,
@@ -1206,6 +1214,7 @@ impl Previews {
                 &network,
             );
             let text = compose::render(&rewritten).map_err(|e| failed(Stage::Config, e, None))?;
+            rendered_model = rewritten;
             let values = env
                 .into_iter()
                 .map(|(_, name, value)| (name, value))
@@ -1235,6 +1244,47 @@ impl Previews {
             .await?
             .map_err(command_failed(Stage::Build))?;
         drop(permit);
+        // A Dockerfile's `LABEL traefik...` (or a pulled image's) reaches the container, where the
+        // router would read it: checked on the images themselves before anything starts.
+        if !rules.policy.allowed.contains(&Rule::ReservedLabel) {
+            let engine = self
+                .engine()
+                .await
+                .map_err(|e| failed(Stage::Build, e.to_string(), None))?;
+            let images = compose::service_images(&rendered_model, project_name);
+            let mut pulled = false;
+            for (service, image) in &images {
+                let mut labels = engine
+                    .image_labels(image)
+                    .await
+                    .map_err(|e| failed(Stage::Build, e, None))?;
+                if labels.is_none() && !pulled {
+                    or_cancel(cancel, cli.pull(&project, BUILD_TIMEOUT))
+                        .await?
+                        .map_err(command_failed(Stage::Build))?;
+                    pulled = true;
+                    labels = engine
+                        .image_labels(image)
+                        .await
+                        .map_err(|e| failed(Stage::Build, e, None))?;
+                }
+                let refused: Vec<&String> = labels
+                    .iter()
+                    .flatten()
+                    .map(|(k, _)| k)
+                    .filter(|k| compose::image_label_refused(k))
+                    .collect();
+                if let Some(label) = refused.first() {
+                    return Err(failed(
+                        Stage::Build,
+                        format!(
+                            "service `{service}`: its image carries the label `{label}`; only the daemon configures the router (rule `reserved_label`; a tenant can waive it with `[preview] allow = [\"reserved_label\"]`)"
+                        ),
+                        None,
+                    ));
+                }
+            }
+        }
 
         self.step(repo, number, sha, Stage::Start, cancel).await?;
         or_cancel(cancel, cli.start(&project, STEP_TIMEOUT))

@@ -76,9 +76,13 @@ const SYSTEM_PLUGIN_DIRS: &[&str] = &[
 /// How to install Compose v2, for every message that needs it.
 pub const INSTALL_V2: &str = "install the Docker Compose v2 plugin (Debian/Ubuntu: the `docker-compose-plugin` package from Docker's repository; or its release binary as ~/.docker/cli-plugins/docker-compose) and set `[preview] compose_command = [\"docker\", \"compose\"]`";
 
-/// The binary behind `docker compose`: the CLI plugin, found where the Docker CLI finds it.
-fn compose_plugin() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = Vec::new();
+/// The binary behind `docker compose`: the CLI plugin, in `[preview] docker_config` first, then
+/// where the Docker CLI finds it.
+fn compose_plugin(docker_config: Option<&Path>) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = docker_config
+        .iter()
+        .map(|d| d.join("cli-plugins"))
+        .collect();
     if let Some(config) = std::env::var_os("DOCKER_CONFIG") {
         dirs.push(PathBuf::from(config).join("cli-plugins"));
     }
@@ -95,10 +99,18 @@ impl ComposeCli {
     /// The configured command, which must be Compose v2. `docker compose` is resolved to the
     /// plugin's binary, so it runs without the Docker CLI's configuration directory.
     pub async fn detect(preferred: &[String]) -> Result<ComposeCli, String> {
+        ComposeCli::detect_with(preferred, None).await
+    }
+
+    /// [`ComposeCli::detect`], looking for the plugin in `docker_config` first.
+    pub async fn detect_with(
+        preferred: &[String],
+        docker_config: Option<&Path>,
+    ) -> Result<ComposeCli, String> {
         let shown = preferred.join(" ");
         let mut argv = preferred.to_vec();
         if argv.len() >= 2 && argv[0] == "docker" && argv[1] == "compose" {
-            match compose_plugin() {
+            match compose_plugin(docker_config) {
                 Some(plugin) => {
                     argv.splice(..2, [plugin.display().to_string()]);
                 }
@@ -263,6 +275,17 @@ impl ComposeCli {
     /// Builds the images of every service that has a `build` section.
     pub async fn build(&self, project: &Project, deadline: Duration) -> Result<(), CommandError> {
         self.run(project, &["build"], deadline).await.map(|_| ())
+    }
+
+    /// Pulls the images of the services that do not build theirs.
+    pub async fn pull(&self, project: &Project, deadline: Duration) -> Result<(), CommandError> {
+        self.run(
+            project,
+            &["pull", "--ignore-buildable", "--quiet"],
+            deadline,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Starts (or updates) the project in the background from images already built.

@@ -570,7 +570,7 @@ pub fn load(checkout: &Path) -> Validated {
                 file: CONFIG_PATH.to_owned(),
                 line: None,
                 message: format!(
-                    "cannot be read ({e}); a repository opts into previews by adding it (see the version 1 schema)"
+                    "cannot be read ({e}); a repository opts into previews by adding it (docs/config-yml.md describes version 1)"
                 ),
             }],
             ..Validated::default()

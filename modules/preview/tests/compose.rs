@@ -249,6 +249,8 @@ async fn without_egress_every_network_is_internal_and_nothing_is_published() {
     let (yaml, _, _checkout) = rewritten(&project, true, &[]).await;
     let normalised = compose_config(&project, &yaml, &[]);
     assert_eq!(normalised["networks"]["default"]["internal"], true);
+    // Builds get no network either.
+    assert_eq!(normalised["services"]["app"]["build"]["network"], "none");
     assert!(
         normalised["services"]["app"]
             .get("ports")

@@ -286,10 +286,17 @@ async fn each_bypass_and_each_rule_is_refused_naming_file_service_key_and_rule()
         ),
         (
             "a key the policy does not know",
-            "services:\n  app:\n    image: busybox\n    cgroup_parent: /system.slice\n",
+            "services:\n  app:\n    image: busybox\n    storage_opt: {size: 1G}\n",
             &[],
             Rule::UnknownKey,
-            "key `cgroup_parent` is not known",
+            "key `storage_opt` is not known",
+        ),
+        (
+            "a host cgroup",
+            "services:\n  app:\n    image: busybox\n    cgroup_parent: /system.slice\n",
+            &[],
+            Rule::Runtime,
+            "key `cgroup_parent` is not allowed",
         ),
         (
             "an include of a host file",

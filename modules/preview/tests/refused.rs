@@ -18,9 +18,21 @@ const DIR: &str = ".productbuilding/preview";
 fn pr(title: &str, compose: &str, more: &[(&str, &str)]) -> NewPr {
     let root =
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-preview");
+    pr_built_by(
+        title,
+        compose,
+        more,
+        &std::fs::read_to_string(root.join("Dockerfile")).unwrap(),
+    )
+}
+
+/// [`pr`] with its own Dockerfile.
+fn pr_built_by(title: &str, compose: &str, more: &[(&str, &str)], dockerfile: &str) -> NewPr {
+    let root =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-preview");
     let read = |p: &str| std::fs::read(root.join(p)).unwrap();
     let mut pr = NewPr::new(title, "mallory", title)
-        .with_file("Dockerfile", read("Dockerfile"))
+        .with_file("Dockerfile", dockerfile)
         .with_file(
             &format!("{DIR}/config.yml"),
             read(".productbuilding/preview/config.yml"),
@@ -92,6 +104,19 @@ async fn each_bypass_fails_at_policy_and_no_container_is_ever_created() {
         for (title, compose, more) in &cases {
             numbers.push((*title, w.sandbox.open_pr(&w.repo, pr(title, compose, more))));
         }
+        // A router label in the Dockerfile: the container would inherit it from its image.
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/hello-preview");
+        let dockerfile = std::fs::read_to_string(root.join("Dockerfile"))
+            .unwrap()
+            .replace(
+                "COPY www /www",
+                "COPY www /www\nLABEL traefik.http.routers.evil.rule=\"Host(`bank.example`)\"",
+            );
+        let labelled = w.sandbox.open_pr(
+            &w.repo,
+            pr_built_by("image-label", APP, &[], &dockerfile),
+        );
         // The control: harmless interpolation, include, extends and a profile.
         let benign = w.sandbox.open_pr(
             &w.repo,
@@ -117,6 +142,15 @@ async fn each_bypass_fails_at_policy_and_no_container_is_ever_created() {
             assert!(w.containers(*number).is_empty(), "{title}");
         }
         assert_eq!(w.status(&previews, benign).await.0, Status::Ready);
+        let row = previews.get(&w.repo, labelled).await.unwrap().unwrap();
+        assert_eq!(row.status, Status::Failed, "{row:?}");
+        assert!(
+            row.error
+                .as_deref()
+                .is_some_and(|e| e.contains("its image carries the label `traefik.http.routers.evil.rule`")),
+            "{:?}",
+            row.error
+        );
 
         // The engine's own record: containers were created for the control only.
         let until = docker(&["info", "--format", "{{.SystemTime}}"]);
