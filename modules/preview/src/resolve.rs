@@ -82,6 +82,9 @@ pub fn shown(root: &Path, path: &Path) -> String {
 pub struct Walk {
     pub files: Vec<String>,
     pub origins: BTreeMap<String, String>,
+    /// Whether any of the files says `env_file`: if none does, no env file can be read, and the
+    /// pass that lists them is skipped.
+    pub env_files: bool,
 }
 
 fn violation(rule: Rule, file: &str, message: String) -> Violation {
@@ -171,6 +174,9 @@ pub fn walk(root: &Path, compose_file: &str) -> Result<Walk, Refusal> {
             }
         };
         walk.files.push(rel_text.clone());
+
+        // On the parsed document, not the text: a quoted key may spell `env_file` with escapes.
+        walk.env_files |= has_key(&doc, "env_file");
         let dir = rel.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut follow = |named: &str, key: &str, refusal: &mut Refusal| {
             if named.contains('$') {
@@ -269,6 +275,15 @@ pub fn walk(root: &Path, compose_file: &str) -> Result<Walk, Refusal> {
         Ok(walk)
     } else {
         Err(refusal)
+    }
+}
+
+/// Whether `key` is a mapping key anywhere in `value`.
+fn has_key(value: &Value, key: &str) -> bool {
+    match value {
+        Value::Object(map) => map.iter().any(|(k, v)| k == key || has_key(v, key)),
+        Value::Array(items) => items.iter().any(|v| has_key(v, key)),
+        _ => false,
     }
 }
 
@@ -371,9 +386,12 @@ pub async fn resolve(
         )],
         violations: Vec::new(),
     };
-    // First pass: which env files would be read, without reading them.
-    let raw = cli
-        .run_checked(
+    // First pass: which env files would be read, without reading them (unneeded when no file
+    // of the project names one).
+    let raw = if !walked.env_files {
+        Ok(r#"{"services":{}}"#.to_owned())
+    } else {
+        cli.run_checked(
             &p,
             &[
                 "config",
@@ -384,7 +402,8 @@ pub async fn resolve(
             ],
         )
         .await
-        .map_err(error)?;
+    }
+    .map_err(error)?;
     let raw: Value = serde_json::from_str(&raw).map_err(|e| Refusal {
         errors: vec![finding(
             compose_file,
@@ -457,7 +476,10 @@ pub async fn resolve(
 
 /// The services' origins when a tenant waived the walk's refusals: best effort, for messages.
 fn walk_unchecked(root: &Path, compose_file: &str) -> Walk {
-    let mut walk = Walk::default();
+    let mut walk = Walk {
+        env_files: true,
+        ..Walk::default()
+    };
     if let Ok(text) = std::fs::read_to_string(root.join(compose_file))
         && let Ok(doc) = serde_saphyr::from_str::<Value>(&text)
     {

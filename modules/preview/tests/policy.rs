@@ -222,6 +222,20 @@ async fn each_bypass_and_each_rule_is_refused_naming_file_service_key_and_rule()
             "service `app`, key `env_file`: \"/etc/hostname\" (outside the checkout)",
         ),
         (
+            "an env_file of the host under an escaped key",
+            "services:\n  app:\n    image: busybox\n    \"env\\x5ffile\": /etc/hostname\n",
+            &[],
+            Rule::HostPath,
+            "key `env_file`: \"/etc/hostname\" (outside the checkout)",
+        ),
+        (
+            "an env_file of the host through a YAML anchor",
+            "x-base: &base\n  env_file: /etc/hostname\nservices:\n  app:\n    <<: *base\n    image: busybox\n",
+            &[],
+            Rule::HostPath,
+            "key `env_file`: \"/etc/hostname\" (outside the checkout)",
+        ),
+        (
             "a secret file of the host",
             "services:\n  app:\n    image: busybox\n    secrets: [key]\nsecrets:\n  key:\n    file: /root/.ssh/id_rsa\n",
             &[],
