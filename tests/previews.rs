@@ -239,23 +239,20 @@ fn sigterm(child: &mut Child) {
     let _ = child.kill();
 }
 
-#[test]
-fn previews_follow_their_pull_requests_through_traefik() {
-    assert!(
-        Path::new("/bin/busybox").exists(),
-        "/bin/busybox is missing: apt-get install busybox-static (.ci/run does)"
-    );
-    let runtime = tokio::runtime::Runtime::new().unwrap();
+/// The sandbox GitHub with repository `acme/{name}{pid}`, a configuration directory for the daemon
+/// (its tenant file included), and Traefik on the previews' shared network; `tag` keeps the
+/// networks, domains and containers of concurrent tests apart.
+fn setup(runtime: &tokio::runtime::Runtime, name: &str, tag: &str) -> (Sandbox, Site, Traefik) {
     let github = runtime.block_on(Sandbox::start()).unwrap();
     let unique = format!("{}", std::process::id());
-    let repo = format!("acme/hello{unique}");
+    let repo = format!("acme/{name}{unique}");
     github.add_token(TOKEN, "productbuilder-bot");
-    github.create_repo("acme", &format!("hello{unique}"));
+    github.create_repo("acme", &format!("{name}{unique}"));
     github.grant("productbuilder-bot", &repo, Permission::Push);
 
     let dir = tempfile::tempdir().unwrap();
-    let network = format!("pb-e2e-{unique}");
-    let domain = format!("e2e{unique}.localhost");
+    let network = format!("pb-{tag}-{unique}");
+    let domain = format!("{tag}{unique}.localhost");
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     std::fs::create_dir(dir.path().join("tenants")).unwrap();
     let config = dir.path().join("productbuilder.toml");
@@ -272,7 +269,7 @@ fn previews_follow_their_pull_requests_through_traefik() {
     )
     .unwrap();
     std::fs::write(
-        dir.path().join("tenants/hello.toml"),
+        dir.path().join(format!("tenants/{name}.toml")),
         format!("repo = \"{repo}\"\n[preview]\ncpus = 0.5\nmemory = \"64m\"\n"),
     )
     .unwrap();
@@ -280,21 +277,32 @@ fn previews_follow_their_pull_requests_through_traefik() {
         dir,
         config,
         listen,
-        repo: repo.clone(),
+        repo,
         domain,
         network: network.clone(),
     };
-
     let _ = Command::new("docker")
         .args(["network", "create", &network])
         .output();
     let traefik = runtime
         .block_on(Traefik::start(
-            &format!("pb-e2e-traefik-{unique}"),
+            &format!("pb-{tag}-traefik-{unique}"),
             &network,
             0,
         ))
         .expect("Traefik starts (scripts/traefik-image builds its image)");
+    (github, site, traefik)
+}
+
+#[test]
+fn previews_follow_their_pull_requests_through_traefik() {
+    assert!(
+        Path::new("/bin/busybox").exists(),
+        "/bin/busybox is missing: apt-get install busybox-static (.ci/run does)"
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (github, site, traefik) = setup(&runtime, "hello", "e2e");
+    let repo = site.repo.clone();
     let started_at = unix_now();
 
     let one = github.open_pr(
@@ -660,54 +668,8 @@ fn a_fork_s_new_commit_waits_for_a_writer_s_approval() {
         "/bin/busybox is missing: apt-get install busybox-static (.ci/run does)"
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let github = runtime.block_on(Sandbox::start()).unwrap();
-    let unique = format!("{}", std::process::id());
-    let repo = format!("acme/consent{unique}");
-    github.add_token(TOKEN, "productbuilder-bot");
-    github.create_repo("acme", &format!("consent{unique}"));
-    github.grant("productbuilder-bot", &repo, Permission::Push);
-
-    let dir = tempfile::tempdir().unwrap();
-    let network = format!("pb-e2c-{unique}");
-    let domain = format!("e2c{unique}.localhost");
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    std::fs::create_dir(dir.path().join("tenants")).unwrap();
-    let config = dir.path().join("productbuilder.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"state\"\n\
-             [http]\nlisten = \"{listen}\"\n\
-             [log]\nformat = \"json\"\nlevel = \"info\"\n\
-             [github]\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\npoll_interval = \"1s\"\n\
-             [preview]\ndomain = \"{domain}\"\nurl_template = \"http://{{repo}}-pr-{{number}}.{{domain}}\"\nnetwork = \"{network}\"\n",
-            github.url()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("tenants/consent.toml"),
-        format!("repo = \"{repo}\"\n[preview]\ncpus = 0.5\nmemory = \"64m\"\n"),
-    )
-    .unwrap();
-    let site = Site {
-        dir,
-        config,
-        listen,
-        repo: repo.clone(),
-        domain,
-        network: network.clone(),
-    };
-    let _ = Command::new("docker")
-        .args(["network", "create", &network])
-        .output();
-    let traefik = runtime
-        .block_on(Traefik::start(
-            &format!("pb-e2c-traefik-{unique}"),
-            &network,
-            0,
-        ))
-        .expect("Traefik starts (scripts/traefik-image builds its image)");
+    let (github, site, traefik) = setup(&runtime, "consent", "e2c");
+    let repo = site.repo.clone();
 
     // Labelled at opening (the sandbox records the owner as the one who labelled).
     let fork = github.open_pr(
