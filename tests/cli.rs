@@ -120,6 +120,7 @@ fn plan_prints_units_without_touching_the_state_directory() {
         "worker:issues:acme/shop worker every 15s",
         "worker:comments:acme/blog worker every 30s",
         "worker:comments:acme/shop worker every 15s",
+        "worker:http-cache:global worker every 1h",
         "worker:previews:acme/blog worker every 30s",
         "worker:previews:acme/shop worker every 15s",
     ]

@@ -14,12 +14,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{HeaderMap, HeaderValue, Method, header};
 use octocrab::Octocrab;
 use productbuilder_scheduler::{ErrorKind, UnitError};
-use productbuilder_store::{Store, StoreError, rusqlite::OptionalExtension};
+use productbuilder_store::{Store, StoreError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::budget::{Access, Budget, BudgetLimits, BudgetSnapshot};
+use crate::cache;
 
 /// Largest response body accepted; a bigger one is an error, not an allocation.
 const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
@@ -794,7 +795,7 @@ impl GithubClient {
     /// on a 304 (which costs no primary quota). The cache is keyed by the identity's stable key, so
     /// a renewed installation token keeps its 304s, and it is persisted, so a restart does too.
     pub async fn poll(&self, identity: &Identity, url: &str) -> Result<Polled, GithubError> {
-        let cached = cache_get(&self.inner.store, &identity.key, url).await?;
+        let cached = cache::get(&self.inner.store, &identity.key, url).await?;
         let mut headers = HeaderMap::new();
         if let Some(entry) = &cached
             && let Ok(value) = HeaderValue::from_str(&entry.etag)
@@ -824,7 +825,7 @@ impl GithubClient {
             .get(header::ETAG)
             .and_then(|v| v.to_str().ok())
         {
-            cache_put(
+            cache::put(
                 &self.inner.store,
                 &identity.key,
                 url,
@@ -1041,67 +1042,6 @@ pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     u64::try_from(secs)
         .ok()
         .map(|s| UNIX_EPOCH + Duration::from_secs(s))
-}
-
-#[derive(Debug)]
-struct CacheEntry {
-    etag: String,
-    body: Vec<u8>,
-    next: Option<String>,
-}
-
-async fn cache_get(
-    store: &Store,
-    identity: &str,
-    url: &str,
-) -> Result<Option<CacheEntry>, GithubError> {
-    let (identity, url) = (identity.to_owned(), url.to_owned());
-    Ok(store
-        .call(move |c| {
-            c.query_row(
-                "SELECT etag, body, next_url FROM http_cache WHERE identity = ?1 AND url = ?2",
-                [&identity, &url],
-                |r| {
-                    Ok(CacheEntry {
-                        etag: r.get(0)?,
-                        body: r.get(1)?,
-                        next: r.get(2)?,
-                    })
-                },
-            )
-            .optional()
-        })
-        .await?)
-}
-
-async fn cache_put(
-    store: &Store,
-    identity: &str,
-    url: &str,
-    etag: &str,
-    body: &[u8],
-    next: Option<&str>,
-) -> Result<(), GithubError> {
-    let (identity, url, etag, body, next) = (
-        identity.to_owned(),
-        url.to_owned(),
-        etag.to_owned(),
-        body.to_vec(),
-        next.map(str::to_owned),
-    );
-    store
-        .call(move |c| {
-            c.execute(
-                "INSERT INTO http_cache (identity, url, etag, body, next_url, stored_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-                 ON CONFLICT (identity, url) DO UPDATE SET etag = excluded.etag, body = excluded.body,
-                   next_url = excluded.next_url, stored_at = excluded.stored_at",
-                productbuilder_store::rusqlite::params![identity, url, etag, body, next],
-            )
-            .map(|_| ())
-        })
-        .await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 //! sees the whole desired set, never a diff that a missed cycle could lose.
 
 mod budget;
+mod cache;
 mod client;
 mod comments;
 mod model;
@@ -27,6 +28,7 @@ mod report;
 pub mod webhook;
 
 pub use budget::{Access, Budget, BudgetLimits, BudgetSnapshot, Quota, wait_hint};
+pub use cache::{CacheLimits, Pruned, prune};
 pub use client::{
     Answer, ClientConfig, Credentials, GithubClient, GithubError, Identity, LabelEvent, Polled,
     Token, is_writer, next_link, parse_rfc3339,

@@ -17,6 +17,7 @@ use productbuilder_store::rusqlite::{self, OptionalExtension, params};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::cache::CacheLimits;
 use crate::client::{GithubClient, GithubError};
 use crate::model::{Pull, PullSet};
 
@@ -152,10 +153,34 @@ impl Module for GithubModule {
                 }),
             }
         };
+        let store = self.state.store.clone();
         vec![
             make("pulls", Job::Pulls),
             make("issues", Job::Issues),
             make("comments", Job::Comments),
+            // `worker:http-cache:global`: the conditional-request cache would only grow.
+            Spec {
+                resource: "http-cache",
+                scope: Scope::Global,
+                when: When::Worker(Every::Fixed(Duration::from_secs(3600))),
+                timeout: self.run_timeout,
+                retry: RetryPolicy::remote_api(),
+                applies_to: every_tenant,
+                work: spec_work(move |_ctx: TenantCtx| {
+                    let store = store.clone();
+                    async move {
+                        let pruned = crate::cache::prune(&store, CacheLimits::default()).await?;
+                        if pruned.removed > 0 {
+                            tracing::info!(
+                                removed = pruned.removed,
+                                bytes_left = pruned.bytes_left,
+                                "github: pruned the conditional-request cache"
+                            );
+                        }
+                        Ok(())
+                    }
+                }),
+            },
         ]
     }
 }
