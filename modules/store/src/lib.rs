@@ -283,6 +283,15 @@ impl Store {
     pub fn migrate(&self) -> Result<Vec<Applied>, StoreError> {
         let mut conn = self.lock();
         let pending = self.pending_in(&conn)?;
+        self.apply(&mut conn, pending)
+    }
+
+    /// Applies `pending`, skipping any version another process recorded since it was computed.
+    fn apply(
+        &self,
+        conn: &mut Connection,
+        pending: Vec<&'static Migration>,
+    ) -> Result<Vec<Applied>, StoreError> {
         let mut done = Vec::with_capacity(pending.len());
         for migration in pending {
             let fail = |source| StoreError::Migration {
@@ -290,7 +299,22 @@ impl Store {
                 file: migration.file_name(),
                 source,
             };
-            let tx = conn.transaction().map_err(fail)?;
+            // IMMEDIATE takes the write lock before reading: a second process migrating the same
+            // file waits here (busy timeout), then sees the version applied and skips it, instead
+            // of both applying it and one failing on `table already exists`.
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(fail)?;
+            let applied_meanwhile: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?1)",
+                    [migration.version],
+                    |r| r.get(0),
+                )
+                .map_err(fail)?;
+            if applied_meanwhile {
+                continue;
+            }
             tx.execute_batch(migration.sql).map_err(fail)?;
             tx.execute(
                 "INSERT INTO schema_migrations (version, name, checksum) VALUES (?1, ?2, ?3)",
@@ -371,6 +395,22 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(journal, "wal");
+    }
+
+    /// Two daemons (or `migrate` while `run` starts) on one fresh file: the one that planned
+    /// first but writes second skips what the other applied in between, instead of failing on a
+    /// table that now exists.
+    #[test]
+    fn a_migration_applied_by_another_process_meanwhile_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("productbuilder.db");
+        let (first, second) = (Store::open(&path).unwrap(), Store::open(&path).unwrap());
+        let planned = first.pending().unwrap();
+        assert_eq!(planned.len(), MIGRATIONS.len());
+        assert_eq!(second.migrate().unwrap().len(), MIGRATIONS.len());
+        let applied = first.apply(&mut first.lock(), planned).unwrap();
+        assert!(applied.is_empty(), "{applied:?}");
+        assert!(first.pending().unwrap().is_empty());
     }
 
     #[test]
