@@ -242,6 +242,47 @@ fn environment_overrides_win_and_their_errors_name_the_variable() {
     assert!(!text(&out.stdout).contains("1234567"));
 }
 
+/// The documented systemd unit sets the token file by variable; the main file here sets `token`.
+#[test]
+fn a_secret_set_in_the_file_and_by_variable_names_the_variable_once() {
+    let site = Site::new("");
+    let token_file = site.dir.path().join("github-token");
+    std::fs::write(&token_file, "ghp_from_the_file\n").unwrap();
+    let out = site.output(
+        &["check"],
+        &[(
+            "PRODUCTBUILDER_GITHUB__TOKEN_FILE",
+            token_file.to_str().unwrap(),
+        )],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    let want = format!(
+        "environment variable PRODUCTBUILDER_GITHUB__TOKEN_FILE: key `github.token_file`: set either `github.token` or `github.token_file`, not both; `github.token` is also set in {}: remove one of the two",
+        site.config().display()
+    );
+    assert!(stderr.contains(&want), "want {want:?} in:\n{stderr}");
+    assert!(!stderr.contains("missing;"), "{stderr}");
+    assert!(
+        !stderr.contains(TOKEN) && !stderr.contains("ghp_from_the_file"),
+        "{stderr}"
+    );
+
+    // An empty variable is not a token.
+    for empty in ["", " "] {
+        let out = site.output(&["check"], &[("PRODUCTBUILDER_GITHUB__TOKEN", empty)]);
+        assert_eq!(out.status.code(), Some(2), "{empty:?}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains(
+                "environment variable PRODUCTBUILDER_GITHUB__TOKEN: key `github.token`: is empty"
+            ),
+            "{empty:?}: {stderr}"
+        );
+        assert!(!stderr.contains("missing;"), "{stderr}");
+    }
+}
+
 #[test]
 fn check_never_prints_secrets() {
     let site = Site::new("[http]\napi_token = \"api-secret-value\"\n");

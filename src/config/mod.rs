@@ -250,8 +250,36 @@ fn load_with_env(file: &Path, env: Env) -> Result<Config, ConfigError> {
     let figment = Figment::new()
         .merge(Toml::file(file))
         .merge(env_provider(env));
-    let raw: RawConfig = figment.extract().map_err(|e| from_figment(e, &origin))?;
+    let raw: RawConfig = match figment.extract() {
+        Ok(raw) => raw,
+        Err(e) => {
+            // A broken main file must not hide the tenant files' own problems: one run of
+            // `check` should list everything to fix.
+            let mut problems = from_figment(e, &origin).0;
+            problems.extend(tenant_problems(file, &figment));
+            return Err(ConfigError(problems));
+        }
+    };
     resolve(raw, file, &figment)
+}
+
+/// The tenant files' problems, for when the main file cannot be read as a whole. The tenants
+/// directory is taken from the main file if that key can be read, else the default `tenants`
+/// (then only if it exists: a guess must not add a problem of its own).
+fn tenant_problems(file: &Path, figment: &Figment) -> Vec<Problem> {
+    let base = file.parent().unwrap_or(Path::new("."));
+    let (dir, guessed) = match figment.extract_inner::<PathBuf>("tenants_dir") {
+        Ok(dir) => (dir, false),
+        Err(_) => (PathBuf::from("tenants"), true),
+    };
+    let dir = base.join(dir);
+    if guessed && !dir.is_dir() {
+        return Vec::new();
+    }
+    let mut p = Problems { list: Vec::new() };
+    // The interval only matters for a valid tenant, and none is used from here.
+    load_tenants(&mut p, file, &dir, Duration::from_secs(30));
+    p.list
 }
 
 fn single(origin: &str, message: impl Into<String>) -> ConfigError {
@@ -350,11 +378,19 @@ fn env_origin(key: &str) -> String {
     )
 }
 
+/// Whether a key's value came from an environment variable rather than the file.
+fn from_env(figment: &Figment, key: &str) -> bool {
+    figment
+        .find_metadata(key)
+        .is_some_and(|meta| meta.name.contains("environment"))
+}
+
 /// Where a key's value came from: the file, or the environment variable that overrode it.
 fn origin_of(figment: &Figment, key: &str, file: &Path) -> String {
-    match figment.find_metadata(key) {
-        Some(meta) if meta.name.contains("environment") => env_origin(key),
-        _ => file.display().to_string(),
+    if from_env(figment, key) {
+        env_origin(key)
+    } else {
+        file.display().to_string()
     }
 }
 
@@ -386,35 +422,72 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
                 default
             }
         };
-    // A secret given inline or as `<key>_file`, never both.
-    let secret = |p: &mut Problems, key: &str, inline: Option<String>, path: Option<PathBuf>| match (
-        inline, path,
-    ) {
-        (Some(_), Some(_)) => {
-            p.push(
-                here(key),
-                Some(key),
-                format!("set either `{key}` or `{key}_file`, not both"),
-            );
-            None
-        }
-        (Some(value), None) => Some(Secret(value)),
-        (None, Some(path)) => {
-            let path = relative(path);
-            match std::fs::read_to_string(&path) {
-                Ok(text) => Some(Secret(text.trim_end_matches(['\n', '\r']).to_owned())),
-                Err(e) => {
-                    let key_file = format!("{key}_file");
-                    p.push(
-                        here(&key_file),
-                        Some(&key_file),
-                        format!("cannot read secret file {}: {e}", path.display()),
-                    );
-                    None
+    // A secret given inline or as `<key>_file`, never both, and never empty: an empty token would
+    // pass as "set" here and fail later as a 401 far from its cause.
+    let secret = |p: &mut Problems, key: &str, inline: Option<String>, path: Option<PathBuf>| {
+        let key_file = format!("{key}_file");
+        match (inline, path) {
+            (Some(_), Some(_)) => {
+                // Blame the environment variable when one of the two came from it: that is the
+                // setting the operator is least likely to see while reading the file.
+                let (key_env, other) = if from_env(figment, &key_file) {
+                    (key_file.as_str(), key)
+                } else {
+                    (key, key_file.as_str())
+                };
+                let mut message = format!("set either `{key}` or `{key_file}`, not both");
+                let (origin, other_origin) = (here(key_env), here(other));
+                if origin != other_origin {
+                    message.push_str(&format!(
+                        "; `{other}` is also set in {other_origin}: remove one of the two"
+                    ));
+                }
+                p.push(origin, Some(key_env), message);
+                None
+            }
+            (Some(value), None) if value.trim().is_empty() => {
+                p.push(
+                    here(key),
+                    Some(key),
+                    "is empty; give the secret's value, or remove the key",
+                );
+                None
+            }
+            (Some(value), None) => Some(Secret(value)),
+            (None, Some(path)) => {
+                let path = relative(path);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) if text.trim().is_empty() => {
+                        p.push(
+                            here(&key_file),
+                            Some(&key_file),
+                            format!(
+                                "secret file {} is empty; write the secret into it",
+                                path.display()
+                            ),
+                        );
+                        None
+                    }
+                    Ok(text) => Some(Secret(text.trim_end_matches(['\n', '\r']).to_owned())),
+                    Err(e) => {
+                        p.push(
+                            here(&key_file),
+                            Some(&key_file),
+                            format!("cannot read secret file {}: {e}", path.display()),
+                        );
+                        None
+                    }
                 }
             }
+            (None, None) => None,
         }
-        (None, None) => None,
+    };
+    // Whether a problem about `key` (or `key_file`) was already recorded: then it is not missing,
+    // and saying so would contradict that line.
+    let reported = |p: &Problems, key: &str| {
+        p.list
+            .iter()
+            .any(|x| x.key.as_deref().is_some_and(|k| k.starts_with(key)))
     };
 
     let state_dir = match raw.state_dir {
@@ -554,8 +627,11 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
             None
         }
         (None, None, None) => {
-            // Only worth saying when the section exists; a missing section was reported above.
-            if !p.list.iter().any(|x| x.key.as_deref() == Some("github")) {
+            // Only worth saying when the section exists (a missing section was reported above)
+            // and no problem with the token was reported (it was set, but wrongly).
+            if !p.list.iter().any(|x| x.key.as_deref() == Some("github"))
+                && !reported(&p, "github.token")
+            {
                 p.push(
                     file.display().to_string(),
                     Some("github.token"),
@@ -608,6 +684,9 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
             Egress::Open
         }
     };
+    if let Some(domain) = &raw.preview.domain {
+        check_domain(&mut p, here("preview.domain"), domain);
+    }
     let preview = Settings {
         egress,
         state_dir: state_dir.clone(),
@@ -698,11 +777,13 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
                 api_url,
             }),
             None => {
-                p.push(
-                    here("slack"),
-                    Some("slack.bot_token"),
-                    "missing; [slack] needs bot_token (or bot_token_file)",
-                );
+                if !reported(&p, "slack.bot_token") {
+                    p.push(
+                        here("slack"),
+                        Some("slack.bot_token"),
+                        "missing; [slack] needs bot_token (or bot_token_file)",
+                    );
+                }
                 None
             }
         }
@@ -882,6 +963,38 @@ fn check_url(p: &mut Problems, origin: String, key: &str, url: &str) {
     }
 }
 
+/// `[preview] domain` goes into host names (`{domain}` in `url_template`, Traefik's `Host` rule),
+/// so it must be a bare host name: a scheme, path or port there would make every preview URL
+/// wrong while `check` passes.
+fn check_domain(p: &mut Problems, origin: String, domain: &str) {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if domain.len() <= 253 && domain.split('.').all(label_ok) {
+        return;
+    }
+    // What the operator probably meant: the host part of what they wrote.
+    let host = domain.trim();
+    let host = host.split_once("://").map_or(host, |(_, rest)| rest);
+    let host = host.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let host = host.split(':').next().unwrap_or_default();
+    let hint = if !host.is_empty() && host.len() <= 253 && host.split('.').all(label_ok) {
+        format!("write only the host name: domain = {host:?}")
+    } else {
+        "write only the host name, for example domain = \"preview.example.com\"".to_owned()
+    };
+    p.push(
+        origin,
+        Some("preview.domain"),
+        format!("{domain:?} is not a host name (no scheme, path or port); {hint}"),
+    );
+}
+
 fn check_template(p: &mut Problems, origin: String, template: &str) {
     const KNOWN: [&str; 4] = ["owner", "repo", "number", "domain"];
     let mut rest = template;
@@ -980,6 +1093,12 @@ fn read_env_secret(path: &Path) -> Result<String, String> {
     }
     let text = String::from_utf8(bytes)
         .map_err(|_| format!("secret file {} is not UTF-8 text", path.display()))?;
+    if text.trim().is_empty() {
+        return Err(format!(
+            "secret file {} is empty; write the secret into it",
+            path.display()
+        ));
+    }
     Ok(text.trim_end_matches(['\n', '\r']).to_owned())
 }
 

@@ -60,11 +60,13 @@ pub struct RawGithub {
     pub private_key_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "lenient_u64")]
     pub installation_id: Option<u64>,
+    #[serde(default, deserialize_with = "duration_text")]
     pub poll_interval: Option<String>,
     pub webhook_secret: Option<String>,
     pub webhook_secret_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "lenient_u64")]
     pub max_in_flight: Option<u64>,
+    #[serde(default, deserialize_with = "duration_text")]
     pub request_timeout: Option<String>,
 }
 
@@ -83,6 +85,7 @@ pub struct RawPreview {
     pub max_previews: Option<u64>,
     #[serde(default, deserialize_with = "lenient_u64")]
     pub max_builds: Option<u64>,
+    #[serde(default, deserialize_with = "duration_text")]
     pub ttl: Option<String>,
     pub docker_config: Option<PathBuf>,
 }
@@ -130,6 +133,7 @@ pub enum LlmProvider {
 #[serde(deny_unknown_fields)]
 pub struct RawBuilds {
     pub agent_command: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "duration_text")]
     pub max_duration: Option<String>,
 }
 
@@ -138,7 +142,9 @@ pub struct RawBuilds {
 pub struct RawScheduler {
     #[serde(default, deserialize_with = "lenient_u64")]
     pub preflight_concurrency: Option<u64>,
+    #[serde(default, deserialize_with = "duration_text")]
     pub shutdown_grace: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
     pub run_timeout: Option<String>,
 }
 
@@ -147,6 +153,7 @@ pub struct RawScheduler {
 #[serde(deny_unknown_fields)]
 pub struct RawTenant {
     pub repo: String,
+    #[serde(default, deserialize_with = "duration_text")]
     pub poll_interval: Option<String>,
     pub previews: Option<bool>,
     pub slack_channel: Option<String>,
@@ -188,4 +195,31 @@ fn lenient_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error>
             })
         }
     }
+}
+
+/// A duration is written as text (`"15s"`); a bare number has no unit, so instead of serde's
+/// "expected a string" the operator is shown what to write.
+fn duration_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum TextOrNumber {
+        Text(String),
+        Whole(i64),
+        Fraction(f64),
+        Other(serde::de::IgnoredAny),
+    }
+    let number = match Option::<TextOrNumber>::deserialize(d)? {
+        None => return Ok(None),
+        Some(TextOrNumber::Text(s)) => return Ok(Some(s)),
+        Some(TextOrNumber::Whole(n)) => n.to_string(),
+        Some(TextOrNumber::Fraction(x)) => x.to_string(),
+        Some(TextOrNumber::Other(_)) => {
+            return Err(serde::de::Error::custom(
+                "expected a duration string like \"30s\", \"5m\" or \"2h\"",
+            ));
+        }
+    };
+    Err(serde::de::Error::custom(format!(
+        "{number} has no unit; write it as a duration string like \"{number}s\""
+    )))
 }

@@ -283,6 +283,161 @@ fn a_secret_given_twice_or_unreadable_is_refused() {
         "{error}"
     );
     assert!(!error.contains("\"a\""), "{error}");
+    // The token is set (twice): a "missing" line would contradict the one above.
+    assert!(!error.contains("missing;"), "{error}");
+}
+
+#[test]
+fn an_empty_secret_is_refused_naming_the_file_or_the_key() {
+    let setup = Setup::new(
+        "state_dir = \"s\"\n[github]\ntoken_file = \"token.txt\"\nwebhook_secret = \"  \"\n[slack]\nbot_token_file = \"bot.txt\"\n",
+    )
+    .tenant(
+        "shop.toml",
+        "repo = \"acme/shop\"\n[preview.env.web]\nAPI_KEY_file = \"key.txt\"\n",
+    );
+    setup.file("token.txt", "\n");
+    setup.file("bot.txt", "");
+    setup.file("tenants/key.txt", " \n");
+    let error = setup.error();
+    for want in [
+        "DIR/productbuilder.toml: key `github.token_file`: secret file DIR/token.txt is empty; write the secret into it",
+        "DIR/productbuilder.toml: key `github.webhook_secret`: is empty",
+        "DIR/productbuilder.toml: key `slack.bot_token_file`: secret file DIR/bot.txt is empty",
+        "DIR/tenants/shop.toml: key `preview.env.web.API_KEY_file`: secret file DIR/tenants/key.txt is empty",
+    ] {
+        assert!(error.contains(want), "want {want:?} in:\n{error}");
+    }
+    // Set but empty is one problem, not also "missing".
+    assert!(!error.contains("missing;"), "{error}");
+}
+
+#[test]
+fn a_bare_number_for_a_duration_says_to_write_a_duration_string() {
+    // serde stops at a file's first error, so one main-file case at a time.
+    let cases = [
+        (
+            "[github]\npoll_interval = 15\n",
+            "key `github.poll_interval`: 15 has no unit; write it as a duration string like \"15s\"",
+        ),
+        (
+            "[github]\nrequest_timeout = 10\n",
+            "key `github.request_timeout`: 10 has no unit; write it as a duration string like \"10s\"",
+        ),
+        (
+            "[preview]\nttl = 3600\n",
+            "key `preview.ttl`: 3600 has no unit; write it as a duration string like \"3600s\"",
+        ),
+        (
+            "[builds]\nmax_duration = 600\n",
+            "key `builds.max_duration`: 600 has no unit",
+        ),
+        (
+            "[scheduler]\nrun_timeout = 2.5\n",
+            "key `scheduler.run_timeout`: 2.5 has no unit; write it as a duration string like \"2.5s\"",
+        ),
+        (
+            "[scheduler]\nshutdown_grace = true\n",
+            "key `scheduler.shutdown_grace`: expected a duration string like \"30s\"",
+        ),
+    ];
+    for (table, want) in cases {
+        let main = format!("state_dir = \"s\"\n{table}");
+        let main = if table.starts_with("[github]") {
+            main.replace("[github]\n", "[github]\ntoken = \"t\"\n")
+        } else {
+            format!("{main}[github]\ntoken = \"t\"\n")
+        };
+        let setup = Setup::new(&main).tenant("shop.toml", "repo = \"acme/shop\"\n");
+        let error = setup.error();
+        assert!(
+            error.starts_with(&format!("DIR/productbuilder.toml: {want}")),
+            "want {want:?} in:\n{error}"
+        );
+    }
+    let setup =
+        Setup::new(MINIMAL).tenant("shop.toml", "repo = \"acme/shop\"\npoll_interval = 60\n");
+    assert_eq!(
+        setup.error(),
+        "DIR/tenants/shop.toml: key `poll_interval`: 60 has no unit; write it as a duration string like \"60s\""
+    );
+}
+
+#[test]
+fn a_preview_domain_must_be_a_bare_host_name() {
+    let cases = [
+        (
+            "https://previews.example.com/",
+            "\"https://previews.example.com/\" is not a host name (no scheme, path or port); write only the host name: domain = \"previews.example.com\"",
+        ),
+        (
+            "previews.example.com:8443",
+            "write only the host name: domain = \"previews.example.com\"",
+        ),
+        (
+            "example.com/previews",
+            "write only the host name: domain = \"example.com\"",
+        ),
+        (
+            "-bad-.example",
+            "write only the host name, for example domain = \"preview.example.com\"",
+        ),
+        ("", "\"\" is not a host name"),
+    ];
+    for (domain, want) in cases {
+        let setup = Setup::new(&format!("{MINIMAL}[preview]\ndomain = {domain:?}\n"))
+            .tenant("shop.toml", "repo = \"acme/shop\"\n");
+        let error = setup.error();
+        assert!(
+            error.starts_with("DIR/productbuilder.toml: key `preview.domain`: ")
+                && error.contains(want),
+            "{domain:?}: want {want:?} in:\n{error}"
+        );
+    }
+    for good in [
+        "preview.localhost",
+        "pr.example.com",
+        "localhost",
+        "xn--bcher-kva.example",
+    ] {
+        let setup = Setup::new(&format!("{MINIMAL}[preview]\ndomain = {good:?}\n"))
+            .tenant("shop.toml", "repo = \"acme/shop\"\n");
+        setup.load().unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+}
+
+#[test]
+fn a_broken_main_file_still_reports_the_tenant_files_problems() {
+    // An unknown key, then a TOML syntax error: figment cannot extract the main file either way.
+    for main in [
+        "state_dir = \"s\"\n[github]\ntoken = \"t\"\ntokn = \"x\"\n",
+        "state_dir = \"s\"\n[github\ntoken = \"t\"\n",
+    ] {
+        let setup = Setup::new(main)
+            .tenant("shop.toml", "repo = \"acme/shop\"\npreviewz = false\n")
+            .tenant("blog.toml", "repo = \"acme\"\n");
+        let error = setup.error();
+        assert!(error.starts_with("DIR/productbuilder.toml: "), "{error}");
+        for want in [
+            "DIR/tenants/shop.toml: key `previewz`: unknown key",
+            "DIR/tenants/blog.toml: key `repo`: \"acme\" is not owner/name",
+        ] {
+            assert!(error.contains(want), "want {want:?} in:\n{error}");
+        }
+    }
+    // The tenants directory named in a broken main file is the one read.
+    let setup = Setup::new(
+        "state_dir = \"s\"\ntenants_dir = \"repos\"\nbogus = 1\n[github]\ntoken = \"t\"\n",
+    )
+    .tenant("ignored.toml", "repo = \"acme\"\n");
+    std::fs::create_dir(setup.dir.path().join("repos")).unwrap();
+    setup.file("repos/shop.toml", "repo = \"acme/shop\"\ncpus = 2\n");
+    let error = setup.error();
+    assert!(
+        error.contains("DIR/repos/shop.toml: key `cpus`: unknown key"),
+        "{error}"
+    );
+    assert!(!error.contains("ignored.toml"), "{error}");
 }
 
 #[test]

@@ -152,8 +152,11 @@ impl From<GithubError> for UnitError {
             } => UnitError::from_http_status(status, wait_hint, message),
             GithubError::Network { .. } => UnitError::new(ErrorKind::Network, message),
             GithubError::Timeout { .. } => UnitError::new(ErrorKind::Timeout, message),
-            // A truncated or garbled body is usually a proxy or an outage: worth a retry.
-            GithubError::Decode { .. } => UnitError::new(ErrorKind::Server, message),
+            // Every Decode is a disagreement between our code and the answer (a body that is not
+            // the shape we expect, our own body failing to serialize, the 1,000-page refusal, a
+            // 304 for a request without ETag): the same request fails the same way, so retrying
+            // only spends the quota. Internal, not Validation: GitHub did not reject our input.
+            GithubError::Decode { .. } => UnitError::new(ErrorKind::Internal, message),
             GithubError::Auth(_) => UnitError::new(ErrorKind::BadCredentials, message),
             GithubError::Store(_) => UnitError::new(ErrorKind::Internal, message),
         }
@@ -1047,6 +1050,68 @@ pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn github_errors_map_to_scheduler_kinds() {
+        let decode = |detail: &str| GithubError::Decode {
+            method: Method::GET,
+            path: "/repos/acme/shop/pulls".into(),
+            detail: detail.into(),
+        };
+        let status = |status: u16, wait_hint: Option<Duration>| GithubError::Status {
+            method: Method::POST,
+            path: "/repos/acme/shop/issues/1/comments".into(),
+            status,
+            message: "m".into(),
+            wait_hint,
+        };
+        let cases: Vec<(GithubError, ErrorKind)> = vec![
+            (status(404, None), ErrorKind::NotFound),
+            (status(422, None), ErrorKind::Validation),
+            (status(403, None), ErrorKind::Forbidden),
+            (
+                status(403, Some(Duration::from_secs(60))),
+                ErrorKind::RateLimited,
+            ),
+            (status(502, None), ErrorKind::Server),
+            (
+                GithubError::Network {
+                    method: Method::GET,
+                    path: "/x".into(),
+                    detail: "connection refused".into(),
+                },
+                ErrorKind::Network,
+            ),
+            (
+                GithubError::Timeout {
+                    method: Method::GET,
+                    path: "/x".into(),
+                    after: Duration::from_secs(30),
+                },
+                ErrorKind::Timeout,
+            ),
+            (decode("expected value at line 1"), ErrorKind::Internal),
+            (
+                decode("more than 1000 pages; refusing to follow further"),
+                ErrorKind::Internal,
+            ),
+            (
+                decode("304 Not Modified for a request that had no ETag"),
+                ErrorKind::Internal,
+            ),
+            (
+                GithubError::Auth("no key".into()),
+                ErrorKind::BadCredentials,
+            ),
+            (GithubError::Store("disk full".into()), ErrorKind::Internal),
+        ];
+        for (error, kind) in cases {
+            let text = error.to_string();
+            let unit = UnitError::from(error);
+            assert_eq!(unit.kind(), kind, "{text}");
+            assert_eq!(unit.message(), text);
+        }
+    }
 
     #[test]
     fn next_links_are_found_among_others() {
