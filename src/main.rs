@@ -705,6 +705,9 @@ async fn daemon(
             .with_graceful_shutdown(cancel.clone().cancelled_owned())
             .into_future(),
     );
+    // The handlers are in place before "started" is said: a SIGTERM right after it must stop the
+    // daemon gracefully, not kill it.
+    let signals = StopSignals::install();
     info!(
         listen = %config.http.listen,
         tenants = config.tenants.len(),
@@ -712,7 +715,7 @@ async fn daemon(
         "productbuilder started"
     );
 
-    tokio::spawn(stop_on_signal(cancel.clone()));
+    tokio::spawn(stop_on_signal(signals, cancel.clone()));
     let result = scheduler.run(cancel.clone()).await;
     cancel.cancel();
     // Deploys stop at their next step; their rows say where, and the next start converges.
@@ -732,18 +735,41 @@ async fn daemon(
     result.map_err(Failure::from)
 }
 
-async fn stop_on_signal(cancel: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            error!("cannot listen for SIGTERM: {e}");
-            return;
+/// SIGTERM and SIGINT, listened to from the moment they are installed.
+struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn install() -> StopSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                error!("cannot listen for {name}: {e}");
+                None
+            }
+        };
+        StopSignals {
+            term: listen(SignalKind::terminate(), "SIGTERM"),
+            int: listen(SignalKind::interrupt(), "SIGINT"),
         }
-    };
+    }
+}
+
+async fn stop_on_signal(mut signals: StopSignals, cancel: CancellationToken) {
+    async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+        match signal {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
     let name = tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
+        _ = next(&mut signals.int) => "SIGINT",
+        _ = next(&mut signals.term) => "SIGTERM",
     };
     info!(
         signal = name,
