@@ -250,8 +250,10 @@ struct Inner {
     changes: tokio::sync::watch::Sender<u64>,
     /// How many report tasks run, for [`Previews::idle`].
     reports_running: tokio::sync::watch::Sender<usize>,
-    /// Serialises the "count, then evict" decision across tenants.
-    capacity: tokio::sync::Mutex<()>,
+    /// Serialises the "count, then evict" decision across tenants, and holds the slots it granted
+    /// to deploys whose row is not written yet (the spawned task writes it), so that a burst of
+    /// pull requests in one pass, or two tenants at once, cannot all see the same count.
+    capacity: tokio::sync::Mutex<HashSet<(String, u64)>>,
     /// Cancelled at shutdown: tasks stop at their next step, leaving the row where it was; the
     /// next start converges from there.
     shutdown: CancellationToken,
@@ -448,7 +450,7 @@ impl Previews {
                 reports_running: tokio::sync::watch::channel(0).0,
                 changes: tokio::sync::watch::channel(0).0,
                 outcomes: Default::default(),
-                capacity: tokio::sync::Mutex::new(()),
+                capacity: tokio::sync::Mutex::new(HashSet::new()),
                 shutdown: CancellationToken::new(),
             }),
         }
@@ -635,8 +637,15 @@ impl Previews {
                 },
             };
             if deploy {
-                self.make_room(repo, number).await?;
-                self.spawn_deploy(repo, pull);
+                if self.make_room(repo, number).await? {
+                    self.spawn_deploy(repo, pull);
+                } else {
+                    tracing::info!(
+                        repo,
+                        number,
+                        "previews: no room yet under max_previews; waiting for the next pass"
+                    );
+                }
             } else if let Some(r) = row
                 && matches!(r.status, Status::Ready | Status::Failed)
                 && job.is_none()
@@ -828,19 +837,29 @@ impl Previews {
 
     /// Keeps the host under `max_previews`: a deploy of a pull request with no live preview evicts
     /// the least recently updated live one (of any tenant) when the host is full.
-    async fn make_room(&self, repo: &str, number: u64) -> Result<(), ReconcileError> {
-        let _guard = self.inner.capacity.lock().await;
+    /// Makes room for `repo#number` under `max_previews` by evicting the least recently updated
+    /// previews, and reserves its slot; `false` when there is no room yet (the other slots are
+    /// taken by deploys that have not written their row): the next pass tries again.
+    async fn make_room(&self, repo: &str, number: u64) -> Result<bool, ReconcileError> {
+        let mut reserved = self.inner.capacity.lock().await;
         let live = self
             .inner
             .store
             .call(|c| db::live_by_age(c))
             .await
             .map_err(store_err)?;
-        if live.iter().any(|r| r.repo == repo && r.number == number) {
-            return Ok(());
+        // A reservation ends when its row is written, or when no deploy is on its way any more.
+        reserved.retain(|(r, n)| {
+            !live.iter().any(|row| row.repo == *r && row.number == *n)
+                && matches!(self.job_of(r, *n), Some(Job::Deploy { .. }))
+        });
+        if live.iter().any(|r| r.repo == repo && r.number == number)
+            || reserved.contains(&(repo.to_owned(), number))
+        {
+            return Ok(true);
         }
         let max = self.inner.settings.max_previews.max(1);
-        let mut excess = (live.len() + 1).saturating_sub(max);
+        let mut excess = (live.len() + reserved.len() + 1).saturating_sub(max);
         for victim in &live {
             if excess == 0 {
                 break;
@@ -871,7 +890,11 @@ impl Previews {
             self.spawn_remove(&victim.repo, victim.number, DeletedReason::Evicted);
             excess -= 1;
         }
-        Ok(())
+        if excess > 0 {
+            return Ok(false);
+        }
+        reserved.insert((repo.to_owned(), number));
+        Ok(true)
     }
 
     /// Registers a task for `repo#number`, replacing (cancelling) the one in flight; the new task
@@ -966,6 +989,12 @@ impl Previews {
                 .call(move |c| db::begin(c, &r, number, &s, &u, &p))
                 .await
         };
+        // The row counts now; the slot make_room reserved is no longer needed.
+        self.inner
+            .capacity
+            .lock()
+            .await
+            .remove(&(repo.to_owned(), number));
         if let Err(e) = begun {
             tracing::error!(repo, number, error = %e, "previews: cannot record the deploy; retrying on the next pass");
             return;
@@ -1657,7 +1686,11 @@ impl Previews {
         if self.job_of(repo, number) == Some(Job::Deploy { sha: sha.clone() }) {
             return Ok(Redeploy::AlreadyDeploying(sha));
         }
-        self.make_room(repo, number).await.map_err(unavailable)?;
+        if !self.make_room(repo, number).await.map_err(unavailable)? {
+            return Err(RedeployError::Unavailable(format!(
+                "no room for {repo}#{number} under max_previews now: deploys under way hold every place; try again shortly"
+            )));
+        }
         tracing::info!(repo, number, sha = %sha, "previews: redeploy requested");
         self.spawn_deploy_at(repo, number, &sha);
         Ok(Redeploy::Started(sha))

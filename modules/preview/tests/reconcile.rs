@@ -568,3 +568,65 @@ fn find_dir(root: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
             }
         })
 }
+
+/// `max_previews` holds under a burst: five pull requests opened at once across two tenants whose
+/// passes run concurrently, on a host that holds three, never run more than three previews.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_across_two_tenants_never_exceeds_max_previews() {
+    let w = World::new("burst").await;
+    let (other, other_tenant) = w.second_tenant("burst2");
+    let previews = w.previews_for(&[&other], 3);
+    w.guarded(&previews, async {
+        for i in 0..3 {
+            w.sandbox.open_pr(&w.repo, app(&format!("a{i}")));
+        }
+        for i in 0..2 {
+            w.sandbox.open_pr(&other, app(&format!("b{i}")));
+        }
+        productbuilder_github::poll_pulls(&w.github, &w.tenant)
+            .await
+            .unwrap();
+        productbuilder_github::poll_pulls(&w.github, &other_tenant)
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let (a, b) = tokio::join!(previews.reconcile(&w.repo), previews.reconcile(&other));
+            a.unwrap();
+            b.unwrap();
+            previews.idle().await;
+            let live: Vec<_> = previews
+                .list()
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.status != Status::Deleted)
+                .collect();
+            assert!(live.len() <= 3, "{} live: {live:?}", live.len());
+            let running = docker(&[
+                "ps",
+                "-q",
+                "--filter",
+                "label=productbuilder.managed=true",
+                "--filter",
+                &format!("label=productbuilder.tenant={}", w.repo),
+            ])
+            .lines()
+            .count()
+                + docker(&[
+                    "ps",
+                    "-q",
+                    "--filter",
+                    "label=productbuilder.managed=true",
+                    "--filter",
+                    &format!("label=productbuilder.tenant={other}"),
+                ])
+                .lines()
+                .count();
+            assert!(running <= 3, "{running} containers run");
+        }
+        // The other tenant's previews go too.
+        previews.remove_all().await;
+        previews.idle().await;
+    })
+    .await;
+}

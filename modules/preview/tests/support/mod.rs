@@ -112,11 +112,48 @@ impl World {
         self.previews_with(max_previews, ttl, rules, Egress::Open)
     }
 
+    /// A second repository in the same sandbox, for tests across tenants: its name and tenant.
+    pub fn second_tenant(&self, name: &str) -> (String, Arc<Tenant>) {
+        let unique = format!("{name}{}", std::process::id());
+        let repo = format!("acme/{unique}");
+        self.sandbox.create_repo("acme", &unique);
+        self.sandbox.grant("bot", &repo, Permission::Push);
+        let tenant = Arc::new(Tenant {
+            name: unique,
+            ..(*self.tenant).clone()
+        });
+        (repo, tenant)
+    }
+
+    /// [`World::previews`] for this world's repository and `others`, each with default rules.
+    pub fn previews_for(&self, others: &[&str], max_previews: usize) -> Previews {
+        let mut rules = HashMap::from([(self.repo.clone(), TenantRules::default())]);
+        for repo in others {
+            rules.insert((*repo).to_owned(), TenantRules::default());
+        }
+        self.previews_with_rules(max_previews, Duration::from_secs(3600), rules, Egress::Open)
+    }
+
     pub fn previews_with(
         &self,
         max_previews: usize,
         ttl: Duration,
         rules: TenantRules,
+        egress: Egress,
+    ) -> Previews {
+        self.previews_with_rules(
+            max_previews,
+            ttl,
+            HashMap::from([(self.repo.clone(), rules)]),
+            egress,
+        )
+    }
+
+    fn previews_with_rules(
+        &self,
+        max_previews: usize,
+        ttl: Duration,
+        rules: HashMap<String, TenantRules>,
         egress: Egress,
     ) -> Previews {
         Previews::new(
@@ -136,7 +173,7 @@ impl World {
                 egress,
                 docker_config: None,
             },
-            HashMap::from([(self.repo.clone(), rules)]),
+            rules,
             self.store.clone(),
             self.github.clone(),
         )
