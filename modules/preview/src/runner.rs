@@ -454,6 +454,65 @@ async fn probe(addr: std::net::SocketAddr, host: &str, path: &str) -> Result<u16
 mod tests {
     use super::*;
 
+    /// A stand-in for Compose v2 (a script) whose `build` leaves a background process and hangs:
+    /// at the deadline the error says so with the output's tail, and nothing of it is left.
+    #[tokio::test]
+    async fn a_command_past_its_deadline_is_killed_with_its_whole_group() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("fake-compose");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\ncase \"$*\" in *version*) echo 2.30.0; exit 0;; esac\n\
+             sleep 100 & echo $$ $! > \"$PIDS.tmp\"; mv \"$PIDS.tmp\" \"$PIDS\"\n\
+             echo building; sleep 100\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cli = ComposeCli::detect(&[fake.display().to_string()])
+            .await
+            .unwrap();
+        let pids_file = dir.path().join("pids");
+        let project = write_project(
+            dir.path(),
+            "pb-fake",
+            "services: {}\n",
+            vec![(
+                "PIDS".to_owned(),
+                Secret::new(pids_file.display().to_string()),
+            )],
+        )
+        .unwrap();
+        let e = cli
+            .build(&project, Duration::from_millis(1500))
+            .await
+            .unwrap_err();
+        assert_eq!(e.command, "docker compose -p pb-fake build");
+        assert!(e.message.starts_with("did not finish within 1.5s"), "{e}");
+        assert_eq!(e.tail, "building");
+        let pids: Vec<i32> = std::fs::read_to_string(&pids_file)
+            .unwrap()
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert_eq!(pids.len(), 2);
+        // SIGKILL was sent to the group before `build` returned; the kernel tears the processes
+        // down right after: wait for that, bounded.
+        let gone = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    s.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| rest.starts_with('Z'))
+                })
+                .unwrap_or(true)
+        };
+        let start = std::time::Instant::now();
+        while !pids.iter().all(|p| gone(*p)) && start.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(pids.iter().all(|p| gone(*p)), "still running: {pids:?}");
+    }
+
     #[test]
     fn compose_inherits_no_secret() {
         let vars = [
