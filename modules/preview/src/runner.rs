@@ -8,22 +8,22 @@
 //! (`HOME`, `DOCKER_CONFIG`) unless `[preview] docker_config` names a directory for them. The
 //! `docker compose` plugin is therefore resolved to its binary once and run directly.
 //!
-//! Every command runs with a deadline and is killed with the future (`kill_on_drop`), so a
-//! cancelled deploy leaves no stray `compose` process behind; what it keeps of the output is the
-//! last lines, for the pull request comment.
+//! Every command runs through `productbuilder-process`: with a deadline, in its own process group
+//! that is killed whole when the future is dropped (a cancelled deploy), when it ends, and when the
+//! daemon dies, so no stray `compose` or build process stays behind; what it keeps of the output
+//! is the last lines, for the pull request comment.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+use productbuilder_process as process;
 
 use crate::reconcile::Secret;
 
 /// Lines of output kept for error reports.
 const TAIL_LINES: usize = 60;
+/// Standard output kept: `config --format json` of a large project is well under this.
+const STDOUT_CAP: usize = 16 * 1024 * 1024;
 
 /// One compose project on disk.
 #[derive(Debug, Clone)]
@@ -55,6 +55,26 @@ impl std::fmt::Display for CommandError {
 }
 
 impl std::error::Error for CommandError {}
+
+impl From<process::Error> for CommandError {
+    fn from(e: process::Error) -> CommandError {
+        let message = match &e {
+            process::Error::NotFound { .. } => "cannot start: the program was not found".to_owned(),
+            process::Error::Spawn { source, .. } => format!("cannot start: {source}"),
+            process::Error::Exit { ended, .. } => format!("failed ({ended})"),
+            process::Error::Deadline { after, .. } => {
+                format!("did not finish within {after:?} (its processes were killed)")
+            }
+            process::Error::Cancelled { .. } => "was cancelled".to_owned(),
+            process::Error::Io { source, .. } => format!("failed: {source}"),
+        };
+        CommandError {
+            command: e.shown().to_owned(),
+            message,
+            tail: e.tail().to_owned(),
+        }
+    }
+}
 
 /// The Compose CLI to use.
 #[derive(Debug, Clone)]
@@ -127,26 +147,20 @@ impl ComposeCli {
                 "`[preview] compose_command` is empty; {INSTALL_V2}"
             ));
         };
-        let output = Command::new(program)
+        let out = process::Command::new(program, format!("{shown} version"))
             .args(&argv[1..])
             .args(["version", "--short"])
-            .stdin(Stdio::null())
-            .env_clear()
-            .envs(compose_env(std::env::vars_os()))
-            .kill_on_drop(true)
-            .output();
-        let out = match tokio::time::timeout(Duration::from_secs(20), output).await {
-            Ok(Ok(out)) if out.status.success() => out,
-            Ok(Ok(out)) => {
-                return Err(format!(
-                    "`{shown} version` exited with {}; {INSTALL_V2}",
-                    out.status
-                ));
-            }
-            Ok(Err(e)) => return Err(format!("`{shown}`: {e}; {INSTALL_V2}")),
-            Err(_) => return Err(format!("`{shown} version` did not answer within 20s")),
+            .inherit(COMPOSE_ENV.iter().copied())
+            .stdout_cap(64 * 1024)
+            .deadline(Duration::from_secs(20))
+            .run()
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            Err(e @ process::Error::Deadline { .. }) => return Err(e.to_string()),
+            Err(e) => return Err(format!("{e}; {INSTALL_V2}")),
         };
-        let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let version = out.stdout.trim().to_owned();
         let major = version
             .trim_start_matches('v')
             .split('.')
@@ -187,7 +201,7 @@ impl ComposeCli {
         // Shown in pull request comments: the command as people type it, not the host's path to
         // the plugin binary.
         let shown = format!("docker compose -p {} {}", project.name, args.join(" "));
-        let mut child = Command::new(&self.argv[0])
+        let mut command = process::Command::new(&self.argv[0], shown.clone())
             .args(&self.argv[1..])
             .arg("--project-name")
             .arg(&project.name)
@@ -196,70 +210,29 @@ impl ComposeCli {
             .arg("-f")
             .arg(&project.file)
             .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             // Compose interpolates `${VAR}` in the pull request's file from its environment: it
             // must not see the daemon's (tokens, keys), only what it needs to reach the engine.
-            .env_clear()
-            .envs(compose_env(std::env::vars_os()))
-            .envs(self.docker_config.iter().map(|d| ("DOCKER_CONFIG", d)))
-            .envs(project.env.iter().map(|(k, v)| (k, v.expose())))
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| CommandError {
-                command: shown.clone(),
-                message: format!("cannot start: {e}"),
-                tail: String::new(),
-            })?;
-        let stdout = child.stdout.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
-        let collect = async {
-            let mut tail = VecDeque::with_capacity(TAIL_LINES);
-            let mut out_lines = BufReader::new(stdout).lines();
-            let mut err_lines = BufReader::new(stderr).lines();
-            let (mut out_done, mut err_done) = (false, false);
-            let mut stdout_text = String::new();
-            while !(out_done && err_done) {
-                let line = tokio::select! {
-                    l = out_lines.next_line(), if !out_done => match l {
-                        Ok(Some(l)) => { stdout_text.push_str(&l); stdout_text.push('\n'); Some(l) }
-                        _ => { out_done = true; None }
-                    },
-                    l = err_lines.next_line(), if !err_done => match l {
-                        Ok(Some(l)) => Some(l),
-                        _ => { err_done = true; None }
-                    },
-                };
-                if let Some(line) = line {
-                    if tail.len() == TAIL_LINES {
-                        tail.pop_front();
-                    }
-                    tail.push_back(line);
-                }
-            }
-            let status = child.wait().await;
-            (
-                status,
-                stdout_text,
-                tail.into_iter().collect::<Vec<_>>().join("\n"),
-            )
-        };
-        match tokio::time::timeout(deadline, collect).await {
-            Err(_) => Err(CommandError {
+            .inherit(COMPOSE_ENV.iter().copied())
+            .stdout_cap(STDOUT_CAP)
+            .tail_lines(TAIL_LINES)
+            .deadline(deadline);
+        if let Some(dir) = &self.docker_config {
+            command = command.env("DOCKER_CONFIG", dir);
+        }
+        for (name, value) in &project.env {
+            command = command.env(name, value.expose());
+        }
+        match command.run().await {
+            Ok(out) if out.stdout_truncated => Err(CommandError {
                 command: shown,
-                message: format!("did not finish within {deadline:?}"),
-                tail: String::new(),
+                message: format!(
+                    "printed more than {} MiB on its standard output",
+                    STDOUT_CAP >> 20
+                ),
+                tail: out.tail,
             }),
-            Ok((Ok(status), stdout, _)) if status.success() => Ok(stdout),
-            Ok((status, _, tail)) => Err(CommandError {
-                command: shown,
-                message: match status {
-                    Ok(s) => format!("failed ({s})"),
-                    Err(e) => format!("failed: {e}"),
-                },
-                tail,
-            }),
+            Ok(out) => Ok(out.stdout),
+            Err(e) => Err(CommandError::from(e)),
         }
     }
 
@@ -389,8 +362,7 @@ const COMPOSE_ENV: &[&str] = &[
 pub fn compose_env(
     vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
 ) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
-    vars.filter(|(k, _)| COMPOSE_ENV.iter().any(|allowed| k == allowed))
-        .collect()
+    process::allowed_env(COMPOSE_ENV, vars)
 }
 
 /// Writes a rewritten compose file next to the checkout, in the preview's workspace.
@@ -481,6 +453,65 @@ async fn probe(addr: std::net::SocketAddr, host: &str, path: &str) -> Result<u16
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in for Compose v2 (a script) whose `build` leaves a background process and hangs:
+    /// at the deadline the error says so with the output's tail, and nothing of it is left.
+    #[tokio::test]
+    async fn a_command_past_its_deadline_is_killed_with_its_whole_group() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("fake-compose");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\ncase \"$*\" in *version*) echo 2.30.0; exit 0;; esac\n\
+             sleep 100 & echo $$ $! > \"$PIDS.tmp\"; mv \"$PIDS.tmp\" \"$PIDS\"\n\
+             echo building; sleep 100\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cli = ComposeCli::detect(&[fake.display().to_string()])
+            .await
+            .unwrap();
+        let pids_file = dir.path().join("pids");
+        let project = write_project(
+            dir.path(),
+            "pb-fake",
+            "services: {}\n",
+            vec![(
+                "PIDS".to_owned(),
+                Secret::new(pids_file.display().to_string()),
+            )],
+        )
+        .unwrap();
+        let e = cli
+            .build(&project, Duration::from_millis(1500))
+            .await
+            .unwrap_err();
+        assert_eq!(e.command, "docker compose -p pb-fake build");
+        assert!(e.message.starts_with("did not finish within 1.5s"), "{e}");
+        assert_eq!(e.tail, "building");
+        let pids: Vec<i32> = std::fs::read_to_string(&pids_file)
+            .unwrap()
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert_eq!(pids.len(), 2);
+        // SIGKILL was sent to the group before `build` returned; the kernel tears the processes
+        // down right after: wait for that, bounded.
+        let gone = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    s.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| rest.starts_with('Z'))
+                })
+                .unwrap_or(true)
+        };
+        let start = std::time::Instant::now();
+        while !pids.iter().all(|p| gone(*p)) && start.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(pids.iter().all(|p| gone(*p)), "still running: {pids:?}");
+    }
 
     #[test]
     fn compose_inherits_no_secret() {
