@@ -357,6 +357,11 @@ impl Jobs {
         self.inner.keys().contains_key(key)
     }
 
+    /// Whether no job is running or waiting now.
+    pub fn is_idle(&self) -> bool {
+        *self.inner.live.borrow() == 0
+    }
+
     /// Resolves once no job is running or waiting.
     pub async fn idle(&self) {
         let mut live = self.inner.live.subscribe();

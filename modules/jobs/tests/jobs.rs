@@ -314,8 +314,10 @@ async fn idle_resolves_once_nothing_runs_or_waits() {
         );
     }
     assert!(jobs.idle().now_or_never().is_none(), "three jobs are live");
+    assert!(!jobs.is_idle());
     gate.add_permits(3);
     jobs.idle().await;
+    assert!(jobs.is_idle());
     assert_eq!(
         jobs.metrics(),
         Metrics {
