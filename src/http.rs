@@ -516,6 +516,9 @@ async fn render_preview_metrics(previews: &Previews, text: &mut String) {
         "# HELP productbuilder_preview_builds_running Image builds running now.\n# TYPE productbuilder_preview_builds_running gauge\nproductbuilder_preview_builds_running {}",
         previews.builds_running()
     );
+    previews
+        .job_metrics()
+        .render_prometheus("productbuilder_preview_jobs", text);
 }
 
 #[derive(Serialize)]

@@ -443,6 +443,10 @@ fn run_serves_health_readiness_and_metrics_then_stops_cleanly_on_sigterm() {
         "{metrics}"
     );
     assert!(metrics.contains("productbuilder_preflights_passed 1"));
+    assert!(
+        metrics.contains("productbuilder_preview_jobs_ended_total{outcome=\"panicked\"} 0"),
+        "{metrics}"
+    );
     daemon.signal("TERM");
     let (code, lines) = daemon.wait();
     assert_eq!(code, Some(0), "{}", lines.join("\n"));

@@ -4,10 +4,12 @@
 //!
 //! It is level-triggered: [`Previews::reconcile`] never learns why it was called (a new push, a
 //! close, a restart, a vanished container, a timer) and always compares the whole state. Deploys
-//! and removals run as background tasks, one per pull request at a time; a newer head commit
-//! cancels the deploy in flight (killing its Compose process) instead of queueing behind it.
+//! and removals run as keyed jobs (`productbuilder_jobs`, key `{repo}#{number}`, policy
+//! `Replace`), one per pull request at a time; a newer head commit cancels the deploy in flight
+//! (killing its Compose process) instead of queueing behind it, and a panic frees the key.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::convert::Infallible;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,7 @@ use std::time::Duration;
 use productbuilder_github::{
     CommitState, DeploymentState, GithubState, MarkerComments, Pull, Reporter,
 };
+use productbuilder_jobs::{JobSpec, Jobs};
 use productbuilder_store::Store;
 use tokio::sync::{OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -223,10 +226,28 @@ enum Job {
     Remove,
 }
 
-struct Task {
-    job: Job,
-    cancel: CancellationToken,
-    done: tokio::sync::watch::Receiver<bool>,
+impl Job {
+    /// The job's name in [`Jobs`]: its span and logs, and how [`Previews::job_of`] reads it back.
+    fn name(&self) -> String {
+        match self {
+            Job::Deploy { sha } => format!("deploy {sha}"),
+            Job::Remove => "remove".to_owned(),
+        }
+    }
+
+    fn from_name(name: &str) -> Job {
+        match name.strip_prefix("deploy ") {
+            Some(sha) => Job::Deploy {
+                sha: sha.to_owned(),
+            },
+            None => Job::Remove,
+        }
+    }
+}
+
+/// The key of a pull request's deploy and removal jobs (`#` is in no repository name).
+fn job_key(repo: &str, number: u64) -> String {
+    format!("{repo}#{number}")
 }
 
 struct Inner {
@@ -239,7 +260,9 @@ struct Inner {
     engine: OnceCell<Engine>,
     compose: OnceCell<ComposeCli>,
     builds: Semaphore,
-    tasks: Mutex<HashMap<(String, u64), Task>>,
+    /// Deploys and removals, at most one per pull request (keyed by [`job_key`], `Replace`);
+    /// children of `shutdown`.
+    jobs: Jobs,
     /// Log follows open now, per preview (at most [`MAX_FOLLOWS`]).
     follows: Arc<Mutex<HashMap<(String, u64), usize>>>,
     /// Reports running, and whether another was asked for meanwhile.
@@ -433,6 +456,7 @@ impl Previews {
     ) -> Previews {
         let comments = MarkerComments::new(github.client.clone(), MARKER);
         let reporter = Reporter::new(github.client.clone());
+        let shutdown = CancellationToken::new();
         Previews {
             inner: Arc::new(Inner {
                 builds: Semaphore::new(settings.max_builds.max(1)),
@@ -444,14 +468,14 @@ impl Previews {
                 reporter,
                 engine: OnceCell::new(),
                 compose: OnceCell::new(),
-                tasks: Mutex::default(),
+                jobs: Jobs::builder(&shutdown).build(),
                 follows: Arc::default(),
                 reporting: Mutex::default(),
                 reports_running: tokio::sync::watch::channel(0).0,
                 changes: tokio::sync::watch::channel(0).0,
                 outcomes: Default::default(),
                 capacity: tokio::sync::Mutex::new(HashSet::new()),
-                shutdown: CancellationToken::new(),
+                shutdown,
             }),
         }
     }
@@ -494,20 +518,18 @@ impl Previews {
     pub async fn idle(&self) {
         let mut reports = self.inner.reports_running.subscribe();
         loop {
-            let waiting: Vec<_> = self.tasks().values().map(|t| t.done.clone()).collect();
-            for mut done in waiting.iter().cloned() {
-                let _ = done.wait_for(|d| *d).await;
-            }
+            self.inner.jobs.idle().await;
             let _ = reports.wait_for(|n| *n == 0).await;
             // A task that ended may have started a report meanwhile: check both again.
-            if self.tasks().is_empty() && *self.inner.reports_running.borrow() == 0 {
+            if self.inner.jobs.is_idle() && *self.inner.reports_running.borrow() == 0 {
                 return;
             }
         }
     }
 
-    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), Task>> {
-        self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    /// The deploy and removal jobs' counters, for `/metrics`.
+    pub fn job_metrics(&self) -> productbuilder_jobs::Metrics {
+        self.inner.jobs.metrics()
     }
 
     /// The engine, connected once; the error names the socket.
@@ -820,10 +842,12 @@ impl Previews {
         }
     }
 
+    /// The newest deploy or removal of `repo#number` not yet ended (running or waiting).
     fn job_of(&self, repo: &str, number: u64) -> Option<Job> {
-        self.tasks()
-            .get(&(repo.to_owned(), number))
-            .map(|t| t.job.clone())
+        self.inner
+            .jobs
+            .latest(&job_key(repo, number))
+            .map(|name| Job::from_name(&name))
     }
 
     async fn expired(&self, row: &PreviewRow) -> Result<bool, ReconcileError> {
@@ -897,43 +921,24 @@ impl Previews {
         Ok(true)
     }
 
-    /// Registers a task for `repo#number`, replacing (cancelling) the one in flight; the new task
-    /// waits for the old one to stop before it touches anything.
+    /// Submits a job for `repo#number`, replacing (cancelling) the ones in flight; the new job
+    /// starts only once they have returned. A job replaced before it started never runs (the
+    /// next pass converges from the rows). A panic ends that job only and frees the key, so the
+    /// next pass deploys or removes that pull request again.
     fn spawn_task<F, Fut>(&self, repo: &str, number: u64, job: Job, work: F)
     where
         F: FnOnce(Previews, CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let key = (repo.to_owned(), number);
-        let cancel = self.inner.shutdown.child_token();
-        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
-        let previous = self.tasks().insert(
-            key.clone(),
-            Task {
-                job,
-                cancel: cancel.clone(),
-                done: done_rx.clone(),
-            },
-        );
         let this = self.clone();
-        tokio::spawn(async move {
-            if let Some(previous) = previous {
-                previous.cancel.cancel();
-                let mut done = previous.done;
-                let _ = done.wait_for(|d| *d).await;
-            }
-            work(this.clone(), cancel).await;
-            {
-                let mut tasks = this.tasks();
-                // Only remove our own entry: a newer task may have replaced it.
-                if tasks
-                    .get(&key)
-                    .is_some_and(|t| t.done.same_channel(&done_rx))
-                {
-                    tasks.remove(&key);
-                }
-            }
-            let _ = done_tx.send(true);
+        let spec = JobSpec::new(
+            job_key(repo, number),
+            job.name(),
+            productbuilder_jobs::Policy::Replace,
+        );
+        self.inner.jobs.submit(spec, move |cancel| async move {
+            work(this, cancel).await;
+            Ok::<(), Infallible>(())
         });
     }
 
