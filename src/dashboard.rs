@@ -147,11 +147,20 @@ async fn previews_table(html: &mut String, previews: &Previews) {
             escape(&r.url)
         };
         // The first line of the error: the whole text is in the pull request comment.
-        let error = r
-            .error
-            .as_deref()
-            .and_then(|e| e.lines().next())
-            .unwrap_or("");
+        let mut error = escape(
+            r.error
+                .as_deref()
+                .and_then(|e| e.lines().next())
+                .unwrap_or(""),
+        );
+        // A report GitHub refused for good: the operator has to act (a token, a permission).
+        if let Some(refused) = &r.report_error {
+            let _ = write!(
+                error,
+                "<span class=\"bad\">not reported: {}</span>",
+                escape(refused)
+            );
+        }
         let _ = write!(
             html,
             "<tr><td>{repo}</td><td>{n}</td><td class=\"{class}\">{status}</td><td>{link}</td><td><code>{sha}</code></td>\
@@ -162,7 +171,6 @@ async fn previews_table(html: &mut String, previews: &Previews) {
             sha = escape(r.head_sha.get(..8).unwrap_or(&r.head_sha)),
             approval = approval(r),
             stage = r.stage.map(|s| s.as_str()).unwrap_or(""),
-            error = escape(error),
             updated = escape(&r.updated_at),
         );
     }

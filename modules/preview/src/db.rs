@@ -89,6 +89,11 @@ pub struct PreviewRow {
     pub approved_by: Option<String>,
     pub approved_at: Option<String>,
     pub approved_how: Option<String>,
+    /// Why GitHub refused this row's report for good, while the row still says what was refused
+    /// (`report_key` unchanged): shown by the API and the dashboard, and not sent again.
+    pub report_error: Option<String>,
+    #[serde(skip)]
+    pub report_error_key: Option<String>,
 }
 
 impl PreviewRow {
@@ -116,7 +121,7 @@ impl PreviewRow {
     }
 }
 
-const COLUMNS: &str = "repo, number, head_sha, status, stage, error, log_tail, url, project, deleted_reason, note, log_service, log_file, deployment_id, reported, sha_changed_at, updated_at, waiting_sha, a.sha, a.given_by, a.given_at, a.how";
+const COLUMNS: &str = "repo, number, head_sha, status, stage, error, log_tail, url, project, deleted_reason, note, log_service, log_file, deployment_id, reported, sha_changed_at, updated_at, waiting_sha, a.sha, a.given_by, a.given_at, a.how, report_error, report_error_key";
 
 /// The latest granted approval of each pull request, joined to its row.
 const FROM: &str = "previews LEFT JOIN (
@@ -155,6 +160,15 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PreviewRow> {
         approved_by: r.get(19)?,
         approved_at: r.get(20)?,
         approved_how: r.get(21)?,
+        report_error: r.get(22)?,
+        report_error_key: r.get(23)?,
+    })
+    .map(|mut row| {
+        // Only while it still concerns what the row says now.
+        if row.report_error_key.as_deref() != Some(row.report_key().as_str()) {
+            row.report_error = None;
+        }
+        row
     })
 }
 
@@ -278,6 +292,25 @@ pub fn set_deployment(
         params![repo, number as i64, sha, id as i64],
     )?;
     Ok(())
+}
+
+/// Records that GitHub refused the report of `key` for good, unless the row moved on meanwhile.
+pub fn set_report_refused(
+    c: &Connection,
+    repo: &str,
+    number: u64,
+    key: &str,
+    error: &str,
+) -> rusqlite::Result<bool> {
+    let current = row(c, repo, number)?;
+    if current.is_none_or(|r| r.report_key() != key) {
+        return Ok(false);
+    }
+    c.execute(
+        "UPDATE previews SET report_error = ?3, report_error_key = ?4 WHERE repo = ?1 AND number = ?2",
+        params![repo, number as i64, error, key],
+    )?;
+    Ok(true)
 }
 
 /// Marks `key` reported, unless the row moved on meanwhile.

@@ -326,6 +326,30 @@ fn refused(e: String) -> ReconcileError {
     }
 }
 
+/// Why a report did not reach GitHub.
+#[derive(Debug)]
+enum ReportError {
+    /// GitHub refused it and would again (a 401/403 without a wait hint, 404, 422): recorded
+    /// against `key`, not sent again until the row changes.
+    Refused { key: String, message: String },
+    /// An outage, a rate limit, a busy database: the next pass tries again.
+    Transient(String),
+}
+
+impl ReportError {
+    fn from_github(e: productbuilder_github::GithubError, key: &str) -> ReportError {
+        use productbuilder_scheduler::ErrorKind::*;
+        let message = e.to_string();
+        match productbuilder_scheduler::UnitError::from(e).kind() {
+            BadCredentials | Forbidden | NotFound | Validation => ReportError::Refused {
+                key: key.to_owned(),
+                message,
+            },
+            _ => ReportError::Transient(message),
+        }
+    }
+}
+
 /// Why a preview's logs cannot be served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogsError {
@@ -738,9 +762,13 @@ impl Previews {
             self.spawn_orphan_removal(repo, c.number, project);
         }
 
-        // Reports that did not reach GitHub (an outage, a restart): try again.
+        // Reports that did not reach GitHub (an outage, a restart): try again; not those GitHub
+        // refused for good.
         for row in rows.values() {
-            if row.reported.as_deref() != Some(row.report_key().as_str()) {
+            let key = row.report_key();
+            if row.reported.as_deref() != Some(key.as_str())
+                && row.report_error_key.as_deref() != Some(key.as_str())
+            {
                 self.report(repo, row.number);
             }
         }
@@ -1506,8 +1534,26 @@ impl Previews {
         self.inner.reports_running.send_modify(|n| *n += 1);
         tokio::spawn(async move {
             loop {
-                if let Err(e) = this.report_once(&key.0, key.1).await {
-                    tracing::warn!(repo = %key.0, number = key.1, error = %e, "previews: reporting to GitHub failed; retrying on the next pass");
+                match this.report_once(&key.0, key.1).await {
+                    Ok(()) => {}
+                    Err(ReportError::Refused {
+                        key: refused,
+                        message,
+                    }) => {
+                        tracing::warn!(repo = %key.0, number = key.1, error = %message, "previews: GitHub refused the report for good; not sending it again until the preview changes");
+                        let (r, n) = (key.0.clone(), key.1);
+                        if let Err(e) = this
+                            .inner
+                            .store
+                            .call(move |c| db::set_report_refused(c, &r, n, &refused, &message))
+                            .await
+                        {
+                            tracing::warn!(repo = %key.0, number = key.1, error = %e, "previews: cannot record the refused report");
+                        }
+                    }
+                    Err(ReportError::Transient(e)) => {
+                        tracing::warn!(repo = %key.0, number = key.1, error = %e, "previews: reporting to GitHub failed; retrying on the next pass");
+                    }
                 }
                 let mut reporting = this
                     .inner
@@ -1526,12 +1572,19 @@ impl Previews {
         });
     }
 
-    async fn report_once(&self, repo: &str, number: u64) -> Result<(), String> {
-        let Some(row) = self.get(repo, number).await.map_err(|e| e.to_string())? else {
+    async fn report_once(&self, repo: &str, number: u64) -> Result<(), ReportError> {
+        let transient = |e: String| ReportError::Transient(e);
+        let Some(row) = self
+            .get(repo, number)
+            .await
+            .map_err(|e| transient(e.to_string()))?
+        else {
             return Ok(());
         };
         let key = row.report_key();
-        if row.reported.as_deref() == Some(key.as_str()) {
+        if row.reported.as_deref() == Some(key.as_str())
+            || row.report_error_key.as_deref() == Some(key.as_str())
+        {
             return Ok(());
         }
         let logs_url = self.inner.settings.public_url.as_ref().map(|base| {
@@ -1565,7 +1618,7 @@ impl Previews {
             notices: &notices,
             waiting_sha: row.waiting_sha.as_deref(),
         });
-        let gh = |e: productbuilder_github::GithubError| e.to_string();
+        let gh = |e: productbuilder_github::GithubError| ReportError::from_github(e, &key);
         self.inner
             .comments
             .publish(repo, number, &body)
@@ -1586,7 +1639,7 @@ impl Previews {
                     .store
                     .call(move |c| db::set_deployment(c, &r, number, &s, id))
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| transient(e.to_string()))?;
                 id
             }
         };
@@ -1628,12 +1681,12 @@ impl Previews {
                 .await
                 .map_err(gh)?;
         }
-        let (r, k) = (repo.to_owned(), key);
+        let (r, k) = (repo.to_owned(), key.clone());
         self.inner
             .store
             .call(move |c| db::set_reported(c, &r, number, &k))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| transient(e.to_string()))?;
         Ok(())
     }
 

@@ -630,3 +630,57 @@ async fn a_burst_across_two_tenants_never_exceeds_max_previews() {
     })
     .await;
 }
+
+/// A report GitHub refuses for good (a 422 on the commit status) is recorded with the row and not
+/// sent again on every pass; the next change of the preview is a new report and is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_refused_for_good_is_not_retried_until_the_preview_changes() {
+    let w = World::new("refused").await;
+    let previews = w.previews(5, Duration::from_secs(3600), TenantRules::default());
+    w.guarded(&previews, async {
+        let number = w.sandbox.open_pr(&w.repo, app("one"));
+        // Every commit status of this repository is refused, as GitHub does for a payload it
+        // will never accept.
+        let statuses = format!("/repos/{}/statuses/", w.repo);
+        w.sandbox.inject(
+            productbuilder_github_sandbox::Fault::new(&statuses, 422)
+                .method(http::Method::POST)
+                .times(1000),
+        );
+        w.pass(&previews).await;
+        let row = previews.get(&w.repo, number).await.unwrap().unwrap();
+        assert_eq!(row.status, Status::Ready);
+        assert!(
+            row.report_error
+                .as_deref()
+                .is_some_and(|e| e.contains("422")),
+            "{:?}",
+            row.report_error
+        );
+        let sent = |w: &World| {
+            w.sandbox
+                .requests()
+                .iter()
+                .filter(|r| {
+                    r.method == http::Method::POST && r.path_and_query.starts_with(&statuses)
+                })
+                .count()
+        };
+        let before = sent(&w);
+        w.pass(&previews).await;
+        w.pass(&previews).await;
+        assert_eq!(sent(&w), before, "the refused report was sent again");
+
+        // A push is a new report: sent (and refused again here, so recorded for the new head).
+        let sha = w.sandbox.push(
+            &w.repo,
+            number,
+            vec![("www/index.html".into(), b"<p>two</p>".to_vec())],
+        );
+        w.pass(&previews).await;
+        let row = previews.get(&w.repo, number).await.unwrap().unwrap();
+        assert_eq!(row.head_sha, sha);
+        assert!(sent(&w) > before, "the new head's report was not sent");
+    })
+    .await;
+}
