@@ -88,6 +88,24 @@ pub enum Egress {
     None,
 }
 
+/// Under a preview's workspace: one directory per deploy attempt (`{sha12}-{random}`).
+const HEADS: &str = "heads";
+
+/// Removes every attempt directory under `heads` but `keep`; failures are logged, not fatal.
+async fn remove_other_attempts(heads: &Path, keep: &Path) {
+    let Ok(mut entries) = tokio::fs::read_dir(heads).await else {
+        return;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let path = entry.path();
+        if path != keep
+            && let Err(e) = tokio::fs::remove_dir_all(&path).await
+        {
+            tracing::debug!(path = %path.display(), error = %e, "previews: an earlier attempt's checkout is still in use");
+        }
+    }
+}
+
 /// Most processes in one preview container.
 const PIDS_LIMIT: u32 = 1024;
 
@@ -1152,6 +1170,13 @@ impl Previews {
     ) -> Result<(), Stop> {
         let rules = self.inner.rules.get(repo).cloned().unwrap_or_default();
         let workspace = self.workspace(project_name);
+        // This attempt's own directory for the tarball and the checkout: a cancelled attempt's
+        // extraction (a blocking thread that outlives its task) can only write into its own.
+        let attempt_dir = workspace.join(HEADS).join(format!(
+            "{}-{:016x}",
+            sha.get(..12).unwrap_or(sha),
+            fastrand::u64(..)
+        ));
         let failed = |stage: Stage, error: String, tail: Option<String>| {
             Stop::Failed(Failure { stage, error, tail })
         };
@@ -1164,7 +1189,7 @@ impl Previews {
             let limits = &self.inner.settings.limits;
             match or_cancel(
                 cancel,
-                source::download(client, repo, sha, &workspace, limits),
+                source::download(client, repo, sha, &attempt_dir, limits),
             )
             .await?
             {
@@ -1352,6 +1377,9 @@ impl Previews {
         or_cancel(cancel, cli.start(&project, STEP_TIMEOUT))
             .await?
             .map_err(command_failed(Stage::Start))?;
+        // The containers of earlier attempts are replaced now: their checkouts can go (their bind
+        // mounts pointed there). Best effort: a cancelled attempt may still be writing into its own.
+        remove_other_attempts(&workspace.join(HEADS), &attempt_dir).await;
         // The router joins this preview's own network (and leaves it at teardown): it routes
         // every preview, while no preview's container can reach another's.
         if let Ok(engine) = self.engine().await {
@@ -1828,6 +1856,23 @@ impl Previews {
 /// directory named by role: error text reaches pull request comments.
 fn host_paths_hidden(text: &str, workspace: &Path, state_dir: &Path) -> String {
     let mut out = text.to_owned();
+    // Every attempt's checkout (`{workspace}/heads/{attempt}/checkout`) is the checkout.
+    for form in [Some(workspace.to_path_buf()), workspace.canonicalize().ok()]
+        .into_iter()
+        .flatten()
+    {
+        let prefix = format!("{}/{HEADS}/", form.display());
+        while let Some(start) = out.find(&prefix) {
+            let rest = &out[start + prefix.len()..];
+            let Some(end) = rest.find("/checkout") else {
+                break;
+            };
+            let after = start + prefix.len() + end + "/checkout".len();
+            let nested = out[after..].starts_with('/');
+            let replacement = if nested { "" } else { "." };
+            out.replace_range(start..after + usize::from(nested), replacement);
+        }
+    }
     let checkout = workspace.join("checkout");
     let mut forms = vec![
         (checkout.clone(), "."),
@@ -1882,9 +1927,9 @@ mod tests {
     fn failures_name_no_host_path() {
         let ws = Path::new("/var/lib/pb/previews/pb--acme--shop--1");
         let state = Path::new("/var/lib/pb");
-        let text = "cannot read /var/lib/pb/previews/pb--acme--shop--1/checkout/app/Dockerfile; \
+        let text = "cannot read /var/lib/pb/previews/pb--acme--shop--1/heads/0123456789ab-00ff/checkout/app/Dockerfile; \
                     wrote /var/lib/pb/previews/pb--acme--shop--1/productbuilder.compose.yml; \
-                    db at /var/lib/pb/db.sqlite; checkout /var/lib/pb/previews/pb--acme--shop--1/checkout";
+                    db at /var/lib/pb/db.sqlite; checkout /var/lib/pb/previews/pb--acme--shop--1/heads/0123456789ab-00ff/checkout";
         assert_eq!(
             host_paths_hidden(text, ws, state),
             "cannot read app/Dockerfile; wrote <workspace>/productbuilder.compose.yml; \

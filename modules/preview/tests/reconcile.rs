@@ -684,3 +684,43 @@ async fn a_report_refused_for_good_is_not_retried_until_the_preview_changes() {
     })
     .await;
 }
+
+/// Each deploy attempt downloads into its own directory (a cancelled attempt's extraction can
+/// only write into its own); once a newer head runs, the older attempts' directories are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_attempt_has_its_own_checkout_and_older_ones_are_removed() {
+    let w = World::new("attempts").await;
+    let previews = w.previews(5, Duration::from_secs(3600), TenantRules::default());
+    w.guarded(&previews, async {
+        let number = w.sandbox.open_pr(&w.repo, app("one"));
+        w.pass(&previews).await;
+        let row = previews.get(&w.repo, number).await.unwrap().unwrap();
+        let heads = w
+            .dir
+            .path()
+            .join("state/previews")
+            .join(&row.project)
+            .join("heads");
+        let attempts = |heads: &std::path::Path| -> Vec<String> {
+            std::fs::read_dir(heads)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        let first = attempts(&heads);
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert!(first[0].starts_with(&row.head_sha[..12]), "{first:?}");
+
+        let sha = w.sandbox.push(
+            &w.repo,
+            number,
+            vec![("www/index.html".into(), b"<p>two</p>".to_vec())],
+        );
+        w.pass(&previews).await;
+        assert_eq!(w.status(&previews, number).await.0, Status::Ready);
+        let second = attempts(&heads);
+        assert_eq!(second.len(), 1, "{second:?}");
+        assert!(second[0].starts_with(&sha[..12]), "{second:?}");
+    })
+    .await;
+}
