@@ -26,6 +26,16 @@ use crate::compose::{
 
 /// Compose's own label naming a container's project and service.
 const LABEL_PROJECT: &str = "com.docker.compose.project";
+
+/// A container attached to a network.
+struct Attached {
+    id: String,
+    names: Vec<String>,
+    /// Its Compose project, if Compose created it.
+    project: Option<String>,
+    image: String,
+    running: bool,
+}
 const LABEL_SERVICE: &str = "com.docker.compose.service";
 
 /// How long one Engine API call may take.
@@ -124,30 +134,12 @@ impl Engine {
         if self.docker.inspect_network(network, None).await.is_err() {
             return Ok(None);
         }
-        let attached = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                filters: Some(HashMap::from([(
-                    "network".to_owned(),
-                    vec![network.to_owned()],
-                )])),
-                ..Default::default()
-            }))
-            .await
-            .map_err(|e| self.err("listing containers", e))?;
         Ok(Some(
-            attached
+            self.containers_on(network)
+                .await?
                 .into_iter()
-                .filter(|c| {
-                    c.image
-                        .as_deref()
-                        .is_some_and(|i| i.to_ascii_lowercase().contains("traefik"))
-                })
-                .filter_map(|c| {
-                    c.names?
-                        .first()
-                        .map(|n| n.trim_start_matches('/').to_owned())
-                })
+                .filter(|c| c.running && c.image.to_ascii_lowercase().contains("traefik"))
+                .filter_map(|c| c.names.into_iter().next())
                 .collect(),
         ))
     }
@@ -158,7 +150,7 @@ impl Engine {
         let routers = self.routers_on(shared).await?.unwrap_or_default();
         let attached = self.containers_on(network).await?;
         for router in routers {
-            if attached.iter().any(|(_, names, _)| names.contains(&router)) {
+            if attached.iter().any(|c| c.names.contains(&router)) {
                 continue;
             }
             let request = NetworkConnectRequest {
@@ -202,11 +194,8 @@ impl Engine {
         Ok(networks.into_iter().filter_map(|n| n.name).collect())
     }
 
-    /// `(id, names, compose project)` of the containers attached to `network`.
-    async fn containers_on(
-        &self,
-        network: &str,
-    ) -> Result<Vec<(String, Vec<String>, Option<String>)>, String> {
+    /// The containers attached to `network`, running or not.
+    async fn containers_on(&self, network: &str) -> Result<Vec<Attached>, String> {
         let attached = self
             .docker
             .list_containers(Some(ListContainersOptions {
@@ -222,14 +211,18 @@ impl Engine {
         Ok(attached
             .into_iter()
             .filter_map(|c| {
-                let names = c
-                    .names
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|n| n.trim_start_matches('/').to_owned())
-                    .collect();
-                let project = c.labels.and_then(|l| l.get(LABEL_PROJECT).cloned());
-                Some((c.id?, names, project))
+                Some(Attached {
+                    names: c
+                        .names
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|n| n.trim_start_matches('/').to_owned())
+                        .collect(),
+                    project: c.labels.and_then(|l| l.get(LABEL_PROJECT).cloned()),
+                    image: c.image.unwrap_or_default(),
+                    running: c.state == Some(ContainerSummaryStateEnum::RUNNING),
+                    id: c.id?,
+                })
             })
             .collect())
     }
@@ -238,7 +231,10 @@ impl Engine {
     /// project's networks, so that they can be removed.
     pub async fn detach_foreign(&self, project: &str) -> Result<(), String> {
         for network in self.project_networks(project).await? {
-            for (id, _, owner) in self.containers_on(&network).await? {
+            for Attached {
+                id, project: owner, ..
+            } in self.containers_on(&network).await?
+            {
                 if owner.as_deref() == Some(project) {
                     continue;
                 }
