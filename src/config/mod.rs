@@ -689,6 +689,7 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
     }
     let preview = Settings {
         egress,
+        host_retry: Duration::from_secs(10),
         state_dir: state_dir.clone(),
         public_url: public_url.clone(),
         limits: Default::default(),

@@ -72,6 +72,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Whether previews may open connections out of their networks.
     pub egress: Egress,
+    /// The first wait before a deploy the host failed is tried again (doubled per failure).
+    pub host_retry: Duration,
     /// `[preview] docker_config`: the directory Compose gets as `DOCKER_CONFIG` (registry
     /// credentials for image pulls and builds, and its `cli-plugins`); none means builds see no
     /// registry credentials of the operator's.
@@ -295,6 +297,8 @@ struct Inner {
     /// to deploys whose row is not written yet (the spawned task writes it), so that a burst of
     /// pull requests in one pass, or two tenants at once, cannot all see the same count.
     capacity: tokio::sync::Mutex<HashSet<(String, u64)>>,
+    /// Deploys the host failed, per pull request: how many in a row, and not before when the next.
+    host_failures: Mutex<HashMap<(String, u64), (u32, tokio::time::Instant)>>,
     /// Cancelled at shutdown: tasks stop at their next step, leaving the row where it was; the
     /// next start converges from there.
     shutdown: CancellationToken,
@@ -469,6 +473,9 @@ struct Cancelled;
 
 enum Stop {
     Failed(Failure),
+    /// The host failed (the engine, Compose, the workspace's disk), not the commit: the row stays
+    /// where it was and the deploy is tried again after a backoff.
+    Host(Failure),
     Cancelled,
 }
 
@@ -517,6 +524,7 @@ impl Previews {
                 changes: tokio::sync::watch::channel(0).0,
                 outcomes: Default::default(),
                 capacity: tokio::sync::Mutex::new(HashSet::new()),
+                host_failures: Mutex::default(),
                 shutdown,
             }),
         }
@@ -696,8 +704,11 @@ impl Previews {
                     Status::Failed => false,
                     // Its containers vanished: repair.
                     Status::Ready => !running.contains(&(number, r.project.as_str())),
-                    // Under way with no task: this process restarted mid-deploy.
-                    Status::Pending | Status::Building | Status::Deploying => job.is_none(),
+                    // Under way with no task: this process restarted mid-deploy, or the host
+                    // failed it (then after its backoff).
+                    Status::Pending | Status::Building | Status::Deploying => {
+                        job.is_none() && !self.host_backing_off(repo, number)
+                    }
                 },
             };
             if deploy {
@@ -889,6 +900,39 @@ impl Previews {
     }
 
     /// The newest deploy or removal of `repo#number` not yet ended (running or waiting).
+    fn host_failures(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(String, u64), (u32, tokio::time::Instant)>> {
+        self.inner
+            .host_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a host failure of `repo#number`'s deploy; the wait before the next attempt
+    /// (`host_retry` doubled per failure in a row, at most ten minutes).
+    fn host_backoff(&self, repo: &str, number: u64) -> Duration {
+        let mut failures = self.host_failures();
+        let entry = failures
+            .entry((repo.to_owned(), number))
+            .or_insert((0, tokio::time::Instant::now()));
+        entry.0 += 1;
+        let wait = self
+            .inner
+            .settings
+            .host_retry
+            .saturating_mul(1 << entry.0.min(16).saturating_sub(1))
+            .min(Duration::from_secs(600));
+        entry.1 = tokio::time::Instant::now() + wait;
+        wait
+    }
+
+    fn host_backing_off(&self, repo: &str, number: u64) -> bool {
+        self.host_failures()
+            .get(&(repo.to_owned(), number))
+            .is_some_and(|(_, not_before)| tokio::time::Instant::now() < *not_before)
+    }
+
     fn job_of(&self, repo: &str, number: u64) -> Option<Job> {
         self.inner
             .jobs
@@ -1053,6 +1097,7 @@ impl Previews {
         self.report(repo, number);
         match self.steps(repo, number, sha, &project, &url, cancel).await {
             Ok(()) => {
+                self.host_failures().remove(&(repo.to_owned(), number));
                 self.count_outcome(0);
                 self.record(repo, number, sha, Event::Ready, Details::default())
                     .await;
@@ -1083,6 +1128,13 @@ impl Previews {
                     },
                 )
                 .await;
+            }
+            Err(Stop::Host(f)) => {
+                // Not the commit's fault: the row keeps its place (a deploy under way), so the
+                // next pass after the backoff deploys again; the commit is not marked failed.
+                let wait = self.host_backoff(repo, number);
+                tracing::warn!(repo, number, sha, stage = %f.stage, error = %f.error, retry_in = ?wait, "previews: the host failed this deploy; trying again later");
+                return;
             }
             Err(Stop::Cancelled) => {
                 self.count_outcome(2);
@@ -1180,6 +1232,13 @@ impl Previews {
         let failed = |stage: Stage, error: String, tail: Option<String>| {
             Stop::Failed(Failure { stage, error, tail })
         };
+        let host_failed = |stage: Stage, error: String| {
+            Stop::Host(Failure {
+                stage,
+                error,
+                tail: None,
+            })
+        };
 
         self.step(repo, number, sha, Stage::Download, cancel)
             .await?;
@@ -1200,6 +1259,7 @@ impl Previews {
                     or_cancel(cancel, tokio::time::sleep(wait)).await?;
                     attempt += 1;
                 }
+                Err(e) if e.host => return Err(host_failed(e.stage, e.message)),
                 Err(e) => return Err(failed(e.stage, e.message, None)),
             }
         };
@@ -1208,7 +1268,7 @@ impl Previews {
         let cli = self
             .compose()
             .await
-            .map_err(|e| failed(Stage::Config, e.to_string(), None))?
+            .map_err(|e| host_failed(Stage::Config, e.to_string()))?
             .clone();
         let checkout = or_cancel(
             cancel,
@@ -1307,10 +1367,9 @@ impl Previews {
                 .map(|(_, name, value)| (name, value))
                 .collect();
             runner::write_project(&workspace, project_name, &text, values).map_err(|e| {
-                failed(
+                host_failed(
                     Stage::Config,
                     format!("cannot write the compose file into the workspace: {e}"),
-                    None,
                 )
             })?
         };

@@ -25,6 +25,9 @@ pub struct StageError {
     /// The cause may pass by itself (a network error, a timeout, GitHub's 5xx or rate limit):
     /// worth another attempt before the preview is marked failed.
     pub transient: bool,
+    /// The host failed, not the repository (the workspace cannot be written: a full disk, a
+    /// permission): the commit is not to blame, and the deploy is tried again later.
+    pub host: bool,
 }
 
 impl std::fmt::Display for StageError {
@@ -51,6 +54,15 @@ fn fail(stage: Stage, message: impl Into<String>) -> StageError {
         stage,
         message: message.into(),
         transient: false,
+        host: false,
+    }
+}
+
+/// A failure of this host, not of the repository's commit.
+fn host_failed(stage: Stage, message: impl Into<String>) -> StageError {
+    StageError {
+        host: true,
+        ..fail(stage, message)
     }
 }
 
@@ -63,6 +75,7 @@ fn download_failed(e: productbuilder_github::GithubError) -> StageError {
         stage: Stage::Download,
         message,
         transient: matches!(kind, Network | Timeout | Server | RateLimited),
+        host: false,
     }
 }
 
@@ -108,14 +121,14 @@ pub async fn download(
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
-            return Err(fail(
+            return Err(host_failed(
                 Stage::Download,
                 format!("cannot clear the workspace {}: {e}", workspace.display()),
             ));
         }
     }
     tokio::fs::create_dir_all(workspace).await.map_err(|e| {
-        fail(
+        host_failed(
             Stage::Download,
             format!("cannot create the workspace {}: {e}", workspace.display()),
         )

@@ -724,3 +724,30 @@ async fn each_attempt_has_its_own_checkout_and_older_ones_are_removed() {
     })
     .await;
 }
+
+/// A failure of the host (here the workspace cannot be created: a file stands where its directory
+/// goes, as a full disk or a wrong permission would refuse it) does not stick to the commit: the
+/// preview is not marked failed, and once the host is fine again the next pass deploys it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_failure_is_retried_and_does_not_fail_the_commit() {
+    let w = World::new("host").await;
+    let previews = w.previews(5, Duration::from_secs(3600), TenantRules::default());
+    w.guarded(&previews, async {
+        let number = w.sandbox.open_pr(&w.repo, app("one"));
+        let project = project_name(&w.repo, number);
+        let workspace = w.dir.path().join("state/previews").join(&project);
+        std::fs::create_dir_all(workspace.parent().unwrap()).unwrap();
+        std::fs::write(&workspace, "not a directory").unwrap();
+
+        w.pass(&previews).await;
+        let row = previews.get(&w.repo, number).await.unwrap().unwrap();
+        assert_ne!(row.status, Status::Failed, "{row:?}");
+        assert_eq!(row.error, None, "{row:?}");
+        assert!(w.containers(number).is_empty());
+
+        std::fs::remove_file(&workspace).unwrap();
+        w.pass(&previews).await;
+        assert_eq!(w.status(&previews, number).await.0, Status::Ready);
+    })
+    .await;
+}

@@ -171,6 +171,8 @@ impl World {
                 public_url: None,
                 limits: Default::default(),
                 egress,
+                // No wait before retrying a deploy the host failed: tests drive the passes.
+                host_retry: Duration::ZERO,
                 docker_config: None,
             },
             rules,
