@@ -5,7 +5,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations");
+    // Read when the script runs, not baked in when it is compiled: a target directory shared by
+    // two checkouts (a CI clone beside the working copy) reuses the compiled script.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let dir = Path::new(&manifest_dir).join("../../migrations");
     println!("cargo::rerun-if-changed={}", dir.display());
     let mut files: Vec<(u32, String, String)> = Vec::new();
     for entry in std::fs::read_dir(&dir).expect("migrations/ exists at the workspace root") {

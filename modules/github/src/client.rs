@@ -847,6 +847,17 @@ impl GithubClient {
 
     /// Every page of a polled list, following `Link: rel="next"` on the API's own host only.
     /// Returns the items and whether any page changed.
+    /// One page of a conditional listing, decoded, with the next page's URL.
+    pub async fn poll_page<T: DeserializeOwned>(
+        &self,
+        identity: &Identity,
+        url: &str,
+    ) -> Result<(Vec<T>, Option<String>), GithubError> {
+        let page = self.poll(identity, url).await?;
+        let items = decode(&Method::GET, path_of(url, &self.inner.origin), &page.body)?;
+        Ok((items, page.next))
+    }
+
     pub async fn poll_all<T: DeserializeOwned>(
         &self,
         identity: &Identity,

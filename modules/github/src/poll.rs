@@ -692,51 +692,80 @@ async fn sync_stream(
         url.push_str("&since=");
         url.push_str(&cursor.updated_at);
     }
-    let (items, _) = state
-        .client
-        .poll_all::<serde_json::Value>(&identity, &url)
-        .await?;
-    let fresh: Vec<(String, i64, serde_json::Value)> = items
-        .into_iter()
-        .filter_map(|item| {
-            let updated_at = text(&item, "updated_at");
-            let id = item.get("id").and_then(|v| v.as_i64())?;
-            (!updated_at.is_empty() && !cursor.covers(&updated_at, id))
-                .then_some((updated_at, id, item))
-        })
-        .collect();
-    if fresh.is_empty() {
+    // Page by page, oldest first (the listing is sorted by `updated` ascending): each page is
+    // stored with the cursor it advances to in one transaction, so a first sync of a large
+    // repository that fails halfway keeps what it read and resumes from there, and never holds
+    // every page in memory.
+    let mut cursor = cursor;
+    let mut count = 0;
+    let mut page_url = Some(url);
+    let mut pages = 0;
+    while let Some(url) = page_url.take() {
+        pages += 1;
+        if pages > MAX_PAGES {
+            return Err(UnitError::new(
+                ErrorKind::Internal,
+                format!(
+                    "{repo}: the {} listing has more than {MAX_PAGES} pages; refusing to follow further",
+                    stream.name
+                ),
+            ));
+        }
+        let (items, next) = state
+            .client
+            .poll_page::<serde_json::Value>(&identity, &url)
+            .await?;
+        page_url = next;
+        let fresh: Vec<(String, i64, serde_json::Value)> = items
+            .into_iter()
+            .filter_map(|item| {
+                let updated_at = text(&item, "updated_at");
+                let id = item.get("id").and_then(|v| v.as_i64())?;
+                (!updated_at.is_empty() && !cursor.covers(&updated_at, id))
+                    .then_some((updated_at, id, item))
+            })
+            .collect();
+        if fresh.is_empty() {
+            continue;
+        }
+        let next = cursor.advance(
+            &fresh
+                .iter()
+                .map(|(u, id, _)| (u.clone(), *id))
+                .collect::<Vec<_>>(),
+        );
+        count += fresh.len();
+        let (key, name, store_item, saved) =
+            (repo.clone(), stream.name, stream.store, next.clone());
+        state
+            .store
+            .call(move |c| {
+                let tx = c.transaction()?;
+                for (_, _, item) in &fresh {
+                    store_item(&tx, &key, item)?;
+                }
+                tx.execute(
+                    "INSERT INTO cursors (repo, stream, updated_at, ids) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (repo, stream) DO UPDATE SET updated_at = excluded.updated_at, ids = excluded.ids",
+                    params![key, name, saved.updated_at, serde_json::to_string(&saved.ids).unwrap_or_else(|_| "[]".into())],
+                )?;
+                tx.commit()
+            })
+            .await
+            .map_err(UnitError::from)?;
+        cursor = next;
+    }
+    if count == 0 {
         record_poll(state, &repo, false).await?;
         return Ok(());
     }
-    let next = cursor.advance(
-        &fresh
-            .iter()
-            .map(|(u, id, _)| (u.clone(), *id))
-            .collect::<Vec<_>>(),
-    );
-    let count = fresh.len();
-    let (key, name, store_item) = (repo.clone(), stream.name, stream.store);
-    state
-        .store
-        .call(move |c| {
-            let tx = c.transaction()?;
-            for (_, _, item) in &fresh {
-                store_item(&tx, &key, item)?;
-            }
-            tx.execute(
-                "INSERT INTO cursors (repo, stream, updated_at, ids) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (repo, stream) DO UPDATE SET updated_at = excluded.updated_at, ids = excluded.ids",
-                params![key, name, next.updated_at, serde_json::to_string(&next.ids).unwrap_or_else(|_| "[]".into())],
-            )?;
-            tx.commit()
-        })
-        .await
-        .map_err(UnitError::from)?;
     tracing::info!(repo = %repo, stream = stream.name, count, "new or changed items");
     record_poll(state, &repo, true).await?;
     Ok(())
 }
+
+/// Most pages one listing is followed for.
+const MAX_PAGES: usize = 1000;
 
 /// Reads back what the comments worker stored, oldest first (for tests and later command parsing).
 pub async fn stored_comments(

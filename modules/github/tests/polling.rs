@@ -273,6 +273,50 @@ async fn every_page_is_read() {
     assert_eq!(pages, 3);
 }
 
+/// A first sync of a large repository commits page by page: when a later page fails, what the
+/// earlier pages brought is stored and the cursor says so; the next run resumes from there and
+/// asks for nothing twice.
+#[tokio::test]
+async fn a_first_sync_that_fails_halfway_keeps_its_pages_and_resumes() {
+    let world = World::new(&["acme/big"]).await;
+    for n in 0..250 {
+        world
+            .sandbox
+            .create_issue("acme/big", &format!("Issue {n}"), "", "carol");
+    }
+    let daemon = world.token_daemon();
+    let big = [tenant("acme/big")];
+    world.sandbox.inject(Fault::new(
+        "/repos/acme/big/issues?state=all&sort=updated&direction=asc&per_page=100&page=2",
+        404,
+    ));
+    assert!(daemon.run(&big, "worker:issues:acme/big").await.is_err());
+    let store = daemon.state.store.clone();
+    assert_eq!(
+        stored_issue_numbers(&store, "acme/big")
+            .await
+            .unwrap()
+            .len(),
+        100,
+        "the first page is kept"
+    );
+
+    world.sandbox.clear_requests();
+    daemon.run(&big, "worker:issues:acme/big").await.unwrap();
+    assert_eq!(
+        stored_issue_numbers(&store, "acme/big")
+            .await
+            .unwrap()
+            .len(),
+        250
+    );
+    let sent = world.pull_requests_sent();
+    assert!(
+        sent.iter().all(|(p, ..)| p.contains("since=")),
+        "the second run resumes from the stored cursor: {sent:?}"
+    );
+}
+
 #[tokio::test]
 async fn cursors_neither_skip_nor_repeat() {
     let world = World::new(&["acme/shop"]).await;
