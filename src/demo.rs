@@ -17,7 +17,9 @@ use crate::Failure;
 const TOKEN: &str = "demo-token";
 const REPO: (&str, &str) = ("demo", "hello");
 const NETWORK: &str = "productbuilder-demo";
-const TRAEFIK_PORT: u16 = 8092;
+/// Where the demo serves by default: the dashboard and API, and the router.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8091";
+pub const DEFAULT_ROUTER_PORT: u16 = 8092;
 const TRAEFIK_NAME: &str = "productbuilder-demo-traefik";
 
 /// The example repository, compiled in so that the demo runs from any directory.
@@ -47,27 +49,34 @@ const EXAMPLE: [(&str, &[u8]); 5] = [
 /// Debian's busybox-static: the example's image is `FROM scratch` around it.
 const BUSYBOX: &str = "/bin/busybox";
 
-pub fn run() -> Result<(), Failure> {
+/// Where the demo listens: its dashboard and API, and the router's published port (on loopback).
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub listen: std::net::SocketAddr,
+    pub router_port: u16,
+}
+
+pub fn run(ports: Ports) -> Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::Failed(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(demo())
+    runtime.block_on(demo(ports))
 }
 
-async fn demo() -> Result<(), Failure> {
+async fn demo(ports: Ports) -> Result<(), Failure> {
     let busybox = std::fs::read(BUSYBOX).map_err(|e| {
         Failure::Failed(format!(
             "{BUSYBOX}: {e}; the example app needs Debian's static busybox (apt-get install busybox-static)"
         ))
     })?;
     let dir = std::env::temp_dir().join(format!("productbuilder-demo-{}", std::process::id()));
-    let outcome = demo_in(&dir, busybox).await;
+    let outcome = demo_in(&dir, busybox, ports).await;
     let _ = std::fs::remove_dir_all(&dir);
     outcome
 }
 
-async fn demo_in(dir: &Path, busybox: Vec<u8>) -> Result<(), Failure> {
+async fn demo_in(dir: &Path, busybox: Vec<u8>, ports: Ports) -> Result<(), Failure> {
     let failed = |what: &str, e: &dyn std::fmt::Display| Failure::Failed(format!("{what}: {e}"));
     let github = Sandbox::start()
         .await
@@ -89,7 +98,7 @@ async fn demo_in(dir: &Path, busybox: Vec<u8>) -> Result<(), Failure> {
         .args(["network", "create", NETWORK])
         .output()
         .await;
-    let traefik = match Traefik::start(TRAEFIK_NAME, NETWORK, TRAEFIK_PORT).await {
+    let traefik = match Traefik::start(TRAEFIK_NAME, NETWORK, ports.router_port).await {
         Ok(t) => Some(t),
         Err(e) => {
             eprintln!("demo: no Traefik ({e}); previews are reachable on their loopback port only");
@@ -97,7 +106,7 @@ async fn demo_in(dir: &Path, busybox: Vec<u8>) -> Result<(), Failure> {
         }
     };
 
-    let config_file = write_config(dir, &github.url(), traefik.is_some()).map_err(|e| {
+    let config_file = write_config(dir, &github.url(), traefik.is_some(), ports).map_err(|e| {
         failed(
             &format!("cannot write the demo configuration in {}", dir.display()),
             &e,
@@ -170,12 +179,13 @@ async fn announce(
     }
 }
 
-fn write_config(dir: &Path, api_url: &str, routed: bool) -> std::io::Result<PathBuf> {
+fn write_config(dir: &Path, api_url: &str, routed: bool, ports: Ports) -> std::io::Result<PathBuf> {
+    let (listen, router_port) = (ports.listen, ports.router_port);
     std::fs::create_dir_all(dir.join("tenants"))?;
     let file = dir.join("productbuilder.toml");
     // `*.localhost` resolves to loopback in browsers and curl, so the URL works as printed.
     let url_template = if routed {
-        format!("http://{{repo}}-pr-{{number}}.{{domain}}:{TRAEFIK_PORT}")
+        format!("http://{{repo}}-pr-{{number}}.{{domain}}:{router_port}")
     } else {
         "http://{repo}-pr-{number}.{domain}".to_owned()
     };
@@ -183,7 +193,7 @@ fn write_config(dir: &Path, api_url: &str, routed: bool) -> std::io::Result<Path
         &file,
         format!(
             "state_dir = \"state\"\n\
-             [http]\nlisten = \"127.0.0.1:8091\"\npublic_url = \"http://127.0.0.1:8091\"\n\
+             [http]\nlisten = \"{listen}\"\npublic_url = \"http://{listen}\"\n\
              [log]\nformat = \"pretty\"\nlevel = \"warn,productbuilder=info,productbuilder_preview=info\"\n\
              [github]\napi_url = \"{api_url}\"\ntoken = \"{TOKEN}\"\npoll_interval = \"2s\"\n\
              [preview]\ndomain = \"preview.localhost\"\nurl_template = \"{url_template}\"\nnetwork = \"{NETWORK}\"\n"

@@ -70,7 +70,14 @@ enum Command {
     Migrate(ConfigArg),
     /// The whole pipeline on an embedded sandbox GitHub: the example repository with an open pull
     /// request, deployed for real; dashboard on 127.0.0.1:8091. No token needed.
-    Demo,
+    Demo {
+        /// Where the dashboard and API listen (for a busy 8091).
+        #[arg(long, default_value = demo::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+        /// The loopback port Traefik publishes the preview on (for a busy 8092).
+        #[arg(long, default_value_t = demo::DEFAULT_ROUTER_PORT)]
+        router_port: u16,
+    },
     /// Tools for target repository authors.
     Preview {
         #[command(subcommand)]
@@ -139,7 +146,13 @@ fn main() -> ExitCode {
         Command::Migrate(args) => config::load(&args.config)
             .map_err(Failure::from)
             .and_then(|c| migrate(&c)),
-        Command::Demo => demo::run(),
+        Command::Demo {
+            listen,
+            router_port,
+        } => demo::run(demo::Ports {
+            listen,
+            router_port,
+        }),
         Command::Preview {
             action: PreviewCommand::Validate { dir },
         } => preview_validate(&dir.unwrap_or_else(|| PathBuf::from("."))),

@@ -560,8 +560,12 @@ fn previews_follow_their_pull_requests_through_traefik() {
 #[test]
 fn the_demo_deploys_the_example_and_cleans_up_on_ctrl_c() {
     use std::io::BufRead;
+    // Not the default ports, which a developer's own demo may hold.
+    let (listen_port, router_port) = (free_port(), free_port());
     let mut demo = Command::new(BIN)
         .arg("demo")
+        .args(["--listen", &format!("127.0.0.1:{listen_port}")])
+        .args(["--router-port", &router_port.to_string()])
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -589,9 +593,9 @@ fn the_demo_deploys_the_example_and_cleans_up_on_ctrl_c() {
         };
         assert_eq!(
             ready,
-            "demo: preview ready at http://hello-pr-1.preview.localhost:8092"
+            format!("demo: preview ready at http://hello-pr-1.preview.localhost:{router_port}")
         );
-        let traefik = SocketAddr::from(([127, 0, 0, 1], 8092));
+        let traefik = SocketAddr::from(([127, 0, 0, 1], router_port));
         wait_for(
             "the demo's page through Traefik",
             Duration::from_secs(30),
@@ -600,7 +604,7 @@ fn the_demo_deploys_the_example_and_cleans_up_on_ctrl_c() {
                 other => Err(format!("{other:?}")),
             },
         );
-        let api = SocketAddr::from(([127, 0, 0, 1], 8091));
+        let api = SocketAddr::from(([127, 0, 0, 1], listen_port));
         let (status, body) = http_get(api, "localhost", "/previews").unwrap();
         assert_eq!(status, 200);
         let rows: Vec<Value> = serde_json::from_str(&body).unwrap();
