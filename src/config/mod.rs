@@ -1037,14 +1037,10 @@ fn valid_repo_part(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// A Docker object name: letters, digits, `_`, `.`, `-`, starting with a letter or digit.
+/// A Docker object name: letters, digits, `_`, `.`, `-`, starting with a letter or digit — the
+/// same rule as a Compose service name.
 fn valid_docker_name(name: &str) -> bool {
-    name.chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    valid_service_name(name)
 }
 
 /// `512m`, `1g`, `2048k`, `1073741824`: what Compose accepts for `mem_limit`.

@@ -847,17 +847,22 @@ impl GithubClient {
 
     /// Every page of a polled list, following `Link: rel="next"` on the API's own host only.
     /// Returns the items and whether any page changed.
-    /// One page of a conditional listing, decoded, with the next page's URL.
+    /// One page of a conditional listing, decoded, with the next page's URL and whether it
+    /// changed since the last poll.
     pub async fn poll_page<T: DeserializeOwned>(
         &self,
         identity: &Identity,
         url: &str,
-    ) -> Result<(Vec<T>, Option<String>), GithubError> {
+    ) -> Result<Page<T>, GithubError> {
         let page = self.poll(identity, url).await?;
-        let items = decode(&Method::GET, path_of(url, &self.inner.origin), &page.body)?;
-        Ok((items, page.next))
+        Ok(Page {
+            items: decode(&Method::GET, path_of(url, &self.inner.origin), &page.body)?,
+            next: page.next,
+            modified: page.modified,
+        })
     }
 
+    /// Every page of a conditional listing (at most [`MAX_PAGES`]), and whether any changed.
     pub async fn poll_all<T: DeserializeOwned>(
         &self,
         identity: &Identity,
@@ -866,22 +871,25 @@ impl GithubClient {
         let mut items = Vec::new();
         let mut modified = false;
         let mut url = first_url.to_owned();
-        for _ in 0..1000 {
-            let page = self.poll(identity, &url).await?;
+        for _ in 0..MAX_PAGES {
+            let mut page = self.poll_page(identity, &url).await?;
             modified |= page.modified;
-            let mut batch: Vec<T> =
-                decode(&Method::GET, path_of(&url, &self.inner.origin), &page.body)?;
-            items.append(&mut batch);
+            items.append(&mut page.items);
             match page.next {
                 Some(next) => url = next,
                 None => return Ok((items, modified)),
             }
         }
-        Err(GithubError::Decode {
+        Err(self.too_many_pages(first_url))
+    }
+
+    /// The refusal to follow a listing starting at `first_url` past [`MAX_PAGES`].
+    pub(crate) fn too_many_pages(&self, first_url: &str) -> GithubError {
+        GithubError::Decode {
             method: Method::GET,
             path: path_of(first_url, &self.inner.origin).to_owned(),
-            detail: "more than 1000 pages; refusing to follow further".into(),
-        })
+            detail: format!("more than {MAX_PAGES} pages; refusing to follow further"),
+        }
     }
 
     /// An unconditional GET, decoded.
@@ -1007,6 +1015,17 @@ async fn stream_to_file(
         .await
         .map_err(|e| format!("writing {}: {e}", file.display()))?;
     Ok(written)
+}
+
+/// Most pages one listing is followed for.
+pub const MAX_PAGES: usize = 1000;
+
+/// One page of a listing.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+    pub modified: bool,
 }
 
 fn decode<T: DeserializeOwned>(method: &Method, path: &str, body: &[u8]) -> Result<T, GithubError> {

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::cache::CacheLimits;
 use crate::client::{GithubClient, GithubError};
+use crate::client::{MAX_PAGES, Page};
 use crate::model::{Pull, PullSet};
 
 /// How much longer a cold tenant waits between polls while the quota is low.
@@ -698,22 +699,16 @@ async fn sync_stream(
     // every page in memory.
     let mut cursor = cursor;
     let mut count = 0;
-    let mut page_url = Some(url);
+    let mut page_url = Some(url.clone());
     let mut pages = 0;
-    while let Some(url) = page_url.take() {
+    while let Some(page) = page_url.take() {
         pages += 1;
         if pages > MAX_PAGES {
-            return Err(UnitError::new(
-                ErrorKind::Internal,
-                format!(
-                    "{repo}: the {} listing has more than {MAX_PAGES} pages; refusing to follow further",
-                    stream.name
-                ),
-            ));
+            return Err(state.client.too_many_pages(&url).into());
         }
-        let (items, next) = state
+        let Page { items, next, .. } = state
             .client
-            .poll_page::<serde_json::Value>(&identity, &url)
+            .poll_page::<serde_json::Value>(&identity, &page)
             .await?;
         page_url = next;
         let fresh: Vec<(String, i64, serde_json::Value)> = items
@@ -763,9 +758,6 @@ async fn sync_stream(
     record_poll(state, &repo, true).await?;
     Ok(())
 }
-
-/// Most pages one listing is followed for.
-const MAX_PAGES: usize = 1000;
 
 /// Reads back what the comments worker stored, oldest first (for tests and later command parsing).
 pub async fn stored_comments(

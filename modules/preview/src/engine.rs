@@ -144,37 +144,34 @@ impl Engine {
         ))
     }
 
-    /// Attaches the router containers of the shared network (see [`Engine::routers_on`]) to a
-    /// preview's own `network`, so they can route to it. Already attached is fine.
-    pub async fn attach_routers(&self, shared: &str, network: &str) -> Result<(), String> {
-        let routers = self.routers_on(shared).await?.unwrap_or_default();
-        let attached = self.containers_on(network).await?;
-        for router in routers {
-            if attached.iter().any(|c| c.names.contains(&router)) {
-                continue;
-            }
-            let request = NetworkConnectRequest {
-                container: router.clone(),
-                endpoint_config: None,
-            };
-            if let Err(e) = self.docker.connect_network(network, request).await
-                && !e.to_string().contains("already exists")
-            {
-                return Err(self.err(&format!("attaching {router} to {network}"), e));
-            }
-        }
-        Ok(())
-    }
-
-    /// Attaches the router containers of the shared network to every network of a preview's
-    /// Compose project (found by Compose's project label).
+    /// Attaches the router containers of the shared network (see [`Engine::routers_on`]) to every
+    /// network of a preview's Compose project (found by Compose's project label), so they can
+    /// route to it. Already attached is fine.
     pub async fn attach_routers_to_project(
         &self,
         shared: &str,
         project: &str,
     ) -> Result<(), String> {
+        let routers = self.routers_on(shared).await?.unwrap_or_default();
+        if routers.is_empty() {
+            return Ok(());
+        }
         for network in self.project_networks(project).await? {
-            self.attach_routers(shared, &network).await?;
+            let attached = self.containers_on(&network).await?;
+            for router in &routers {
+                if attached.iter().any(|c| c.names.contains(router)) {
+                    continue;
+                }
+                let request = NetworkConnectRequest {
+                    container: router.clone(),
+                    endpoint_config: None,
+                };
+                if let Err(e) = self.docker.connect_network(&network, request).await
+                    && !e.to_string().contains("already exists")
+                {
+                    return Err(self.err(&format!("attaching {router} to {network}"), e));
+                }
+            }
         }
         Ok(())
     }

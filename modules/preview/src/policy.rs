@@ -16,7 +16,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use crate::resolve::{Resolved, inside, shown};
+use crate::resolve::{Resolved, host_path_inside, shown};
 use crate::spec::Finding;
 
 /// One kind of dangerous construct; its [`name`](Rule::name) is what a tenant writes to waive it.
@@ -303,11 +303,7 @@ impl Checker<'_> {
 
     /// A host path named by the model (absolute after resolution) is inside the checkout.
     fn inside(&self, path: &str) -> bool {
-        !path.contains('$')
-            && inside(self.root, Path::new(path)).is_some_and(|p| match p.canonicalize() {
-                Ok(real) => real.starts_with(self.root),
-                Err(_) => true, // does not exist: Compose fails on it, or creates it inside
-            })
+        host_path_inside(self.root, path)
     }
 
     fn shown(&self, path: &str) -> String {

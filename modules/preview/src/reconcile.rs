@@ -950,10 +950,9 @@ impl Previews {
     }
 
     /// Keeps the host under `max_previews`: a deploy of a pull request with no live preview evicts
-    /// the least recently updated live one (of any tenant) when the host is full.
-    /// Makes room for `repo#number` under `max_previews` by evicting the least recently updated
-    /// previews, and reserves its slot; `false` when there is no room yet (the other slots are
-    /// taken by deploys that have not written their row): the next pass tries again.
+    /// the least recently updated live ones (of any tenant) and reserves its slot; `false` when
+    /// there is no room yet (the other slots are taken by deploys that have not written their
+    /// row): the next pass tries again.
     async fn make_room(&self, repo: &str, number: u64) -> Result<bool, ReconcileError> {
         let mut reserved = self.inner.capacity.lock().await;
         let live = self

@@ -67,6 +67,17 @@ pub fn inside(root: &Path, path: &Path) -> Option<PathBuf> {
     out.starts_with(root).then_some(out)
 }
 
+/// Whether a host path named by a compose model stays inside the checkout `root` (canonical):
+/// literally (no interpolation left), lexically, and through links when it exists. A path that
+/// does not exist yet counts as inside: Compose fails on it, skips it, or creates it there.
+pub fn host_path_inside(root: &Path, path: &str) -> bool {
+    !path.contains('$')
+        && inside(root, Path::new(path)).is_some_and(|p| match p.canonicalize() {
+            Ok(real) => real.starts_with(root),
+            Err(_) => true,
+        })
+}
+
 /// `path` relative to `root` for messages; a path elsewhere is named only as "a host path", so no
 /// host layout reaches a comment.
 pub fn shown(root: &Path, path: &Path) -> String {
@@ -404,13 +415,7 @@ pub async fn resolve(
         .await
     }
     .map_err(error)?;
-    let raw: Value = serde_json::from_str(&raw).map_err(|e| Refusal {
-        errors: vec![finding(
-            compose_file,
-            format!("Compose printed no model: {e}"),
-        )],
-        violations: Vec::new(),
-    })?;
+    let raw = parse_model(compose_file, &raw)?;
     let mut refused = Vec::new();
     for (name, svc) in raw
         .get("services")
@@ -432,12 +437,7 @@ pub async fn resolve(
                 continue;
             };
             let origin = walked.origins.get(name).map_or(compose_file, |s| s);
-            let ok = !path.contains('$')
-                && inside(&root, Path::new(path)).is_some_and(|p| match p.canonicalize() {
-                    Ok(real) => real.starts_with(&root),
-                    Err(_) => true, // missing: Compose reports it, or skips an optional one
-                });
-            if !ok {
+            if !host_path_inside(&root, path) {
                 refused.push(violation(
                     Rule::HostPath,
                     origin,
@@ -460,17 +460,22 @@ pub async fn resolve(
         .run_checked(&p, &["config", "--format", "json"])
         .await
         .map_err(error)?;
-    let model: Value = serde_json::from_str(&model).map_err(|e| Refusal {
+    let model = parse_model(compose_file, &model)?;
+    Ok(Resolved {
+        model,
+        origins: walked.origins,
+        root,
+    })
+}
+
+/// The JSON model `config --format json` printed.
+fn parse_model(compose_file: &str, printed: &str) -> Result<Value, Refusal> {
+    serde_json::from_str(printed).map_err(|e| Refusal {
         errors: vec![finding(
             compose_file,
             format!("Compose printed no model: {e}"),
         )],
         violations: Vec::new(),
-    })?;
-    Ok(Resolved {
-        model,
-        origins: walked.origins,
-        root,
     })
 }
 

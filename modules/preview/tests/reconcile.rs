@@ -167,22 +167,15 @@ async fn a_new_head_cancels_the_deploy_in_flight() {
     let previews = w.previews(20, Duration::from_secs(3600), TenantRules::default());
     w.guarded(&previews, async {
         // A build that would take ten minutes.
-        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../examples/hello-preview");
-        let dockerfile = std::fs::read_to_string(root.join("Dockerfile"))
-            .unwrap()
-            .replace(
-                "COPY www /www",
-                &format!(
-                    "COPY www /www\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"sleep 600; : {}\"]",
-                    // New on every run: no cache of an earlier run skips the slow step (BuildKit
-                    // keys a step by its command and its parent's files, not by labels).
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap()
-                        .as_nanos()
-                ),
-            );
+        let dockerfile = support::dockerfile_with(&format!(
+            "RUN [\"/bin/busybox\", \"sh\", \"-c\", \"sleep 600; : {}\"]",
+            // New on every run: no cache of an earlier run skips the slow step (BuildKit keys a
+            // step by its command and its parent's files, not by labels).
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
         let number = w
             .sandbox
             .open_pr(&w.repo, app("slow").with_file("Dockerfile", dockerfile));
@@ -201,10 +194,14 @@ async fn a_new_head_cancels_the_deploy_in_flight() {
         }
 
         // The fix lands while the slow build runs: the new head is deployed now, not after it.
-        let root_files = std::fs::read(root.join("Dockerfile")).unwrap();
-        let fixed = w
-            .sandbox
-            .push(&w.repo, number, vec![("Dockerfile".into(), root_files)]);
+        let fixed = w.sandbox.push(
+            &w.repo,
+            number,
+            vec![(
+                "Dockerfile".into(),
+                support::dockerfile_with("").into_bytes(),
+            )],
+        );
         tokio::time::timeout(Duration::from_secs(120), w.pass(&previews))
             .await
             .expect("the new head waited behind the old build");

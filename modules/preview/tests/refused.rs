@@ -10,40 +10,17 @@ use std::time::Duration;
 use productbuilder_github_sandbox::NewPr;
 use productbuilder_preview::TenantRules;
 use productbuilder_preview::state::{Stage, Status};
-use support::{World, docker};
+use support::{World, app, docker, dockerfile_with};
 
 const DIR: &str = ".productbuilding/preview";
 
-/// The example app with `compose` as its compose file and `more` beside it.
+/// The example app with `compose` as its compose file and `more` beside it (a later file of
+/// the same path replaces the example's).
 fn pr(title: &str, compose: &str, more: &[(&str, &str)]) -> NewPr {
-    let root =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-preview");
-    pr_built_by(
-        title,
-        compose,
-        more,
-        &std::fs::read_to_string(root.join("Dockerfile")).unwrap(),
+    more.iter().fold(
+        app(title).with_file(&format!("{DIR}/docker-compose.yml"), compose),
+        |pr, (path, text)| pr.with_file(&format!("{DIR}/{path}"), *text),
     )
-}
-
-/// [`pr`] with its own Dockerfile.
-fn pr_built_by(title: &str, compose: &str, more: &[(&str, &str)], dockerfile: &str) -> NewPr {
-    let root =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-preview");
-    let read = |p: &str| std::fs::read(root.join(p)).unwrap();
-    let mut pr = NewPr::new(title, "mallory", title)
-        .with_file("Dockerfile", dockerfile)
-        .with_file(
-            &format!("{DIR}/config.yml"),
-            read(".productbuilding/preview/config.yml"),
-        )
-        .with_file(&format!("{DIR}/docker-compose.yml"), compose)
-        .with_file("www/index.html", format!("<p>{title}</p>\n"))
-        .with_file("busybox", std::fs::read("/bin/busybox").unwrap());
-    for (path, text) in more {
-        pr = pr.with_file(&format!("{DIR}/{path}"), *text);
-    }
-    pr
 }
 
 /// A title, the compose file, and further files beside it.
@@ -105,17 +82,11 @@ async fn each_bypass_fails_at_policy_and_no_container_is_ever_created() {
             numbers.push((*title, w.sandbox.open_pr(&w.repo, pr(title, compose, more))));
         }
         // A router label in the Dockerfile: the container would inherit it from its image.
-        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../examples/hello-preview");
-        let dockerfile = std::fs::read_to_string(root.join("Dockerfile"))
-            .unwrap()
-            .replace(
-                "COPY www /www",
-                "COPY www /www\nLABEL traefik.http.routers.evil.rule=\"Host(`bank.example`)\"",
-            );
+        let dockerfile =
+            dockerfile_with("LABEL traefik.http.routers.evil.rule=\"Host(`bank.example`)\"");
         let labelled = w.sandbox.open_pr(
             &w.repo,
-            pr_built_by("image-label", APP, &[], &dockerfile),
+            pr("image-label", APP, &[]).with_file("Dockerfile", dockerfile),
         );
         // The control: harmless interpolation, include, extends and a profile.
         let benign = w.sandbox.open_pr(

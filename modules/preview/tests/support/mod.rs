@@ -34,6 +34,14 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// The example app's Dockerfile with `lines` added after it copies the site.
+pub fn dockerfile_with(lines: &str) -> String {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-preview");
+    std::fs::read_to_string(root.join("Dockerfile"))
+        .unwrap()
+        .replace("COPY www /www", &format!("COPY www /www\n{lines}"))
+}
+
 pub fn app(version: &str) -> NewPr {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-preview");
     let read = |p: &str| std::fs::read(root.join(p)).unwrap();
