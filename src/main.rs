@@ -7,6 +7,7 @@
 #[allow(dead_code)]
 mod config;
 mod dashboard;
+#[cfg(feature = "demo")]
 mod demo;
 mod http;
 mod kernel;
@@ -68,6 +69,7 @@ enum Command {
     },
     /// Apply pending database migrations and exit.
     Migrate(ConfigArg),
+    #[cfg(feature = "demo")]
     /// The whole pipeline on an embedded sandbox GitHub: the example repository with an open pull
     /// request, deployed for real; dashboard on 127.0.0.1:8091. No token needed.
     Demo {
@@ -146,6 +148,7 @@ fn main() -> ExitCode {
         Command::Migrate(args) => config::load(&args.config)
             .map_err(Failure::from)
             .and_then(|c| migrate(&c)),
+        #[cfg(feature = "demo")]
         Command::Demo {
             listen,
             router_port,
