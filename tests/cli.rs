@@ -945,6 +945,12 @@ fn a_repository_that_does_not_exist_degrades_its_tenant_and_the_others_are_polle
             "no {line} in\n{metrics}"
         );
     }
+    let (_, page) = get(daemon.port, "/").unwrap();
+    assert!(
+        page.contains("Repositories waiting")
+            && page.contains("<code>acme/gone</code>: repository acme/gone"),
+        "{page}"
+    );
     daemon.signal("TERM");
     let (code, lines) = daemon.wait();
     assert_eq!(code, Some(0), "{}", lines.join("\n"));
