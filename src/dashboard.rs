@@ -67,6 +67,23 @@ pub async fn render(
         html.push_str("</p>");
     }
 
+    let waiting = board.degraded_tenants();
+    if !waiting.is_empty() {
+        html.push_str(
+            "<p class=\"bad\">Repositories waiting (a preflight fails; retried with backoff while the others run): ",
+        );
+        for (i, t) in waiting.iter().enumerate() {
+            let sep = if i > 0 { "; " } else { "" };
+            let _ = write!(
+                html,
+                "{sep}<code>{}</code>: {}",
+                escape(t.tenant.as_str()),
+                escape(&t.reason)
+            );
+        }
+        html.push_str("</p>");
+    }
+
     let polls = github.poll_states().await.unwrap_or_default();
     html.push_str(
         "<h2>Repositories</h2><table><tr><th>repository</th><th>last poll</th><th>last change</th>\

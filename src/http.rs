@@ -375,6 +375,33 @@ struct Readiness {
     database: bool,
     units: usize,
     degraded: Vec<String>,
+    /// Tenants whose preflight fails: their workers wait while it is retried; the others run.
+    degraded_tenants: Vec<DegradedTenantView>,
+}
+
+#[derive(Serialize)]
+struct DegradedTenantView {
+    tenant: String,
+    unit: String,
+    kind: &'static str,
+    reason: String,
+    permanent: bool,
+    failures: u32,
+    since: String,
+}
+
+impl From<productbuilder_scheduler::DegradedTenant> for DegradedTenantView {
+    fn from(d: productbuilder_scheduler::DegradedTenant) -> Self {
+        DegradedTenantView {
+            tenant: d.tenant.to_string(),
+            unit: d.unit,
+            kind: d.kind.as_str(),
+            reason: d.reason,
+            permanent: d.permanent,
+            failures: d.failures,
+            since: humantime::format_rfc3339_seconds(d.since).to_string(),
+        }
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -389,6 +416,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
             .board
             .degraded()
             .map(|u| u.name().to_owned())
+            .collect(),
+        degraded_tenants: state
+            .board
+            .degraded_tenants()
+            .into_iter()
+            .map(DegradedTenantView::from)
             .collect(),
     };
     let status = if body.ready {

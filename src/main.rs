@@ -26,7 +26,7 @@ use productbuilder_preview::policy::Policy;
 use productbuilder_preview::runner::ComposeCli;
 use productbuilder_preview::{PreviewModule, Previews};
 use productbuilder_scheduler::{
-    PreflightFailed, Schedule, Scheduler, SchedulerOptions, StatusBoard, UnitSpec,
+    Schedule, Scheduler, SchedulerOptions, StartupFailed, StatusBoard, UnitSpec,
 };
 use productbuilder_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -101,7 +101,8 @@ enum PreviewCommand {
 enum Failure {
     /// Bad configuration or usage: exit 2.
     Invalid(String),
-    /// A preflight failed for good, or the daemon could not run: exit 1.
+    /// A global preflight failed for good, no tenant can start, or the daemon could not run:
+    /// exit 1.
     Failed(String),
 }
 
@@ -117,9 +118,12 @@ impl From<PlanError> for Failure {
     }
 }
 
-impl From<PreflightFailed> for Failure {
-    fn from(e: PreflightFailed) -> Self {
-        Failure::Failed(format!("preflight failed: {e}"))
+impl From<StartupFailed> for Failure {
+    fn from(e: StartupFailed) -> Self {
+        match e {
+            StartupFailed::Global(e) => Failure::Failed(format!("preflight failed: {e}")),
+            every @ StartupFailed::EveryTenant(_) => Failure::Failed(every.to_string()),
+        }
     }
 }
 
@@ -322,6 +326,7 @@ fn print_plan(config: &Config) -> Result<(), Failure> {
                 "worker",
                 format!("every {}", humantime::format_duration(interval)),
             ),
+            Schedule::Service { .. } => ("service", "restarted when it stops".to_owned()),
         };
         println!("{:width$}  {phase:9}  {when}", unit.name);
     }
@@ -446,11 +451,8 @@ fn check(config: &Config, online: bool) -> Result<(), Failure> {
         .iter()
         .filter(|u| u.name.starts_with("preflight:repository:"))
     {
-        let ctx = productbuilder_scheduler::RunCtx {
-            unit: unit.name.as_str().into(),
-            attempt: 1,
-            cancel: CancellationToken::new(),
-        };
+        let ctx =
+            productbuilder_scheduler::RunCtx::new(unit.name.as_str(), 1, CancellationToken::new());
         let outcome = runtime.block_on(tokio::time::timeout(unit.timeout, (unit.work)(ctx)));
         match outcome {
             Ok(Ok(())) => println!("√ {}", unit.name),
@@ -744,9 +746,10 @@ async fn daemon(
     let _ = tokio::time::timeout(config.scheduler.shutdown_grace, server).await;
     match &result {
         Ok(()) => info!("stopped"),
-        Err(e) => {
-            error!(unit = %e.unit, cause = %e.error, "start-up stopped by a failed preflight")
+        Err(StartupFailed::Global(e)) => {
+            error!(unit = %e.unit, cause = %e.error, "start-up stopped by a failed global preflight")
         }
+        Err(e @ StartupFailed::EveryTenant(_)) => error!(cause = %e, "no tenant can start"),
     }
     result.map_err(Failure::from)
 }

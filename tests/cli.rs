@@ -379,9 +379,14 @@ struct Daemon {
 impl Daemon {
     fn start(site: &Site) -> Daemon {
         let port = free_port();
-        let mut child = site
-            .command(&["run"])
-            .env("PRODUCTBUILDER_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        let mut command = site.command(&["run"]);
+        command.env("PRODUCTBUILDER_HTTP__LISTEN", format!("127.0.0.1:{port}"));
+        Daemon::spawn(&mut command, port)
+    }
+
+    /// `command` must make the daemon listen on `port`.
+    fn spawn(command: &mut Command, port: u16) -> Daemon {
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -843,26 +848,138 @@ fn preview_validate_reports_each_problem_and_exits_2() {
 }
 
 #[test]
-fn run_exits_1_naming_the_docker_socket_when_the_engine_cannot_be_reached() {
+fn an_unreachable_engine_degrades_the_tenants_with_previews_naming_the_socket() {
     let site = Site::new("");
     let missing = site.dir.path().join("no-docker.sock");
-    let out = site.output(
-        &["run"],
-        &[
-            ("PRODUCTBUILDER_HTTP__LISTEN", "127.0.0.1:0"),
-            ("DOCKER_HOST", &format!("unix://{}", missing.display())),
-        ],
+    let port = free_port();
+    let daemon = Daemon::spawn(
+        site.command(&["run"])
+            .env("PRODUCTBUILDER_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("DOCKER_HOST", format!("unix://{}", missing.display())),
+        port,
     );
+    // The engine may still be starting: retried (six attempts), then the tenants wait for it
+    // with backoff instead of the daemon exiting.
+    daemon.wait_for("preflights passed");
+    let (status, body) = get(daemon.port, "/readyz").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let degraded = ready["degraded_tenants"].as_array().unwrap();
+    let tenants: Vec<&str> = degraded
+        .iter()
+        .map(|t| t["tenant"].as_str().unwrap())
+        .collect();
+    assert_eq!(tenants, ["acme/blog", "acme/shop"], "{body}");
+    for tenant in degraded {
+        let reason = tenant["reason"].as_str().unwrap();
+        assert!(reason.contains(&missing.display().to_string()), "{reason}");
+        assert_eq!(tenant["permanent"], false, "the engine may come back");
+        assert!(
+            tenant["unit"]
+                .as_str()
+                .unwrap()
+                .starts_with("preflight:previews:acme/")
+        );
+    }
+    daemon.signal("TERM");
+    let (code, lines) = daemon.wait();
+    assert_eq!(code, Some(0), "{}", lines.join("\n"));
+}
+
+#[test]
+fn a_repository_that_does_not_exist_degrades_its_tenant_and_the_others_are_polled() {
+    let site = Site::new("");
+    // Previews off: this is about GitHub, not the engine.
+    for (file, repo) in [
+        ("shop", "acme/shop"),
+        ("blog", "acme/blog"),
+        ("gone", "acme/gone"),
+    ] {
+        std::fs::write(
+            site.dir.path().join(format!("tenants/{file}.toml")),
+            format!("repo = \"{repo}\"\npoll_interval = \"1s\"\npreviews = false\n"),
+        )
+        .unwrap();
+    }
+    let daemon = Daemon::start(&site);
+    let degraded = daemon.wait_for("tenant degraded");
+    assert!(degraded.contains("acme/gone"), "{degraded}");
+    daemon.wait_for("preflights passed");
+    let (status, body) = get(daemon.port, "/readyz").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["ready"], true);
+    let degraded = &ready["degraded_tenants"];
+    assert_eq!(degraded.as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(degraded[0]["tenant"], "acme/gone");
+    assert_eq!(degraded[0]["unit"], "preflight:repository:acme/gone");
+    assert_eq!(degraded[0]["kind"], "not_found");
+    assert_eq!(degraded[0]["permanent"], true);
+    assert!(
+        degraded[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("was not found"),
+        "{body}"
+    );
+    // The other two are polled, and keep being polled.
+    let from = Instant::now();
+    let deadline = from + Duration::from_secs(30);
+    while pull_polls_since(&site, "acme/shop", from) < 2
+        || pull_polls_since(&site, "acme/blog", from) < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the healthy tenants were not polled"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(pull_polls_since(&site, "acme/gone", from), 0);
+    let (_, metrics) = get(daemon.port, "/metrics").unwrap();
+    for line in [
+        "productbuilder_tenant_degraded{tenant=\"acme/gone\"} 1",
+        "productbuilder_tenant_degraded{tenant=\"acme/shop\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in\n{metrics}"
+        );
+    }
+    let (_, page) = get(daemon.port, "/").unwrap();
+    assert!(
+        page.contains("Repositories waiting")
+            && page.contains("<code>acme/gone</code>: repository acme/gone"),
+        "{page}"
+    );
+    daemon.signal("TERM");
+    let (code, lines) = daemon.wait();
+    assert_eq!(code, Some(0), "{}", lines.join("\n"));
+}
+
+#[test]
+fn run_exits_1_when_no_repository_exists() {
+    let site = Site::new("");
+    for (file, repo) in [("shop", "acme/gone"), ("blog", "acme/left")] {
+        std::fs::write(
+            site.dir.path().join(format!("tenants/{file}.toml")),
+            format!("repo = \"{repo}\"\npreviews = false\n"),
+        )
+        .unwrap();
+    }
+    let out = site.output(&["run"], &[("PRODUCTBUILDER_HTTP__LISTEN", "127.0.0.1:0")]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     let last = stderr.lines().last().unwrap();
     assert!(
-        last.starts_with("productbuilder: preflight failed: preflight:previews:acme/"),
+        last.starts_with(
+            "productbuilder: no tenant can start; the preflight of each failed for good: acme/gone: preflight:repository:acme/gone: "
+        ),
         "{stderr}"
     );
-    assert!(last.contains(&missing.display().to_string()), "{last}");
-    // It was retried (the engine may still be starting) before giving up.
-    assert!(last.contains("after 6 attempts"), "{last}");
+    assert!(
+        last.contains("acme/left: preflight:repository:acme/left: "),
+        "{last}"
+    );
 }
 
 #[test]

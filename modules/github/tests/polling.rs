@@ -104,12 +104,7 @@ impl Daemon {
             .iter()
             .find(|u| u.name == name)
             .unwrap_or_else(|| panic!("no unit {name}"));
-        (unit.work)(RunCtx {
-            unit: name.into(),
-            attempt: 1,
-            cancel: CancellationToken::new(),
-        })
-        .await
+        (unit.work)(RunCtx::new(name, 1, CancellationToken::new())).await
     }
 }
 

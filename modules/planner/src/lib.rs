@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use productbuilder_scheduler::{RetryPolicy, RunCtx, RunFuture, Schedule, UnitError, UnitSpec};
+use productbuilder_scheduler::{
+    RestartPolicy, RetryPolicy, RunCtx, RunFuture, Schedule, TenantId, UnitError, UnitSpec,
+};
 
 pub mod names;
 
@@ -115,8 +117,14 @@ pub enum Every {
 /// When a spec's units run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum When {
-    Preflight { stage: u8 },
+    Preflight {
+        stage: u8,
+    },
     Worker(Every),
+    /// A long-lived task (`service:{resource}:{scope}`), started once its tenant's preflights
+    /// passed and restarted with this policy whenever it stops; its run gets
+    /// `ctx.run.health` to say when it is degraded. `timeout` and `retry` do not apply.
+    Service(RestartPolicy),
 }
 
 /// Preflight stages in use; a later stage may rely on an earlier one.
@@ -165,6 +173,7 @@ pub trait Module: Send + Sync {
     fn preflights(&self) -> Vec<Spec> {
         Vec::new()
     }
+    /// Workers, and services ([`When::Service`]).
     fn workers(&self) -> Vec<Spec> {
         Vec::new()
     }
@@ -232,6 +241,7 @@ pub fn plan(
                     };
                     ("worker", Schedule::Worker { interval })
                 }
+                When::Service(restart) => ("service", Schedule::Service { restart }),
             };
             let scope = tenant
                 .as_ref()
@@ -247,7 +257,7 @@ pub fn plan(
             let run_tenant = tenant.clone();
             units.push(UnitSpec {
                 name,
-                group: tenant.as_ref().map(|t| t.repo()),
+                tenant: tenant.as_ref().map(|t| TenantId::from(t.repo())),
                 schedule,
                 timeout: spec.timeout,
                 retry: spec.retry.clone(),
@@ -374,6 +384,7 @@ mod tests {
             .map(|u| match u.schedule {
                 Schedule::Preflight { stage } => format!("{} stage={stage}", u.name),
                 Schedule::Worker { interval } => format!("{} every={interval:?}", u.name),
+                Schedule::Service { .. } => format!("{} service", u.name),
             })
             .collect()
     }
@@ -400,8 +411,11 @@ mod tests {
                 "worker:previews:acme/shop every=5s",
             ]
         );
-        assert_eq!(units[1].group.as_deref(), Some("acme/shop"));
-        assert_eq!(units[0].group, None);
+        assert_eq!(
+            units[1].tenant.as_ref().map(TenantId::as_str),
+            Some("acme/shop")
+        );
+        assert_eq!(units[0].tenant, None);
     }
 
     #[tokio::test]
@@ -414,11 +428,7 @@ mod tests {
         shop.repo_id.set(1296269);
         let units = plan(&[&fake], &[shop], Duration::from_secs(60)).unwrap();
         for unit in &units[..2] {
-            let ctx = RunCtx {
-                unit: unit.name.as_str().into(),
-                attempt: 1,
-                cancel: Default::default(),
-            };
+            let ctx = RunCtx::new(unit.name.as_str(), 1, Default::default());
             (unit.work)(ctx).await.unwrap();
         }
         assert_eq!(
@@ -463,5 +473,40 @@ mod tests {
             err.0,
             ["worker:pulls:acme/shop: the interval must be longer than zero"]
         );
+    }
+
+    #[test]
+    fn services_are_named_by_their_phase_and_carry_their_tenant() {
+        struct Sockets;
+        impl Module for Sockets {
+            fn name(&self) -> &'static str {
+                "sockets"
+            }
+            fn workers(&self) -> Vec<Spec> {
+                vec![Spec {
+                    resource: "socket",
+                    scope: Scope::PerTenant,
+                    when: When::Service(RestartPolicy::default()),
+                    timeout: Duration::from_secs(10),
+                    retry: RetryPolicy::never(),
+                    applies_to: every_tenant,
+                    work: spec_work(|_ctx: TenantCtx| async { Ok(()) }),
+                }]
+            }
+        }
+        let units = plan(
+            &[&Sockets],
+            &[tenant("acme/shop", 15, false)],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!(describe(&units), ["service:socket:acme/shop service"]);
+        assert_eq!(
+            units[0].schedule,
+            Schedule::Service {
+                restart: RestartPolicy::default()
+            }
+        );
+        assert_eq!(units[0].tenant, Some(TenantId::from("acme/shop")));
     }
 }

@@ -114,7 +114,7 @@ async fn measure_scheduler(units: usize, interval: Duration, window: Duration) -
     let specs: Vec<UnitSpec> = (0..units)
         .map(|i| UnitSpec {
             name: format!("worker:noop:{i}"),
-            group: None,
+            tenant: None,
             schedule: Schedule::Worker { interval },
             timeout: Duration::from_secs(10),
             retry: RetryPolicy::remote_api(),

@@ -1,22 +1,27 @@
-//! The two phases: preflights by stage, then one long-lived task per worker.
+//! The phases: preflights by stage, then one long-lived task per worker and per service; a
+//! degraded tenant's own recovery in between.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::panic::AssertUnwindSafe;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt as _;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, error, info, info_span, warn};
+use tracing::{error, info, warn};
 
-use crate::error::{ErrorKind, UnitError};
-use crate::retry::{Verdict, delay_for};
-use crate::status::{StatusBoard, UnitStatus};
-use crate::unit::{RunCtx, Schedule, UnitSpec};
+use crate::backoff::Backoff;
+use crate::cycle::{CycleEnd, run_cycle};
+use crate::error::UnitError;
+use crate::service::service_loop;
+use crate::status::{DegradedTenant, StatusBoard, TenantState, UnitStatus};
+use crate::tenant::{Recovery, RecoveryCtx, degrade, recover};
+use crate::unit::{Schedule, TenantId, UnitSpec};
+use crate::worker::{Tick, worker_loop};
 
 /// Knobs of the scheduler itself (not of any unit).
 #[derive(Debug, Clone)]
@@ -30,6 +35,8 @@ pub struct SchedulerOptions {
     /// Worker wake-ups are rounded up to a multiple of this (counted from the scheduler's start),
     /// so that many units share one timer tick and the runtime wakes less often. Zero disables it.
     pub tick: Duration,
+    /// How a degraded tenant's failing preflight is retried: doubling, capped, never giving up.
+    pub tenant_retry: Backoff,
 }
 
 impl Default for SchedulerOptions {
@@ -39,6 +46,10 @@ impl Default for SchedulerOptions {
             shutdown_grace: Duration::from_secs(30),
             seed: None,
             tick: Duration::from_millis(10),
+            tenant_retry: Backoff {
+                base: Duration::from_secs(5),
+                max: Duration::from_secs(300),
+            },
         }
     }
 }
@@ -59,7 +70,7 @@ impl fmt::Display for DuplicateUnits {
 
 impl std::error::Error for DuplicateUnits {}
 
-/// A preflight failed permanently or ran out of retries: start-up stops here.
+/// A global preflight failed permanently or ran out of retries: start-up stops here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreflightFailed {
     pub unit: String,
@@ -80,16 +91,60 @@ impl fmt::Display for PreflightFailed {
 
 impl std::error::Error for PreflightFailed {}
 
-struct Unit {
-    spec: UnitSpec,
-    status: Arc<UnitStatus>,
+/// Why [`Scheduler::run`] gave up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartupFailed {
+    /// A global preflight (no tenant: the database) failed: nothing can run.
+    Global(PreflightFailed),
+    /// Every tenant is degraded by a preflight that failed for good (not found, bad
+    /// credentials, ...): no tenant can start. A tenant whose failure is transient keeps the
+    /// daemon waiting for it instead.
+    EveryTenant(Vec<DegradedTenant>),
 }
 
-/// Runs a plan: every preflight (stage by stage), then every worker until cancelled.
+impl fmt::Display for StartupFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartupFailed::Global(failed) => failed.fmt(f),
+            StartupFailed::EveryTenant(tenants) => {
+                f.write_str("no tenant can start; the preflight of each failed for good: ")?;
+                for (i, t) in tenants.iter().enumerate() {
+                    let sep = if i > 0 { "; " } else { "" };
+                    write!(f, "{sep}{}: {}: {}", t.tenant, t.unit, t.reason)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for StartupFailed {}
+
+impl From<PreflightFailed> for StartupFailed {
+    fn from(failed: PreflightFailed) -> Self {
+        StartupFailed::Global(failed)
+    }
+}
+
+pub(crate) struct Unit {
+    pub spec: UnitSpec,
+    pub status: Arc<UnitStatus>,
+}
+
+impl Unit {
+    fn tenant(&self) -> Option<&TenantId> {
+        self.spec.tenant.as_ref()
+    }
+}
+
+/// Runs a plan: every preflight (stage by stage), then every worker and service until cancelled.
 ///
 /// # Guarantees
 /// - A unit never overlaps itself: one cycle (a run and its retries) at a time.
-/// - Workers start only after every preflight passed; a failed preflight means no worker ever runs.
+/// - A global preflight (no tenant) that fails stops start-up: no worker ever runs.
+/// - A tenant's preflight that fails degrades that tenant alone: its later preflights, workers
+///   and services wait while the failing one is retried with [`SchedulerOptions::tenant_retry`];
+///   every other tenant starts. `run` gives up only when every tenant failed for good.
 /// - One unit's failure, timeout or panic affects no other unit.
 /// - After cancellation no new run starts; in-flight runs get [`SchedulerOptions::shutdown_grace`].
 pub struct Scheduler {
@@ -116,7 +171,7 @@ impl Scheduler {
             .map(|spec| {
                 let status = Arc::new(UnitStatus::new(
                     Arc::from(spec.name.as_str()),
-                    spec.group.clone(),
+                    spec.tenant.clone(),
                     spec.schedule,
                 ));
                 Unit { spec, status }
@@ -130,65 +185,139 @@ impl Scheduler {
         })
     }
 
-    /// The live status of every unit; also how to nudge them.
+    /// The live status of every unit and tenant; also how to nudge them.
     pub fn board(&self) -> StatusBoard {
         self.board.clone()
     }
 
-    /// Runs until `cancel` fires (`Ok`) or a preflight fails (`Err`).
-    pub async fn run(self, cancel: CancellationToken) -> Result<(), PreflightFailed> {
+    /// Runs until `cancel` fires (`Ok`), a global preflight fails, or every tenant failed for
+    /// good (`Err`).
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), StartupFailed> {
         let mut rng = match self.options.seed {
             Some(seed) => fastrand::Rng::with_seed(seed),
             None => fastrand::Rng::new(),
         };
+        // Our own token: giving up stops every task of ours without cancelling the caller's.
+        let stop = cancel.child_token();
+        let board = self.board;
         let mut stages: BTreeMap<u8, Vec<Unit>> = BTreeMap::new();
-        let mut workers = Vec::new();
+        let mut started = Vec::new();
         for unit in self.units {
             match unit.spec.schedule {
                 Schedule::Preflight { stage } => stages.entry(stage).or_default().push(unit),
-                Schedule::Worker { interval } => workers.push((unit, interval)),
+                Schedule::Worker { .. } | Schedule::Service { .. } => started.push(unit),
             }
         }
 
+        // The preflights of degraded tenants, the failing ones first, then by stage.
+        let mut held: BTreeMap<TenantId, Vec<Unit>> = BTreeMap::new();
         for (stage, units) in stages {
-            info!(stage, units = units.len(), "running preflights");
-            let outcome = run_stage(units, &self.options, &cancel, &mut rng).await;
-            match outcome {
-                StageEnd::Passed => {}
+            let (now, later): (Vec<Unit>, Vec<Unit>) = units
+                .into_iter()
+                .partition(|u| !u.tenant().is_some_and(|t| held.contains_key(t)));
+            for unit in later {
+                let tenant = unit.tenant().expect("held units have a tenant").clone();
+                held.entry(tenant).or_default().push(unit);
+            }
+            info!(stage, units = now.len(), "running preflights");
+            match run_stage(now, &self.options, &board, &stop, &mut rng).await {
+                StageEnd::Passed { failed, skipped } => {
+                    for unit in failed.into_iter().chain(skipped) {
+                        let tenant = unit.tenant().expect("only tenants' units are held").clone();
+                        held.entry(tenant).or_default().push(unit);
+                    }
+                }
                 StageEnd::Cancelled => {
                     info!("shutdown requested during preflights");
                     return Ok(());
                 }
-                StageEnd::Failed(failed) => return Err(failed),
+                StageEnd::Failed(failed) => return Err(StartupFailed::Global(failed)),
             }
         }
-        self.board.set_preflights_passed();
-        info!(
-            workers = workers.len(),
-            "preflights passed; starting workers"
-        );
+        for (tenant, state) in board.tenants() {
+            if state == TenantState::Starting {
+                board.set_tenant_state(&tenant, TenantState::Running);
+            }
+        }
+        if board.every_tenant_failed_for_good() {
+            return Err(StartupFailed::EveryTenant(board.degraded_tenants()));
+        }
+        board.set_preflights_passed();
 
-        let mut tasks = JoinSet::new();
         let clock = Tick {
             base: Instant::now(),
             tick: self.options.tick,
         };
-        for (unit, interval) in workers {
-            // Spread first runs over one interval so a thousand units never fire in lockstep.
-            let first = Duration::from_millis(rng.u64(0..interval.as_millis().max(1) as u64));
+        let mut waiting: BTreeMap<TenantId, Vec<Unit>> = BTreeMap::new();
+        let mut tasks = JoinSet::new();
+        let mut running = 0;
+        for unit in started {
+            match unit.tenant().filter(|t| held.contains_key(*t)) {
+                Some(tenant) => waiting.entry(tenant.clone()).or_default().push(unit),
+                None => {
+                    running += 1;
+                    tasks.spawn(start(unit, clock, stop.clone(), &mut rng));
+                }
+            }
+        }
+        info!(
+            units = running,
+            degraded_tenants = held.len(),
+            "preflights passed; starting workers and services"
+        );
+        let changed = Arc::new(Notify::new());
+        let recovery = RecoveryCtx {
+            board: board.clone(),
+            backoff: self.options.tenant_retry,
+            clock,
+            cancel: stop.clone(),
+            changed: changed.clone(),
+        };
+        for (tenant, preflights) in held {
+            let started = waiting.remove(&tenant).unwrap_or_default();
             let unit_rng = fastrand::Rng::with_seed(rng.u64(..));
-            tasks.spawn(worker_loop(
-                unit,
-                interval,
-                first,
-                clock,
-                cancel.clone(),
+            tasks.spawn(recover(
+                Recovery {
+                    tenant,
+                    preflights,
+                    started,
+                },
+                recovery.clone(),
                 unit_rng,
             ));
         }
-        cancel.cancelled().await;
+
+        let outcome = loop {
+            tokio::select! {
+                () = stop.cancelled() => break Ok(()),
+                () = changed.notified() => {
+                    if board.every_tenant_failed_for_good() {
+                        error!("every tenant's preflight failed for good; no tenant can start");
+                        break Err(StartupFailed::EveryTenant(board.degraded_tenants()));
+                    }
+                }
+            }
+        };
+        stop.cancel();
         drain(tasks, self.options.shutdown_grace).await;
-        Ok(())
+        outcome
+    }
+}
+
+/// The long-lived task of a worker or a service.
+pub(crate) fn start(
+    unit: Unit,
+    clock: Tick,
+    cancel: CancellationToken,
+    rng: &mut fastrand::Rng,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    let unit_rng = fastrand::Rng::with_seed(rng.u64(..));
+    match unit.spec.schedule {
+        Schedule::Worker { interval } => {
+            Box::pin(worker_loop(unit, interval, clock, cancel, unit_rng))
+        }
+        Schedule::Service { restart } => Box::pin(service_loop(unit, restart, cancel, unit_rng)),
+        Schedule::Preflight { .. } => unreachable!("preflights run in stages"),
     }
 }
 
@@ -208,14 +337,29 @@ async fn drain<T: 'static>(mut tasks: JoinSet<T>, grace: Duration) {
 }
 
 enum StageEnd {
-    Passed,
+    /// Every global preflight passed. `failed`: tenants' preflights that failed (their tenants
+    /// are degraded now); `skipped`: preflights not run because their tenant became degraded
+    /// while they waited.
+    Passed {
+        failed: Vec<Unit>,
+        skipped: Vec<Unit>,
+    },
     Cancelled,
     Failed(PreflightFailed),
+}
+
+enum StageUnit {
+    Passed,
+    Cancelled,
+    Skipped(Unit),
+    TenantFailed(Unit),
+    GlobalFailed(PreflightFailed),
 }
 
 async fn run_stage(
     units: Vec<Unit>,
     options: &SchedulerOptions,
+    board: &StatusBoard,
     cancel: &CancellationToken,
     rng: &mut fastrand::Rng,
 ) -> StageEnd {
@@ -224,23 +368,52 @@ async fn run_stage(
     for unit in units {
         let permits = permits.clone();
         let cancel = cancel.clone();
+        let board = board.clone();
         let mut unit_rng = fastrand::Rng::with_seed(rng.u64(..));
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let end = run_cycle(&unit, &cancel, &mut unit_rng).await;
-            (unit.spec.name, end)
+            if let Some(tenant) = unit.tenant()
+                && let Some(TenantState::Degraded(_)) = board.tenant_state(tenant.as_str())
+            {
+                return StageUnit::Skipped(unit);
+            }
+            match run_cycle(&unit, &cancel, &mut unit_rng).await {
+                CycleEnd::Passed => StageUnit::Passed,
+                CycleEnd::Cancelled => StageUnit::Cancelled,
+                CycleEnd::Failed {
+                    error,
+                    attempts,
+                    exhausted,
+                } => match unit.tenant().cloned() {
+                    // Marked while the permit is held, so that the tenant's queued preflights
+                    // see it and wait.
+                    Some(tenant) => {
+                        degrade(&board, &tenant, &unit, &error, !exhausted, 1);
+                        StageUnit::TenantFailed(unit)
+                    }
+                    None => {
+                        error!(unit = %unit.spec.name, attempts, cause = %error, "global preflight failed; workers will not start");
+                        StageUnit::GlobalFailed(PreflightFailed {
+                            unit: unit.spec.name.clone(),
+                            attempts,
+                            error,
+                        })
+                    }
+                },
+            }
         });
     }
+    let (mut failed, mut skipped) = (Vec::new(), Vec::new());
     loop {
         tokio::select! {
             joined = tasks.join_next() => match joined {
-                None => return StageEnd::Passed,
-                Some(Ok((_, CycleEnd::Passed))) => {}
-                Some(Ok((_, CycleEnd::Cancelled))) => {}
-                Some(Ok((unit, CycleEnd::Failed { error, attempts, .. }))) => {
-                    error!(unit = %unit, attempts, cause = %error, "preflight failed; workers will not start");
+                None => return StageEnd::Passed { failed, skipped },
+                Some(Ok(StageUnit::Passed | StageUnit::Cancelled)) => {}
+                Some(Ok(StageUnit::Skipped(unit))) => skipped.push(unit),
+                Some(Ok(StageUnit::TenantFailed(unit))) => failed.push(unit),
+                Some(Ok(StageUnit::GlobalFailed(failed))) => {
                     tasks.abort_all();
-                    return StageEnd::Failed(PreflightFailed { unit, attempts, error });
+                    return StageEnd::Failed(failed);
                 }
                 // Runs catch their own panics, so a join error means the task was aborted.
                 Some(Err(_)) => {}
@@ -251,186 +424,4 @@ async fn run_stage(
             }
         }
     }
-}
-
-/// Rounds deadlines up to the next tick boundary.
-#[derive(Debug, Clone, Copy)]
-struct Tick {
-    base: Instant,
-    tick: Duration,
-}
-
-impl Tick {
-    fn after(&self, period: Duration) -> Instant {
-        let deadline = Instant::now() + period;
-        let tick = self.tick.as_nanos();
-        if tick == 0 {
-            return deadline;
-        }
-        let since = deadline.duration_since(self.base).as_nanos();
-        let rounded = since.div_ceil(tick) * tick;
-        self.base + Duration::from_nanos(rounded as u64)
-    }
-}
-
-async fn worker_loop(
-    unit: Unit,
-    interval: Duration,
-    first: Duration,
-    clock: Tick,
-    cancel: CancellationToken,
-    mut rng: fastrand::Rng,
-) {
-    if !idle(clock.after(first), &unit.status.nudge, &cancel).await {
-        return;
-    }
-    loop {
-        match run_cycle(&unit, &cancel, &mut rng).await {
-            CycleEnd::Passed => {
-                if unit.status.set_degraded(false) {
-                    info!(unit = %unit.spec.name, "unit recovered");
-                }
-            }
-            CycleEnd::Failed {
-                error,
-                attempts,
-                exhausted,
-            } => {
-                let why = if exhausted {
-                    "retries exhausted"
-                } else {
-                    "permanent failure"
-                };
-                if unit.status.set_degraded(true) {
-                    warn!(unit = %unit.spec.name, attempts, cause = %error, "unit still degraded ({why}); keeps its schedule");
-                } else {
-                    error!(unit = %unit.spec.name, attempts, cause = %error, "unit degraded ({why}); keeps its schedule");
-                }
-            }
-            CycleEnd::Cancelled => return,
-        }
-        if cancel.is_cancelled() || !idle(clock.after(interval), &unit.status.nudge, &cancel).await
-        {
-            return;
-        }
-    }
-}
-
-/// Sleeps until `deadline` unless nudged first. False when cancelled.
-async fn idle(deadline: Instant, nudge: &Notify, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        biased;
-        () = cancel.cancelled() => false,
-        () = nudge.notified() => true,
-        () = tokio::time::sleep_until(deadline) => true,
-    }
-}
-
-enum CycleEnd {
-    Passed,
-    Cancelled,
-    Failed {
-        error: UnitError,
-        attempts: u32,
-        exhausted: bool,
-    },
-}
-
-/// One cycle: the first attempt and the retries its rules allow.
-async fn run_cycle(unit: &Unit, cancel: &CancellationToken, rng: &mut fastrand::Rng) -> CycleEnd {
-    let spec = &unit.spec;
-    let status = &unit.status;
-    // Retries spent per rule in this cycle: each rule has its own budget.
-    let mut spent: Vec<(&'static str, u32)> = Vec::new();
-    let mut attempt = 1;
-    loop {
-        let started = Instant::now();
-        let result = run_once(spec, status, attempt, cancel)
-            .instrument(info_span!("unit", unit = %spec.name, attempt))
-            .await;
-        status.record_run(started.elapsed());
-        let error = match result {
-            Ok(()) => {
-                status.record_success();
-                return CycleEnd::Passed;
-            }
-            Err(error) => error,
-        };
-        status.record_failure(&error.to_string(), error.kind() == ErrorKind::Panicked);
-        let rule = match spec.retry.classify(&error) {
-            Verdict::Transient(rule) => rule,
-            Verdict::Permanent => {
-                return CycleEnd::Failed {
-                    error,
-                    attempts: attempt,
-                    exhausted: false,
-                };
-            }
-        };
-        let used = match spent.iter_mut().find(|(name, _)| *name == rule.name) {
-            Some((_, used)) => used,
-            None => {
-                spent.push((rule.name, 0));
-                &mut spent.last_mut().expect("just pushed").1
-            }
-        };
-        if *used >= rule.attempts {
-            return CycleEnd::Failed {
-                error,
-                attempts: attempt,
-                exhausted: true,
-            };
-        }
-        *used += 1;
-        let delay = delay_for(rule, &error, *used, rng);
-        status.record_retry();
-        warn!(
-            unit = %spec.name,
-            attempt,
-            delay = ?delay,
-            rule = rule.name,
-            cause = %error,
-            "transient failure; retrying"
-        );
-        tokio::select! {
-            () = cancel.cancelled() => return CycleEnd::Cancelled,
-            () = tokio::time::sleep(delay) => {}
-        }
-        attempt += 1;
-    }
-}
-
-/// One attempt, with its timeout; a panic becomes an error of kind `Panicked`.
-async fn run_once(
-    spec: &UnitSpec,
-    status: &UnitStatus,
-    attempt: u32,
-    cancel: &CancellationToken,
-) -> Result<(), UnitError> {
-    let ctx = RunCtx {
-        unit: status.name.clone(),
-        attempt,
-        cancel: cancel.clone(),
-    };
-    let future = match std::panic::catch_unwind(AssertUnwindSafe(|| (spec.work)(ctx))) {
-        Ok(future) => future,
-        Err(panic) => return Err(panicked(panic)),
-    };
-    match tokio::time::timeout(spec.timeout, AssertUnwindSafe(future).catch_unwind()).await {
-        Err(_) => Err(UnitError::new(
-            ErrorKind::Timeout,
-            format!("run exceeded its timeout of {:?}", spec.timeout),
-        )),
-        Ok(Err(panic)) => Err(panicked(panic)),
-        Ok(Ok(result)) => result,
-    }
-}
-
-fn panicked(payload: Box<dyn std::any::Any + Send>) -> UnitError {
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_owned());
-    UnitError::new(ErrorKind::Panicked, format!("panicked: {message}"))
 }

@@ -3,7 +3,7 @@
 //! Everything here is atomics so that a run pays a handful of relaxed increments, never a lock:
 //! the scheduler must stay cheap with ten thousand units.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
-use crate::unit::{Phase, Schedule};
+use crate::error::ErrorKind;
+use crate::unit::{Phase, Schedule, TenantId};
 
 /// Upper bounds (seconds) of the run-duration histogram buckets.
 pub const DURATION_BUCKETS: [f64; 10] =
@@ -21,9 +22,10 @@ pub const DURATION_BUCKETS: [f64; 10] =
 #[derive(Debug)]
 pub struct UnitStatus {
     pub(crate) name: Arc<str>,
-    pub(crate) group: Option<String>,
+    pub(crate) tenant: Option<TenantId>,
     pub(crate) schedule: Schedule,
     runs: AtomicU64,
+    restarts: AtomicU64,
     failures: AtomicU64,
     retries: AtomicU64,
     panics: AtomicU64,
@@ -33,16 +35,19 @@ pub struct UnitStatus {
     duration_buckets: [AtomicU64; DURATION_BUCKETS.len()],
     duration_sum_us: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Why a service is degraded (it stopped, or it said so); `None` when healthy.
+    degraded_reason: Mutex<Option<String>>,
     pub(crate) nudge: Notify,
 }
 
 impl UnitStatus {
-    pub(crate) fn new(name: Arc<str>, group: Option<String>, schedule: Schedule) -> Self {
+    pub(crate) fn new(name: Arc<str>, tenant: Option<TenantId>, schedule: Schedule) -> Self {
         UnitStatus {
             name,
-            group,
+            tenant,
             schedule,
             runs: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             panics: AtomicU64::new(0),
@@ -51,6 +56,7 @@ impl UnitStatus {
             duration_buckets: Default::default(),
             duration_sum_us: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            degraded_reason: Mutex::new(None),
             nudge: Notify::new(),
         }
     }
@@ -89,12 +95,44 @@ impl UnitStatus {
         self.degraded.swap(degraded, Relaxed)
     }
 
+    pub(crate) fn record_restart(&self) {
+        self.restarts.fetch_add(1, Relaxed);
+    }
+
+    /// Degraded with a reason (`Some`) or healthy (`None`); returns whether it was degraded.
+    pub(crate) fn set_degraded_reason(&self, reason: Option<String>) -> bool {
+        let degraded = reason.is_some();
+        *self
+            .degraded_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = reason;
+        self.set_degraded(degraded)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The tenant's `owner/name`, `None` for a global unit.
     pub fn group(&self) -> Option<&str> {
-        self.group.as_deref()
+        self.tenant.as_ref().map(TenantId::as_str)
+    }
+
+    pub fn tenant(&self) -> Option<&TenantId> {
+        self.tenant.as_ref()
+    }
+
+    /// Times a service was started again after it stopped.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Relaxed)
+    }
+
+    /// Why a service is degraded, as it said or as the scheduler saw it stop.
+    pub fn degraded_reason(&self) -> Option<String> {
+        self.degraded_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn phase(&self) -> Phase {
@@ -140,6 +178,42 @@ impl UnitStatus {
     }
 }
 
+/// A service's handle on its own state: it says when it cannot do its job (the socket keeps
+/// dropping, the remote refuses) and when it can again. The board shows the reason (`/readyz`,
+/// `/metrics`, the dashboard). Preflights and workers get a detached handle that does nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Health(Option<Arc<UnitStatus>>);
+
+impl Health {
+    pub(crate) fn of(unit: Arc<UnitStatus>) -> Self {
+        Health(Some(unit))
+    }
+
+    /// A handle tied to no unit.
+    pub fn detached() -> Self {
+        Health(None)
+    }
+
+    /// Marks the service degraded, with a reason safe to show. Logged when it was healthy.
+    pub fn degraded(&self, reason: impl Into<String>) {
+        if let Some(unit) = &self.0 {
+            let reason = reason.into();
+            if !unit.set_degraded_reason(Some(reason.clone())) {
+                tracing::warn!(unit = %unit.name, %reason, "service degraded");
+            }
+        }
+    }
+
+    /// Marks the service healthy again. Logged when it was degraded.
+    pub fn healthy(&self) {
+        if let Some(unit) = &self.0
+            && unit.set_degraded_reason(None)
+        {
+            tracing::info!(unit = %unit.name, "service healthy again");
+        }
+    }
+}
+
 /// The status of every unit, plus the readiness flag. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct StatusBoard {
@@ -152,16 +226,55 @@ struct BoardInner {
     by_name: HashMap<Arc<str>, usize>,
     by_group: HashMap<String, Vec<usize>>,
     preflights_passed: AtomicBool,
+    /// Every tenant's start-up state. Written only when a tenant changes state (rare), never on
+    /// the run path.
+    tenants: Mutex<BTreeMap<TenantId, TenantState>>,
+}
+
+/// Where a tenant stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantState {
+    /// Its preflights have not all passed yet (and none has failed for good).
+    Starting,
+    /// Its preflights passed; its workers and services run.
+    Running,
+    /// A preflight of its failed: its later preflights, workers and services wait while that
+    /// preflight is retried with backoff. Every other tenant runs.
+    Degraded(DegradedTenant),
+}
+
+/// Why a tenant is degraded, for `/readyz`, `/metrics` and the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DegradedTenant {
+    pub tenant: TenantId,
+    /// The preflight that failed.
+    pub unit: String,
+    pub kind: ErrorKind,
+    /// The error, safe to show (units never put secrets in messages).
+    pub reason: String,
+    /// The last failure matched no retry rule (not found, bad credentials, ...): it will not go
+    /// away by itself, though it is still retried (a repository may be renamed back, a token
+    /// granted access). When every tenant is degraded for good, `run` gives up.
+    pub permanent: bool,
+    /// Failed cycles of that preflight in a row (each cycle may hold several attempts).
+    pub failures: u32,
+    /// When the tenant became degraded.
+    pub since: SystemTime,
 }
 
 impl StatusBoard {
     pub(crate) fn new(units: Vec<Arc<UnitStatus>>) -> Self {
         let mut by_name = HashMap::with_capacity(units.len());
         let mut by_group: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut tenants = BTreeMap::new();
         for (i, unit) in units.iter().enumerate() {
             by_name.insert(unit.name.clone(), i);
-            if let Some(group) = &unit.group {
-                by_group.entry(group.clone()).or_default().push(i);
+            if let Some(tenant) = &unit.tenant {
+                by_group
+                    .entry(tenant.as_str().to_owned())
+                    .or_default()
+                    .push(i);
+                tenants.insert(tenant.clone(), TenantState::Starting);
             }
         }
         StatusBoard {
@@ -170,8 +283,50 @@ impl StatusBoard {
                 by_name,
                 by_group,
                 preflights_passed: AtomicBool::new(false),
+                tenants: Mutex::new(tenants),
             }),
         }
+    }
+
+    fn tenant_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<TenantId, TenantState>> {
+        self.inner.tenants.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every tenant and its state, in tenant order.
+    pub fn tenants(&self) -> Vec<(TenantId, TenantState)> {
+        self.tenant_map()
+            .iter()
+            .map(|(t, s)| (t.clone(), s.clone()))
+            .collect()
+    }
+
+    pub fn tenant_state(&self, tenant: &str) -> Option<TenantState> {
+        self.tenant_map().get(tenant).cloned()
+    }
+
+    /// The degraded tenants and why, in tenant order.
+    pub fn degraded_tenants(&self) -> Vec<DegradedTenant> {
+        self.tenant_map()
+            .values()
+            .filter_map(|s| match s {
+                TenantState::Degraded(d) => Some(d.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub(crate) fn set_tenant_state(&self, tenant: &TenantId, state: TenantState) {
+        self.tenant_map().insert(tenant.clone(), state);
+    }
+
+    /// True when there are tenants and every one of them is degraded for good: nothing is left
+    /// that could start by itself.
+    pub(crate) fn every_tenant_failed_for_good(&self) -> bool {
+        let tenants = self.tenant_map();
+        !tenants.is_empty()
+            && tenants
+                .values()
+                .all(|s| matches!(s, TenantState::Degraded(d) if d.permanent))
     }
 
     pub fn units(&self) -> &[Arc<UnitStatus>] {
@@ -182,7 +337,7 @@ impl StatusBoard {
         self.inner.by_name.get(name).map(|&i| &self.inner.units[i])
     }
 
-    /// The units of one group (tenant), in plan order.
+    /// The units of one tenant (`owner/name`), in plan order.
     pub fn group(&self, group: &str) -> impl Iterator<Item = &Arc<UnitStatus>> {
         self.inner
             .by_group
@@ -217,7 +372,8 @@ impl StatusBoard {
         }
     }
 
-    /// Wakes every unit of a group early; returns how many were nudged.
+    /// Wakes every unit of a tenant early (a degraded tenant's failing preflight is retried at
+    /// once); returns how many were nudged.
     pub fn nudge_group(&self, group: &str) -> usize {
         let mut n = 0;
         for unit in self.group(group) {
@@ -302,9 +458,60 @@ impl StatusBoard {
             "# HELP productbuilder_units_degraded Units currently degraded.\n# TYPE productbuilder_units_degraded gauge\nproductbuilder_units_degraded {}",
             self.degraded().count()
         );
+        let services: Vec<&Arc<UnitStatus>> = units
+            .iter()
+            .filter(|u| u.phase() == Phase::Service)
+            .collect();
+        if !services.is_empty() {
+            let metric = "productbuilder_service_restarts_total";
+            let _ = writeln!(
+                out,
+                "# HELP {metric} Times a service was started again after it stopped.\n# TYPE {metric} counter"
+            );
+            for u in services {
+                let _ = writeln!(
+                    out,
+                    "{metric}{{unit=\"{}\"}} {}",
+                    escape(&u.name),
+                    u.restarts()
+                );
+            }
+        }
+        let tenants = self.tenants();
+        let metric = "productbuilder_tenant_degraded";
         let _ = writeln!(
             out,
-            "# HELP productbuilder_preflights_passed 1 once every preflight passed.\n# TYPE productbuilder_preflights_passed gauge\nproductbuilder_preflights_passed {}",
+            "# HELP {metric} 1 while a preflight of the tenant fails: its workers wait, every other tenant runs.\n# TYPE {metric} gauge"
+        );
+        for (tenant, state) in &tenants {
+            let degraded = matches!(state, TenantState::Degraded(_));
+            let _ = writeln!(
+                out,
+                "{metric}{{tenant=\"{}\"}} {}",
+                escape(tenant.as_str()),
+                u8::from(degraded)
+            );
+        }
+        let metric = "productbuilder_tenant_degraded_info";
+        let _ = writeln!(
+            out,
+            "# HELP {metric} Why a tenant is degraded: the failing preflight, its error kind, and whether it is permanent (the message is in /readyz).\n# TYPE {metric} gauge"
+        );
+        for (_, state) in &tenants {
+            if let TenantState::Degraded(d) = state {
+                let _ = writeln!(
+                    out,
+                    "{metric}{{tenant=\"{}\",unit=\"{}\",kind=\"{}\",permanent=\"{}\"}} 1",
+                    escape(d.tenant.as_str()),
+                    escape(&d.unit),
+                    d.kind.as_str(),
+                    d.permanent
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP productbuilder_preflights_passed 1 once the global preflights passed and every tenant's passed or left it degraded.\n# TYPE productbuilder_preflights_passed gauge\nproductbuilder_preflights_passed {}",
             u8::from(self.preflights_passed())
         );
     }

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
 use productbuilder_scheduler::{
-    ErrorKind, PreflightFailed, RetryPolicy, RetryRule, RunCtx, Schedule, Scheduler,
-    SchedulerOptions, StatusBoard, UnitError, UnitSpec, work,
+    Backoff, ErrorKind, PreflightFailed, RestartPolicy, RetryPolicy, RetryRule, RunCtx, Schedule,
+    Scheduler, SchedulerOptions, StartupFailed, StatusBoard, TenantState, UnitError, UnitSpec,
+    work,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -23,7 +24,7 @@ where
 {
     UnitSpec {
         name: name.to_owned(),
-        group: None,
+        tenant: None,
         schedule,
         timeout: Duration::from_secs(60),
         retry: RetryPolicy::remote_api(),
@@ -46,6 +47,10 @@ fn options() -> SchedulerOptions {
         seed: Some(42),
         // Exact instants below; one test covers the production tick.
         tick: Duration::ZERO,
+        tenant_retry: Backoff {
+            base: Duration::from_secs(5),
+            max: Duration::from_secs(300),
+        },
     }
 }
 
@@ -62,7 +67,7 @@ fn server_rule(attempts: u32) -> RetryPolicy {
 struct Running {
     board: StatusBoard,
     cancel: CancellationToken,
-    handle: JoinHandle<Result<(), PreflightFailed>>,
+    handle: JoinHandle<Result<(), StartupFailed>>,
 }
 
 fn start(units: Vec<UnitSpec>, options: SchedulerOptions) -> Running {
@@ -78,9 +83,17 @@ fn start(units: Vec<UnitSpec>, options: SchedulerOptions) -> Running {
 }
 
 impl Running {
-    async fn stop(self) -> Result<(), PreflightFailed> {
+    async fn stop(self) -> Result<(), StartupFailed> {
         self.cancel.cancel();
         self.handle.await.expect("scheduler task")
+    }
+}
+
+/// The failed global preflight that stopped start-up.
+fn global(outcome: Result<(), StartupFailed>) -> PreflightFailed {
+    match outcome {
+        Err(StartupFailed::Global(failed)) => failed,
+        other => panic!("expected a failed global preflight, got {other:?}"),
     }
 }
 
@@ -206,7 +219,7 @@ async fn permanent_preflight_failure_stops_startup_before_any_worker() {
     });
     let scheduler = Scheduler::new(vec![failing, worker], options()).unwrap();
     let board = scheduler.board();
-    let err = scheduler.run(CancellationToken::new()).await.unwrap_err();
+    let err = global(scheduler.run(CancellationToken::new()).await);
     assert_eq!(err.unit, "preflight:repository:acme/gone");
     assert_eq!(err.attempts, 1);
     assert_eq!(
@@ -224,7 +237,7 @@ async fn exhausted_preflight_retries_stop_startup() {
     });
     failing.retry = server_rule(3);
     let scheduler = Scheduler::new(vec![failing], options()).unwrap();
-    let err = scheduler.run(CancellationToken::new()).await.unwrap_err();
+    let err = global(scheduler.run(CancellationToken::new()).await);
     assert_eq!(err.attempts, 4, "the first try and three retries");
     assert_eq!(err.error.kind(), ErrorKind::Server);
 }
@@ -561,7 +574,7 @@ async fn a_group_nudge_wakes_that_tenant_only() {
                     let _ = tx.send(ctx.unit.to_string());
                     async { Ok(()) }
                 });
-                spec.group = Some(repo.to_owned());
+                spec.tenant = Some(repo.into());
                 spec
             })
         })
@@ -665,4 +678,490 @@ fn duplicate_unit_names_are_refused_before_anything_runs() {
         .expect("refused");
     assert_eq!(err.0, vec!["worker:pulls:acme/shop".to_owned()]);
     assert!(err.to_string().contains("worker:pulls:acme/shop"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tenants: one tenant's failing preflight degrades that tenant alone.
+
+/// A unit of `tenant`, named `{phase}:{resource}:{tenant}`.
+fn tenant_unit<F, Fut>(tenant: &str, resource: &str, schedule: Schedule, f: F) -> UnitSpec
+where
+    F: Fn(RunCtx) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), UnitError>> + Send + 'static,
+{
+    let phase = match schedule {
+        Schedule::Preflight { .. } => "preflight",
+        Schedule::Worker { .. } => "worker",
+        Schedule::Service { .. } => "service",
+    };
+    let mut spec = unit(&format!("{phase}:{resource}:{tenant}"), schedule, f);
+    spec.tenant = Some(tenant.into());
+    spec
+}
+
+/// A tenant's repository preflight (stage 1) answering with `answer` on each call, a stage-2
+/// preflight and a worker, each reporting its calls as `"{unit}"` on `tx`.
+fn tenant_units(
+    tenant: &str,
+    tx: &mpsc::UnboundedSender<String>,
+    answer: impl Fn(u32) -> Result<(), UnitError> + Send + Sync + 'static,
+) -> Vec<UnitSpec> {
+    let answer = Arc::new(answer);
+    let calls = Arc::new(AtomicU32::new(0));
+    let report = |tx: &mpsc::UnboundedSender<String>| {
+        let tx = tx.clone();
+        move |ctx: RunCtx| {
+            let _ = tx.send(ctx.unit.to_string());
+            async { Ok(()) }
+        }
+    };
+    let t = tx.clone();
+    let mut repository = tenant_unit(tenant, "repository", preflight(1), move |ctx| {
+        let _ = t.send(ctx.unit.to_string());
+        let result = answer(calls.fetch_add(1, SeqCst));
+        async move { result }
+    });
+    // One retry per cycle, so that a transient failure degrades the tenant quickly.
+    repository.retry = server_rule(1);
+    vec![
+        repository,
+        tenant_unit(tenant, "previews", preflight(2), report(tx)),
+        tenant_unit(tenant, "pulls", every(Duration::from_secs(10)), report(tx)),
+    ]
+}
+
+fn database() -> UnitSpec {
+    unit("preflight:database:global", preflight(0), |_| async {
+        Ok(())
+    })
+}
+
+fn not_found(tenant: &str) -> UnitError {
+    UnitError::from_http_status(404, None, format!("repository {tenant} not found"))
+}
+
+/// Every report received so far.
+fn drain_reports(rx: &mut mpsc::UnboundedReceiver<String>) -> Vec<String> {
+    let mut seen = Vec::new();
+    while let Ok(name) = rx.try_recv() {
+        seen.push(name);
+    }
+    seen
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_tenant_failing_for_good_degrades_it_alone_and_the_others_run() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut units = vec![database()];
+    units.extend(tenant_units("acme/shop", &tx, |_| Ok(())));
+    units.extend(tenant_units("acme/gone", &tx, |_| {
+        Err(not_found("acme/gone"))
+    }));
+    units.extend(tenant_units("acme/blog", &tx, |_| Ok(())));
+    let running = start(units, options());
+    // Twenty minutes on the paused clock: the healthy tenants' workers run every 10 s.
+    sleep(Duration::from_secs(20 * 60)).await;
+    assert!(!running.handle.is_finished(), "run() keeps going");
+    let seen = drain_reports(&mut rx);
+    let count = |name: &str| seen.iter().filter(|s| *s == name).count();
+    for healthy in ["acme/shop", "acme/blog"] {
+        assert!(count(&format!("worker:pulls:{healthy}")) > 100, "{seen:?}");
+        assert_eq!(count(&format!("preflight:previews:{healthy}")), 1);
+    }
+    assert_eq!(count("worker:pulls:acme/gone"), 0, "its workers wait");
+    assert_eq!(
+        count("preflight:previews:acme/gone"),
+        0,
+        "its later preflights wait"
+    );
+    // Retried with a doubling backoff from 5 s capped at 5 min: a handful of times, not
+    // hundreds, and more than once.
+    let retries = count("preflight:repository:acme/gone");
+    assert!((5..=12).contains(&retries), "{retries} attempts");
+
+    assert!(running.board.preflights_passed());
+    let degraded = running.board.degraded_tenants();
+    assert_eq!(degraded.len(), 1, "{degraded:?}");
+    let gone = &degraded[0];
+    assert_eq!(gone.tenant.as_str(), "acme/gone");
+    assert_eq!(gone.unit, "preflight:repository:acme/gone");
+    assert_eq!(gone.kind, ErrorKind::NotFound);
+    assert!(gone.permanent);
+    assert_eq!(gone.reason, "repository acme/gone not found (not_found)");
+    assert_eq!(gone.failures as usize, retries);
+    assert_eq!(
+        running.board.tenant_state("acme/shop"),
+        Some(TenantState::Running)
+    );
+    let mut metrics = String::new();
+    running.board.render_prometheus(&mut metrics);
+    for line in [
+        "productbuilder_tenant_degraded{tenant=\"acme/gone\"} 1",
+        "productbuilder_tenant_degraded{tenant=\"acme/shop\"} 0",
+        "productbuilder_tenant_degraded_info{tenant=\"acme/gone\",unit=\"preflight:repository:acme/gone\",kind=\"not_found\",permanent=\"true\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in\n{metrics}"
+        );
+    }
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tenant_failing_transiently_starts_once_its_preflight_passes() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut units = vec![database()];
+    units.extend(tenant_units("acme/shop", &tx, |_| Ok(())));
+    // Down for the first four cycles (two attempts each), then up.
+    units.extend(tenant_units("acme/flaky", &tx, |call| {
+        if call < 8 {
+            Err(UnitError::from_http_status(502, None, "bad gateway"))
+        } else {
+            Ok(())
+        }
+    }));
+    let t = tx.clone();
+    units.push(tenant_unit(
+        "acme/flaky",
+        "socket",
+        Schedule::Service {
+            restart: RestartPolicy::default(),
+        },
+        move |ctx| {
+            let _ = t.send(ctx.unit.to_string());
+            async move {
+                ctx.cancel.cancelled().await;
+                Ok(())
+            }
+        },
+    ));
+    let running = start(units, options());
+    let board = running.board.clone();
+
+    let mut order = Vec::new();
+    let mut degraded_seen = false;
+    while !order.contains(&"worker:pulls:acme/flaky".to_owned()) {
+        let name = rx.recv().await.unwrap();
+        if name == "preflight:repository:acme/flaky"
+            && let Some(TenantState::Degraded(d)) = board.tenant_state("acme/flaky")
+        {
+            degraded_seen = true;
+            assert!(!d.permanent, "a 502 is transient");
+            assert_eq!(d.kind, ErrorKind::Server);
+            assert!(
+                order.contains(&"worker:pulls:acme/shop".to_owned()) || d.failures < 3,
+                "the healthy tenant runs meanwhile: {order:?}"
+            );
+        }
+        order.push(name);
+    }
+    assert!(degraded_seen);
+    while !order.contains(&"service:socket:acme/flaky".to_owned()) {
+        order.push(rx.recv().await.unwrap());
+    }
+    let at = |name: &str| order.iter().position(|s| s == name).unwrap();
+    let attempts = order
+        .iter()
+        .filter(|s| *s == "preflight:repository:acme/flaky")
+        .count();
+    assert_eq!(attempts, 9);
+    // After the last repository attempt: the later preflight, then the workers and services.
+    let last_attempt = order
+        .iter()
+        .rposition(|s| s == "preflight:repository:acme/flaky")
+        .unwrap();
+    assert!(last_attempt < at("preflight:previews:acme/flaky"));
+    assert!(at("preflight:previews:acme/flaky") < at("worker:pulls:acme/flaky"));
+    assert!(at("worker:pulls:acme/shop") < last_attempt, "{order:?}");
+    assert!(at("preflight:previews:acme/flaky") < at("service:socket:acme/flaky"));
+    assert_eq!(board.tenant_state("acme/flaky"), Some(TenantState::Running));
+    assert!(board.degraded_tenants().is_empty());
+    assert!(
+        !board
+            .unit("preflight:repository:acme/flaky")
+            .unwrap()
+            .is_degraded()
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_degraded_tenants_retries_back_off_doubling_to_the_cap() {
+    let (tx, mut rx) = stamps();
+    let mut preflight = tenant_unit("acme/gone", "repository", preflight(1), move |_| {
+        let _ = tx.send(Instant::now());
+        async { Err(not_found("acme/gone")) }
+    });
+    preflight.retry = RetryPolicy::never();
+    let healthy = tenant_unit("acme/shop", "pulls", every(SECOND), |_| async { Ok(()) });
+    let running = start(vec![preflight, healthy], options());
+    let mut times = Vec::new();
+    for _ in 0..9 {
+        times.push(rx.recv().await.unwrap());
+    }
+    // Equal jitter: each delay lies in the upper half of its ceiling, 5 s doubling to 300 s.
+    let ceilings = [5, 10, 20, 40, 80, 160, 300, 300].map(Duration::from_secs);
+    for (gap, ceiling) in times.windows(2).map(|w| w[1] - w[0]).zip(ceilings) {
+        assert!(
+            gap >= ceiling / 2 && gap <= ceiling,
+            "gap {gap:?} outside [{:?}, {ceiling:?}]",
+            ceiling / 2
+        );
+    }
+    // A nudge of the tenant retries at once.
+    let nudged_at = Instant::now();
+    assert_eq!(running.board.nudge_group("acme/gone"), 1);
+    assert_eq!(rx.recv().await.unwrap(), nudged_at);
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_tenant_fails_for_good_run_returns_the_error() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut units = vec![database()];
+    units.extend(tenant_units("acme/gone", &tx, |_| {
+        Err(not_found("acme/gone"))
+    }));
+    units.extend(tenant_units("acme/left", &tx, |_| {
+        Err(UnitError::from_http_status(401, None, "bad credentials"))
+    }));
+    let scheduler = Scheduler::new(units, options()).unwrap();
+    let board = scheduler.board();
+    let outcome = scheduler.run(CancellationToken::new()).await;
+    let Err(StartupFailed::EveryTenant(tenants)) = &outcome else {
+        panic!("expected every tenant to have failed: {outcome:?}");
+    };
+    let names: Vec<&str> = tenants.iter().map(|t| t.tenant.as_str()).collect();
+    assert_eq!(names, ["acme/gone", "acme/left"]);
+    assert_eq!(
+        outcome.unwrap_err().to_string(),
+        "no tenant can start; the preflight of each failed for good: \
+         acme/gone: preflight:repository:acme/gone: repository acme/gone not found (not_found); \
+         acme/left: preflight:repository:acme/left: bad credentials (bad_credentials)"
+    );
+    let seen = drain_reports(&mut rx);
+    assert!(
+        seen.iter().all(|s| s.starts_with("preflight:repository:")),
+        "{seen:?}"
+    );
+    assert!(!board.preflights_passed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_gives_up_once_the_last_transient_tenant_fails_for_good() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut units = vec![database()];
+    units.extend(tenant_units("acme/gone", &tx, |_| {
+        Err(not_found("acme/gone"))
+    }));
+    // Unreachable for a while (transient: the daemon waits), then found missing (for good).
+    units.extend(tenant_units("acme/moved", &tx, |call| {
+        if call < 6 {
+            Err(UnitError::new(ErrorKind::Server, "bad gateway"))
+        } else {
+            Err(not_found("acme/moved"))
+        }
+    }));
+    let scheduler = Scheduler::new(units, options()).unwrap();
+    let board = scheduler.board();
+    let handle = tokio::spawn(scheduler.run(CancellationToken::new()));
+    while board.degraded_tenants().len() < 2 {
+        rx.recv().await.unwrap();
+    }
+    assert!(
+        !handle.is_finished(),
+        "a transient failure keeps the daemon waiting"
+    );
+    assert!(board.preflights_passed());
+    let outcome = handle.await.unwrap();
+    assert!(
+        matches!(&outcome, Err(StartupFailed::EveryTenant(t)) if t.len() == 2),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_global_preflight_still_stops_start_up() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let database = unit("preflight:database:global", preflight(0), |_| async {
+        Err(UnitError::new(
+            ErrorKind::Internal,
+            "schema version 999 is newer",
+        ))
+    });
+    let mut units = vec![database];
+    units.extend(tenant_units("acme/shop", &tx, |_| Ok(())));
+    let scheduler = Scheduler::new(units, options()).unwrap();
+    let err = global(scheduler.run(CancellationToken::new()).await);
+    assert_eq!(err.unit, "preflight:database:global");
+    assert!(drain_reports(&mut rx).is_empty(), "no tenant unit ran");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Services: long-lived tasks, restarted with backoff, degraded while down or while they say so.
+
+fn restart_policy() -> RestartPolicy {
+    RestartPolicy {
+        backoff: Backoff {
+            base: SECOND,
+            max: Duration::from_secs(60),
+        },
+        healthy_after: Duration::from_secs(60),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_that_fails_twice_is_restarted_with_growing_delays() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
+    let starts = Arc::new(AtomicU32::new(0));
+    let s = starts.clone();
+    let service = unit(
+        "service:socket:global",
+        Schedule::Service {
+            restart: restart_policy(),
+        },
+        move |ctx| {
+            let n = s.fetch_add(1, SeqCst);
+            let tx = tx.clone();
+            let mut go = go_rx.clone();
+            async move {
+                let _ = tx.send((n, Instant::now()));
+                if n < 2 {
+                    return Err(UnitError::new(ErrorKind::Network, "socket closed"));
+                }
+                // Up for good now; it reports its own trouble, then its recovery.
+                ctx.health.degraded("the server refuses new connections");
+                let _ = tx.send((n, Instant::now()));
+                go.wait_for(|go| *go).await.unwrap();
+                ctx.health.healthy();
+                let _ = tx.send((n, Instant::now()));
+                ctx.cancel.cancelled().await;
+                Ok(())
+            }
+        },
+    );
+    let running = start(vec![service], options());
+    let status = running.board.unit("service:socket:global").unwrap().clone();
+
+    let (_, first) = rx.recv().await.unwrap();
+    // Down between the first and the second start.
+    while !status.is_degraded() {
+        tokio::task::yield_now().await;
+    }
+    let reason = status.degraded_reason().unwrap();
+    assert!(
+        reason.starts_with("stopped (it failed: socket closed (network)); restarting in "),
+        "{reason}"
+    );
+    assert_eq!(running.board.degraded().count(), 1);
+    let (_, second) = rx.recv().await.unwrap();
+    let (_, third) = rx.recv().await.unwrap();
+    let (first_delay, second_delay) = (second - first, third - second);
+    assert!(
+        first_delay >= SECOND / 2 && first_delay <= SECOND,
+        "{first_delay:?}"
+    );
+    assert!(
+        second_delay >= SECOND && second_delay <= 2 * SECOND,
+        "{second_delay:?}"
+    );
+    assert_eq!(status.restarts(), 2);
+    assert_eq!(status.failures(), 2);
+
+    // Running, but it says it is degraded: the board shows its reason.
+    rx.recv().await.unwrap();
+    assert!(status.is_degraded());
+    assert_eq!(
+        status.degraded_reason().as_deref(),
+        Some("the server refuses new connections")
+    );
+    go_tx.send(true).unwrap();
+    rx.recv().await.unwrap();
+    assert!(!status.is_degraded());
+    assert_eq!(status.degraded_reason(), None);
+    let mut metrics = String::new();
+    running.board.render_prometheus(&mut metrics);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "productbuilder_service_restarts_total{unit=\"service:socket:global\"} 2"),
+        "{metrics}"
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_that_ran_healthy_a_while_restarts_from_the_base_delay() {
+    let (tx, mut rx) = stamps();
+    let starts = Arc::new(AtomicU32::new(0));
+    let s = starts.clone();
+    let service = unit(
+        "service:socket:global",
+        Schedule::Service {
+            restart: restart_policy(),
+        },
+        move |_| {
+            let n = s.fetch_add(1, SeqCst);
+            let _ = tx.send(Instant::now());
+            async move {
+                // Three quick failures, then an hour up, then a failure.
+                if n == 3 {
+                    sleep(Duration::from_secs(3600)).await;
+                }
+                Err(UnitError::new(ErrorKind::Network, "socket closed"))
+            }
+        },
+    );
+    let running = start(vec![service], options());
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        times.push(rx.recv().await.unwrap());
+    }
+    let third_delay = times[3] - times[2];
+    assert!(third_delay >= 2 * SECOND, "{third_delay:?}");
+    let after_healthy = times[4] - times[3] - Duration::from_secs(3600);
+    assert!(
+        after_healthy <= SECOND,
+        "the streak was reset: {after_healthy:?}"
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_is_cancelled_at_shutdown_within_the_grace() {
+    let (started_tx, mut started_rx) = mpsc::unbounded_channel();
+    let stopped = Arc::new(AtomicBool::new(false));
+    let s = stopped.clone();
+    let service = unit(
+        "service:socket:global",
+        Schedule::Service {
+            restart: restart_policy(),
+        },
+        move |ctx| {
+            let _ = started_tx.send(());
+            let s = s.clone();
+            async move {
+                ctx.cancel.cancelled().await;
+                // Closing the socket politely takes a moment.
+                sleep(Duration::from_secs(2)).await;
+                s.store(true, SeqCst);
+                Ok(())
+            }
+        },
+    );
+    let running = start(vec![service], options());
+    started_rx.recv().await.unwrap();
+    sleep(Duration::from_secs(3600)).await;
+    let status = running.board.unit("service:socket:global").unwrap().clone();
+    assert_eq!(status.restarts(), 0, "a running service is left alone");
+    let t = Instant::now();
+    running.stop().await.unwrap();
+    assert!(stopped.load(SeqCst), "it saw the cancellation and finished");
+    assert_eq!(t.elapsed(), Duration::from_secs(2));
+    assert!(
+        started_rx.try_recv().is_err(),
+        "not restarted after shutdown"
+    );
 }
