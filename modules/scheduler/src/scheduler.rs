@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -96,9 +96,9 @@ impl std::error::Error for PreflightFailed {}
 pub enum StartupFailed {
     /// A global preflight (no tenant: the database) failed: nothing can run.
     Global(PreflightFailed),
-    /// Every tenant is degraded by a preflight that failed for good (not found, bad
-    /// credentials, ...): no tenant can start. A tenant whose failure is transient keeps the
-    /// daemon waiting for it instead.
+    /// No tenant can start: at start-up every tenant's preflight failed (for good, or after its
+    /// retries); later, every tenant is degraded by a failure for good (not found, bad
+    /// credentials, ...). While one tenant runs, a transient failure only makes its tenant wait.
     EveryTenant(Vec<DegradedTenant>),
 }
 
@@ -107,7 +107,7 @@ impl fmt::Display for StartupFailed {
         match self {
             StartupFailed::Global(failed) => failed.fmt(f),
             StartupFailed::EveryTenant(tenants) => {
-                f.write_str("no tenant can start; the preflight of each failed for good: ")?;
+                f.write_str("no tenant can start; the preflight of each failed: ")?;
                 for (i, t) in tenants.iter().enumerate() {
                     let sep = if i > 0 { "; " } else { "" };
                     write!(f, "{sep}{}: {}: {}", t.tenant, t.unit, t.reason)?;
@@ -144,7 +144,7 @@ impl Unit {
 /// - A global preflight (no tenant) that fails stops start-up: no worker ever runs.
 /// - A tenant's preflight that fails degrades that tenant alone: its later preflights, workers
 ///   and services wait while the failing one is retried with [`SchedulerOptions::tenant_retry`];
-///   every other tenant starts. `run` gives up only when every tenant failed for good.
+///   every other tenant starts. `run` gives up when, at the end of start-up, no tenant could start.
 /// - One unit's failure, timeout or panic affects no other unit.
 /// - After cancellation no new run starts; in-flight runs get [`SchedulerOptions::shutdown_grace`].
 pub struct Scheduler {
@@ -239,7 +239,10 @@ impl Scheduler {
                 board.set_tenant_state(&tenant, TenantState::Running);
             }
         }
-        if board.every_tenant_failed_for_good() {
+        // At start-up a transient failure has had its retries (the engine or DNS may be coming up):
+        // when still no tenant can start, the host is not ready and the operator is told so. Once
+        // one tenant runs, a degraded tenant only waits.
+        if board.every_tenant_degraded() {
             return Err(StartupFailed::EveryTenant(board.degraded_tenants()));
         }
         board.set_preflights_passed();
@@ -265,13 +268,11 @@ impl Scheduler {
             degraded_tenants = held.len(),
             "preflights passed; starting workers and services"
         );
-        let changed = Arc::new(Notify::new());
         let recovery = RecoveryCtx {
             board: board.clone(),
             backoff: self.options.tenant_retry,
             clock,
             cancel: stop.clone(),
-            changed: changed.clone(),
         };
         for (tenant, preflights) in held {
             let started = waiting.remove(&tenant).unwrap_or_default();
@@ -287,20 +288,10 @@ impl Scheduler {
             ));
         }
 
-        let outcome = loop {
-            tokio::select! {
-                () = stop.cancelled() => break Ok(()),
-                () = changed.notified() => {
-                    if board.every_tenant_failed_for_good() {
-                        error!("every tenant's preflight failed for good; no tenant can start");
-                        break Err(StartupFailed::EveryTenant(board.degraded_tenants()));
-                    }
-                }
-            }
-        };
-        stop.cancel();
+        // Once one tenant runs, the daemon serves it; degraded tenants wait for their preflight.
+        stop.cancelled().await;
         drain(tasks, self.options.shutdown_grace).await;
-        outcome
+        Ok(())
     }
 }
 

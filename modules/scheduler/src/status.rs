@@ -321,12 +321,14 @@ impl StatusBoard {
 
     /// True when there are tenants and every one of them is degraded for good: nothing is left
     /// that could start by itself.
-    pub(crate) fn every_tenant_failed_for_good(&self) -> bool {
+    /// Every tenant is degraded, whatever the kind of its failure: at the end of start-up, no
+    /// tenant could start even after its preflight's retries.
+    pub(crate) fn every_tenant_degraded(&self) -> bool {
         let tenants = self.tenant_map();
         !tenants.is_empty()
             && tenants
                 .values()
-                .all(|s| matches!(s, TenantState::Degraded(d) if d.permanent))
+                .all(|s| matches!(s, TenantState::Degraded(_)))
     }
 
     pub fn units(&self) -> &[Arc<UnitStatus>] {

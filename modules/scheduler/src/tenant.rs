@@ -2,10 +2,8 @@
 //! preflight is retried with a never-ending backoff; once it passes, the tenant's later
 //! preflights run, then its workers and services start. Every other tenant runs meanwhile.
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -72,8 +70,6 @@ pub(crate) struct RecoveryCtx {
     pub backoff: Backoff,
     pub clock: Tick,
     pub cancel: CancellationToken,
-    /// Told after every failure, so that the scheduler sees when no tenant is left to start.
-    pub changed: Arc<Notify>,
 }
 
 pub(crate) async fn recover(recovery: Recovery, ctx: RecoveryCtx, mut rng: fastrand::Rng) {
@@ -113,7 +109,6 @@ pub(crate) async fn recover(recovery: Recovery, ctx: RecoveryCtx, mut rng: fastr
                     failures += 1;
                     warn!(tenant = %tenant, unit = %unit.spec.name, attempts, cause = %error, "tenant still degraded");
                     degrade(board, &tenant, unit, &error, !exhausted, failures);
-                    ctx.changed.notify_one();
                 }
             }
         }
