@@ -54,5 +54,5 @@ mod unit;
 pub use error::{ErrorKind, UnitError};
 pub use retry::{RetryPolicy, RetryRule, Verdict, delay_for};
 pub use scheduler::{DuplicateUnits, PreflightFailed, Scheduler, SchedulerOptions};
-pub use status::{DURATION_BUCKETS, StatusBoard, UnitStatus, escape as escape_label};
+pub use status::{DURATION_BUCKETS, StatusBoard, UnitStatus};
 pub use unit::{Phase, RunCtx, RunFuture, Schedule, UnitSpec, WorkFn, work};
