@@ -142,9 +142,11 @@ pub struct Applied {
 #[derive(Debug, Clone)]
 pub struct Store {
     path: Arc<PathBuf>,
-    writer: Arc<Mutex<Connection>>,
-    /// `None` for an in-memory database: reads then use the writer.
+    /// `None` for an in-memory database: reads then use the writer. Declared before the writer
+    /// so that it is dropped first: the writer, closing last, checkpoints and removes the WAL
+    /// (a read-only connection cannot).
     readers: Option<Arc<Readers>>,
+    writer: Arc<Mutex<Connection>>,
 }
 
 impl Store {
@@ -648,5 +650,18 @@ mod tests {
         store.migrate().unwrap();
         store.set_tenant_repo_id("acme/shop", 3).await.unwrap();
         assert_eq!(store.tenant_repo_id("acme/shop").await.unwrap(), Some(3));
+    }
+
+    /// The last handle closes the readers first, then the writer, which checkpoints and removes
+    /// the WAL: no `-wal` file is left beside a database nobody has open.
+    #[tokio::test]
+    async fn closing_the_store_leaves_no_wal_behind() {
+        let (dir, store) = fresh();
+        store.migrate().unwrap();
+        store.set_tenant_repo_id("acme/shop", 1).await.unwrap();
+        assert_eq!(store.tenant_repo_id("acme/shop").await.unwrap(), Some(1));
+        drop(store);
+        let wal = dir.path().join("state/productbuilder.db-wal");
+        assert!(!wal.exists(), "{} is left behind", wal.display());
     }
 }
