@@ -1,33 +1,90 @@
 //! `GET /`: a read-only page for operators, rendered on the server, refreshing itself, with no
-//! JavaScript. Everything shown that came from GitHub (titles, logins, labels) is escaped.
+//! JavaScript. Written with maud, so everything shown that came from GitHub (titles, logins,
+//! labels) or from a repository (errors) is escaped by construction: only [`STYLE`] is inserted
+//! unescaped.
+//!
+//! [`View::read`] gathers what the page shows (the database, the status board, the budgets);
+//! [`page`] is pure, so the page is tested without a daemon.
 
-use std::fmt::Write as _;
-
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 use productbuilder_github::{GithubState, Pull};
 use productbuilder_preview::Previews;
+use productbuilder_preview::db::PreviewRow;
 use productbuilder_preview::state::Status;
 use productbuilder_scheduler::StatusBoard;
-
-/// Escapes text for HTML element content and attribute values.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c if c.is_control() => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}\
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border-bottom:1px solid #ddd;padding:.3em .8em;text-align:left}\
 th{background:#f5f5f5}.bad{color:#b00020}.ok{color:#1b7f3b}.muted{color:#777}code{font-size:12px}";
+
+/// Everything the page shows, read at one request.
+pub struct View {
+    pub preflights_passed: bool,
+    /// Degraded units, each with its last error.
+    pub degraded: Vec<(String, String)>,
+    /// Repositories whose preflight fails (they wait, retried with backoff), each with why.
+    pub waiting: Vec<(String, String)>,
+    pub repositories: Vec<Repository>,
+    /// The preview rows, or why they could not be read.
+    pub previews: Result<Vec<PreviewRow>, String>,
+}
+
+/// One configured repository's line, and its open pull requests.
+pub struct Repository {
+    pub repo: String,
+    pub last_poll_at: Option<String>,
+    pub last_change_at: Option<String>,
+    /// "remaining / limit", "unknown" or "not used yet".
+    pub quota: String,
+    pub units_degraded: usize,
+    pub pulls: Vec<Pull>,
+}
+
+impl View {
+    pub async fn read(
+        board: &StatusBoard,
+        github: &GithubState,
+        previews: &Previews,
+        tenants: &[String],
+    ) -> View {
+        let degraded = board
+            .degraded()
+            .map(|u| (u.name().to_owned(), u.last_error().unwrap_or_default()))
+            .collect();
+        let waiting = board
+            .degraded_tenants()
+            .into_iter()
+            .map(|t| (t.tenant.as_str().to_owned(), t.reason))
+            .collect();
+        let polls = github.poll_states().await.unwrap_or_default();
+        let mut repositories = Vec::with_capacity(tenants.len());
+        for repo in tenants {
+            let poll = polls.iter().find(|p| &p.repo == repo);
+            let quota = match github.client.budget_for(repo) {
+                Some(b) => match (b.remaining, b.limit) {
+                    (Some(r), Some(l)) => format!("{r} / {l}"),
+                    _ => "unknown".to_owned(),
+                },
+                None => "not used yet".to_owned(),
+            };
+            repositories.push(Repository {
+                repo: repo.clone(),
+                last_poll_at: poll.and_then(|p| p.last_poll_at.clone()),
+                last_change_at: poll.and_then(|p| p.last_change_at.clone()),
+                quota,
+                units_degraded: board.group(repo).filter(|u| u.is_degraded()).count(),
+                pulls: github.open_pulls(repo).await.unwrap_or_default(),
+            });
+        }
+        View {
+            preflights_passed: board.preflights_passed(),
+            degraded,
+            waiting,
+            repositories,
+            previews: previews.list().await.map_err(|e| e.to_string()),
+        }
+    }
+}
 
 /// Renders the page.
 pub async fn render(
@@ -36,194 +93,176 @@ pub async fn render(
     previews: &Previews,
     tenants: &[String],
 ) -> String {
-    let mut html = String::with_capacity(16 * 1024);
-    let _ = write!(
-        html,
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"10\">\
-         <title>productbuilder</title><style>{STYLE}</style></head><body><h1>productbuilder <span class=\"muted\">{}</span></h1>",
-        env!("CARGO_PKG_VERSION")
-    );
-    let degraded: Vec<String> = board.degraded().map(|u| u.name().to_owned()).collect();
-    if board.preflights_passed() {
-        html.push_str("<p class=\"ok\">Ready: every preflight passed.</p>");
-    } else {
-        html.push_str("<p class=\"bad\">Starting: preflights are still running.</p>");
-    }
-    if !degraded.is_empty() {
-        let _ = write!(html, "<p class=\"bad\">Degraded units: ");
-        for (i, name) in degraded.iter().enumerate() {
-            let sep = if i > 0 { ", " } else { "" };
-            let error = board
-                .unit(name)
-                .and_then(|u| u.last_error())
-                .unwrap_or_default();
-            let _ = write!(
-                html,
-                "{sep}<code title=\"{}\">{}</code>",
-                escape(&error),
-                escape(name)
-            );
-        }
-        html.push_str("</p>");
-    }
-
-    let waiting = board.degraded_tenants();
-    if !waiting.is_empty() {
-        html.push_str(
-            "<p class=\"bad\">Repositories waiting (a preflight fails; retried with backoff while the others run): ",
-        );
-        for (i, t) in waiting.iter().enumerate() {
-            let sep = if i > 0 { "; " } else { "" };
-            let _ = write!(
-                html,
-                "{sep}<code>{}</code>: {}",
-                escape(t.tenant.as_str()),
-                escape(&t.reason)
-            );
-        }
-        html.push_str("</p>");
-    }
-
-    let polls = github.poll_states().await.unwrap_or_default();
-    html.push_str(
-        "<h2>Repositories</h2><table><tr><th>repository</th><th>last poll</th><th>last change</th>\
-         <th>open pull requests</th><th>GitHub quota left</th><th>units degraded</th></tr>",
-    );
-    let mut open_by_repo = Vec::new();
-    for repo in tenants {
-        let poll = polls.iter().find(|p| &p.repo == repo);
-        let pulls = github.open_pulls(repo).await.unwrap_or_default();
-        let quota = match github.client.budget_for(repo) {
-            Some(b) => match (b.remaining, b.limit) {
-                (Some(r), Some(l)) => format!("{r} / {l}"),
-                _ => "unknown".to_owned(),
-            },
-            None => "not used yet".to_owned(),
-        };
-        let bad = board.group(repo).filter(|u| u.is_degraded()).count();
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{bad}</td></tr>",
-            escape(repo),
-            escape(
-                poll.and_then(|p| p.last_poll_at.as_deref())
-                    .unwrap_or("never")
-            ),
-            escape(
-                poll.and_then(|p| p.last_change_at.as_deref())
-                    .unwrap_or("never")
-            ),
-            pulls.len(),
-            escape(&quota),
-            if bad > 0 { "bad" } else { "ok" },
-        );
-        open_by_repo.push((repo, pulls));
-    }
-    html.push_str("</table>");
-
-    previews_table(&mut html, previews).await;
-
-    html.push_str(
-        "<h2>Open pull requests</h2><table><tr><th>repository</th><th>#</th><th>title</th><th>author</th>\
-         <th>head</th><th>head seen</th><th>flags</th></tr>",
-    );
-    for (repo, pulls) in &open_by_repo {
-        for p in pulls {
-            pull_row(&mut html, repo, p);
-        }
-    }
-    html.push_str("</table></body></html>");
-    html
+    page(&View::read(board, github, previews, tenants).await).into_string()
 }
 
-async fn previews_table(html: &mut String, previews: &Previews) {
-    html.push_str(
-        "<h2>Previews</h2><table><tr><th>repository</th><th>#</th><th>status</th><th>link</th>\
-         <th>head</th><th>approval</th><th>failed at</th><th>error</th><th>updated</th><th>logs</th></tr>",
-    );
-    let rows = match previews.list().await {
-        Ok(rows) => rows,
-        Err(e) => {
-            let _ = write!(
-                html,
-                "</table><p class=\"bad\">{}</p>",
-                escape(&e.to_string())
-            );
-            return;
+/// The page for `view`.
+pub fn page(view: &View) -> Markup {
+    html! {
+        (DOCTYPE)
+        html {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="refresh" content="10";
+                title { "productbuilder" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                h1 { "productbuilder " span.muted { (env!("CARGO_PKG_VERSION")) } }
+                @if view.preflights_passed {
+                    p.ok { "Ready: every preflight passed." }
+                } @else {
+                    p.bad { "Starting: preflights are still running." }
+                }
+                @if !view.degraded.is_empty() {
+                    p.bad {
+                        "Degraded units: "
+                        @for (i, (name, error)) in view.degraded.iter().enumerate() {
+                            @if i > 0 { ", " }
+                            code title=(error) { (name) }
+                        }
+                    }
+                }
+                @if !view.waiting.is_empty() {
+                    p.bad {
+                        "Repositories waiting (a preflight fails; retried with backoff while the others run): "
+                        @for (i, (repo, reason)) in view.waiting.iter().enumerate() {
+                            @if i > 0 { "; " }
+                            code { (repo) } ": " (reason)
+                        }
+                    }
+                }
+                (repositories(&view.repositories))
+                (previews_table(&view.previews))
+                h2 { "Open pull requests" }
+                table {
+                    tr {
+                        th { "repository" } th { "#" } th { "title" } th { "author" }
+                        th { "head" } th { "head seen" } th { "flags" }
+                    }
+                    @for r in &view.repositories {
+                        @for p in &r.pulls { (pull_row(&r.repo, p)) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn repositories(repositories: &[Repository]) -> Markup {
+    html! {
+        h2 { "Repositories" }
+        table {
+            tr {
+                th { "repository" } th { "last poll" } th { "last change" }
+                th { "open pull requests" } th { "GitHub quota left" } th { "units degraded" }
+            }
+            @for r in repositories {
+                tr {
+                    td { (r.repo) }
+                    td { (r.last_poll_at.as_deref().unwrap_or("never")) }
+                    td { (r.last_change_at.as_deref().unwrap_or("never")) }
+                    td { (r.pulls.len()) }
+                    td { (r.quota) }
+                    td class=(if r.units_degraded > 0 { "bad" } else { "ok" }) { (r.units_degraded) }
+                }
+            }
+        }
+    }
+}
+
+fn previews_table(rows: &Result<Vec<PreviewRow>, String>) -> Markup {
+    let header = html! {
+        tr {
+            th { "repository" } th { "#" } th { "status" } th { "link" } th { "head" }
+            th { "approval" } th { "failed at" } th { "error" } th { "updated" } th { "logs" }
         }
     };
-    for r in rows.iter().filter(|r| r.status != Status::Deleted) {
-        let class = match r.status {
-            Status::Ready => "ok",
-            Status::Failed => "bad",
-            _ => "muted",
-        };
-        let link = if r.status == Status::Ready {
-            format!("<a href=\"{0}\">{0}</a>", escape(&r.url))
-        } else {
-            escape(&r.url)
-        };
-        // The first line of the error: the whole text is in the pull request comment.
-        let mut error = escape(
-            r.error
-                .as_deref()
-                .and_then(|e| e.lines().next())
-                .unwrap_or(""),
-        );
-        // A report GitHub refused for good: the operator has to act (a token, a permission).
-        if let Some(refused) = &r.report_error {
-            let _ = write!(
-                error,
-                "<span class=\"bad\">not reported: {}</span>",
-                escape(refused)
-            );
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => {
+            return html! {
+                h2 { "Previews" }
+                table { (header) }
+                p.bad { (e) }
+            };
         }
-        let _ = write!(
-            html,
-            "<tr><td>{repo}</td><td>{n}</td><td class=\"{class}\">{status}</td><td>{link}</td><td><code>{sha}</code></td>\
-             <td>{approval}</td><td>{stage}</td><td>{error}</td><td>{updated}</td><td><a href=\"/previews/{repo}/{n}/logs?tail=200\">logs</a></td></tr>",
-            repo = escape(&r.repo),
-            n = r.number,
-            status = r.status,
-            sha = escape(r.head_sha.get(..8).unwrap_or(&r.head_sha)),
-            approval = approval(r),
-            stage = r.stage.map(|s| s.as_str()).unwrap_or(""),
-            updated = escape(&r.updated_at),
-        );
-    }
+    };
     let removed = rows.iter().filter(|r| r.status == Status::Deleted).count();
-    let _ = write!(
-        html,
-        "</table><p class=\"muted\">{removed} removed previews are listed by <a href=\"/previews\">/previews</a>.</p>"
-    );
+    html! {
+        h2 { "Previews" }
+        table {
+            (header)
+            @for r in rows.iter().filter(|r| r.status != Status::Deleted) {
+                (preview_row(r))
+            }
+        }
+        p.muted {
+            (removed) " removed previews are listed by " a href="/previews" { "/previews" } "."
+        }
+    }
+}
+
+fn preview_row(r: &PreviewRow) -> Markup {
+    let class = match r.status {
+        Status::Ready => "ok",
+        Status::Failed => "bad",
+        _ => "muted",
+    };
+    // The first line of the error: the whole text is in the pull request comment.
+    let error = r
+        .error
+        .as_deref()
+        .and_then(|e| e.lines().next())
+        .unwrap_or("");
+    html! {
+        tr {
+            td { (r.repo) }
+            td { (r.number) }
+            td class=(class) { (r.status) }
+            td {
+                @if r.status == Status::Ready {
+                    a href=(r.url) { (r.url) }
+                } @else {
+                    (r.url)
+                }
+            }
+            td { code { (short(&r.head_sha)) } }
+            td { (approval(r)) }
+            td { (r.stage.map(|s| s.as_str()).unwrap_or("")) }
+            td {
+                (error)
+                // A report GitHub refused for good: the operator has to act (a token, a permission).
+                @if let Some(refused) = &r.report_error {
+                    span.bad { "not reported: " (refused) }
+                }
+            }
+            td { (r.updated_at) }
+            td { a href={ "/previews/" (r.repo) "/" (r.number) "/logs?tail=200" } { "logs" } }
+        }
+    }
 }
 
 /// Who approved which commit (forks, and `require_label`), and the commit waiting, if any.
-fn approval(r: &productbuilder_preview::db::PreviewRow) -> String {
-    let short = |s: &str| escape(s.get(..8).unwrap_or(s));
-    let mut out = String::new();
-    if let (Some(sha), Some(by)) = (&r.approved_sha, &r.approved_by) {
-        let _ = write!(
-            out,
-            "<code>{}</code> by {} ({}, {})",
-            short(sha),
-            escape(by),
-            escape(r.approved_how.as_deref().unwrap_or("")),
-            escape(r.approved_at.as_deref().unwrap_or("")),
-        );
+fn approval(r: &PreviewRow) -> Markup {
+    let approved = match (&r.approved_sha, &r.approved_by) {
+        (Some(sha), Some(by)) => Some((sha, by)),
+        _ => None,
+    };
+    html! {
+        @if let Some((sha, by)) = approved {
+            code { (short(sha)) } " by " (by) " ("
+            (r.approved_how.as_deref().unwrap_or("")) ", "
+            (r.approved_at.as_deref().unwrap_or("")) ")"
+        }
+        @if let Some(waiting) = &r.waiting_sha {
+            @if approved.is_some() { br; }
+            span.bad { code { (short(waiting)) } " waits for approval" }
+        }
     }
-    if let Some(waiting) = &r.waiting_sha {
-        let _ = write!(
-            out,
-            "{}<span class=\"bad\"><code>{}</code> waits for approval</span>",
-            if out.is_empty() { "" } else { "<br>" },
-            short(waiting)
-        );
-    }
-    out
 }
 
-fn pull_row(html: &mut String, repo: &str, p: &Pull) {
+fn pull_row(repo: &str, p: &Pull) -> Markup {
     let mut flags = Vec::new();
     if p.fork {
         flags.push("fork".to_owned());
@@ -232,29 +271,165 @@ fn pull_row(html: &mut String, repo: &str, p: &Pull) {
         flags.push("draft".to_owned());
     }
     flags.extend(p.labels.iter().map(|l| format!("label:{l}")));
-    let short = p.head_sha.get(..8).unwrap_or(&p.head_sha);
-    let _ = write!(
-        html,
-        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
-        escape(repo),
-        p.number,
-        escape(&p.title),
-        escape(&p.author),
-        escape(short),
-        escape(&p.seen_at),
-        escape(&flags.join(", ")),
-    );
+    html! {
+        tr {
+            td { (repo) }
+            td { (p.number) }
+            td { (p.title) }
+            td { (p.author) }
+            td { code { (short(&p.head_sha)) } }
+            td { (p.seen_at) }
+            td { (flags.join(", ")) }
+        }
+    }
+}
+
+/// The first 8 characters of a commit sha.
+fn short(sha: &str) -> &str {
+    sha.get(..8).unwrap_or(sha)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const HOSTILE: &str = "<script>alert('x')</script> & \"q\"";
+    const ESCAPED: &str = "&lt;script&gt;alert('x')&lt;/script&gt; &amp; &quot;q&quot;";
+
+    fn pull(title: &str) -> Pull {
+        Pull {
+            number: 7,
+            title: title.to_owned(),
+            head_sha: "0123456789abcdef".to_owned(),
+            head_ref: "feature".to_owned(),
+            head_repo: Some("mallory/shop".to_owned()),
+            fork: true,
+            author: "mallory\"><b>".to_owned(),
+            author_association: "NONE".to_owned(),
+            draft: false,
+            labels: vec!["<i>x</i>".to_owned()],
+            updated_at: None,
+            seen_at: "2026-01-02T03:04:05.000Z".to_owned(),
+        }
+    }
+
+    fn view(pulls: Vec<Pull>, previews: Result<Vec<PreviewRow>, String>) -> View {
+        View {
+            preflights_passed: true,
+            degraded: vec![("worker:pulls:acme/shop".to_owned(), HOSTILE.to_owned())],
+            waiting: vec![("acme/gone".to_owned(), HOSTILE.to_owned())],
+            repositories: vec![Repository {
+                repo: "acme/shop".to_owned(),
+                last_poll_at: None,
+                last_change_at: Some("2026-01-02T03:04:05.000Z".to_owned()),
+                quota: "4999 / 5000".to_owned(),
+                units_degraded: 1,
+                pulls,
+            }],
+            previews,
+        }
+    }
+
+    fn row(status: Status) -> PreviewRow {
+        PreviewRow {
+            repo: "acme/shop".to_owned(),
+            number: 7,
+            head_sha: "0123456789abcdef".to_owned(),
+            status,
+            stage: None,
+            error: Some(format!("{HOSTILE}\nsecond line")),
+            log_tail: None,
+            url: "http://shop-pr-7.preview.localhost".to_owned(),
+            project: "p".to_owned(),
+            deleted_reason: None,
+            note: None,
+            log_service: None,
+            log_file: None,
+            deployment_id: None,
+            reported: None,
+            sha_changed_at: String::new(),
+            updated_at: "2026-01-02T03:04:05.000Z".to_owned(),
+            waiting_sha: Some("fedcba9876543210".to_owned()),
+            approved_sha: Some("0123456789abcdef".to_owned()),
+            approved_by: Some("<b>owner</b>".to_owned()),
+            approved_at: Some("2026-01-02T03:04:05.000Z".to_owned()),
+            approved_how: Some("label".to_owned()),
+            report_error: Some(HOSTILE.to_owned()),
+            report_error_key: None,
+        }
+    }
+
+    /// A pull request title, a login, a label, an error and a unit's last error are shown as
+    /// text, never as markup.
     #[test]
     fn hostile_text_is_escaped() {
+        let html = page(&view(
+            vec![pull(HOSTILE)],
+            Ok(vec![row(Status::Ready), row(Status::Deleted)]),
+        ))
+        .into_string();
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(!html.contains("<b>"), "{html}");
+        assert!(!html.contains("<i>"), "{html}");
+        assert!(
+            html.contains(&format!(
+                "<td>{ESCAPED}</td><td>mallory&quot;&gt;&lt;b&gt;</td>"
+            )),
+            "{html}"
+        );
+        assert!(
+            html.contains("<td>fork, label:&lt;i&gt;x&lt;/i&gt;</td>"),
+            "{html}"
+        );
+        assert!(
+            html.contains(&format!(
+                "<code title=\"{ESCAPED}\">worker:pulls:acme/shop</code>"
+            )),
+            "{html}"
+        );
+        assert!(
+            html.contains(&format!(
+                "<td>{ESCAPED}<span class=\"bad\">not reported: {ESCAPED}</span></td>"
+            )),
+            "{html}"
+        );
+    }
+
+    /// The content and links the page has always had.
+    #[test]
+    fn the_page_shows_repositories_previews_and_pulls_with_their_links() {
+        let html = page(&view(
+            vec![pull("Add search")],
+            Ok(vec![row(Status::Ready), row(Status::Deleted)]),
+        ))
+        .into_string();
+        for part in [
+            "<meta http-equiv=\"refresh\" content=\"10\">",
+            "<p class=\"ok\">Ready: every preflight passed.</p>",
+            "<p class=\"bad\">Degraded units: <code title=",
+            "<tr><td>acme/shop</td><td>never</td><td>2026-01-02T03:04:05.000Z</td><td>1</td><td>4999 / 5000</td><td class=\"bad\">1</td></tr>",
+            "<td class=\"ok\">ready</td><td><a href=\"http://shop-pr-7.preview.localhost\">http://shop-pr-7.preview.localhost</a></td><td><code>01234567</code></td>",
+            "<td><code>01234567</code> by &lt;b&gt;owner&lt;/b&gt; (label, 2026-01-02T03:04:05.000Z)<br><span class=\"bad\"><code>fedcba98</code> waits for approval</span></td>",
+            "<td><a href=\"/previews/acme/shop/7/logs?tail=200\">logs</a></td>",
+            "<p class=\"muted\">1 removed previews are listed by <a href=\"/previews\">/previews</a>.</p>",
+            "<tr><td>acme/shop</td><td>7</td><td>Add search</td>",
+            "<td>fork, label:&lt;i&gt;x&lt;/i&gt;</td>",
+        ] {
+            assert!(html.contains(part), "no {part} in\n{html}");
+        }
         assert_eq!(
-            escape("<script>alert('x')</script> & \"q\"\u{7}"),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
+            html.matches("<td>acme/shop</td><td>7</td>").count(),
+            2,
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn previews_that_cannot_be_read_say_why() {
+        let html = page(&view(vec![], Err("database locked".to_owned()))).into_string();
+        assert!(
+            html.contains("<th>logs</th></tr></table><p class=\"bad\">database locked</p>"),
+            "{html}"
         );
     }
 }

@@ -5,7 +5,6 @@
 //! around it ([`authorize`]) enforces the table's decision for every request.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::Router;
@@ -19,7 +18,7 @@ use productbuilder_github::webhook::{self, Deliveries};
 use productbuilder_github::{GithubState, Pull};
 use productbuilder_preview::reconcile::{Redeploy, RedeployError};
 use productbuilder_preview::{LogsError, Previews};
-use productbuilder_scheduler::{StatusBoard, escape_label};
+use productbuilder_scheduler::StatusBoard;
 use productbuilder_store::Store;
 use serde::Serialize;
 use serde_json::json;
@@ -433,125 +432,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let mut text = String::with_capacity(4096 + state.board.units().len() * 1024);
-    let _ = writeln!(
-        text,
-        "# HELP productbuilder_build_info The running version.\n# TYPE productbuilder_build_info gauge\nproductbuilder_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
-    );
-    state.board.render_prometheus(&mut text);
-    let budgets = state.github.client.budgets();
-    let series: [(&str, &str, &str); 7] = [
-        (
-            "productbuilder_github_rate_limit",
-            "gauge",
-            "Primary quota of the identity per hour, as GitHub last reported it.",
-        ),
-        (
-            "productbuilder_github_rate_remaining",
-            "gauge",
-            "Primary quota left, as GitHub last reported it.",
-        ),
-        (
-            "productbuilder_github_rate_reset_timestamp_seconds",
-            "gauge",
-            "When the primary quota resets (unix seconds).",
-        ),
-        (
-            "productbuilder_github_requests_total",
-            "counter",
-            "Requests sent to GitHub.",
-        ),
-        (
-            "productbuilder_github_not_modified_total",
-            "counter",
-            "Requests answered 304 Not Modified (no primary quota spent).",
-        ),
-        (
-            "productbuilder_github_in_flight",
-            "gauge",
-            "Requests in flight now.",
-        ),
-        (
-            "productbuilder_github_paused_seconds",
-            "gauge",
-            "Seconds until the identity may send again after GitHub asked for a pause.",
-        ),
-    ];
-    for (i, (name, kind, help)) in series.iter().enumerate() {
-        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for b in &budgets {
-            let value = match i {
-                0 => b.limit.map(|v| v as f64),
-                1 => b.remaining.map(|v| v as f64),
-                2 => b.reset_at.map(|v| v as f64),
-                3 => Some(b.requests as f64),
-                4 => Some(b.not_modified as f64),
-                5 => Some(b.in_flight as f64),
-                _ => Some(b.paused_for.map_or(0.0, |d| d.as_secs_f64())),
-            };
-            if let Some(value) = value {
-                let _ = writeln!(
-                    text,
-                    "{name}{{identity=\"{}\"}} {value}",
-                    escape_label(&b.identity)
-                );
-            }
-        }
-    }
-    render_preview_metrics(&state.previews, &mut text).await;
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
-}
-
-async fn render_preview_metrics(previews: &Previews, text: &mut String) {
-    use productbuilder_preview::state::Status;
-    if let Ok(rows) = previews.list().await {
-        let _ = writeln!(
-            text,
-            "# HELP productbuilder_previews Previews by status (deleted ones are kept as history).\n# TYPE productbuilder_previews gauge"
-        );
-        for status in [
-            Status::Pending,
-            Status::Building,
-            Status::Deploying,
-            Status::Ready,
-            Status::Failed,
-            Status::Deleted,
-        ] {
-            let n = rows.iter().filter(|r| r.status == status).count();
-            let _ = writeln!(text, "productbuilder_previews{{status=\"{status}\"}} {n}");
-        }
-    }
-    let (ready, failed, cancelled) = previews.outcomes();
-    let _ = writeln!(
-        text,
-        "# HELP productbuilder_preview_deploys_total Deploys ended since start, by outcome.\n# TYPE productbuilder_preview_deploys_total counter"
-    );
-    for (outcome, n) in [
-        ("ready", ready),
-        ("failed", failed),
-        ("cancelled", cancelled),
-    ] {
-        let _ = writeln!(
-            text,
-            "productbuilder_preview_deploys_total{{outcome=\"{outcome}\"}} {n}"
-        );
-    }
-    let _ = writeln!(
-        text,
-        "# HELP productbuilder_preview_builds_running Image builds running now.\n# TYPE productbuilder_preview_builds_running gauge\nproductbuilder_preview_builds_running {}",
-        previews.builds_running()
-    );
-    previews
-        .job_metrics()
-        .render_prometheus("productbuilder_preview_jobs", text);
+    let text = crate::metrics::render(&state).await;
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }
 
 #[derive(Serialize)]
@@ -903,6 +785,71 @@ mod tests {
                     assert!(none != 401 && none != 403, "{at}: {none}")
                 }
             }
+        }
+    }
+
+    /// Every family `/metrics` exposes, with its type: names and types are what dashboards and
+    /// alerts query, so a change here is a change for operators.
+    #[tokio::test]
+    async fn metrics_expose_every_family_with_its_type() {
+        let served = serve("").await;
+        let (status, answer) = call(&served, &Method::GET, "/metrics", None).await;
+        assert_eq!(status, 200, "{answer}");
+        assert!(
+            answer.contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+            "{answer}"
+        );
+        let types: Vec<&str> = answer
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "productbuilder_build_info gauge",
+                "productbuilder_unit_runs_total counter",
+                "productbuilder_unit_failures_total counter",
+                "productbuilder_unit_retries_total counter",
+                "productbuilder_unit_panics_total counter",
+                "productbuilder_unit_run_duration_seconds histogram",
+                "productbuilder_unit_degraded gauge",
+                "productbuilder_units_degraded gauge",
+                "productbuilder_tenant_degraded gauge",
+                "productbuilder_tenant_degraded_info gauge",
+                "productbuilder_preflights_passed gauge",
+                "productbuilder_github_rate_limit gauge",
+                "productbuilder_github_rate_remaining gauge",
+                "productbuilder_github_rate_reset_timestamp_seconds gauge",
+                "productbuilder_github_requests_total counter",
+                "productbuilder_github_not_modified_total counter",
+                "productbuilder_github_in_flight gauge",
+                "productbuilder_github_paused_seconds gauge",
+                "productbuilder_previews gauge",
+                "productbuilder_preview_deploys_total counter",
+                "productbuilder_preview_builds_running gauge",
+                "productbuilder_preview_jobs_started_total counter",
+                "productbuilder_preview_jobs_ended_total counter",
+                "productbuilder_preview_jobs_running gauge",
+                "productbuilder_preview_jobs_waiting gauge",
+            ]
+        );
+        for line in [
+            &format!(
+                "productbuilder_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            ),
+            "productbuilder_unit_runs_total{unit=\"preflight:database:global\"} 0",
+            "productbuilder_unit_run_duration_seconds_bucket{unit=\"preflight:database:global\",le=\"300\"} 0",
+            "productbuilder_unit_run_duration_seconds_bucket{unit=\"preflight:database:global\",le=\"+Inf\"} 0",
+            "productbuilder_unit_run_duration_seconds_count{unit=\"preflight:database:global\"} 0",
+            "productbuilder_preflights_passed 0",
+            "productbuilder_previews{status=\"ready\"} 0",
+            "productbuilder_preview_deploys_total{outcome=\"cancelled\"} 0",
+            "productbuilder_preview_builds_running 0",
+            "productbuilder_preview_jobs_ended_total{outcome=\"timed_out\"} 0",
+            "productbuilder_preview_jobs_waiting 0",
+        ] {
+            assert!(answer.lines().any(|l| l == line), "no {line} in\n{answer}");
         }
     }
 

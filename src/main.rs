@@ -11,6 +11,7 @@ mod dashboard;
 mod demo;
 mod http;
 mod kernel;
+mod metrics;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

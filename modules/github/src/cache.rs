@@ -30,42 +30,47 @@ pub(crate) async fn get(
     url: &str,
 ) -> Result<Option<CacheEntry>, GithubError> {
     let (identity, url) = (identity.to_owned(), url.to_owned());
-    Ok(store
-        .call(move |c| {
-            let found = c
-                .query_row(
-                    "SELECT etag, body, next_url,
-                            used_at IS NULL OR used_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 day')
-                     FROM http_cache WHERE identity = ?1 AND url = ?2",
-                    [&identity, &url],
-                    |r| {
-                        Ok((
-                            CacheEntry {
-                                etag: r.get(0)?,
-                                body: r.get(1)?,
-                                next: r.get(2)?,
-                            },
-                            r.get::<_, bool>(3)?,
-                        ))
-                    },
-                )
-                .optional()?;
-            match found {
-                Some((entry, stale)) => {
-                    if stale {
-                        c.execute(
-                            &format!(
-                                "UPDATE http_cache SET used_at = {NOW} WHERE identity = ?1 AND url = ?2"
-                            ),
-                            [&identity, &url],
-                        )?;
-                    }
-                    Ok(Some(entry))
-                }
-                None => Ok(None),
-            }
+    // Every poll looks its URL up here: on a reader, so it never waits behind a cache write.
+    let key = (identity.clone(), url.clone());
+    let found = store
+        .read(move |c| {
+            c.query_row(
+                "SELECT etag, body, next_url,
+                        used_at IS NULL OR used_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 day')
+                 FROM http_cache WHERE identity = ?1 AND url = ?2",
+                [&key.0, &key.1],
+                |r| {
+                    Ok((
+                        CacheEntry {
+                            etag: r.get(0)?,
+                            body: r.get(1)?,
+                            next: r.get(2)?,
+                        },
+                        r.get::<_, bool>(3)?,
+                    ))
+                },
+            )
+            .optional()
         })
-        .await?)
+        .await?;
+    let Some((entry, stale)) = found else {
+        return Ok(None);
+    };
+    // `used_at` is kept to the day (what pruning needs), so an entry costs a write at most
+    // once a day, not once a poll.
+    if stale {
+        store
+            .write(move |c| {
+                c.execute(
+                    &format!(
+                        "UPDATE http_cache SET used_at = {NOW} WHERE identity = ?1 AND url = ?2"
+                    ),
+                    [&identity, &url],
+                )
+            })
+            .await?;
+    }
+    Ok(Some(entry))
 }
 
 pub(crate) async fn put(
@@ -84,7 +89,7 @@ pub(crate) async fn put(
         next.map(str::to_owned),
     );
     store
-        .call(move |c| {
+        .write(move |c| {
             c.execute(
                 &format!(
                     "INSERT INTO http_cache (identity, url, etag, body, next_url, stored_at, used_at)
@@ -132,7 +137,7 @@ pub async fn prune(store: &Store, limits: CacheLimits) -> Result<Pruned, GithubE
     let seconds = limits.max_unused.as_secs();
     let max_bytes = limits.max_bytes;
     Ok(store
-        .call(move |c| {
+        .write(move |c| {
             let tx = c.transaction()?;
             let mut removed = tx.execute(
                 "DELETE FROM http_cache
@@ -187,7 +192,7 @@ mod tests {
     async fn age(store: &Store, url: &str, days: u32) {
         let url = url.to_owned();
         store
-            .call(move |c| {
+            .write(move |c| {
                 c.execute(
                     "UPDATE http_cache SET used_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) WHERE url = ?2",
                     params![format!("-{days} days"), url],
@@ -199,7 +204,7 @@ mod tests {
 
     async fn urls(store: &Store) -> Vec<String> {
         store
-            .call(|c| {
+            .read(|c| {
                 let mut s = c.prepare("SELECT url FROM http_cache ORDER BY url")?;
                 s.query_map([], |r| r.get(0))?.collect()
             })

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue, Method, header};
 use octocrab::Octocrab;
@@ -1054,32 +1054,15 @@ fn error_message(body: &[u8]) -> String {
     }
 }
 
-/// Parses `2026-11-25T12:00:00Z` (the only form GitHub sends).
+/// Parses `2026-11-25T12:00:00Z` (the form GitHub sends; fractional seconds are kept).
 pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
-    let t = text.trim().strip_suffix('Z')?;
-    let (date, time) = t.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let time = time.split('.').next()?;
-    let mut h = time.split(':').map(|p| p.parse::<i64>().ok());
-    let (hh, mm, ss) = (h.next()??, h.next()??, h.next()??);
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
-    u64::try_from(secs)
-        .ok()
-        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+    humantime::parse_rfc3339(text.trim()).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn github_errors_map_to_scheduler_kinds() {
@@ -1186,7 +1169,16 @@ mod tests {
             t.duration_since(UNIX_EPOCH).unwrap().as_secs(),
             1_296_068_472
         );
+        assert_eq!(
+            parse_rfc3339(" 2011-01-26T19:01:12.250Z\n")
+                .unwrap()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+            1_296_068_472_250
+        );
         assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(parse_rfc3339("2011-02-30T19:01:12Z"), None);
     }
 
     #[test]

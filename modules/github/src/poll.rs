@@ -78,7 +78,7 @@ impl GithubState {
     pub async fn poll_states(&self) -> Result<Vec<TenantPollState>, GithubError> {
         Ok(self
             .store
-            .call(|c| {
+            .read(|c| {
                 let mut stmt = c.prepare(
                     "SELECT repo, last_poll_at, last_change_at FROM poll_state ORDER BY repo",
                 )?;
@@ -97,7 +97,7 @@ impl GithubState {
     /// The open pull requests of `repo` as last polled.
     pub async fn open_pulls(&self, repo: &str) -> Result<Vec<Pull>, GithubError> {
         let repo = repo.to_owned();
-        Ok(self.store.call(move |c| load_open(c, &repo)).await?)
+        Ok(self.store.read(move |c| load_open(c, &repo)).await?)
     }
 }
 
@@ -288,7 +288,7 @@ async fn skip_cold(
     let cold_after = COLD_AFTER.as_secs() as i64;
     let cold: bool = state
         .store
-        .call(move |c| {
+        .read(move |c| {
             let open: i64 = c.query_row(
                 "SELECT count(*) FROM pulls WHERE repo = ?1 AND state = 'open'",
                 [&key],
@@ -323,7 +323,7 @@ async fn record_poll(state: &GithubState, repo: &str, changed: bool) -> Result<(
     let repo = repo.to_owned();
     state
         .store
-        .call(move |c| {
+        .write(move |c| {
             c.execute(
                 "INSERT INTO poll_state (repo, last_poll_at, last_change_at)
                  VALUES (?1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
@@ -369,7 +369,7 @@ pub async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), Unit
     let key = repo.clone();
     let known = state
         .store
-        .call(move |c| load_open(c, &key))
+        .read(move |c| load_open(c, &key))
         .await
         .map_err(UnitError::from)?;
     let listed_numbers: HashSet<u64> = open.iter().map(|p| p.number).collect();
@@ -431,7 +431,7 @@ pub async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), Unit
             .collect();
         state
             .store
-            .call(move |c| {
+            .write(move |c| {
                 let tx = c.transaction()?;
                 for p in &changed_pulls {
                     tx.execute(
@@ -490,7 +490,7 @@ pub async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), Unit
         let key = repo.clone();
         state
             .store
-            .call(move |c| load_open(c, &key))
+            .read(move |c| load_open(c, &key))
             .await
             .map_err(UnitError::from)?
     } else {
@@ -671,7 +671,7 @@ async fn sync_stream(
     let (key, name) = (repo.clone(), stream.name);
     let cursor = state
         .store
-        .call(move |c| {
+        .read(move |c| {
             c.query_row(
                 "SELECT updated_at, ids FROM cursors WHERE repo = ?1 AND stream = ?2",
                 [&key, name],
@@ -734,7 +734,7 @@ async fn sync_stream(
             (repo.clone(), stream.name, stream.store, next.clone());
         state
             .store
-            .call(move |c| {
+            .write(move |c| {
                 let tx = c.transaction()?;
                 for (_, _, item) in &fresh {
                     store_item(&tx, &key, item)?;
@@ -766,7 +766,7 @@ pub async fn stored_comments(
 ) -> Result<Vec<(i64, i64, String, String)>, GithubError> {
     let repo = repo.to_owned();
     Ok(store
-        .call(move |c| {
+        .read(move |c| {
             let mut stmt = c.prepare(
                 "SELECT id, issue_number, author, body FROM comments WHERE repo = ?1 ORDER BY updated_at, id",
             )?;
@@ -780,7 +780,7 @@ pub async fn stored_comments(
 pub async fn stored_issue_numbers(store: &Store, repo: &str) -> Result<Vec<i64>, GithubError> {
     let repo = repo.to_owned();
     Ok(store
-        .call(move |c| {
+        .read(move |c| {
             let mut stmt =
                 c.prepare("SELECT number FROM issues WHERE repo = ?1 ORDER BY number")?;
             let rows = stmt.query_map([&repo], |r| r.get(0))?;

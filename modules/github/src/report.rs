@@ -14,8 +14,19 @@ use crate::client::{GithubClient, GithubError};
 /// The commit status context.
 pub const STATUS_CONTEXT: &str = "productbuilder/preview";
 
-/// A commit status state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A commit status state, named as GitHub spells it (`pending`, ...).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::Display,
+    strum::EnumString,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum CommitState {
     Pending,
     Success,
@@ -23,35 +34,25 @@ pub enum CommitState {
     Error,
 }
 
-impl CommitState {
-    fn as_str(self) -> &'static str {
-        match self {
-            CommitState::Pending => "pending",
-            CommitState::Success => "success",
-            CommitState::Failure => "failure",
-            CommitState::Error => "error",
-        }
-    }
-}
-
-/// A deployment status state (the subset previews use).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A deployment status state (the subset previews use), named as GitHub spells it
+/// (`in_progress`, ...).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::Display,
+    strum::EnumString,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum DeploymentState {
     InProgress,
     Success,
     Failure,
     Inactive,
-}
-
-impl DeploymentState {
-    fn as_str(self) -> &'static str {
-        match self {
-            DeploymentState::InProgress => "in_progress",
-            DeploymentState::Success => "success",
-            DeploymentState::Failure => "failure",
-            DeploymentState::Inactive => "inactive",
-        }
-    }
 }
 
 /// GitHub caps descriptions at 140 characters; control characters are dropped.
@@ -105,7 +106,7 @@ impl Reporter {
         let identity = self.client.identity(repo).await?;
         let url = self.client.url(&format!("/repos/{repo}/statuses/{sha}"));
         let mut body = json!({
-            "state": state.as_str(),
+            "state": state.as_ref(),
             "context": STATUS_CONTEXT,
             "description": description(text),
         });
@@ -167,7 +168,7 @@ impl Reporter {
         let url = self
             .client
             .url(&format!("/repos/{repo}/deployments/{deployment}/statuses"));
-        let mut body = json!({ "state": state.as_str(), "description": description(text) });
+        let mut body = json!({ "state": state.as_ref(), "description": description(text) });
         if let Some(env_url) = environment_url {
             body["environment_url"] = json!(env_url);
         }
@@ -185,6 +186,32 @@ impl Reporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The states as GitHub spells them: what is sent must not change.
+    #[test]
+    fn states_are_sent_as_github_spells_them() {
+        use std::str::FromStr;
+        for (state, name) in [
+            (CommitState::Pending, "pending"),
+            (CommitState::Success, "success"),
+            (CommitState::Failure, "failure"),
+            (CommitState::Error, "error"),
+        ] {
+            assert_eq!(state.as_ref(), name);
+            assert_eq!(state.to_string(), name);
+            assert_eq!(CommitState::from_str(name), Ok(state));
+        }
+        for (state, name) in [
+            (DeploymentState::InProgress, "in_progress"),
+            (DeploymentState::Success, "success"),
+            (DeploymentState::Failure, "failure"),
+            (DeploymentState::Inactive, "inactive"),
+        ] {
+            assert_eq!(state.as_ref(), name);
+            assert_eq!(state.to_string(), name);
+            assert_eq!(DeploymentState::from_str(name), Ok(state));
+        }
+    }
 
     #[test]
     fn descriptions_fit_githubs_limit() {

@@ -569,7 +569,7 @@ async fn cold_tenants_stretch_their_polls_when_the_quota_runs_low() {
     daemon
         .state
         .store
-        .call(|c| {
+        .write(|c| {
             c.execute(
                 "UPDATE poll_state SET last_change_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 hours') WHERE repo = 'acme/cold'",
                 [],

@@ -21,10 +21,14 @@
 //!   frees its key for the next job.
 //! - Cancellation is cooperative: a job observes its token and returns. Nothing is aborted except
 //!   a job past its deadline and its grace period.
-//! - [`Jobs::idle`] for tests, [`Jobs::metrics`] for `/metrics` ([`Metrics::render_prometheus`]).
+//! - [`Jobs::idle`] for tests, [`Jobs::metrics`] for `/metrics` ([`Metrics::collector`]).
+
+mod metrics;
+
+pub use metrics::{Metrics, MetricsCollector};
 
 use std::collections::HashMap;
-use std::fmt::{Display, Write as _};
+use std::fmt::Display;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,7 +50,18 @@ pub enum Policy {
 }
 
 /// How a job ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::Display,
+    strum::EnumString,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum Outcome {
     /// The job returned `Ok` without being cancelled.
     Succeeded,
@@ -61,21 +76,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The label value used in metrics and logs.
+    /// The label value used in metrics and logs (`timed_out`, ...).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed => "failed",
-            Outcome::Panicked => "panicked",
-            Outcome::Cancelled => "cancelled",
-            Outcome::TimedOut => "timed_out",
-        }
-    }
-}
-
-impl Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
@@ -200,57 +203,6 @@ struct Counters {
     cancelled: AtomicU64,
     timed_out: AtomicU64,
     running: AtomicU64,
-}
-
-/// A snapshot of the counters since start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Metrics {
-    pub started: u64,
-    pub succeeded: u64,
-    pub failed: u64,
-    pub panicked: u64,
-    /// Includes jobs cancelled before they started (those never count as started).
-    pub cancelled: u64,
-    pub timed_out: u64,
-    /// Jobs running now.
-    pub running: u64,
-    /// Jobs submitted and waiting (for an earlier job of their key or for a slot).
-    pub waiting: u64,
-}
-
-impl Metrics {
-    /// Appends the Prometheus text exposition of the snapshot, every series named `{prefix}_…`
-    /// (e.g. `productbuilder_jobs`).
-    pub fn render_prometheus(&self, prefix: &str, text: &mut String) {
-        let _ = writeln!(
-            text,
-            "# HELP {prefix}_started_total Jobs started since start.\n# TYPE {prefix}_started_total counter\n{prefix}_started_total {}",
-            self.started
-        );
-        let _ = writeln!(
-            text,
-            "# HELP {prefix}_ended_total Jobs ended since start, by outcome (cancelled includes jobs cancelled before they started).\n# TYPE {prefix}_ended_total counter"
-        );
-        for (outcome, n) in [
-            (Outcome::Succeeded, self.succeeded),
-            (Outcome::Failed, self.failed),
-            (Outcome::Panicked, self.panicked),
-            (Outcome::Cancelled, self.cancelled),
-            (Outcome::TimedOut, self.timed_out),
-        ] {
-            let _ = writeln!(text, "{prefix}_ended_total{{outcome=\"{outcome}\"}} {n}");
-        }
-        let _ = writeln!(
-            text,
-            "# HELP {prefix}_running Jobs running now.\n# TYPE {prefix}_running gauge\n{prefix}_running {}",
-            self.running
-        );
-        let _ = writeln!(
-            text,
-            "# HELP {prefix}_waiting Jobs waiting for an earlier job of their key or for a slot.\n# TYPE {prefix}_waiting gauge\n{prefix}_waiting {}",
-            self.waiting
-        );
-    }
 }
 
 /// A submitted job: cancel it, or await how it ended.

@@ -412,3 +412,20 @@ fn metrics_render_as_prometheus_text() {
         );
     }
 }
+
+/// The outcome names logs and the `outcome` label have always shown.
+#[test]
+fn outcomes_keep_their_names_and_parse_back() {
+    use std::str::FromStr;
+    for (outcome, name) in [
+        (Outcome::Succeeded, "succeeded"),
+        (Outcome::Failed, "failed"),
+        (Outcome::Panicked, "panicked"),
+        (Outcome::Cancelled, "cancelled"),
+        (Outcome::TimedOut, "timed_out"),
+    ] {
+        assert_eq!(outcome.as_str(), name);
+        assert_eq!(outcome.to_string(), name);
+        assert_eq!(Outcome::from_str(name), Ok(outcome));
+    }
+}

@@ -9,7 +9,22 @@ use std::time::Duration;
 /// [`RetryPolicy`](crate::RetryPolicy) then decides what a kind means for the unit. Keeping the kinds
 /// closed (instead of matching on error strings or types) is what lets one ordered classifier serve
 /// every module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// Its names (`rate_limited`, ...) are what logs and metrics show: `Display`, `FromStr`,
+/// `AsRef<str>` and `&'static str` are derived from the variant names in snake_case.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::Display,
+    strum::EnumString,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum ErrorKind {
     /// Connection refused or reset, DNS, TLS: the peer may be back soon.
     Network,
@@ -36,18 +51,7 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// A short lowercase name for logs and metrics labels.
     pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Network => "network",
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::Server => "server",
-            ErrorKind::RateLimited => "rate_limited",
-            ErrorKind::BadCredentials => "bad_credentials",
-            ErrorKind::Forbidden => "forbidden",
-            ErrorKind::NotFound => "not_found",
-            ErrorKind::Validation => "validation",
-            ErrorKind::Panicked => "panicked",
-            ErrorKind::Internal => "internal",
-        }
+        self.into()
     }
 }
 
@@ -163,5 +167,39 @@ mod tests {
     fn display_names_the_kind() {
         let e = UnitError::new(ErrorKind::NotFound, "repository acme/shop not found");
         assert_eq!(e.to_string(), "repository acme/shop not found (not_found)");
+    }
+
+    /// The names logs and metrics have always shown, in every direction.
+    #[test]
+    fn kinds_keep_their_names_and_parse_back() {
+        use std::str::FromStr;
+        let names = [
+            (ErrorKind::Network, "network"),
+            (ErrorKind::Timeout, "timeout"),
+            (ErrorKind::Server, "server"),
+            (ErrorKind::RateLimited, "rate_limited"),
+            (ErrorKind::BadCredentials, "bad_credentials"),
+            (ErrorKind::Forbidden, "forbidden"),
+            (ErrorKind::NotFound, "not_found"),
+            (ErrorKind::Validation, "validation"),
+            (ErrorKind::Panicked, "panicked"),
+            (ErrorKind::Internal, "internal"),
+        ];
+        for (kind, name) in names {
+            assert_eq!(kind.as_str(), name);
+            assert_eq!(kind.to_string(), name);
+            assert_eq!(kind.as_ref(), name);
+            assert_eq!(ErrorKind::from_str(name), Ok(kind));
+        }
+        assert!(ErrorKind::from_str("RateLimited").is_err());
+        let phases = [
+            (crate::Phase::Preflight, "preflight"),
+            (crate::Phase::Worker, "worker"),
+        ];
+        for (phase, name) in phases {
+            assert_eq!(phase.as_str(), name);
+            assert_eq!(phase.to_string(), name);
+            assert_eq!(crate::Phase::from_str(name), Ok(phase));
+        }
     }
 }

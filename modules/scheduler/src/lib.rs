@@ -64,8 +64,5 @@ pub use backoff::{Backoff, RestartPolicy};
 pub use error::{ErrorKind, UnitError};
 pub use retry::{RetryPolicy, RetryRule, Verdict, delay_for};
 pub use scheduler::{DuplicateUnits, PreflightFailed, Scheduler, SchedulerOptions, StartupFailed};
-pub use status::{
-    DURATION_BUCKETS, DegradedTenant, Health, StatusBoard, TenantState, UnitStatus,
-    escape as escape_label,
-};
+pub use status::{DURATION_BUCKETS, DegradedTenant, Health, StatusBoard, TenantState, UnitStatus};
 pub use unit::{Phase, RunCtx, RunFuture, Schedule, TenantId, UnitSpec, WorkFn, work};

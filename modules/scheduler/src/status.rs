@@ -4,11 +4,16 @@
 //! the scheduler must stay cheap with ten thousand units.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet, prometheus_text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 
 use crate::error::ErrorKind;
@@ -386,154 +391,140 @@ impl StatusBoard {
     }
 
     /// Appends the scheduler's series in the Prometheus text exposition format (version 0.0.4).
+    /// `/metrics` registers the board as a [`Collector`] beside the other modules' instead.
     pub fn render_prometheus(&self, out: &mut String) {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.clone()));
+        // Writing to a String cannot fail.
+        let _ = prometheus_text::encode(out, &registry);
+    }
+}
+
+/// A counter series: metric name (without `_total`, which the encoder adds), help text, and how
+/// to read it from a unit.
+type Counter = (&'static str, &'static str, fn(&UnitStatus) -> u64);
+
+/// The scheduler's series, read from the atomics at each scrape: no lock on the run path, and
+/// names, types, HELP lines and label escaping by construction.
+impl Collector for StatusBoard {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let units = &self.inner.units;
         let counters: [Counter; 4] = [
             (
-                "productbuilder_unit_runs_total",
+                "productbuilder_unit_runs",
                 "Unit runs (attempts) finished, by unit.",
                 UnitStatus::runs,
             ),
             (
-                "productbuilder_unit_failures_total",
+                "productbuilder_unit_failures",
                 "Unit runs that returned an error, timed out or panicked.",
                 UnitStatus::failures,
             ),
             (
-                "productbuilder_unit_retries_total",
+                "productbuilder_unit_retries",
                 "Retries scheduled after a transient failure.",
                 UnitStatus::retries,
             ),
             (
-                "productbuilder_unit_panics_total",
+                "productbuilder_unit_panics",
                 "Unit runs that panicked.",
                 UnitStatus::panics,
             ),
         ];
         for (metric, help, value) in counters {
-            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+            let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Counter)?;
             for u in units {
-                let _ = writeln!(out, "{metric}{{unit=\"{}\"}} {}", escape(&u.name), value(u));
+                ConstCounter::new(value(u)).encode(family.encode_family(&[("unit", u.name())])?)?;
             }
         }
 
-        let metric = "productbuilder_unit_run_duration_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {metric} Duration of unit runs.\n# TYPE {metric} histogram"
-        );
+        let mut family = encoder.encode_descriptor(
+            "productbuilder_unit_run_duration_seconds",
+            "Duration of unit runs.",
+            None,
+            MetricType::Histogram,
+        )?;
         for u in units {
-            let name = escape(&u.name);
-            let mut cumulative = 0;
-            for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-                cumulative += u.duration_buckets[i].load(Relaxed);
-                let _ = writeln!(
-                    out,
-                    "{metric}_bucket{{unit=\"{name}\",le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            let count = u.runs();
+            // Per-bucket counts; the encoder makes them cumulative and adds `+Inf` = count.
+            let buckets: Vec<(f64, u64)> = DURATION_BUCKETS
+                .iter()
+                .zip(&u.duration_buckets)
+                .map(|(bound, n)| (*bound, n.load(Relaxed)))
+                .collect();
             let sum = u.duration_sum_us.load(Relaxed) as f64 / 1e6;
-            let _ = writeln!(
-                out,
-                "{metric}_bucket{{unit=\"{name}\",le=\"+Inf\"}} {count}"
-            );
-            let _ = writeln!(out, "{metric}_sum{{unit=\"{name}\"}} {sum}");
-            let _ = writeln!(out, "{metric}_count{{unit=\"{name}\"}} {count}");
+            family
+                .encode_family(&[("unit", u.name())])?
+                .encode_histogram::<NoLabelSet>(sum, u.runs(), &buckets, None)?;
         }
 
-        let metric = "productbuilder_unit_degraded";
-        let _ = writeln!(
-            out,
-            "# HELP {metric} 1 while the unit's last cycle ended in failure.\n# TYPE {metric} gauge"
-        );
+        let mut family = encoder.encode_descriptor(
+            "productbuilder_unit_degraded",
+            "1 while the unit's last cycle ended in failure.",
+            None,
+            MetricType::Gauge,
+        )?;
         for u in units {
-            let _ = writeln!(
-                out,
-                "{metric}{{unit=\"{}\"}} {}",
-                escape(&u.name),
-                u8::from(u.is_degraded())
-            );
+            ConstGauge::new(u64::from(u.is_degraded()))
+                .encode(family.encode_family(&[("unit", u.name())])?)?;
         }
-        let _ = writeln!(
-            out,
-            "# HELP productbuilder_units_degraded Units currently degraded.\n# TYPE productbuilder_units_degraded gauge\nproductbuilder_units_degraded {}",
-            self.degraded().count()
-        );
+        ConstGauge::new(self.degraded().count() as u64).encode(encoder.encode_descriptor(
+            "productbuilder_units_degraded",
+            "Units currently degraded.",
+            None,
+            MetricType::Gauge,
+        )?)?;
         let services: Vec<&Arc<UnitStatus>> = units
             .iter()
             .filter(|u| u.phase() == Phase::Service)
             .collect();
         if !services.is_empty() {
-            let metric = "productbuilder_service_restarts_total";
-            let _ = writeln!(
-                out,
-                "# HELP {metric} Times a service was started again after it stopped.\n# TYPE {metric} counter"
-            );
+            let mut family = encoder.encode_descriptor(
+                "productbuilder_service_restarts",
+                "Times a service was started again after it stopped.",
+                None,
+                MetricType::Counter,
+            )?;
             for u in services {
-                let _ = writeln!(
-                    out,
-                    "{metric}{{unit=\"{}\"}} {}",
-                    escape(&u.name),
-                    u.restarts()
-                );
+                ConstCounter::new(u.restarts())
+                    .encode(family.encode_family(&[("unit", u.name())])?)?;
             }
         }
         let tenants = self.tenants();
-        let metric = "productbuilder_tenant_degraded";
-        let _ = writeln!(
-            out,
-            "# HELP {metric} 1 while a preflight of the tenant fails: its workers wait, every other tenant runs.\n# TYPE {metric} gauge"
-        );
+        let mut family = encoder.encode_descriptor(
+            "productbuilder_tenant_degraded",
+            "1 while a preflight of the tenant fails: its workers wait, every other tenant runs.",
+            None,
+            MetricType::Gauge,
+        )?;
         for (tenant, state) in &tenants {
             let degraded = matches!(state, TenantState::Degraded(_));
-            let _ = writeln!(
-                out,
-                "{metric}{{tenant=\"{}\"}} {}",
-                escape(tenant.as_str()),
-                u8::from(degraded)
-            );
+            ConstGauge::new(u64::from(degraded))
+                .encode(family.encode_family(&[("tenant", tenant.as_str())])?)?;
         }
-        let metric = "productbuilder_tenant_degraded_info";
-        let _ = writeln!(
-            out,
-            "# HELP {metric} Why a tenant is degraded: the failing preflight, its error kind, and whether it is permanent (the message is in /readyz).\n# TYPE {metric} gauge"
-        );
+        let mut family = encoder.encode_descriptor(
+            "productbuilder_tenant_degraded_info",
+            "Why a tenant is degraded: the failing preflight, its error kind, and whether it is permanent (the message is in /readyz).",
+            None,
+            MetricType::Gauge,
+        )?;
         for (_, state) in &tenants {
             if let TenantState::Degraded(d) = state {
-                let _ = writeln!(
-                    out,
-                    "{metric}{{tenant=\"{}\",unit=\"{}\",kind=\"{}\",permanent=\"{}\"}} 1",
-                    escape(d.tenant.as_str()),
-                    escape(&d.unit),
-                    d.kind.as_str(),
-                    d.permanent
-                );
+                let permanent = if d.permanent { "true" } else { "false" };
+                ConstGauge::new(1u64).encode(family.encode_family(&[
+                    ("tenant", d.tenant.as_str()),
+                    ("unit", d.unit.as_str()),
+                    ("kind", d.kind.as_str()),
+                    ("permanent", permanent),
+                ])?)?;
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP productbuilder_preflights_passed 1 once the global preflights passed and every tenant's passed or left it degraded.\n# TYPE productbuilder_preflights_passed gauge\nproductbuilder_preflights_passed {}",
-            u8::from(self.preflights_passed())
-        );
+        ConstGauge::new(u64::from(self.preflights_passed())).encode(encoder.encode_descriptor(
+            "productbuilder_preflights_passed",
+            "1 once the global preflights passed and every tenant's passed or left it degraded.",
+            None,
+            MetricType::Gauge,
+        )?)
     }
-}
-
-/// A counter series: metric name, help text, and how to read it from a unit.
-type Counter = (&'static str, &'static str, fn(&UnitStatus) -> u64);
-
-/// Escapes a Prometheus label value.
-pub fn escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -542,8 +533,20 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
-        assert_eq!(escape("a\nb"), "a\\nb");
+        let unit = Arc::new(UnitStatus::new(
+            "worker:x:a\"b\\c\nd".into(),
+            None,
+            Schedule::Worker {
+                interval: Duration::from_secs(1),
+            },
+        ));
+        let board = StatusBoard::new(vec![unit]);
+        let mut text = String::new();
+        board.render_prometheus(&mut text);
+        assert!(
+            text.contains("productbuilder_unit_runs_total{unit=\"worker:x:a\\\"b\\\\c\\nd\"} 0\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -3,21 +3,31 @@
 //! # Brief overview
 //! - [`Store::open`] opens (or creates) the file and sets the pragmas every connection needs.
 //! - [`Store::migrate`] applies the embedded migrations ([`MIGRATIONS`], one file per version in
-//!   `migrations/` at the workspace root), each inside its own transaction, and records it in
-//!   `schema_migrations` with a checksum.
-//! - [`Store::call`] runs a closure against the connection on tokio's blocking pool, so SQLite never
+//!   `migrations/` at the workspace root), each inside its own `BEGIN IMMEDIATE` transaction, and
+//!   records it in `schema_migrations` with a checksum.
+//! - [`Store::read`] runs a closure on one of a small pool of read-only connections,
+//!   [`Store::write`] on the one writer connection; both on tokio's blocking pool, so SQLite never
 //!   blocks an async worker thread.
 //!
-//! # Why one connection behind a mutex
-//! SQLite serialises writers anyway, and this daemon's write rate is a few rows per poll. One
-//! connection avoids `SQLITE_BUSY` between our own connections entirely; WAL still lets other
-//! processes (an operator's `sqlite3` shell, a backup) read while we write.
+//! # Why one writer and a pool of readers
+//! SQLite serialises writers anyway, and this daemon's write rate is a few rows per poll: one
+//! writer connection behind a mutex avoids `SQLITE_BUSY` between our own writers entirely. Reads
+//! (`/readyz`, `/metrics`, the dashboard, listings, the pollers' lookups) go to read-only
+//! connections instead: in WAL mode they see the last committed state and never wait behind a
+//! write, however large (an `http_cache` body) or long (a transaction) it is.
+//!
+//! A private in-memory database ([`Store::in_memory`]) cannot be shared between connections, so
+//! there reads use the writer.
+
+mod readers;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::readers::Readers;
 
 pub use rusqlite;
 
@@ -132,7 +142,11 @@ pub struct Applied {
 #[derive(Debug, Clone)]
 pub struct Store {
     path: Arc<PathBuf>,
-    conn: Arc<Mutex<Connection>>,
+    /// `None` for an in-memory database: reads then use the writer. Declared before the writer
+    /// so that it is dropped first: the writer, closing last, checkpoints and removes the WAL
+    /// (a read-only connection cannot).
+    readers: Option<Arc<Readers>>,
+    writer: Arc<Mutex<Connection>>,
 }
 
 impl Store {
@@ -160,8 +174,9 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(open_err)?;
         Ok(Store {
+            readers: Some(Arc::new(Readers::new(&path))),
             path: Arc::new(path),
-            conn: Arc::new(Mutex::new(conn)),
+            writer: Arc::new(Mutex::new(conn)),
         })
     }
 
@@ -174,7 +189,8 @@ impl Store {
         })?;
         Ok(Store {
             path: Arc::new(path),
-            conn: Arc::new(Mutex::new(conn)),
+            writer: Arc::new(Mutex::new(conn)),
+            readers: None,
         })
     }
 
@@ -185,7 +201,7 @@ impl Store {
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite half-written (transactions roll
         // back), so a poisoned lock is still a usable connection.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn sql_err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -195,28 +211,67 @@ impl Store {
         }
     }
 
-    /// Runs `f` on the blocking pool with the connection.
-    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Runs `f` on the blocking pool with the writer connection: for anything that writes, and
+    /// for reads that must be in the same transaction as a write.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let store = self.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        self.blocking(move || {
             let mut conn = store.lock();
             f(&mut conn)
         })
         .await
-        .map_err(|e| StoreError::Task {
-            path: self.path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+    }
+
+    /// Runs `f` on the blocking pool with a read-only connection: it sees every write committed
+    /// before it started, and never waits for the writer. A statement that writes fails
+    /// (`SQLITE_READONLY`).
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let Some(readers) = self.readers.clone() else {
+            return self.write(f).await;
+        };
+        self.blocking(move || {
+            let mut conn = readers.lend()?;
+            f(&mut conn)
+        })
+        .await
+    }
+
+    /// The same as [`Store::write`], the name callers used before the store had readers. Prefer
+    /// [`Store::read`] for reads and [`Store::write`] for writes.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.write(f).await
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> rusqlite::Result<T> + Send + 'static,
+    {
+        let result = tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| StoreError::Task {
+                path: self.path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         result.map_err(self.sql_err())
     }
 
-    /// True when the database answers a trivial query.
+    /// True when the database answers a trivial query (on a reader: a long write does not make
+    /// the daemon look unready).
     pub async fn ping(&self) -> bool {
-        self.call(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))
+        self.read(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))
             .await
             .is_ok()
     }
@@ -338,7 +393,7 @@ impl Store {
     /// The repository id cached for a tenant, if a preflight stored one.
     pub async fn tenant_repo_id(&self, repo: &str) -> Result<Option<u64>, StoreError> {
         let repo = repo.to_owned();
-        self.call(move |c| {
+        self.read(move |c| {
             c.query_row("SELECT repo_id FROM tenants WHERE repo = ?1", [repo], |r| {
                 r.get::<_, Option<i64>>(0)
             })
@@ -351,7 +406,7 @@ impl Store {
     /// Records a tenant's repository id.
     pub async fn set_tenant_repo_id(&self, repo: &str, repo_id: u64) -> Result<(), StoreError> {
         let repo = repo.to_owned();
-        self.call(move |c| {
+        self.write(move |c| {
             c.execute(
                 "INSERT INTO tenants (repo, repo_id, updated_at)
                  VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
@@ -481,5 +536,132 @@ mod tests {
         store.set_tenant_repo_id("acme/shop", 43).await.unwrap();
         assert_eq!(store.tenant_repo_id("acme/shop").await.unwrap(), Some(43));
         assert!(store.ping().await);
+    }
+
+    /// The writer holds a transaction open (a large cache write, a long sync page); a read on
+    /// another task still answers, from the last committed state, and sees the write once it is
+    /// committed. Before readers existed, this read waited for the writer's lock: the test would
+    /// hit its deadline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_completes_while_a_write_transaction_is_open() {
+        let (_dir, store) = fresh();
+        store.migrate().unwrap();
+        store.set_tenant_repo_id("acme/shop", 1).await.unwrap();
+        let (opened_tx, opened) = std::sync::mpsc::channel::<()>();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let writer = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .write(move |c| {
+                        let tx = c.transaction()?;
+                        tx.execute(
+                            "UPDATE tenants SET repo_id = 2 WHERE repo = 'acme/shop'",
+                            [],
+                        )?;
+                        opened_tx.send(()).unwrap();
+                        released.recv().unwrap();
+                        tx.commit()
+                    })
+                    .await
+            }
+        });
+        tokio::task::spawn_blocking(move || opened.recv().unwrap())
+            .await
+            .unwrap();
+
+        let deadline = Duration::from_secs(30);
+        let during = tokio::time::timeout(deadline, store.tenant_repo_id("acme/shop")).await;
+        let pinged = tokio::time::timeout(deadline, store.ping()).await;
+        // Released before asserting, so that a failure is reported instead of hanging on the
+        // writer's blocking task at shutdown.
+        release.send(()).unwrap();
+        let during = during
+            .expect("a read must not wait for the writer")
+            .unwrap();
+        assert_eq!(during, Some(1), "an uncommitted write is not visible");
+        assert!(
+            pinged.expect("/readyz's ping must not wait for the writer"),
+            "ping"
+        );
+
+        writer.await.unwrap().unwrap();
+        assert_eq!(store.tenant_repo_id("acme/shop").await.unwrap(), Some(2));
+    }
+
+    #[tokio::test]
+    async fn readers_refuse_writes() {
+        let (_dir, store) = fresh();
+        store.migrate().unwrap();
+        let err = store
+            .read(|c| c.execute("DELETE FROM tenants", []))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Sql { .. }), "{err}");
+    }
+
+    /// More reads at once than the pool has connections: the extra ones wait for a connection
+    /// to come back, and all answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn more_reads_than_readers_all_answer() {
+        let (_dir, store) = fresh();
+        store.migrate().unwrap();
+        store.set_tenant_repo_id("acme/shop", 7).await.unwrap();
+        let reads: Vec<_> = (0..Readers::MAX * 4)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.tenant_repo_id("acme/shop").await })
+            })
+            .collect();
+        for read in reads {
+            assert_eq!(read.await.unwrap().unwrap(), Some(7));
+        }
+    }
+
+    /// Two daemons (or `migrate` beside `run`) opening one fresh file and migrating at the same
+    /// moment: both succeed, and every migration is applied exactly once.
+    #[test]
+    fn two_stores_migrating_one_file_at_once_both_succeed() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("productbuilder.db");
+            let start = Arc::new(std::sync::Barrier::new(2));
+            let migrating: Vec<_> = (0..2)
+                .map(|_| {
+                    let (path, start) = (path.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        Store::open(&path)?.migrate()
+                    })
+                })
+                .collect();
+            let applied: usize = migrating
+                .into_iter()
+                .map(|t| t.join().unwrap().expect("both migrations succeed").len())
+                .sum();
+            assert_eq!(applied, MIGRATIONS.len());
+            assert!(Store::open(&path).unwrap().pending().unwrap().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn in_memory_reads_use_the_writer() {
+        let store = Store::in_memory().unwrap();
+        store.migrate().unwrap();
+        store.set_tenant_repo_id("acme/shop", 3).await.unwrap();
+        assert_eq!(store.tenant_repo_id("acme/shop").await.unwrap(), Some(3));
+    }
+
+    /// The last handle closes the readers first, then the writer, which checkpoints and removes
+    /// the WAL: no `-wal` file is left beside a database nobody has open.
+    #[tokio::test]
+    async fn closing_the_store_leaves_no_wal_behind() {
+        let (dir, store) = fresh();
+        store.migrate().unwrap();
+        store.set_tenant_repo_id("acme/shop", 1).await.unwrap();
+        assert_eq!(store.tenant_repo_id("acme/shop").await.unwrap(), Some(1));
+        drop(store);
+        let wal = dir.path().join("state/productbuilder.db-wal");
+        assert!(!wal.exists(), "{} is left behind", wal.display());
     }
 }
