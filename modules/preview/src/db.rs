@@ -226,6 +226,16 @@ pub struct Details<'a> {
     pub deleted_reason: Option<DeletedReason>,
 }
 
+/// Why [`transition`] did not move a row.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+    /// The state machine refused the move: a bug in the caller.
+    #[error(transparent)]
+    Refused(#[from] state::InvalidTransition),
+}
+
 /// Moves the preview of `repo#number` at `sha` by `event`. Returns `Ok(false)` when the row no
 /// longer belongs to `sha` (a newer deploy took over), and an error when the state machine refuses.
 pub fn transition(
@@ -235,14 +245,12 @@ pub fn transition(
     sha: &str,
     event: Event,
     details: &Details<'_>,
-) -> Result<bool, String> {
-    let current = row(c, repo, number)
-        .map_err(|e| e.to_string())?
-        .filter(|r| r.head_sha == sha);
+) -> Result<bool, TransitionError> {
+    let current = row(c, repo, number)?.filter(|r| r.head_sha == sha);
     let Some(current) = current else {
         return Ok(false);
     };
-    let next = state::transition(current.position(), event).map_err(|e| e.to_string())?;
+    let next = state::transition(current.position(), event)?;
     c.execute(
         &format!(
             "UPDATE previews SET status = ?4, stage = ?5, error = ?6, log_tail = ?7, deleted_reason = ?8,
@@ -259,8 +267,7 @@ pub fn transition(
             details.log_tail,
             details.deleted_reason.map(DeletedReason::as_str),
         ],
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     Ok(true)
 }
 
