@@ -76,6 +76,25 @@ impl From<process::Error> for CommandError {
     }
 }
 
+/// Why the configured Compose CLI cannot be used; each says how to install Compose v2.
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    #[error("`{shown}`: no Compose plugin found (looked in $DOCKER_CONFIG, ~/.docker and {looked}/cli-plugins); {INSTALL_V2}", looked = SYSTEM_PLUGIN_DIRS.join(", "))]
+    NoPlugin { shown: String },
+    #[error("`[preview] compose_command` is empty; {INSTALL_V2}")]
+    Empty,
+    /// `version` did not answer in time: the binary hangs (it may be fine after a restart).
+    #[error("{0}")]
+    Hung(#[source] process::Error),
+    /// `version` could not run or failed.
+    #[error("{0}; {INSTALL_V2}")]
+    Unusable(#[source] process::Error),
+    #[error(
+        "`{shown}` is Compose {version}, which cannot resolve a project for the preview policy (Compose v1 is end of life); {INSTALL_V2}"
+    )]
+    NotV2 { shown: String, version: String },
+}
+
 /// The Compose CLI to use.
 #[derive(Debug, Clone)]
 pub struct ComposeCli {
@@ -118,7 +137,7 @@ fn compose_plugin(docker_config: Option<&Path>) -> Option<PathBuf> {
 impl ComposeCli {
     /// The configured command, which must be Compose v2. `docker compose` is resolved to the
     /// plugin's binary, so it runs without the Docker CLI's configuration directory.
-    pub async fn detect(preferred: &[String]) -> Result<ComposeCli, String> {
+    pub async fn detect(preferred: &[String]) -> Result<ComposeCli, ComposeError> {
         ComposeCli::detect_with(preferred, None).await
     }
 
@@ -126,7 +145,7 @@ impl ComposeCli {
     pub async fn detect_with(
         preferred: &[String],
         docker_config: Option<&Path>,
-    ) -> Result<ComposeCli, String> {
+    ) -> Result<ComposeCli, ComposeError> {
         let shown = preferred.join(" ");
         let mut argv = preferred.to_vec();
         if argv.len() >= 2 && argv[0] == "docker" && argv[1] == "compose" {
@@ -134,18 +153,11 @@ impl ComposeCli {
                 Some(plugin) => {
                     argv.splice(..2, [plugin.display().to_string()]);
                 }
-                None => {
-                    return Err(format!(
-                        "`{shown}`: no Compose plugin found (looked in $DOCKER_CONFIG, ~/.docker and {}/cli-plugins); {INSTALL_V2}",
-                        SYSTEM_PLUGIN_DIRS.join(", ")
-                    ));
-                }
+                None => return Err(ComposeError::NoPlugin { shown }),
             }
         }
         let Some(program) = argv.first() else {
-            return Err(format!(
-                "`[preview] compose_command` is empty; {INSTALL_V2}"
-            ));
+            return Err(ComposeError::Empty);
         };
         let out = process::Command::new(program, format!("{shown} version"))
             .args(&argv[1..])
@@ -157,8 +169,8 @@ impl ComposeCli {
             .await;
         let out = match out {
             Ok(out) => out,
-            Err(e @ process::Error::Deadline { .. }) => return Err(e.to_string()),
-            Err(e) => return Err(format!("{e}; {INSTALL_V2}")),
+            Err(e @ process::Error::Deadline { .. }) => return Err(ComposeError::Hung(e)),
+            Err(e) => return Err(ComposeError::Unusable(e)),
         };
         let version = out.stdout.trim().to_owned();
         let major = version
@@ -175,9 +187,7 @@ impl ComposeCli {
                 ),
                 docker_config: None,
             }),
-            _ => Err(format!(
-                "`{shown}` is Compose {version}, which cannot resolve a project for the preview policy (Compose v1 is end of life); {INSTALL_V2}"
-            )),
+            _ => Err(ComposeError::NotV2 { shown, version }),
         }
     }
 

@@ -215,6 +215,11 @@ async fn compose_v1_is_refused_saying_how_to_install_v2() {
         .await
         .unwrap_err();
     assert!(
+        matches!(&e, productbuilder_preview::runner::ComposeError::NotV2 { version, .. } if version == "1.29.2"),
+        "{e:?}"
+    );
+    let e = e.to_string();
+    assert!(
         e.contains("Compose 1.29.2") && e.contains("end of life"),
         "{e}"
     );
