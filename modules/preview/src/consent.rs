@@ -28,8 +28,19 @@ use crate::reconcile::TenantRules;
 /// The command a writer comments to approve the head commit.
 pub const APPROVE_COMMAND: &str = "/preview approve";
 
-/// How a consent was given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a consent was given (as stored in `consents.how`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::Display,
+    strum::EnumString,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum How {
     Label,
     Comment,
@@ -37,10 +48,7 @@ pub enum How {
 
 impl How {
     pub fn as_str(self) -> &'static str {
-        match self {
-            How::Label => "label",
-            How::Comment => "comment",
-        }
+        self.into()
     }
 }
 

@@ -10,8 +10,20 @@ use crate::state::{self, Event, Position, Stage, Status};
 /// Timestamps as stored: RFC 3339 in UTC with milliseconds, so that text order is time order.
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
-/// Why a preview was removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a preview was removed (as stored in `previews.deleted_reason`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::Display,
+    strum::EnumString,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum DeletedReason {
     /// The pull request closed.
     Closed,
@@ -25,23 +37,11 @@ pub enum DeletedReason {
 
 impl DeletedReason {
     pub fn as_str(self) -> &'static str {
-        match self {
-            DeletedReason::Closed => "closed",
-            DeletedReason::Unwanted => "unwanted",
-            DeletedReason::Expired => "expired",
-            DeletedReason::Evicted => "evicted",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<DeletedReason> {
-        [
-            DeletedReason::Closed,
-            DeletedReason::Unwanted,
-            DeletedReason::Expired,
-            DeletedReason::Evicted,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
+        s.parse().ok()
     }
 
     /// Whether the same head commit may be deployed again when the pull request wants it: an
@@ -363,4 +363,24 @@ pub fn older_than(c: &Connection, at: &str, age: std::time::Duration) -> rusqlit
         params![at, format!("-{} seconds", age.as_secs())],
         |r| r.get(0),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deleted_reasons_as_stored() {
+        let names: Vec<&str> = <DeletedReason as strum::VariantArray>::VARIANTS
+            .iter()
+            .map(|r| r.as_str())
+            .collect();
+        assert_eq!(names, ["closed", "unwanted", "expired", "evicted"]);
+        for name in names {
+            assert_eq!(
+                DeletedReason::parse(name).map(|r| r.to_string()).as_deref(),
+                Some(name)
+            );
+        }
+    }
 }

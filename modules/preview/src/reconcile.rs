@@ -74,7 +74,19 @@ pub struct Settings {
 }
 
 /// `[preview] egress`: whether a preview's containers may open connections out of its networks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    strum::Display,
+    strum::EnumString,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum Egress {
     /// Outbound traffic is allowed (package registries, APIs), and so is the host's network.
     #[default]
