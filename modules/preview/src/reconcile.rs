@@ -331,7 +331,7 @@ impl Previews {
             inner: Arc::new(Inner {
                 builds: Semaphore::new(settings.max_builds.max(1)),
                 host_failures: Backoffs::new(settings.host_retry, HOST_RETRY_MAX),
-                reports: crate::report::Reports::new(&shutdown),
+                reports: crate::report::Reports::new(),
                 settings,
                 rules,
                 store,

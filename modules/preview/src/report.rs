@@ -79,9 +79,11 @@ pub(crate) struct Reports {
 }
 
 impl Reports {
-    pub fn new(shutdown: &CancellationToken) -> Reports {
+    /// Reports are not stopped by the daemon's shutdown: a removal at exit (the demo's) is still
+    /// reported, and one report is short (each request has its own timeout).
+    pub fn new() -> Reports {
         Reports {
-            jobs: Jobs::builder(shutdown).build(),
+            jobs: Jobs::builder(&CancellationToken::new()).build(),
             running: Arc::default(),
             backoff: Backoffs::new(RETRY_FIRST, RETRY_MAX),
         }
