@@ -591,7 +591,7 @@ fn preview_validate(dir: &std::path::Path) -> Result<(), Failure> {
         // The policy checks the model Compose itself resolves: Compose v2 is required.
         let cli = ComposeCli::detect(&["docker".to_owned(), "compose".to_owned()])
             .await
-            .map_err(Failure::Failed)?;
+            .map_err(|e| Failure::Failed(e.to_string()))?;
         Ok::<_, Failure>(
             productbuilder_preview::validate_checkout(dir, &Policy::default(), &cli, "pb-validate")
                 .await,

@@ -83,14 +83,19 @@ impl Outcome {
 }
 
 /// What to run: the key, the name, the policy, and optionally a group and a deadline.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct JobSpec {
     key: String,
     name: String,
     policy: Policy,
     group: Option<String>,
     deadline: Option<Duration>,
+    tag: Option<Tag>,
 }
+
+/// What a caller attached to a job to read it back typed ([`Jobs::latest_tag`]), instead of
+/// parsing its name.
+type Tag = Arc<dyn std::any::Any + Send + Sync>;
 
 impl JobSpec {
     /// A job for `key`, named `name` in logs and spans (e.g. `deploy abc1234`).
@@ -101,7 +106,15 @@ impl JobSpec {
             policy,
             group: None,
             deadline: None,
+            tag: None,
         }
+    }
+
+    /// Attaches a typed value to the job (what kind of job it is, for the caller's decisions),
+    /// read back with [`Jobs::latest_tag`].
+    pub fn tag<T: Send + Sync + 'static>(mut self, tag: T) -> Self {
+        self.tag = Some(Arc::new(tag));
+        self
     }
 
     /// Counts the job against `group`'s limit (a group with no limit configured has none).
@@ -114,6 +127,19 @@ impl JobSpec {
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self
+    }
+}
+
+impl std::fmt::Debug for JobSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobSpec")
+            .field("key", &self.key)
+            .field("name", &self.name)
+            .field("policy", &self.policy)
+            .field("group", &self.group)
+            .field("deadline", &self.deadline)
+            .field("tagged", &self.tag.is_some())
+            .finish()
     }
 }
 
@@ -189,6 +215,7 @@ struct Inner {
 struct Live {
     id: u64,
     name: String,
+    tag: Option<Tag>,
     cancel: CancellationToken,
     started: bool,
     done: watch::Receiver<Option<Outcome>>,
@@ -263,6 +290,7 @@ impl Jobs {
             jobs.push(Live {
                 id,
                 name: spec.name.clone(),
+                tag: spec.tag.clone(),
                 cancel: cancel.clone(),
                 started: false,
                 done: done_rx.clone(),
@@ -302,6 +330,18 @@ impl Jobs {
             .get(key)
             .and_then(|jobs| jobs.last())
             .map(|j| j.name.clone())
+    }
+
+    /// The tag of the newest job submitted for `key` that has not ended (see [`Jobs::latest`]),
+    /// when it was tagged with a `T`.
+    pub fn latest_tag<T: Clone + 'static>(&self, key: &str) -> Option<T> {
+        self.inner
+            .keys()
+            .get(key)
+            .and_then(|jobs| jobs.last())
+            .and_then(|j| j.tag.as_ref())
+            .and_then(|tag| tag.downcast_ref::<T>())
+            .cloned()
     }
 
     /// Whether a job for `key` is running or waiting.

@@ -429,3 +429,36 @@ fn outcomes_keep_their_names_and_parse_back() {
         assert_eq!(Outcome::from_str(name), Ok(outcome));
     }
 }
+
+/// A caller reads back what kind of job is the latest of a key as the type it attached, not by
+/// parsing a name; an untagged job, or another type, reads as none.
+#[tokio::test(start_paused = true)]
+async fn the_latest_job_s_tag_reads_back_typed() {
+    #[derive(Debug, Clone, PartialEq)]
+    enum Kind {
+        Deploy { sha: String },
+        Remove,
+    }
+    let jobs = jobs();
+    let (tx, mut rx) = events();
+    jobs.submit(
+        JobSpec::new("k", "deploy a", Policy::Replace).tag(Kind::Deploy { sha: "a".into() }),
+        until_cancelled("a", tx.clone()),
+    );
+    assert_eq!(next(&mut rx).await, "a started");
+    assert_eq!(
+        jobs.latest_tag::<Kind>("k"),
+        Some(Kind::Deploy { sha: "a".into() })
+    );
+    assert_eq!(jobs.latest_tag::<String>("k"), None);
+    jobs.submit(
+        JobSpec::new("k", "remove", Policy::Replace).tag(Kind::Remove),
+        quick("b", tx.clone()),
+    );
+    assert_eq!(jobs.latest_tag::<Kind>("k"), Some(Kind::Remove));
+    jobs.idle().await;
+    assert_eq!(jobs.latest_tag::<Kind>("k"), None);
+    jobs.submit(JobSpec::new("u", "untagged", Policy::Queue), quick("c", tx));
+    assert_eq!(jobs.latest_tag::<Kind>("u"), None);
+    jobs.idle().await;
+}

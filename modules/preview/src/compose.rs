@@ -287,7 +287,12 @@ fn escape_dollars(s: &str) -> String {
     s.replace('$', "$$")
 }
 
+/// The rewritten model could not be written as text (a bug: the model is our own JSON).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the compose file: {0}")]
+pub struct RenderError(#[from] serde_json::Error);
+
 /// The rewritten file's text (JSON, which Compose reads as YAML).
-pub fn render(doc: &Value) -> Result<String, String> {
-    serde_json::to_string_pretty(doc).map_err(|e| format!("cannot write the compose file: {e}"))
+pub fn render(doc: &Value) -> Result<String, RenderError> {
+    Ok(serde_json::to_string_pretty(doc)?)
 }

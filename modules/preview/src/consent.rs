@@ -28,8 +28,19 @@ use crate::reconcile::TenantRules;
 /// The command a writer comments to approve the head commit.
 pub const APPROVE_COMMAND: &str = "/preview approve";
 
-/// How a consent was given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a consent was given (as stored in `consents.how`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::Display,
+    strum::EnumString,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum How {
     Label,
     Comment,
@@ -37,10 +48,7 @@ pub enum How {
 
 impl How {
     pub fn as_str(self) -> &'static str {
-        match self {
-            How::Label => "label",
-            How::Comment => "comment",
-        }
+        self.into()
     }
 }
 
@@ -126,7 +134,7 @@ pub async fn approvals(
     repo: &str,
     pull: &Pull,
     rules: &TenantRules,
-) -> Result<Vec<Approval>, String> {
+) -> Result<Vec<Approval>, ConsentError> {
     if let Err(e) = consider_new(github, store, repo, pull, rules).await {
         tracing::warn!(repo, number = pull.number, error = %e, "previews: cannot check new approvals; retrying on the next pass");
     }
@@ -134,7 +142,7 @@ pub async fn approvals(
     store
         .call(move |c| granted(c, &r, n))
         .await
-        .map_err(|e| format!("previews database: {e}"))
+        .map_err(ConsentError::Store)
 }
 
 async fn consider_new(
@@ -143,14 +151,14 @@ async fn consider_new(
     repo: &str,
     pull: &Pull,
     rules: &TenantRules,
-) -> Result<(), String> {
+) -> Result<(), ConsentError> {
     let client = &github.client;
     let number = pull.number;
     if pull.labels.contains(&rules.fork_label) {
         let events = client
             .label_events(repo, number)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ConsentError::Github)?;
         if let Some(event) = events
             .iter()
             .rev()
@@ -161,7 +169,7 @@ async fn consider_new(
                 let writer = client
                     .can_write(repo, &event.actor)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(ConsentError::Github)?;
                 // The head of the moment the daemon first sees the label.
                 record(
                     store,
@@ -185,17 +193,17 @@ async fn consider_new(
     let comments = store
         .call(move |c| unseen_commands(c, &r, n))
         .await
-        .map_err(|e| format!("previews database: {e}"))?;
+        .map_err(ConsentError::Store)?;
     for (id, author, created_at) in comments {
         let writer = client
             .can_write(repo, &author)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ConsentError::Github)?;
         let (r, at) = (repo.to_owned(), created_at.clone());
         let sha = store
             .call(move |c| head_seen_at(c, &r, number, &at))
             .await
-            .map_err(|e| format!("previews database: {e}"))?;
+            .map_err(ConsentError::Store)?;
         record(
             store,
             Consent {
@@ -235,6 +243,16 @@ fn log_consent(repo: &str, number: u64, how: How, by: &str, writer: bool) {
     }
 }
 
+/// Why the consents could not be read or brought up to date.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsentError {
+    /// Who labelled, or whether they may write, could not be asked now: the next pass asks again.
+    #[error("GitHub: {0}")]
+    Github(#[source] productbuilder_github::GithubError),
+    #[error("previews database: {0}")]
+    Store(#[source] productbuilder_store::StoreError),
+}
+
 struct Consent {
     repo: String,
     number: u64,
@@ -246,7 +264,7 @@ struct Consent {
     granted: bool,
 }
 
-async fn known(store: &Store, repo: &str, number: u64, source: &str) -> Result<bool, String> {
+async fn known(store: &Store, repo: &str, number: u64, source: &str) -> Result<bool, ConsentError> {
     let (r, s) = (repo.to_owned(), source.to_owned());
     store
         .call(move |c| {
@@ -259,10 +277,10 @@ async fn known(store: &Store, repo: &str, number: u64, source: &str) -> Result<b
             .map(|found| found.is_some())
         })
         .await
-        .map_err(|e| format!("previews database: {e}"))
+        .map_err(ConsentError::Store)
 }
 
-async fn record(store: &Store, consent: Consent) -> Result<(), String> {
+async fn record(store: &Store, consent: Consent) -> Result<(), ConsentError> {
     store
         .call(move |c| {
             c.execute(
@@ -283,7 +301,7 @@ async fn record(store: &Store, consent: Consent) -> Result<(), String> {
             .map(|_| ())
         })
         .await
-        .map_err(|e| format!("previews database: {e}"))
+        .map_err(ConsentError::Store)
 }
 
 /// `/preview approve` comments on `repo#number` not considered yet: (id, author, created_at).

@@ -10,8 +10,20 @@ use crate::state::{self, Event, Position, Stage, Status};
 /// Timestamps as stored: RFC 3339 in UTC with milliseconds, so that text order is time order.
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
-/// Why a preview was removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a preview was removed (as stored in `previews.deleted_reason`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::Display,
+    strum::EnumString,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum DeletedReason {
     /// The pull request closed.
     Closed,
@@ -25,23 +37,11 @@ pub enum DeletedReason {
 
 impl DeletedReason {
     pub fn as_str(self) -> &'static str {
-        match self {
-            DeletedReason::Closed => "closed",
-            DeletedReason::Unwanted => "unwanted",
-            DeletedReason::Expired => "expired",
-            DeletedReason::Evicted => "evicted",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<DeletedReason> {
-        [
-            DeletedReason::Closed,
-            DeletedReason::Unwanted,
-            DeletedReason::Expired,
-            DeletedReason::Evicted,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
+        s.parse().ok()
     }
 
     /// Whether the same head commit may be deployed again when the pull request wants it: an
@@ -226,6 +226,16 @@ pub struct Details<'a> {
     pub deleted_reason: Option<DeletedReason>,
 }
 
+/// Why [`transition`] did not move a row.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+    /// The state machine refused the move: a bug in the caller.
+    #[error(transparent)]
+    Refused(#[from] state::InvalidTransition),
+}
+
 /// Moves the preview of `repo#number` at `sha` by `event`. Returns `Ok(false)` when the row no
 /// longer belongs to `sha` (a newer deploy took over), and an error when the state machine refuses.
 pub fn transition(
@@ -235,14 +245,12 @@ pub fn transition(
     sha: &str,
     event: Event,
     details: &Details<'_>,
-) -> Result<bool, String> {
-    let current = row(c, repo, number)
-        .map_err(|e| e.to_string())?
-        .filter(|r| r.head_sha == sha);
+) -> Result<bool, TransitionError> {
+    let current = row(c, repo, number)?.filter(|r| r.head_sha == sha);
     let Some(current) = current else {
         return Ok(false);
     };
-    let next = state::transition(current.position(), event).map_err(|e| e.to_string())?;
+    let next = state::transition(current.position(), event)?;
     c.execute(
         &format!(
             "UPDATE previews SET status = ?4, stage = ?5, error = ?6, log_tail = ?7, deleted_reason = ?8,
@@ -259,8 +267,7 @@ pub fn transition(
             details.log_tail,
             details.deleted_reason.map(DeletedReason::as_str),
         ],
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     Ok(true)
 }
 
@@ -356,4 +363,24 @@ pub fn older_than(c: &Connection, at: &str, age: std::time::Duration) -> rusqlit
         params![at, format!("-{} seconds", age.as_secs())],
         |r| r.get(0),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deleted_reasons_as_stored() {
+        let names: Vec<&str> = <DeletedReason as strum::VariantArray>::VARIANTS
+            .iter()
+            .map(|r| r.as_str())
+            .collect();
+        assert_eq!(names, ["closed", "unwanted", "expired", "evicted"]);
+        for name in names {
+            assert_eq!(
+                DeletedReason::parse(name).map(|r| r.to_string()).as_deref(),
+                Some(name)
+            );
+        }
+    }
 }

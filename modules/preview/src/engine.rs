@@ -62,7 +62,38 @@ pub struct Engine {
 }
 
 /// Bytes of a log stream.
-pub type LogStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, String>> + Send>>;
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, EngineError>> + Send>>;
+
+/// Every way an Engine API call fails; each names the engine's socket or the service, and what to
+/// do next.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No engine answers at the socket.
+    #[error("the Docker engine at {socket}: {detail}; start dockerd or set DOCKER_HOST")]
+    Unreachable { socket: String, detail: String },
+    /// A call the engine refused or did not answer.
+    #[error("the Docker engine at {socket}: {what}: {detail}")]
+    Api {
+        socket: String,
+        what: String,
+        detail: String,
+    },
+    #[error("service `{service}` has no container (is the preview running?)")]
+    NoContainer { service: String },
+    #[error("service `{service}` has no address on network {network}")]
+    NoAddress { service: String, network: String },
+    #[error("following {path} needs a shell (`sh`) in service `{service}`'s container")]
+    FollowNeedsShell { path: String, service: String },
+    #[error("following {path} in service `{service}` ended at once: {said}")]
+    FollowEnded {
+        path: String,
+        service: String,
+        said: String,
+    },
+    /// A log stream broke off.
+    #[error("log stream: {0}")]
+    Stream(String),
+}
 
 impl Engine {
     /// Where the engine is expected: `DOCKER_HOST`, or the default socket.
@@ -71,10 +102,11 @@ impl Engine {
     }
 
     /// Connects and agrees on an API version (the engine may be older than the client).
-    pub async fn connect() -> Result<Engine, String> {
+    pub async fn connect() -> Result<Engine, EngineError> {
         let socket = Self::socket();
-        let unreachable = |e: &dyn std::fmt::Display| {
-            format!("the Docker engine at {socket}: {e}; start dockerd or set DOCKER_HOST")
+        let unreachable = |e: &dyn std::fmt::Display| EngineError::Unreachable {
+            socket: socket.clone(),
+            detail: e.to_string(),
         };
         let docker = Docker::connect_with_local_defaults().map_err(|e| unreachable(&e))?;
         let docker = tokio::time::timeout(API_TIMEOUT, docker.negotiate_version())
@@ -88,12 +120,16 @@ impl Engine {
         &self.socket
     }
 
-    fn err(&self, what: &str, e: impl std::fmt::Display) -> String {
-        format!("the Docker engine at {}: {what}: {e}", self.socket)
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> EngineError {
+        EngineError::Api {
+            socket: self.socket.clone(),
+            what: what.to_owned(),
+            detail: e.to_string(),
+        }
     }
 
     /// The engine's version and API version.
-    pub async fn version(&self) -> Result<String, String> {
+    pub async fn version(&self) -> Result<String, EngineError> {
         let v = tokio::time::timeout(API_TIMEOUT, self.docker.version())
             .await
             .map_err(|_| self.err("version", "no answer within 30s"))?
@@ -106,7 +142,7 @@ impl Engine {
     }
 
     /// Creates the network shared by Traefik and the previews unless it exists.
-    pub async fn ensure_network(&self, name: &str) -> Result<(), String> {
+    pub async fn ensure_network(&self, name: &str) -> Result<(), EngineError> {
         if self.docker.inspect_network(name, None).await.is_ok() {
             return Ok(());
         }
@@ -130,7 +166,7 @@ impl Engine {
     /// The names of the Traefik containers attached to `network` (by image name), or `None` when
     /// the network does not exist yet. For `check --online`: previews deploy without a router, but
     /// nobody can reach them.
-    pub async fn routers_on(&self, network: &str) -> Result<Option<Vec<String>>, String> {
+    pub async fn routers_on(&self, network: &str) -> Result<Option<Vec<String>>, EngineError> {
         if self.docker.inspect_network(network, None).await.is_err() {
             return Ok(None);
         }
@@ -151,7 +187,7 @@ impl Engine {
         &self,
         shared: &str,
         project: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), EngineError> {
         let routers = self.routers_on(shared).await?.unwrap_or_default();
         if routers.is_empty() {
             return Ok(());
@@ -177,7 +213,7 @@ impl Engine {
     }
 
     /// The names of the networks Compose created for `project`.
-    async fn project_networks(&self, project: &str) -> Result<Vec<String>, String> {
+    async fn project_networks(&self, project: &str) -> Result<Vec<String>, EngineError> {
         let networks = self
             .docker
             .list_networks(Some(ListNetworksOptions {
@@ -192,7 +228,7 @@ impl Engine {
     }
 
     /// The containers attached to `network`, running or not.
-    async fn containers_on(&self, network: &str) -> Result<Vec<Attached>, String> {
+    async fn containers_on(&self, network: &str) -> Result<Vec<Attached>, EngineError> {
         let attached = self
             .docker
             .list_containers(Some(ListContainersOptions {
@@ -226,7 +262,7 @@ impl Engine {
 
     /// Disconnects every container that is not part of `project` (the router) from the
     /// project's networks, so that they can be removed.
-    pub async fn detach_foreign(&self, project: &str) -> Result<(), String> {
+    pub async fn detach_foreign(&self, project: &str) -> Result<(), EngineError> {
         for network in self.project_networks(project).await? {
             for Attached {
                 id, project: owner, ..
@@ -251,7 +287,7 @@ impl Engine {
 
     /// Every container labelled `productbuilder.managed`, running or not; for one tenant when
     /// `tenant` is set.
-    pub async fn labelled(&self, tenant: Option<&str>) -> Result<Vec<Labelled>, String> {
+    pub async fn labelled(&self, tenant: Option<&str>) -> Result<Vec<Labelled>, EngineError> {
         let mut labels = vec![format!("{LABEL_MANAGED}=true")];
         if let Some(t) = tenant {
             labels.push(format!("{LABEL_TENANT}={t}"));
@@ -289,7 +325,7 @@ impl Engine {
     }
 
     /// The container of `service` in `project`, running or not.
-    async fn service_container(&self, project: &str, service: &str) -> Result<String, String> {
+    async fn service_container(&self, project: &str, service: &str) -> Result<String, EngineError> {
         let options = ListContainersOptions {
             all: true,
             filters: Some(HashMap::from([(
@@ -306,9 +342,11 @@ impl Engine {
             .list_containers(Some(options))
             .await
             .map_err(|e| self.err("listing containers", e))?;
-        list.into_iter().find_map(|c| c.id).ok_or_else(|| {
-            format!("service `{service}` has no container (is the preview running?)")
-        })
+        list.into_iter()
+            .find_map(|c| c.id)
+            .ok_or_else(|| EngineError::NoContainer {
+                service: service.to_owned(),
+            })
     }
 
     /// The address of `service`'s container on `network`.
@@ -317,7 +355,7 @@ impl Engine {
         project: &str,
         service: &str,
         network: &str,
-    ) -> Result<std::net::IpAddr, String> {
+    ) -> Result<std::net::IpAddr, EngineError> {
         let id = self.service_container(project, service).await?;
         let inspected = self
             .docker
@@ -330,7 +368,10 @@ impl Engine {
             .and_then(|mut nets| nets.remove(network))
             .and_then(|n| n.ip_address)
             .and_then(|ip| ip.parse().ok())
-            .ok_or_else(|| format!("service `{service}` has no address on network {network}"))
+            .ok_or_else(|| EngineError::NoAddress {
+                service: service.to_owned(),
+                network: network.to_owned(),
+            })
     }
 
     /// The container logs of `service` (stdout and stderr), the last `tail` lines, then new ones
@@ -341,7 +382,7 @@ impl Engine {
         service: &str,
         tail: usize,
         follow: bool,
-    ) -> Result<LogStream, String> {
+    ) -> Result<LogStream, EngineError> {
         let id = self.service_container(project, service).await?;
         let stream = self.docker.logs(
             &id,
@@ -355,7 +396,7 @@ impl Engine {
         );
         Ok(Box::pin(stream.map(|item| {
             item.map(LogOutput::into_bytes)
-                .map_err(|e| format!("log stream: {e}"))
+                .map_err(|e| EngineError::Stream(e.to_string()))
         })))
     }
 
@@ -373,7 +414,7 @@ impl Engine {
         path: &str,
         tail: usize,
         follow: bool,
-    ) -> Result<LogStream, String> {
+    ) -> Result<LogStream, EngineError> {
         let id = self.service_container(project, service).await?;
         // `--` so that a path from the repository's config can never be read as an option; with a
         // shell, the tail count and path are positional arguments, never part of the script.
@@ -395,11 +436,13 @@ impl Engine {
         };
         let mut output = match self.exec_attached(&id, cmd).await? {
             StartExecResults::Attached { output, .. } => output,
-            StartExecResults::Detached => return Err("the exec detached unexpectedly".into()),
+            StartExecResults::Detached => {
+                return Err(self.err("exec tail", "the exec detached unexpectedly"));
+            }
         };
         let bytes = |item: Result<LogOutput, bollard::errors::Error>| {
             item.map(LogOutput::into_bytes)
-                .map_err(|e| format!("log stream: {e}"))
+                .map_err(|e| EngineError::Stream(e.to_string()))
         };
         if !follow {
             return Ok(Box::pin(output.map(bytes)));
@@ -418,10 +461,9 @@ impl Engine {
                         let pid = std::str::from_utf8(&first[..end])
                             .ok()
                             .and_then(|t| t.trim().parse::<u32>().ok())
-                            .ok_or_else(|| {
-                                format!(
-                                    "following {path} needs a shell (`sh`) in service `{service}`'s container"
-                                )
+                            .ok_or_else(|| EngineError::FollowNeedsShell {
+                                path: path.to_owned(),
+                                service: service.to_owned(),
                             })?;
                         break (pid, bytes::Bytes::copy_from_slice(&first[end + 1..]));
                     }
@@ -429,10 +471,11 @@ impl Engine {
                 Some(Ok(other)) => said.extend_from_slice(&other.into_bytes()),
                 Some(Err(e)) => return Err(self.err("exec tail", e)),
                 None => {
-                    return Err(format!(
-                        "following {path} in service `{service}` ended at once: {}",
-                        String::from_utf8_lossy(&said).trim()
-                    ));
+                    return Err(EngineError::FollowEnded {
+                        path: path.to_owned(),
+                        service: service.to_owned(),
+                        said: String::from_utf8_lossy(&said).trim().to_owned(),
+                    });
                 }
             }
         };
@@ -449,7 +492,11 @@ impl Engine {
         }))))
     }
 
-    async fn exec_attached(&self, id: &str, cmd: Vec<String>) -> Result<StartExecResults, String> {
+    async fn exec_attached(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+    ) -> Result<StartExecResults, EngineError> {
         let exec = self
             .docker
             .create_exec(
@@ -472,7 +519,7 @@ impl Engine {
     /// Removes everything of a Compose project without its compose file: containers (with their
     /// anonymous volumes), networks and volumes labelled with the project, and the images Compose
     /// built for it (named `{project}-{service}` by v2, `{project}_{service}` by v1).
-    pub async fn remove_project(&self, project: &str) -> Result<(), String> {
+    pub async fn remove_project(&self, project: &str) -> Result<(), EngineError> {
         let by_label = || {
             Some(HashMap::from([(
                 "label".to_owned(),
@@ -549,7 +596,11 @@ impl Engine {
     /// Removes the images built for `project` (found by their `productbuilder.project` label):
     /// every one, or with `dangling_only` those no tag names any more (earlier heads' builds).
     /// An image a container still uses is kept when only dangling ones are asked for.
-    pub async fn remove_images(&self, project: &str, dangling_only: bool) -> Result<(), String> {
+    pub async fn remove_images(
+        &self,
+        project: &str,
+        dangling_only: bool,
+    ) -> Result<(), EngineError> {
         let mut filters = HashMap::from([(
             "label".to_owned(),
             vec![format!("{LABEL_IMAGE_PROJECT}={project}")],
@@ -581,7 +632,7 @@ impl Engine {
     pub async fn image_labels(
         &self,
         image: &str,
-    ) -> Result<Option<HashMap<String, String>>, String> {
+    ) -> Result<Option<HashMap<String, String>>, EngineError> {
         match self.docker.inspect_image(image).await {
             Ok(inspect) => Ok(Some(
                 inspect.config.and_then(|c| c.labels).unwrap_or_default(),
@@ -593,7 +644,7 @@ impl Engine {
         }
     }
 
-    async fn remove_image(&self, id: &str, force: bool) -> Result<(), String> {
+    async fn remove_image(&self, id: &str, force: bool) -> Result<(), EngineError> {
         match self
             .docker
             .remove_image(

@@ -21,20 +21,28 @@
 //! same offline (`productbuilder preview validate`) as in the daemon.
 
 pub mod archive;
+mod backoff;
+pub mod capacity;
 pub mod comment;
 pub mod compose;
 pub mod consent;
 pub mod db;
+pub mod decide;
+mod deploy;
 pub mod engine;
+pub mod logs;
 mod module;
 pub mod policy;
+pub mod probe;
 pub mod reconcile;
+pub mod report;
 pub mod resolve;
 pub mod router;
 pub mod runner;
 pub mod source;
 pub mod spec;
 pub mod state;
+pub mod teardown;
 
 pub use module::PreviewModule;
 pub use reconcile::{Egress, LogsError, MARKER, Previews, ReconcileError, Settings, TenantRules};

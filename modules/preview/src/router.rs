@@ -23,33 +23,47 @@ pub struct Traefik {
     stopped: bool,
 }
 
-async fn docker(args: &[&str]) -> Result<String, String> {
+/// Why Traefik could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("cannot run the docker CLI: {0}; install it or put it on PATH")]
+    Cli(#[source] std::io::Error),
+    #[error("`docker {command}` failed: {stderr}")]
+    Docker { command: String, stderr: String },
+    #[error("cannot find a free port for Traefik: {0}; give one with --router-port")]
+    NoFreePort(#[source] std::io::Error),
+    #[error("the image {TRAEFIK_IMAGE} is missing: build it with scripts/traefik-image")]
+    MissingImage,
+    #[error("`docker port {name} 80` printed no address: {printed:?}")]
+    NoAddress { name: String, printed: String },
+    #[error("Traefik did not come up: {0}")]
+    Unhealthy(#[from] crate::probe::Unhealthy),
+}
+
+async fn docker(args: &[&str]) -> Result<String, RouterError> {
     let out = Command::new("docker")
         .args(args)
         .kill_on_drop(true)
         .output()
         .await
-        .map_err(|e| format!("cannot run the docker CLI: {e}"))?;
+        .map_err(RouterError::Cli)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     } else {
-        Err(format!(
-            "`docker {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(RouterError::Docker {
+            command: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }
 
 impl Traefik {
     /// Starts Traefik as container `name` on `network`, publishing its web entrypoint on
     /// `127.0.0.1:{port}` (`0`: any free port), and waits until it answers its ping.
-    pub async fn start(name: &str, network: &str, port: u16) -> Result<Traefik, String> {
+    pub async fn start(name: &str, network: &str, port: u16) -> Result<Traefik, RouterError> {
         docker(&["image", "inspect", "--format", "{{.Id}}", TRAEFIK_IMAGE])
             .await
-            .map_err(|_| {
-                format!("the image {TRAEFIK_IMAGE} is missing: build it with scripts/traefik-image")
-            })?;
+            .map_err(|_| RouterError::MissingImage)?;
         // A leftover of an earlier run that was killed.
         let _ = docker(&["rm", "-f", name]).await;
         let socket = crate::engine::Engine::socket();
@@ -61,7 +75,7 @@ impl Traefik {
         let port = if port == 0 {
             std::net::TcpListener::bind(("127.0.0.1", 0))
                 .and_then(|l| l.local_addr())
-                .map_err(|e| format!("cannot find a free port for Traefik: {e}"))?
+                .map_err(RouterError::NoFreePort)?
                 .port()
         } else {
             port
@@ -101,15 +115,17 @@ impl Traefik {
             .lines()
             .filter_map(|l| l.trim().parse::<SocketAddr>().ok())
             .find(|a| a.is_ipv4())
-            .ok_or_else(|| format!("`docker port {name} 80` printed no address: {printed:?}"))?;
-        crate::runner::wait_healthy(
+            .ok_or_else(|| RouterError::NoAddress {
+                name: name.to_owned(),
+                printed: printed.clone(),
+            })?;
+        crate::probe::wait_healthy(
             &[traefik.addr],
             "localhost",
             "/ping",
             Duration::from_secs(30),
         )
-        .await
-        .map_err(|e| format!("Traefik did not come up: {e}"))?;
+        .await?;
         Ok(traefik)
     }
 

@@ -76,6 +76,25 @@ impl From<process::Error> for CommandError {
     }
 }
 
+/// Why the configured Compose CLI cannot be used; each says how to install Compose v2.
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    #[error("`{shown}`: no Compose plugin found (looked in $DOCKER_CONFIG, ~/.docker and {looked}/cli-plugins); {INSTALL_V2}", looked = SYSTEM_PLUGIN_DIRS.join(", "))]
+    NoPlugin { shown: String },
+    #[error("`[preview] compose_command` is empty; {INSTALL_V2}")]
+    Empty,
+    /// `version` did not answer in time: the binary hangs (it may be fine after a restart).
+    #[error("{0}")]
+    Hung(#[source] process::Error),
+    /// `version` could not run or failed.
+    #[error("{0}; {INSTALL_V2}")]
+    Unusable(#[source] process::Error),
+    #[error(
+        "`{shown}` is Compose {version}, which cannot resolve a project for the preview policy (Compose v1 is end of life); {INSTALL_V2}"
+    )]
+    NotV2 { shown: String, version: String },
+}
+
 /// The Compose CLI to use.
 #[derive(Debug, Clone)]
 pub struct ComposeCli {
@@ -118,7 +137,7 @@ fn compose_plugin(docker_config: Option<&Path>) -> Option<PathBuf> {
 impl ComposeCli {
     /// The configured command, which must be Compose v2. `docker compose` is resolved to the
     /// plugin's binary, so it runs without the Docker CLI's configuration directory.
-    pub async fn detect(preferred: &[String]) -> Result<ComposeCli, String> {
+    pub async fn detect(preferred: &[String]) -> Result<ComposeCli, ComposeError> {
         ComposeCli::detect_with(preferred, None).await
     }
 
@@ -126,7 +145,7 @@ impl ComposeCli {
     pub async fn detect_with(
         preferred: &[String],
         docker_config: Option<&Path>,
-    ) -> Result<ComposeCli, String> {
+    ) -> Result<ComposeCli, ComposeError> {
         let shown = preferred.join(" ");
         let mut argv = preferred.to_vec();
         if argv.len() >= 2 && argv[0] == "docker" && argv[1] == "compose" {
@@ -134,18 +153,11 @@ impl ComposeCli {
                 Some(plugin) => {
                     argv.splice(..2, [plugin.display().to_string()]);
                 }
-                None => {
-                    return Err(format!(
-                        "`{shown}`: no Compose plugin found (looked in $DOCKER_CONFIG, ~/.docker and {}/cli-plugins); {INSTALL_V2}",
-                        SYSTEM_PLUGIN_DIRS.join(", ")
-                    ));
-                }
+                None => return Err(ComposeError::NoPlugin { shown }),
             }
         }
         let Some(program) = argv.first() else {
-            return Err(format!(
-                "`[preview] compose_command` is empty; {INSTALL_V2}"
-            ));
+            return Err(ComposeError::Empty);
         };
         let out = process::Command::new(program, format!("{shown} version"))
             .args(&argv[1..])
@@ -157,8 +169,8 @@ impl ComposeCli {
             .await;
         let out = match out {
             Ok(out) => out,
-            Err(e @ process::Error::Deadline { .. }) => return Err(e.to_string()),
-            Err(e) => return Err(format!("{e}; {INSTALL_V2}")),
+            Err(e @ process::Error::Deadline { .. }) => return Err(ComposeError::Hung(e)),
+            Err(e) => return Err(ComposeError::Unusable(e)),
         };
         let version = out.stdout.trim().to_owned();
         let major = version
@@ -175,9 +187,7 @@ impl ComposeCli {
                 ),
                 docker_config: None,
             }),
-            _ => Err(format!(
-                "`{shown}` is Compose {version}, which cannot resolve a project for the preview policy (Compose v1 is end of life); {INSTALL_V2}"
-            )),
+            _ => Err(ComposeError::NotV2 { shown, version }),
         }
     }
 
@@ -380,74 +390,6 @@ pub fn write_project(
         dir: workspace.to_path_buf(),
         env,
     })
-}
-
-/// Polls `http://{addr}{path}` (with `Host: {host}`) on each of `addrs` until one answers 2xx or
-/// `within` passes; the error says what the last attempt on each address saw.
-pub async fn wait_healthy(
-    addrs: &[std::net::SocketAddr],
-    host: &str,
-    path: &str,
-    within: Duration,
-) -> Result<(), String> {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut last = vec![String::from("not tried"); addrs.len()];
-    loop {
-        for (addr, seen) in addrs.iter().zip(last.iter_mut()) {
-            match tokio::time::timeout(Duration::from_secs(5), probe(*addr, host, path)).await {
-                Ok(Ok(status)) if (200..300).contains(&status) => return Ok(()),
-                Ok(Ok(status)) => *seen = format!("answered {status}"),
-                Ok(Err(e)) => *seen = e,
-                Err(_) => *seen = "did not answer within 5s".into(),
-            }
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let seen: Vec<String> = addrs
-                .iter()
-                .zip(&last)
-                .map(|(a, s)| format!("{a}: {s}"))
-                .collect();
-            return Err(format!(
-                "GET {path} on the preview did not answer 2xx within {}s ({})",
-                within.as_secs(),
-                seen.join("; ")
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// One `GET`, reading only the status line.
-async fn probe(addr: std::net::SocketAddr, host: &str, path: &str) -> Result<u16, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: productbuilder\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("cannot send: {e}"))?;
-    let mut head = Vec::with_capacity(64);
-    let mut buf = [0u8; 256];
-    while !head.contains(&b'\n') && head.len() < 1024 {
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("cannot read: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&head);
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .filter(|_| line.starts_with("HTTP/"))
-        .ok_or_else(|| "closed without an HTTP answer".to_owned())
 }
 
 #[cfg(test)]

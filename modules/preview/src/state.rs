@@ -7,8 +7,21 @@
 
 use std::fmt;
 
-/// The states of the public contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The states of the public contract (and of the `previews.status` column).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::Display,
+    strum::EnumString,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum Status {
     Pending,
     Building,
@@ -20,38 +33,30 @@ pub enum Status {
 
 impl Status {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Building => "building",
-            Status::Deploying => "deploying",
-            Status::Ready => "ready",
-            Status::Failed => "failed",
-            Status::Deleted => "deleted",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Status> {
-        [
-            Status::Pending,
-            Status::Building,
-            Status::Deploying,
-            Status::Ready,
-            Status::Failed,
-            Status::Deleted,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        s.parse().ok()
     }
 }
 
 /// The eight steps of a deploy, in order; a failure names one of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    strum::Display,
+    strum::EnumString,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum Stage {
     Download,
     Config,
@@ -76,20 +81,11 @@ impl Stage {
     ];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Download => "download",
-            Stage::Config => "config",
-            Stage::Policy => "policy",
-            Stage::Build => "build",
-            Stage::Start => "start",
-            Stage::Migrate => "migrate",
-            Stage::Health => "health",
-            Stage::PostDeploy => "post_deploy",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Stage> {
-        Stage::ALL.into_iter().find(|st| st.as_str() == s)
+        s.parse().ok()
     }
 
     /// `building` covers download to build (images are built here); `deploying` the rest.
@@ -99,12 +95,6 @@ impl Stage {
         } else {
             Status::Deploying
         }
-    }
-}
-
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -308,15 +298,27 @@ mod tests {
         for s in Stage::ALL {
             assert_eq!(Stage::parse(s.as_str()), Some(s));
         }
-        for st in [
-            "pending",
-            "building",
-            "deploying",
-            "ready",
-            "failed",
-            "deleted",
-        ] {
+        let statuses: Vec<&str> = <Status as strum::VariantArray>::VARIANTS
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        // As stored in `previews.status` (and checked by its CHECK constraint): never to change.
+        assert_eq!(
+            statuses,
+            [
+                "pending",
+                "building",
+                "deploying",
+                "ready",
+                "failed",
+                "deleted"
+            ]
+        );
+        for st in statuses {
             assert_eq!(Status::parse(st).unwrap().as_str(), st);
+            assert_eq!(Status::parse(st).unwrap().to_string(), st);
         }
+        assert_eq!(Status::parse("Ready"), None, "exact spelling only");
+        assert_eq!(Stage::PostDeploy.to_string(), "post_deploy");
     }
 }

@@ -127,8 +127,13 @@ async fn builds_starts_answers_and_leaves_nothing_behind(flavour: &[&str]) {
             return Err(format!("published on {addr}, not loopback"));
         }
         // The other way in: the main container's address on the preview's own network.
-        let engine = productbuilder_preview::engine::Engine::connect().await?;
-        let ip = engine.service_ip(&project, &spec.service, &network).await?;
+        let engine = productbuilder_preview::engine::Engine::connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let ip = engine
+            .service_ip(&project, &spec.service, &network)
+            .await
+            .map_err(|e| e.to_string())?;
         let inside = std::net::SocketAddr::new(ip, spec.internal_port);
         // The container may need a moment to accept connections: poll until both answer.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -209,6 +214,11 @@ async fn compose_v1_is_refused_saying_how_to_install_v2() {
     let e = ComposeCli::detect(&[v1.display().to_string()])
         .await
         .unwrap_err();
+    assert!(
+        matches!(&e, productbuilder_preview::runner::ComposeError::NotV2 { version, .. } if version == "1.29.2"),
+        "{e:?}"
+    );
+    let e = e.to_string();
     assert!(
         e.contains("Compose 1.29.2") && e.contains("end of life"),
         "{e}"
