@@ -11,6 +11,7 @@
 //!   GitHub's hints, and the content-write caps.
 //! - [`GithubModule`]: the units `preflight:repository`, `worker:pulls`, `worker:issues`,
 //!   `worker:comments`, and [`GithubState`], what they publish.
+//! - [`config`]: `[github]` of the main file, as typed and resolved.
 //! - [`webhook`]: signature checks and delivery dedup for the accelerator.
 //!
 //! # Why conditional requests carry the whole state
@@ -22,6 +23,7 @@ mod budget;
 mod cache;
 mod client;
 mod comments;
+pub mod config;
 mod model;
 mod poll;
 mod report;
