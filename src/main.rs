@@ -180,7 +180,7 @@ fn tenants(config: &Config) -> Vec<Arc<Tenant>> {
                 owner: t.owner.clone(),
                 name: t.name.clone(),
                 poll_interval: t.poll_interval,
-                previews: t.previews,
+                previews: config.preview.enabled(&t.repo()),
                 slack_channel: t.slack_channel.clone(),
                 source: t.source.display().to_string(),
                 repo_id: RepoIdCell::default(),
@@ -192,7 +192,7 @@ fn tenants(config: &Config) -> Vec<Arc<Tenant>> {
 /// No two tenants' previews may share a host (nor a Compose project, which the planner's encoding
 /// already rules out): refused before anything runs.
 fn names_apart(config: &Config, tenants: &[Arc<Tenant>]) -> Result<(), Failure> {
-    let preview = &config.preview;
+    let preview = &config.preview.settings;
     Ok(check_names(
         tenants,
         &preview.url_template,
@@ -265,19 +265,22 @@ fn wire(config: &Config, store: &Store) -> Result<Wiring, Failure> {
 /// The previews of every tenant, with the host's `[preview]` settings and each tenant's rules.
 fn previews(config: &Config, store: &Store, github: &GithubState) -> Previews {
     // Only tenants with previews on: the others' previews are swept at start-up.
-    let rules = config
-        .tenants
-        .iter()
-        .filter(|t| t.previews)
-        .map(|t| (t.repo(), t.preview.clone()))
-        .collect();
-    Previews::new(config.preview.clone(), rules, store.clone(), github.clone())
+    Previews::new(
+        config.preview.settings.clone(),
+        config.preview.rules(),
+        store.clone(),
+        github.clone(),
+    )
 }
 
 /// A pull request feed that changed wakes its tenant's previews reconciler at once, instead of at
 /// its next interval. The reconciler itself never learns why it ran.
 fn wake_previews_on_pulls(config: &Config, github: &GithubState, board: &StatusBoard) {
-    for tenant in config.tenants.iter().filter(|t| t.previews) {
+    for tenant in config
+        .tenants
+        .iter()
+        .filter(|t| config.preview.enabled(&t.repo()))
+    {
         let repo = tenant.repo();
         let mut feed = github.subscribe(&repo);
         let board = board.clone();
@@ -335,17 +338,19 @@ fn check(config: &Config, online: bool) -> Result<(), Failure> {
     println!("  state_dir: {}", config.state_dir.display());
     println!("  tenants: {}", config.tenants.len());
     for t in &config.tenants {
+        let preview = config.preview.tenants.get(&t.repo());
         println!(
             "    {} (every {}, previews {}) from {}",
             t.repo(),
             humantime::format_duration(t.poll_interval),
-            on_off(t.previews),
+            on_off(preview.is_some_and(|p| p.enabled)),
             t.source.display()
         );
         // Names only: values are never printed.
-        if !t.preview.env.is_empty() {
-            let names: Vec<String> = t
-                .preview
+        if let Some(rules) = preview.map(|p| &p.rules)
+            && !rules.env.is_empty()
+        {
+            let names: Vec<String> = rules
                 .env
                 .iter()
                 .map(|v| {
@@ -353,7 +358,7 @@ fn check(config: &Config, online: bool) -> Result<(), Failure> {
                     format!("{}.{}{secret}", v.service, v.name)
                 })
                 .collect();
-            let forks = if t.preview.secrets_for_forks {
+            let forks = if rules.secrets_for_forks {
                 "given to forks too"
             } else {
                 "withheld from forks"
@@ -461,7 +466,7 @@ fn check(config: &Config, online: bool) -> Result<(), Failure> {
             }
         }
     }
-    if config.tenants.iter().any(|t| t.previews) {
+    if config.preview.tenants.values().any(|t| t.enabled) {
         ok &= runtime.block_on(check_preview_host(config));
     }
     if ok {
@@ -485,7 +490,7 @@ async fn check_preview_host(config: &Config) -> bool {
                     println!("x {e}");
                 }
             }
-            let network = &config.preview.network;
+            let network = &config.preview.settings.network;
             match engine.routers_on(network).await {
                 Ok(None) => println!(
                     "! network {network} does not exist yet: `run` creates it; attach Traefik to it (README, \"On the host\")"
@@ -504,7 +509,7 @@ async fn check_preview_host(config: &Config) -> bool {
             println!("x {e}");
         }
     }
-    match ComposeCli::detect(&config.preview.compose_command).await {
+    match ComposeCli::detect(&config.preview.settings.compose_command).await {
         Ok(cli) => println!("√ Compose: `{}` ({})", cli.argv().join(" "), cli.version),
         Err(e) => {
             ok = false;
@@ -513,7 +518,7 @@ async fn check_preview_host(config: &Config) -> bool {
     }
     println!(
         "{}",
-        egress_line(config.preview.egress, metadata_answers().await)
+        egress_line(config.preview.settings.egress, metadata_answers().await)
     );
     ok
 }

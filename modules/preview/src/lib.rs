@@ -12,6 +12,8 @@
 //! - [`reconcile`]: [`Previews`], the level-triggered reconciler (desired pull requests against
 //!   the `previews` table and the engine's labelled containers) and its deploy and removal tasks;
 //!   [`PreviewModule`] makes it the units `preflight:previews` and `worker:previews`.
+//! - [`config`]: `[preview]` of the main file and the tenants' `previews` and `[preview]`, as
+//!   typed and resolved.
 //! - [`compose`] and [`runner`]: the rewritten compose file and the Compose CLI; [`engine`]: the
 //!   Docker Engine API (labelled containers, the shared network, logs); [`db`]: the table.
 //!
@@ -23,6 +25,7 @@
 pub mod archive;
 pub mod comment;
 pub mod compose;
+pub mod config;
 pub mod consent;
 pub mod db;
 pub mod engine;
