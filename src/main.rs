@@ -180,8 +180,6 @@ fn tenants(config: &Config) -> Vec<Arc<Tenant>> {
                 owner: t.owner.clone(),
                 name: t.name.clone(),
                 poll_interval: t.poll_interval,
-                previews: config.preview.enabled(&t.repo()),
-                slack_channel: t.slack_channel.clone(),
                 source: t.source.display().to_string(),
                 repo_id: RepoIdCell::default(),
             })
@@ -197,6 +195,7 @@ fn names_apart(config: &Config, tenants: &[Arc<Tenant>]) -> Result<(), Failure> 
         tenants,
         &preview.url_template,
         &preview.domain,
+        &|t| config.preview.enabled(&t.repo()),
     )?)
 }
 
@@ -252,6 +251,7 @@ fn wire(config: &Config, store: &Store) -> Result<Wiring, Failure> {
         previews: previews.clone(),
         github: github_state.clone(),
         run_timeout: config.scheduler.run_timeout,
+        tenants: Arc::new(config.preview.switches()),
     };
     let modules: [&dyn Module; 3] = [&kernel, &github, &preview];
     let units = plan(&modules, &tenants, config.github.poll_interval)?;
@@ -800,6 +800,49 @@ async fn stop_on_signal(mut signals: StopSignals, cancel: CancellationToken) {
 mod tests {
     use super::egress_line;
     use productbuilder_preview::Egress;
+
+    /// A loaded configuration with `tenants` (file name, text) in a temporary directory.
+    pub(crate) fn config_with(tenants: &[(&str, &str)]) -> (tempfile::TempDir, super::Config) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tenants")).unwrap();
+        for (file, text) in tenants {
+            std::fs::write(dir.path().join("tenants").join(file), text).unwrap();
+        }
+        let main = dir.path().join("productbuilder.toml");
+        std::fs::write(
+            &main,
+            "state_dir = \"state\"\n[github]\ntoken = \"t\"\napi_url = \"http://127.0.0.1:9\"\n",
+        )
+        .unwrap();
+        let config = super::config::load(&main).unwrap_or_else(|e| panic!("{e}"));
+        (dir, config)
+    }
+
+    #[tokio::test]
+    async fn a_tenant_with_previews_off_gets_no_preview_units() {
+        let (_dir, config) = config_with(&[
+            ("blog.toml", "repo = \"acme/blog\"\npreviews = false\n"),
+            ("shop.toml", "repo = \"acme/shop\"\n"),
+        ]);
+        let store = productbuilder_store::Store::in_memory().unwrap();
+        let Ok(wiring) = super::wire(&config, &store) else {
+            panic!("the test config does not wire");
+        };
+        let names: Vec<&str> = wiring.units.iter().map(|u| u.name.as_str()).collect();
+        for want in [
+            "preflight:previews:global",
+            "preflight:previews:acme/shop",
+            "worker:previews:acme/shop",
+            "worker:pulls:acme/blog",
+        ] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        let blog_previews: Vec<&&str> = names
+            .iter()
+            .filter(|n| n.contains("previews") && n.ends_with("acme/blog"))
+            .collect();
+        assert!(blog_previews.is_empty(), "{blog_previews:?}");
+    }
 
     #[test]
     fn check_warns_only_when_open_previews_can_reach_the_metadata_endpoint() {

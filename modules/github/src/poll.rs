@@ -123,7 +123,7 @@ impl Module for GithubModule {
             },
             timeout: self.run_timeout,
             retry: RetryPolicy::remote_api(),
-            applies_to: every_tenant,
+            applies_to: every_tenant(),
             work: spec_work(move |ctx: TenantCtx| {
                 let state = state.clone();
                 async move { check_repository(&state, ctx.tenant()).await }
@@ -140,7 +140,7 @@ impl Module for GithubModule {
                 when: When::Worker(Every::PollInterval),
                 timeout: self.run_timeout,
                 retry: RetryPolicy::remote_api(),
-                applies_to: every_tenant,
+                applies_to: every_tenant(),
                 work: spec_work(move |ctx: TenantCtx| {
                     let state = state.clone();
                     async move {
@@ -166,7 +166,7 @@ impl Module for GithubModule {
                 when: When::Worker(Every::Fixed(Duration::from_secs(3600))),
                 timeout: self.run_timeout,
                 retry: RetryPolicy::remote_api(),
-                applies_to: every_tenant,
+                applies_to: every_tenant(),
                 work: spec_work(move |_ctx: TenantCtx| {
                     let store = store.clone();
                     async move {

@@ -74,6 +74,14 @@ impl PreviewConfig {
         self.tenants.get(repo).is_some_and(|t| t.enabled)
     }
 
+    /// Every configured repository and whether it has previews on (for [`crate::PreviewModule`]).
+    pub fn switches(&self) -> BTreeMap<String, bool> {
+        self.tenants
+            .iter()
+            .map(|(repo, t)| (repo.clone(), t.enabled))
+            .collect()
+    }
+
     /// The rules of the tenants with previews on: the others' previews are swept at start-up.
     pub fn rules(&self) -> HashMap<String, TenantRules> {
         self.tenants

@@ -4,11 +4,13 @@
 //! from the database alone); and `preflight:previews:global`, which removes what this host still
 //! runs for repositories whose previews were turned off or which left the configuration.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use productbuilder_github::{GithubState, poll_pulls};
 use productbuilder_planner::{
-    Every, Module, Scope, Spec, Tenant, TenantCtx, When, every_tenant, spec_work, stage,
+    AppliesTo, Every, Module, Scope, Spec, TenantCtx, When, every_tenant, spec_work, stage,
 };
 use productbuilder_scheduler::{ErrorKind, RetryPolicy, UnitError};
 
@@ -19,10 +21,17 @@ pub struct PreviewModule {
     pub github: GithubState,
     /// Timeout of one unit run (a reconcile only starts deploys; it does not wait for them).
     pub run_timeout: Duration,
+    /// Every configured repository (`owner/name`, as configured) and whether it has previews on:
+    /// this module's own per-tenant table, from [`crate::config::PreviewConfig`].
+    pub tenants: Arc<BTreeMap<String, bool>>,
 }
 
-fn with_previews(tenant: &Tenant) -> bool {
-    tenant.previews
+impl PreviewModule {
+    /// Only tenants with previews on get the per-tenant preview units.
+    fn with_previews(&self) -> AppliesTo {
+        let tenants = self.tenants.clone();
+        Arc::new(move |tenant| tenants.get(&tenant.repo()).copied().unwrap_or(false))
+    }
 }
 
 fn unit_error(e: ReconcileError) -> UnitError {
@@ -60,7 +69,7 @@ impl Module for PreviewModule {
                 },
                 timeout: self.run_timeout,
                 retry: RetryPolicy::remote_api(),
-                applies_to: every_tenant,
+                applies_to: every_tenant(),
                 work: spec_work(move |_ctx: TenantCtx| {
                     let previews = sweeper.clone();
                     async move { previews.sweep().await.map(|_| ()).map_err(unit_error) }
@@ -74,7 +83,7 @@ impl Module for PreviewModule {
                 },
                 timeout: self.run_timeout,
                 retry: RetryPolicy::remote_api(),
-                applies_to: with_previews,
+                applies_to: self.with_previews(),
                 work: spec_work(move |ctx: TenantCtx| {
                     let (previews, github) = (previews.clone(), github.clone());
                     async move {
@@ -96,7 +105,7 @@ impl Module for PreviewModule {
             when: When::Worker(Every::PollInterval),
             timeout: self.run_timeout,
             retry: RetryPolicy::remote_api(),
-            applies_to: with_previews,
+            applies_to: self.with_previews(),
             work: spec_work(move |ctx: TenantCtx| {
                 let previews = previews.clone();
                 async move {
