@@ -62,3 +62,7 @@ impl Module for Kernel {
         }]
     }
 }
+
+/// The kernel's routes (health, readiness, metrics, the dashboard) are the binary's own
+/// (`http::ROUTES`).
+impl productbuilder_routes::Module for Kernel {}

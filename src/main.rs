@@ -24,6 +24,7 @@ use productbuilder_planner::{Module, PlanError, RepoIdCell, Tenant, check_names,
 use productbuilder_preview::policy::Policy;
 use productbuilder_preview::runner::ComposeCli;
 use productbuilder_preview::{PreviewModule, Previews};
+use productbuilder_routes::Module as HttpModule;
 use productbuilder_scheduler::{
     PreflightFailed, Schedule, Scheduler, SchedulerOptions, StatusBoard, UnitSpec,
 };
@@ -204,9 +205,55 @@ struct Wiring {
     units: Vec<UnitSpec>,
     github: GithubState,
     previews: Previews,
+    modules: Vec<Box<dyn HttpModule>>,
 }
 
-/// The whole wiring: every module, in the order their units are listed.
+impl Wiring {
+    /// Every module's HTTP routes, in module order.
+    fn routes(&self) -> Vec<http::Route> {
+        self.modules.iter().flat_map(|m| m.routes()).collect()
+    }
+}
+
+/// The shared pieces modules are built from.
+struct Shared<'a> {
+    config: &'a Config,
+    store: &'a Store,
+    tenants: &'a [Arc<Tenant>],
+    github: &'a GithubState,
+    previews: &'a Previews,
+}
+
+/// Every module, in the order their units are listed. Adding a module is a crate and one line
+/// here: its units, routes and feeds are wired from what it declares.
+fn modules(shared: &Shared<'_>) -> Vec<Box<dyn HttpModule>> {
+    let Shared {
+        config,
+        store,
+        tenants,
+        github,
+        previews,
+    } = shared;
+    let run_timeout = config.scheduler.run_timeout;
+    vec![
+        Box::new(kernel::Kernel {
+            store: (*store).clone(),
+            tenants: tenants.to_vec(),
+        }),
+        Box::new(GithubModule {
+            state: (*github).clone(),
+            run_timeout,
+        }),
+        Box::new(PreviewModule {
+            previews: (*previews).clone(),
+            github: (*github).clone(),
+            run_timeout,
+            tenants: Arc::new(config.preview.switches()),
+        }),
+    ]
+}
+
+/// The whole wiring: the shared GitHub client and previews, then every module.
 fn wire(config: &Config, store: &Store) -> Result<Wiring, Failure> {
     let tenants = tenants(config);
     names_apart(config, &tenants)?;
@@ -236,29 +283,22 @@ fn wire(config: &Config, store: &Store) -> Result<Wiring, Failure> {
         store.clone(),
     )
     .map_err(Failure::Invalid)?;
-    let github_state = GithubState::new(client, store.clone());
-
-    let kernel = kernel::Kernel {
-        store: store.clone(),
-        tenants: tenants.clone(),
-    };
-    let github = GithubModule {
-        state: github_state.clone(),
-        run_timeout: config.scheduler.run_timeout,
-    };
-    let previews = previews(config, store, &github_state);
-    let preview = PreviewModule {
-        previews: previews.clone(),
-        github: github_state.clone(),
-        run_timeout: config.scheduler.run_timeout,
-        tenants: Arc::new(config.preview.switches()),
-    };
-    let modules: [&dyn Module; 3] = [&kernel, &github, &preview];
-    let units = plan(&modules, &tenants, config.github.poll_interval)?;
+    let github = GithubState::new(client, store.clone());
+    let previews = previews(config, store, &github);
+    let modules = modules(&Shared {
+        config,
+        store,
+        tenants: &tenants,
+        github: &github,
+        previews: &previews,
+    });
+    let planned: Vec<&dyn Module> = modules.iter().map(|m| m.as_ref() as &dyn Module).collect();
+    let units = plan(&planned, &tenants, config.github.poll_interval)?;
     Ok(Wiring {
         units,
-        github: github_state,
+        github,
         previews,
+        modules,
     })
 }
 
@@ -683,6 +723,7 @@ async fn daemon(
 ) -> Result<(), Failure> {
     let store = Store::open(config.database_path()).map_err(|e| Failure::Failed(e.to_string()))?;
     let wiring = wire(&config, &store)?;
+    let module_routes = wiring.routes();
     let scheduler = Scheduler::new(
         wiring.units,
         SchedulerOptions {
@@ -705,19 +746,22 @@ async fn daemon(
                 config.file.display()
             ))
         })?;
-    let app = http::router(http::AppState {
-        board: board.clone(),
-        store: store.clone(),
-        github: wiring.github,
-        previews: wiring.previews.clone(),
-        tenants: config.tenants.iter().map(|t| t.repo()).collect(),
-        webhook_secret: config.github.webhook_secret.clone(),
-        deliveries: Arc::new(Deliveries::new(10_000)),
-        tokens: http::ApiTokens::new(
-            config.http.api_token.as_ref(),
-            config.http.read_token.as_ref(),
-        ),
-    });
+    let app = http::router(
+        http::AppState {
+            board: board.clone(),
+            store: store.clone(),
+            github: wiring.github.clone(),
+            previews: wiring.previews.clone(),
+            tenants: config.tenants.iter().map(|t| t.repo()).collect(),
+            webhook_secret: config.github.webhook_secret.clone(),
+            deliveries: Arc::new(Deliveries::new(10_000)),
+            tokens: http::ApiTokens::new(
+                config.http.api_token.as_ref(),
+                config.http.read_token.as_ref(),
+            ),
+        },
+        module_routes,
+    );
     let server = tokio::spawn(
         axum::serve(listener, app)
             .with_graceful_shutdown(cancel.clone().cancelled_owned())

@@ -44,3 +44,6 @@ pub use poll::{
 pub use report::{
     CommitState, DeploymentState, Reporter, STATUS_CONTEXT, description, environment,
 };
+
+/// No routes of its own yet: `/webhook` and `/api/tenants` are still served by the binary.
+impl productbuilder_routes::Module for GithubModule {}

@@ -14,6 +14,8 @@
 //!   [`PreviewModule`] makes it the units `preflight:previews` and `worker:previews`.
 //! - [`config`]: `[preview]` of the main file and the tenants' `previews` and `[preview]`, as
 //!   typed and resolved.
+//! - `routes`: the module's HTTP routes (`/previews`, logs, redeploy), mounted by the binary
+//!   behind its one auth layer.
 //! - [`compose`] and [`runner`]: the rewritten compose file and the Compose CLI; [`engine`]: the
 //!   Docker Engine API (labelled containers, the shared network, logs); [`db`]: the table.
 //!
@@ -34,6 +36,7 @@ pub mod policy;
 pub mod reconcile;
 pub mod resolve;
 pub mod router;
+mod routes;
 pub mod runner;
 pub mod source;
 pub mod spec;
