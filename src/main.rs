@@ -20,14 +20,14 @@ use productbuilder_github::webhook::Deliveries;
 use productbuilder_github::{
     BudgetLimits, ClientConfig, Credentials, GithubClient, GithubModule, GithubState, Token,
 };
-use productbuilder_planner::{Module, PlanError, RepoIdCell, Tenant, check_names, plan};
+use productbuilder_planner::{
+    Module, PlanError, RepoIdCell, Subscription, Tenant, check_names, plan, subscriptions,
+};
 use productbuilder_preview::policy::Policy;
 use productbuilder_preview::runner::ComposeCli;
 use productbuilder_preview::{PreviewModule, Previews};
 use productbuilder_routes::Module as HttpModule;
-use productbuilder_scheduler::{
-    PreflightFailed, Schedule, Scheduler, SchedulerOptions, StatusBoard, UnitSpec,
-};
+use productbuilder_scheduler::{PreflightFailed, Schedule, Scheduler, SchedulerOptions, UnitSpec};
 use productbuilder_store::Store;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -203,6 +203,8 @@ fn names_apart(config: &Config, tenants: &[Arc<Tenant>]) -> Result<(), Failure> 
 /// Everything `run` needs besides the units themselves.
 struct Wiring {
     units: Vec<UnitSpec>,
+    /// Which feed nudges which unit, as the modules declared.
+    subscriptions: Vec<Subscription>,
     github: GithubState,
     previews: Previews,
     modules: Vec<Box<dyn HttpModule>>,
@@ -294,8 +296,10 @@ fn wire(config: &Config, store: &Store) -> Result<Wiring, Failure> {
     });
     let planned: Vec<&dyn Module> = modules.iter().map(|m| m.as_ref() as &dyn Module).collect();
     let units = plan(&planned, &tenants, config.github.poll_interval)?;
+    let subscriptions = subscriptions(&planned, &tenants, &units)?;
     Ok(Wiring {
         units,
+        subscriptions,
         github,
         previews,
         modules,
@@ -313,30 +317,47 @@ fn previews(config: &Config, store: &Store, github: &GithubState) -> Previews {
     )
 }
 
-/// A pull request feed that changed wakes its tenant's previews reconciler at once, instead of at
-/// its next interval. The reconciler itself never learns why it ran.
-fn wake_previews_on_pulls(config: &Config, github: &GithubState, board: &StatusBoard) {
-    for tenant in config
-        .tenants
-        .iter()
-        .filter(|t| config.preview.enabled(&t.repo()))
-    {
-        let repo = tenant.repo();
-        let mut feed = github.subscribe(&repo);
-        let board = board.clone();
-        tokio::spawn(async move {
-            let unit = format!("worker:previews:{repo}");
-            // The feed is replaced after every poll; only a different set is worth a nudge.
-            let mut last = feed.borrow_and_update().clone();
-            while feed.changed().await.is_ok() {
-                let current = feed.borrow_and_update().clone();
-                if *current != *last {
-                    board.nudge_unit(&unit);
+/// The one piece of wiring between modules: every subscription (a module's declared wake on
+/// another's feed, see `productbuilder_planner::feeds`) becomes a named task that nudges its unit
+/// on each change of the feed, until `cancel` or the feed's end. Units never learn why they ran.
+fn relay_feeds(
+    subscriptions: Vec<Subscription>,
+    nudge: impl Fn(&str) -> bool + Clone + Send + 'static,
+    cancel: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use futures_util::StreamExt;
+    use tracing::Instrument;
+    subscriptions
+        .into_iter()
+        .map(
+            |Subscription {
+                 feed,
+                 unit,
+                 mut changes,
+             }| {
+                let (nudge, cancel) = (nudge.clone(), cancel.clone());
+                let span = tracing::info_span!("feed relay", %feed, %unit);
+                tokio::spawn(
+                async move {
+                    loop {
+                        tokio::select! {
+                            () = cancel.cancelled() => break,
+                            change = changes.next() => match change {
+                                Some(()) => {
+                                    if !nudge(&unit) {
+                                        tracing::debug!("feed changed; the unit is not scheduled");
+                                    }
+                                }
+                                None => break,
+                            },
+                        }
+                    }
                 }
-                last = current;
-            }
-        });
-    }
+                .instrument(span),
+            )
+            },
+        )
+        .collect()
 }
 
 /// A single-threaded runtime for the short commands: the GitHub client needs one to exist, even
@@ -722,8 +743,9 @@ async fn daemon(
     wired: impl FnOnce(&Previews),
 ) -> Result<(), Failure> {
     let store = Store::open(config.database_path()).map_err(|e| Failure::Failed(e.to_string()))?;
-    let wiring = wire(&config, &store)?;
+    let mut wiring = wire(&config, &store)?;
     let module_routes = wiring.routes();
+    let subscriptions = std::mem::take(&mut wiring.subscriptions);
     let scheduler = Scheduler::new(
         wiring.units,
         SchedulerOptions {
@@ -735,7 +757,8 @@ async fn daemon(
     .map_err(|e| Failure::Invalid(e.to_string()))?;
     let board = scheduler.board();
     wired(&wiring.previews);
-    wake_previews_on_pulls(&config, &wiring.github, &board);
+    let nudges = board.clone();
+    let relays = relay_feeds(subscriptions, move |unit| nudges.nudge_unit(unit), &cancel);
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -780,6 +803,10 @@ async fn daemon(
     tokio::spawn(stop_on_signal(signals, cancel.clone()));
     let result = scheduler.run(cancel.clone()).await;
     cancel.cancel();
+    // The relays end at the cancel; nothing of theirs outlives the daemon.
+    for relay in relays {
+        let _ = relay.await;
+    }
     // Deploys stop at their next step; their rows say where, and the next start converges.
     wiring.previews.shutdown();
     let _ = tokio::time::timeout(config.scheduler.shutdown_grace, wiring.previews.idle()).await;
@@ -847,6 +874,14 @@ mod tests {
 
     /// A loaded configuration with `tenants` (file name, text) in a temporary directory.
     pub(crate) fn config_with(tenants: &[(&str, &str)]) -> (tempfile::TempDir, super::Config) {
+        config_against("http://127.0.0.1:9", tenants)
+    }
+
+    /// [`config_with`] against the GitHub API at `api_url`, with the token `t`.
+    fn config_against(
+        api_url: &str,
+        tenants: &[(&str, &str)],
+    ) -> (tempfile::TempDir, super::Config) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("tenants")).unwrap();
         for (file, text) in tenants {
@@ -855,11 +890,82 @@ mod tests {
         let main = dir.path().join("productbuilder.toml");
         std::fs::write(
             &main,
-            "state_dir = \"state\"\n[github]\ntoken = \"t\"\napi_url = \"http://127.0.0.1:9\"\n",
+            format!("state_dir = \"state\"\n[github]\ntoken = \"t\"\napi_url = \"{api_url}\"\n"),
         )
         .unwrap();
         let config = super::config::load(&main).unwrap_or_else(|e| panic!("{e}"));
         (dir, config)
+    }
+
+    /// Runs the planned unit `name` once, as the scheduler would.
+    async fn run_unit(units: &[productbuilder_scheduler::UnitSpec], name: &str) {
+        let unit = units.iter().find(|u| u.name == name).expect(name);
+        let ctx = productbuilder_scheduler::RunCtx {
+            unit: name.into(),
+            attempt: 1,
+            cancel: Default::default(),
+        };
+        (unit.work)(ctx)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+
+    #[tokio::test]
+    async fn a_changed_pulls_feed_nudges_that_tenants_previews_worker() {
+        use productbuilder_github_sandbox::{NewPr, Permission, Sandbox};
+        let github = Sandbox::start().await.unwrap();
+        github.add_token("t", "bot");
+        for name in ["shop", "blog"] {
+            github.create_repo("acme", name);
+            github.grant("bot", &format!("acme/{name}"), Permission::Push);
+        }
+        let (_dir, config) = config_against(
+            &github.url(),
+            &[
+                ("blog.toml", "repo = \"acme/blog\"\npreviews = false\n"),
+                ("shop.toml", "repo = \"acme/shop\"\n"),
+            ],
+        );
+        let store = productbuilder_store::Store::in_memory().unwrap();
+        store.migrate().unwrap();
+        let Ok(wiring) = super::wire(&config, &store) else {
+            panic!("the test config does not wire");
+        };
+        // The preview module's declaration, resolved: only the tenant with previews.
+        let declared: Vec<(&str, &str)> = wiring
+            .subscriptions
+            .iter()
+            .map(|s| (s.feed.as_str(), s.unit.as_str()))
+            .collect();
+        assert_eq!(
+            declared,
+            [("github:pulls:acme/shop", "worker:previews:acme/shop")]
+        );
+        let (nudged, mut nudges) = tokio::sync::mpsc::unbounded_channel();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let relays = super::relay_feeds(
+            wiring.subscriptions,
+            move |unit| nudged.send(unit.to_owned()).is_ok(),
+            &cancel,
+        );
+        run_unit(&wiring.units, "preflight:repository:acme/shop").await;
+        run_unit(&wiring.units, "preflight:repository:acme/blog").await;
+        github.open_pr("acme/shop", NewPr::new("A change", "octocat", "change"));
+        github.open_pr("acme/blog", NewPr::new("A change", "octocat", "change"));
+        run_unit(&wiring.units, "worker:pulls:acme/blog").await;
+        run_unit(&wiring.units, "worker:pulls:acme/shop").await;
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), nudges.recv())
+            .await
+            .expect("no nudge within 10 s");
+        assert_eq!(first.as_deref(), Some("worker:previews:acme/shop"));
+        cancel.cancel();
+        for relay in relays {
+            relay.await.unwrap();
+        }
+        // acme/blog's feed changed too, but its previews are off: no unit of it was nudged.
+        while let Ok(unit) = nudges.try_recv() {
+            assert_eq!(unit, "worker:previews:acme/shop");
+        }
     }
 
     #[tokio::test]

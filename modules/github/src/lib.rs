@@ -12,6 +12,7 @@
 //! - [`GithubModule`]: the units `preflight:repository`, `worker:pulls`, `worker:issues`,
 //!   `worker:comments`, and [`GithubState`], what they publish.
 //! - [`config`]: `[github]` of the main file, as typed and resolved.
+//! - [`feeds`]: what the module publishes to others ([`feeds::PULLS`]).
 //! - [`webhook`]: signature checks and delivery dedup for the accelerator.
 //!
 //! # Why conditional requests carry the whole state
@@ -24,6 +25,7 @@ mod cache;
 mod client;
 mod comments;
 pub mod config;
+pub mod feeds;
 mod model;
 mod poll;
 mod report;

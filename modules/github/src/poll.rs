@@ -113,6 +113,10 @@ impl Module for GithubModule {
         "github"
     }
 
+    fn feeds(&self) -> Vec<productbuilder_planner::Feed> {
+        vec![crate::feeds::pulls(self.state.clone())]
+    }
+
     fn preflights(&self) -> Vec<Spec> {
         let state = self.state.clone();
         vec![Spec {

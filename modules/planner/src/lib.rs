@@ -7,6 +7,8 @@
 //! - [`plan`] multiplies tenants by specs into [`UnitSpec`]s named
 //!   `{phase}:{resource}:{owner}/{name}` (or `{phase}:{resource}:global`), and refuses a plan with
 //!   duplicate names or malformed resources before anything runs.
+//! - [`feeds`]: a module's [`Feed`]s (what it publishes) and [`Wake`]s (which feed nudges which of
+//!   its units), resolved by [`subscriptions`] against the tenants and the plan.
 //! - [`names`] derives every preview's Compose project, workspace and host with a collision-free
 //!   encoding, and [`check_names`] refuses tenants whose preview hosts could still meet.
 //!
@@ -23,7 +25,10 @@ use std::time::Duration;
 
 use productbuilder_scheduler::{RetryPolicy, RunCtx, RunFuture, Schedule, UnitError, UnitSpec};
 
+pub mod feeds;
 pub mod names;
+
+pub use feeds::{Changes, Feed, Subscription, Wake, subscriptions};
 
 /// GitHub's numeric repository id, shared by every unit of a tenant. Empty until a preflight (or
 /// the database) fills it; 0 is never a valid id, so it stands for "unknown".
@@ -167,6 +172,14 @@ pub trait Module: Send + Sync {
         Vec::new()
     }
     fn workers(&self) -> Vec<Spec> {
+        Vec::new()
+    }
+    /// The per-tenant feeds this module publishes ([`feeds`]).
+    fn feeds(&self) -> Vec<Feed> {
+        Vec::new()
+    }
+    /// Which feed wakes which of this module's units ([`feeds`]).
+    fn wakes(&self) -> Vec<Wake> {
         Vec::new()
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use productbuilder_github::{GithubState, poll_pulls};
 use productbuilder_planner::{
-    AppliesTo, Every, Module, Scope, Spec, TenantCtx, When, every_tenant, spec_work, stage,
+    AppliesTo, Every, Module, Scope, Spec, TenantCtx, Wake, When, every_tenant, spec_work, stage,
 };
 use productbuilder_scheduler::{ErrorKind, RetryPolicy, UnitError};
 
@@ -55,6 +55,15 @@ fn unit_error(e: ReconcileError) -> UnitError {
 impl Module for PreviewModule {
     fn name(&self) -> &'static str {
         "preview"
+    }
+
+    /// A changed set of open pull requests reconciles that tenant's previews at once, instead
+    /// of at the next interval.
+    fn wakes(&self) -> Vec<Wake> {
+        vec![Wake {
+            feed: productbuilder_github::feeds::PULLS,
+            worker: "previews",
+        }]
     }
 
     fn preflights(&self) -> Vec<Spec> {
