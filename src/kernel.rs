@@ -37,7 +37,7 @@ impl Module for Kernel {
                 max: Duration::from_secs(10),
                 attempts: 5,
             }]),
-            applies_to: every_tenant,
+            applies_to: every_tenant(),
             work: spec_work(move |_ctx| {
                 let store = store.clone();
                 let tenants = tenants.clone();
@@ -62,3 +62,7 @@ impl Module for Kernel {
         }]
     }
 }
+
+/// The kernel's routes (health, readiness, metrics, the dashboard) are the binary's own
+/// (`http::ROUTES`).
+impl productbuilder_routes::Module for Kernel {}

@@ -22,13 +22,14 @@ use productbuilder_github::webhook::Deliveries;
 use productbuilder_github::{
     BudgetLimits, ClientConfig, Credentials, GithubClient, GithubModule, GithubState, Token,
 };
-use productbuilder_planner::{Module, PlanError, RepoIdCell, Tenant, check_names, plan};
+use productbuilder_planner::{
+    Module, PlanError, RepoIdCell, Subscription, Tenant, check_names, plan, subscriptions,
+};
 use productbuilder_preview::policy::Policy;
 use productbuilder_preview::runner::ComposeCli;
 use productbuilder_preview::{PreviewModule, Previews};
-use productbuilder_scheduler::{
-    Schedule, Scheduler, SchedulerOptions, StartupFailed, StatusBoard, UnitSpec,
-};
+use productbuilder_routes::Module as HttpModule;
+use productbuilder_scheduler::{Schedule, Scheduler, SchedulerOptions, StartupFailed, UnitSpec};
 use productbuilder_store::Store;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -188,8 +189,6 @@ fn tenants(config: &Config) -> Vec<Arc<Tenant>> {
                 owner: t.owner.clone(),
                 name: t.name.clone(),
                 poll_interval: t.poll_interval,
-                previews: t.previews,
-                slack_channel: t.slack_channel.clone(),
                 source: t.source.display().to_string(),
                 repo_id: RepoIdCell::default(),
             })
@@ -200,22 +199,71 @@ fn tenants(config: &Config) -> Vec<Arc<Tenant>> {
 /// No two tenants' previews may share a host (nor a Compose project, which the planner's encoding
 /// already rules out): refused before anything runs.
 fn names_apart(config: &Config, tenants: &[Arc<Tenant>]) -> Result<(), Failure> {
-    let preview = &config.preview;
+    let preview = &config.preview.settings;
     Ok(check_names(
         tenants,
         &preview.url_template,
         &preview.domain,
+        &|t| config.preview.enabled(&t.repo()),
     )?)
 }
 
 /// Everything `run` needs besides the units themselves.
 struct Wiring {
     units: Vec<UnitSpec>,
+    /// Which feed nudges which unit, as the modules declared.
+    subscriptions: Vec<Subscription>,
     github: GithubState,
     previews: Previews,
+    modules: Vec<Box<dyn HttpModule>>,
 }
 
-/// The whole wiring: every module, in the order their units are listed.
+impl Wiring {
+    /// Every module's HTTP routes, in module order.
+    fn routes(&self) -> Vec<http::Route> {
+        self.modules.iter().flat_map(|m| m.routes()).collect()
+    }
+}
+
+/// The shared pieces modules are built from.
+struct Shared<'a> {
+    config: &'a Config,
+    store: &'a Store,
+    tenants: &'a [Arc<Tenant>],
+    github: &'a GithubState,
+    previews: &'a Previews,
+}
+
+/// Every module, in the order their units are listed. Adding a module is a crate and one line
+/// here: its units, routes and feeds are wired from what it declares.
+fn modules(shared: &Shared<'_>) -> Vec<Box<dyn HttpModule>> {
+    let Shared {
+        config,
+        store,
+        tenants,
+        github,
+        previews,
+    } = shared;
+    let run_timeout = config.scheduler.run_timeout;
+    vec![
+        Box::new(kernel::Kernel {
+            store: (*store).clone(),
+            tenants: tenants.to_vec(),
+        }),
+        Box::new(GithubModule {
+            state: (*github).clone(),
+            run_timeout,
+        }),
+        Box::new(PreviewModule {
+            previews: (*previews).clone(),
+            github: (*github).clone(),
+            run_timeout,
+            tenants: Arc::new(config.preview.switches()),
+        }),
+    ]
+}
+
+/// The whole wiring: the shared GitHub client and previews, then every module.
 fn wire(config: &Config, store: &Store) -> Result<Wiring, Failure> {
     let tenants = tenants(config);
     names_apart(config, &tenants)?;
@@ -245,63 +293,79 @@ fn wire(config: &Config, store: &Store) -> Result<Wiring, Failure> {
         store.clone(),
     )
     .map_err(Failure::Invalid)?;
-    let github_state = GithubState::new(client, store.clone());
-
-    let kernel = kernel::Kernel {
-        store: store.clone(),
-        tenants: tenants.clone(),
-    };
-    let github = GithubModule {
-        state: github_state.clone(),
-        run_timeout: config.scheduler.run_timeout,
-    };
-    let previews = previews(config, store, &github_state);
-    let preview = PreviewModule {
-        previews: previews.clone(),
-        github: github_state.clone(),
-        run_timeout: config.scheduler.run_timeout,
-    };
-    let modules: [&dyn Module; 3] = [&kernel, &github, &preview];
-    let units = plan(&modules, &tenants, config.github.poll_interval)?;
+    let github = GithubState::new(client, store.clone());
+    let previews = previews(config, store, &github);
+    let modules = modules(&Shared {
+        config,
+        store,
+        tenants: &tenants,
+        github: &github,
+        previews: &previews,
+    });
+    let planned: Vec<&dyn Module> = modules.iter().map(|m| m.as_ref() as &dyn Module).collect();
+    let units = plan(&planned, &tenants, config.github.poll_interval)?;
+    let subscriptions = subscriptions(&planned, &tenants, &units)?;
     Ok(Wiring {
         units,
-        github: github_state,
+        subscriptions,
+        github,
         previews,
+        modules,
     })
 }
 
 /// The previews of every tenant, with the host's `[preview]` settings and each tenant's rules.
 fn previews(config: &Config, store: &Store, github: &GithubState) -> Previews {
     // Only tenants with previews on: the others' previews are swept at start-up.
-    let rules = config
-        .tenants
-        .iter()
-        .filter(|t| t.previews)
-        .map(|t| (t.repo(), t.preview.clone()))
-        .collect();
-    Previews::new(config.preview.clone(), rules, store.clone(), github.clone())
+    Previews::new(
+        config.preview.settings.clone(),
+        config.preview.rules(),
+        store.clone(),
+        github.clone(),
+    )
 }
 
-/// A pull request feed that changed wakes its tenant's previews reconciler at once, instead of at
-/// its next interval. The reconciler itself never learns why it ran.
-fn wake_previews_on_pulls(config: &Config, github: &GithubState, board: &StatusBoard) {
-    for tenant in config.tenants.iter().filter(|t| t.previews) {
-        let repo = tenant.repo();
-        let mut feed = github.subscribe(&repo);
-        let board = board.clone();
-        tokio::spawn(async move {
-            let unit = format!("worker:previews:{repo}");
-            // The feed is replaced after every poll; only a different set is worth a nudge.
-            let mut last = feed.borrow_and_update().clone();
-            while feed.changed().await.is_ok() {
-                let current = feed.borrow_and_update().clone();
-                if *current != *last {
-                    board.nudge_unit(&unit);
+/// The one piece of wiring between modules: every subscription (a module's declared wake on
+/// another's feed, see `productbuilder_planner::feeds`) becomes a named task that nudges its unit
+/// on each change of the feed, until `cancel` or the feed's end. Units never learn why they ran.
+fn relay_feeds(
+    subscriptions: Vec<Subscription>,
+    nudge: impl Fn(&str) -> bool + Clone + Send + 'static,
+    cancel: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use futures_util::StreamExt;
+    use tracing::Instrument;
+    subscriptions
+        .into_iter()
+        .map(
+            |Subscription {
+                 feed,
+                 unit,
+                 mut changes,
+             }| {
+                let (nudge, cancel) = (nudge.clone(), cancel.clone());
+                let span = tracing::info_span!("feed relay", %feed, %unit);
+                tokio::spawn(
+                async move {
+                    loop {
+                        tokio::select! {
+                            () = cancel.cancelled() => break,
+                            change = changes.next() => match change {
+                                Some(()) => {
+                                    if !nudge(&unit) {
+                                        tracing::debug!("feed changed; the unit is not scheduled");
+                                    }
+                                }
+                                None => break,
+                            },
+                        }
+                    }
                 }
-                last = current;
-            }
-        });
-    }
+                .instrument(span),
+            )
+            },
+        )
+        .collect()
 }
 
 /// A single-threaded runtime for the short commands: the GitHub client needs one to exist, even
@@ -344,17 +408,19 @@ fn check(config: &Config, online: bool) -> Result<(), Failure> {
     println!("  state_dir: {}", config.state_dir.display());
     println!("  tenants: {}", config.tenants.len());
     for t in &config.tenants {
+        let preview = config.preview.tenants.get(&t.repo());
         println!(
             "    {} (every {}, previews {}) from {}",
             t.repo(),
             humantime::format_duration(t.poll_interval),
-            on_off(t.previews),
+            on_off(preview.is_some_and(|p| p.enabled)),
             t.source.display()
         );
         // Names only: values are never printed.
-        if !t.preview.env.is_empty() {
-            let names: Vec<String> = t
-                .preview
+        if let Some(rules) = preview.map(|p| &p.rules)
+            && !rules.env.is_empty()
+        {
+            let names: Vec<String> = rules
                 .env
                 .iter()
                 .map(|v| {
@@ -362,7 +428,7 @@ fn check(config: &Config, online: bool) -> Result<(), Failure> {
                     format!("{}.{}{secret}", v.service, v.name)
                 })
                 .collect();
-            let forks = if t.preview.secrets_for_forks {
+            let forks = if rules.secrets_for_forks {
                 "given to forks too"
             } else {
                 "withheld from forks"
@@ -467,7 +533,7 @@ fn check(config: &Config, online: bool) -> Result<(), Failure> {
             }
         }
     }
-    if config.tenants.iter().any(|t| t.previews) {
+    if config.preview.tenants.values().any(|t| t.enabled) {
         ok &= runtime.block_on(check_preview_host(config));
     }
     if ok {
@@ -491,7 +557,7 @@ async fn check_preview_host(config: &Config) -> bool {
                     println!("x {e}");
                 }
             }
-            let network = &config.preview.network;
+            let network = &config.preview.settings.network;
             match engine.routers_on(network).await {
                 Ok(None) => println!(
                     "! network {network} does not exist yet: `run` creates it; attach Traefik to it (README, \"On the host\")"
@@ -510,7 +576,7 @@ async fn check_preview_host(config: &Config) -> bool {
             println!("x {e}");
         }
     }
-    match ComposeCli::detect(&config.preview.compose_command).await {
+    match ComposeCli::detect(&config.preview.settings.compose_command).await {
         Ok(cli) => println!("√ Compose: `{}` ({})", cli.argv().join(" "), cli.version),
         Err(e) => {
             ok = false;
@@ -519,7 +585,7 @@ async fn check_preview_host(config: &Config) -> bool {
     }
     println!(
         "{}",
-        egress_line(config.preview.egress, metadata_answers().await)
+        egress_line(config.preview.settings.egress, metadata_answers().await)
     );
     ok
 }
@@ -683,7 +749,9 @@ async fn daemon(
     wired: impl FnOnce(&Previews),
 ) -> Result<(), Failure> {
     let store = Store::open(config.database_path()).map_err(|e| Failure::Failed(e.to_string()))?;
-    let wiring = wire(&config, &store)?;
+    let mut wiring = wire(&config, &store)?;
+    let module_routes = wiring.routes();
+    let subscriptions = std::mem::take(&mut wiring.subscriptions);
     let scheduler = Scheduler::new(
         wiring.units,
         SchedulerOptions {
@@ -695,7 +763,8 @@ async fn daemon(
     .map_err(|e| Failure::Invalid(e.to_string()))?;
     let board = scheduler.board();
     wired(&wiring.previews);
-    wake_previews_on_pulls(&config, &wiring.github, &board);
+    let nudges = board.clone();
+    let relays = relay_feeds(subscriptions, move |unit| nudges.nudge_unit(unit), &cancel);
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -706,19 +775,22 @@ async fn daemon(
                 config.file.display()
             ))
         })?;
-    let app = http::router(http::AppState {
-        board: board.clone(),
-        store: store.clone(),
-        github: wiring.github,
-        previews: wiring.previews.clone(),
-        tenants: config.tenants.iter().map(|t| t.repo()).collect(),
-        webhook_secret: config.github.webhook_secret.clone(),
-        deliveries: Arc::new(Deliveries::new(10_000)),
-        tokens: http::ApiTokens::new(
-            config.http.api_token.as_ref(),
-            config.http.read_token.as_ref(),
-        ),
-    });
+    let app = http::router(
+        http::AppState {
+            board: board.clone(),
+            store: store.clone(),
+            github: wiring.github.clone(),
+            previews: wiring.previews.clone(),
+            tenants: config.tenants.iter().map(|t| t.repo()).collect(),
+            webhook_secret: config.github.webhook_secret.clone(),
+            deliveries: Arc::new(Deliveries::new(10_000)),
+            tokens: http::ApiTokens::new(
+                config.http.api_token.as_ref(),
+                config.http.read_token.as_ref(),
+            ),
+        },
+        module_routes,
+    );
     let server = tokio::spawn(
         axum::serve(listener, app)
             .with_graceful_shutdown(cancel.clone().cancelled_owned())
@@ -737,6 +809,10 @@ async fn daemon(
     tokio::spawn(stop_on_signal(signals, cancel.clone()));
     let result = scheduler.run(cancel.clone()).await;
     cancel.cancel();
+    // The relays end at the cancel; nothing of theirs outlives the daemon.
+    for relay in relays {
+        let _ = relay.await;
+    }
     // Deploys stop at their next step; their rows say where, and the next start converges.
     wiring.previews.shutdown();
     let _ = tokio::time::timeout(config.scheduler.shutdown_grace, wiring.previews.idle()).await;
@@ -802,6 +878,124 @@ async fn stop_on_signal(mut signals: StopSignals, cancel: CancellationToken) {
 mod tests {
     use super::egress_line;
     use productbuilder_preview::Egress;
+
+    /// A loaded configuration with `tenants` (file name, text) in a temporary directory.
+    pub(crate) fn config_with(tenants: &[(&str, &str)]) -> (tempfile::TempDir, super::Config) {
+        config_against("http://127.0.0.1:9", tenants)
+    }
+
+    /// [`config_with`] against the GitHub API at `api_url`, with the token `t`.
+    fn config_against(
+        api_url: &str,
+        tenants: &[(&str, &str)],
+    ) -> (tempfile::TempDir, super::Config) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tenants")).unwrap();
+        for (file, text) in tenants {
+            std::fs::write(dir.path().join("tenants").join(file), text).unwrap();
+        }
+        let main = dir.path().join("productbuilder.toml");
+        std::fs::write(
+            &main,
+            format!("state_dir = \"state\"\n[github]\ntoken = \"t\"\napi_url = \"{api_url}\"\n"),
+        )
+        .unwrap();
+        let config = super::config::load(&main).unwrap_or_else(|e| panic!("{e}"));
+        (dir, config)
+    }
+
+    /// Runs the planned unit `name` once, as the scheduler would.
+    async fn run_unit(units: &[productbuilder_scheduler::UnitSpec], name: &str) {
+        let unit = units.iter().find(|u| u.name == name).expect(name);
+        let ctx = productbuilder_scheduler::RunCtx::new(name, 1, Default::default());
+        (unit.work)(ctx)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+
+    #[tokio::test]
+    async fn a_changed_pulls_feed_nudges_that_tenants_previews_worker() {
+        use productbuilder_github_sandbox::{NewPr, Permission, Sandbox};
+        let github = Sandbox::start().await.unwrap();
+        github.add_token("t", "bot");
+        for name in ["shop", "blog"] {
+            github.create_repo("acme", name);
+            github.grant("bot", &format!("acme/{name}"), Permission::Push);
+        }
+        let (_dir, config) = config_against(
+            &github.url(),
+            &[
+                ("blog.toml", "repo = \"acme/blog\"\npreviews = false\n"),
+                ("shop.toml", "repo = \"acme/shop\"\n"),
+            ],
+        );
+        let store = productbuilder_store::Store::in_memory().unwrap();
+        store.migrate().unwrap();
+        let Ok(wiring) = super::wire(&config, &store) else {
+            panic!("the test config does not wire");
+        };
+        // The preview module's declaration, resolved: only the tenant with previews.
+        let declared: Vec<(&str, &str)> = wiring
+            .subscriptions
+            .iter()
+            .map(|s| (s.feed.as_str(), s.unit.as_str()))
+            .collect();
+        assert_eq!(
+            declared,
+            [("github:pulls:acme/shop", "worker:previews:acme/shop")]
+        );
+        let (nudged, mut nudges) = tokio::sync::mpsc::unbounded_channel();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let relays = super::relay_feeds(
+            wiring.subscriptions,
+            move |unit| nudged.send(unit.to_owned()).is_ok(),
+            &cancel,
+        );
+        run_unit(&wiring.units, "preflight:repository:acme/shop").await;
+        run_unit(&wiring.units, "preflight:repository:acme/blog").await;
+        github.open_pr("acme/shop", NewPr::new("A change", "octocat", "change"));
+        github.open_pr("acme/blog", NewPr::new("A change", "octocat", "change"));
+        run_unit(&wiring.units, "worker:pulls:acme/blog").await;
+        run_unit(&wiring.units, "worker:pulls:acme/shop").await;
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), nudges.recv())
+            .await
+            .expect("no nudge within 10 s");
+        assert_eq!(first.as_deref(), Some("worker:previews:acme/shop"));
+        cancel.cancel();
+        for relay in relays {
+            relay.await.unwrap();
+        }
+        // acme/blog's feed changed too, but its previews are off: no unit of it was nudged.
+        while let Ok(unit) = nudges.try_recv() {
+            assert_eq!(unit, "worker:previews:acme/shop");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tenant_with_previews_off_gets_no_preview_units() {
+        let (_dir, config) = config_with(&[
+            ("blog.toml", "repo = \"acme/blog\"\npreviews = false\n"),
+            ("shop.toml", "repo = \"acme/shop\"\n"),
+        ]);
+        let store = productbuilder_store::Store::in_memory().unwrap();
+        let Ok(wiring) = super::wire(&config, &store) else {
+            panic!("the test config does not wire");
+        };
+        let names: Vec<&str> = wiring.units.iter().map(|u| u.name.as_str()).collect();
+        for want in [
+            "preflight:previews:global",
+            "preflight:previews:acme/shop",
+            "worker:previews:acme/shop",
+            "worker:pulls:acme/blog",
+        ] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        let blog_previews: Vec<&&str> = names
+            .iter()
+            .filter(|n| n.contains("previews") && n.ends_with("acme/blog"))
+            .collect();
+        assert!(blog_previews.is_empty(), "{blog_previews:?}");
+    }
 
     #[test]
     fn check_warns_only_when_open_previews_can_reach_the_metadata_endpoint() {

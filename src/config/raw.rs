@@ -1,9 +1,14 @@
 //! The configuration as typed by the operator: exactly the TOML keys, unknown keys rejected, no I/O
-//! beyond what figment does. [`super::resolve`] turns it into a [`super::Config`].
+//! beyond what figment does. [`super::resolve`] turns it into a [`super::Config`]. The sections of
+//! existing modules are their own crates' raw types (`[github]`, `[preview]`, a tenant's
+//! `[preview]`); the rest is typed here.
 
 use std::path::PathBuf;
 
-use serde::{Deserialize, Deserializer};
+use productbuilder_github::config::RawGithub;
+use productbuilder_preview::config::{RawPreview, RawTenantPreview};
+use productbuilder_settings::raw::{duration_text, lenient_u64};
+use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,47 +52,6 @@ pub struct RawLog {
 pub enum LogFormat {
     Json,
     Pretty,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawGithub {
-    pub api_url: Option<String>,
-    pub token: Option<String>,
-    pub token_file: Option<PathBuf>,
-    #[serde(default, deserialize_with = "lenient_u64")]
-    pub app_id: Option<u64>,
-    pub private_key_file: Option<PathBuf>,
-    #[serde(default, deserialize_with = "lenient_u64")]
-    pub installation_id: Option<u64>,
-    #[serde(default, deserialize_with = "duration_text")]
-    pub poll_interval: Option<String>,
-    pub webhook_secret: Option<String>,
-    pub webhook_secret_file: Option<PathBuf>,
-    #[serde(default, deserialize_with = "lenient_u64")]
-    pub max_in_flight: Option<u64>,
-    #[serde(default, deserialize_with = "duration_text")]
-    pub request_timeout: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawPreview {
-    /// "open" (default) or "none": whether preview containers may connect out of their networks.
-    pub egress: Option<String>,
-    pub domain: Option<String>,
-    pub url_template: Option<String>,
-    pub compose_command: Option<Vec<String>>,
-    pub network: Option<String>,
-    pub entrypoint: Option<String>,
-    pub cert_resolver: Option<String>,
-    #[serde(default, deserialize_with = "lenient_u64")]
-    pub max_previews: Option<u64>,
-    #[serde(default, deserialize_with = "lenient_u64")]
-    pub max_builds: Option<u64>,
-    #[serde(default, deserialize_with = "duration_text")]
-    pub ttl: Option<String>,
-    pub docker_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,71 +119,8 @@ pub struct RawTenant {
     pub repo: String,
     #[serde(default, deserialize_with = "duration_text")]
     pub poll_interval: Option<String>,
+    /// Read by the preview module, with `preview`.
     pub previews: Option<bool>,
     pub slack_channel: Option<String>,
     pub preview: Option<RawTenantPreview>,
-}
-
-/// A tenant's `[preview]` table: who gets a preview, what its compose file may do, its limits.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTenantPreview {
-    pub allow_forks: Option<bool>,
-    pub fork_label: Option<String>,
-    pub require_label: Option<bool>,
-    pub drafts: Option<bool>,
-    pub allow: Option<Vec<String>>,
-    pub cpus: Option<f64>,
-    pub memory: Option<String>,
-    /// `[preview.env.<service>]` tables, kept untyped here: serde's type errors quote the value
-    /// they found, and these values may be secrets, so [`super::resolve`] checks them itself.
-    pub env: Option<figment::value::Value>,
-    pub secrets_for_forks: Option<bool>,
-}
-
-/// Environment overrides arrive as strings (we keep them raw so that a numeric-looking token
-/// stays a string); numeric keys accept both forms.
-fn lenient_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum NumberOrText {
-        Number(u64),
-        Text(String),
-    }
-    match Option::<NumberOrText>::deserialize(d)? {
-        None => Ok(None),
-        Some(NumberOrText::Number(n)) => Ok(Some(n)),
-        Some(NumberOrText::Text(s)) => {
-            s.trim().parse().map(Some).map_err(|_| {
-                serde::de::Error::custom(format!("expected a whole number, found {s:?}"))
-            })
-        }
-    }
-}
-
-/// A duration is written as text (`"15s"`); a bare number has no unit, so instead of serde's
-/// "expected a string" the operator is shown what to write.
-fn duration_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum TextOrNumber {
-        Text(String),
-        Whole(i64),
-        Fraction(f64),
-        Other(serde::de::IgnoredAny),
-    }
-    let number = match Option::<TextOrNumber>::deserialize(d)? {
-        None => return Ok(None),
-        Some(TextOrNumber::Text(s)) => return Ok(Some(s)),
-        Some(TextOrNumber::Whole(n)) => n.to_string(),
-        Some(TextOrNumber::Fraction(x)) => x.to_string(),
-        Some(TextOrNumber::Other(_)) => {
-            return Err(serde::de::Error::custom(
-                "expected a duration string like \"30s\", \"5m\" or \"2h\"",
-            ));
-        }
-    };
-    Err(serde::de::Error::custom(format!(
-        "{number} has no unit; write it as a duration string like \"{number}s\""
-    )))
 }

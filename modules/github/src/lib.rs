@@ -11,6 +11,8 @@
 //!   GitHub's hints, and the content-write caps.
 //! - [`GithubModule`]: the units `preflight:repository`, `worker:pulls`, `worker:issues`,
 //!   `worker:comments`, and [`GithubState`], what they publish.
+//! - [`config`]: `[github]` of the main file, as typed and resolved.
+//! - [`feeds`]: what the module publishes to others ([`feeds::PULLS`]).
 //! - [`webhook`]: signature checks and delivery dedup for the accelerator.
 //!
 //! # Why conditional requests carry the whole state
@@ -22,6 +24,8 @@ mod budget;
 mod cache;
 mod client;
 mod comments;
+pub mod config;
+pub mod feeds;
 mod model;
 mod poll;
 mod report;
@@ -42,3 +46,6 @@ pub use poll::{
 pub use report::{
     CommitState, DeploymentState, Reporter, STATUS_CONTEXT, description, environment,
 };
+
+/// No routes of its own yet: `/webhook` and `/api/tenants` are still served by the binary.
+impl productbuilder_routes::Module for GithubModule {}

@@ -113,6 +113,10 @@ impl Module for GithubModule {
         "github"
     }
 
+    fn feeds(&self) -> Vec<productbuilder_planner::Feed> {
+        vec![crate::feeds::pulls(self.state.clone())]
+    }
+
     fn preflights(&self) -> Vec<Spec> {
         let state = self.state.clone();
         vec![Spec {
@@ -123,7 +127,7 @@ impl Module for GithubModule {
             },
             timeout: self.run_timeout,
             retry: RetryPolicy::remote_api(),
-            applies_to: every_tenant,
+            applies_to: every_tenant(),
             work: spec_work(move |ctx: TenantCtx| {
                 let state = state.clone();
                 async move { check_repository(&state, ctx.tenant()).await }
@@ -140,7 +144,7 @@ impl Module for GithubModule {
                 when: When::Worker(Every::PollInterval),
                 timeout: self.run_timeout,
                 retry: RetryPolicy::remote_api(),
-                applies_to: every_tenant,
+                applies_to: every_tenant(),
                 work: spec_work(move |ctx: TenantCtx| {
                     let state = state.clone();
                     async move {
@@ -166,7 +170,7 @@ impl Module for GithubModule {
                 when: When::Worker(Every::Fixed(Duration::from_secs(3600))),
                 timeout: self.run_timeout,
                 retry: RetryPolicy::remote_api(),
-                applies_to: every_tenant,
+                applies_to: every_tenant(),
                 work: spec_work(move |_ctx: TenantCtx| {
                     let store = store.clone();
                     async move {

@@ -80,8 +80,6 @@ fn tenant(repo: &str) -> Arc<Tenant> {
         owner: owner.into(),
         name: name.into(),
         poll_interval: Duration::from_secs(60),
-        previews: true,
-        slack_channel: None,
         source: format!("tenants/{name}.toml"),
         repo_id: RepoIdCell::default(),
     })

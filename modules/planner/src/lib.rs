@@ -7,6 +7,8 @@
 //! - [`plan`] multiplies tenants by specs into [`UnitSpec`]s named
 //!   `{phase}:{resource}:{owner}/{name}` (or `{phase}:{resource}:global`), and refuses a plan with
 //!   duplicate names or malformed resources before anything runs.
+//! - [`feeds`]: a module's [`Feed`]s (what it publishes) and [`Wake`]s (which feed nudges which of
+//!   its units), resolved by [`subscriptions`] against the tenants and the plan.
 //! - [`names`] derives every preview's Compose project, workspace and host with a collision-free
 //!   encoding, and [`check_names`] refuses tenants whose preview hosts could still meet.
 //!
@@ -25,7 +27,10 @@ use productbuilder_scheduler::{
     RestartPolicy, RetryPolicy, RunCtx, RunFuture, Schedule, TenantId, UnitError, UnitSpec,
 };
 
+pub mod feeds;
 pub mod names;
+
+pub use feeds::{Changes, Feed, Subscription, Wake, subscriptions};
 
 /// GitHub's numeric repository id, shared by every unit of a tenant. Empty until a preflight (or
 /// the database) fills it; 0 is never a valid id, so it stands for "unknown".
@@ -45,17 +50,14 @@ impl RepoIdCell {
     }
 }
 
-/// One configured repository, as units see it.
+/// One configured repository, as units see it. Modules keep their own per-tenant settings (keyed
+/// by [`Tenant::repo`]): no module has a field here.
 #[derive(Debug, Clone)]
 pub struct Tenant {
     pub owner: String,
     pub name: String,
     /// How often this tenant's pollers run.
     pub poll_interval: Duration,
-    /// Whether pull requests of this repository get previews.
-    pub previews: bool,
-    /// Slack channel id for this repository's threads.
-    pub slack_channel: Option<String>,
     /// The file the tenant was configured in, for messages.
     pub source: String,
     pub repo_id: RepoIdCell,
@@ -86,6 +88,10 @@ impl TenantCtx {
             .expect("tenant() called from a global unit")
     }
 }
+
+/// Which tenants get a unit of a per-tenant spec. A closure, so that a module decides from its own
+/// per-tenant configuration (for example the preview module from each tenant's `previews`).
+pub type AppliesTo = Arc<dyn Fn(&Tenant) -> bool + Send + Sync + 'static>;
 
 /// The work function of a spec.
 pub type SpecWork = Arc<dyn Fn(TenantCtx) -> RunFuture + Send + Sync + 'static>;
@@ -147,7 +153,7 @@ pub struct Spec {
     pub timeout: Duration,
     pub retry: RetryPolicy,
     /// Per-tenant specs only: which tenants get a unit (for example "previews enabled").
-    pub applies_to: fn(&Tenant) -> bool,
+    pub applies_to: AppliesTo,
     pub work: SpecWork,
 }
 
@@ -162,8 +168,8 @@ impl fmt::Debug for Spec {
 }
 
 /// `applies_to` for specs that every tenant gets.
-pub fn every_tenant(_: &Tenant) -> bool {
-    true
+pub fn every_tenant() -> AppliesTo {
+    Arc::new(|_| true)
 }
 
 /// A vertical of the daemon. Modules only declare; the planner decides how many units exist.
@@ -175,6 +181,14 @@ pub trait Module: Send + Sync {
     }
     /// Workers, and services ([`When::Service`]).
     fn workers(&self) -> Vec<Spec> {
+        Vec::new()
+    }
+    /// The per-tenant feeds this module publishes ([`feeds`]).
+    fn feeds(&self) -> Vec<Feed> {
+        Vec::new()
+    }
+    /// Which feed wakes which of this module's units ([`feeds`]).
+    fn wakes(&self) -> Vec<Wake> {
         Vec::new()
     }
 }
@@ -286,14 +300,20 @@ pub fn plan(
 }
 
 /// Refuses tenants whose previews could get the same host from `url_template` (see
-/// [`names::conflicts`]), naming both tenants and their files. Compose projects and workspaces
-/// need no check: [`names::project`] is distinct for distinct repositories by construction.
+/// [`names::conflicts`]), naming both tenants and their files; only tenants for which
+/// `has_previews` holds are compared. Compose projects and workspaces need no check:
+/// [`names::project`] is distinct for distinct repositories by construction.
 pub fn check_names(
     tenants: &[Arc<Tenant>],
     url_template: &str,
     domain: &str,
+    has_previews: &dyn Fn(&Tenant) -> bool,
 ) -> Result<(), PlanError> {
-    let tenants: Vec<&Tenant> = tenants.iter().map(Arc::as_ref).collect();
+    let tenants: Vec<&Tenant> = tenants
+        .iter()
+        .map(Arc::as_ref)
+        .filter(|t| has_previews(t))
+        .collect();
     let problems = names::conflicts(&tenants, url_template, domain);
     if problems.is_empty() {
         Ok(())
@@ -310,6 +330,8 @@ mod tests {
     struct Fake {
         seen: Arc<Mutex<Vec<String>>>,
         resource: &'static str,
+        /// The tenants that get the `previews` worker: the module's own per-tenant setting.
+        with_previews: Vec<&'static str>,
     }
 
     impl Module for Fake {
@@ -332,7 +354,8 @@ mod tests {
                 Scope::PerTenant,
                 When::Worker(Every::Fixed(Duration::from_secs(5))),
             );
-            previews.applies_to = |t| t.previews;
+            let with_previews = self.with_previews.clone();
+            previews.applies_to = Arc::new(move |t| with_previews.contains(&t.repo().as_str()));
             vec![
                 self.spec("pulls", Scope::PerTenant, When::Worker(Every::PollInterval)),
                 previews,
@@ -349,7 +372,7 @@ mod tests {
                 when,
                 timeout: Duration::from_secs(10),
                 retry: RetryPolicy::remote_api(),
-                applies_to: every_tenant,
+                applies_to: every_tenant(),
                 work: spec_work(move |ctx: TenantCtx| {
                     let seen = seen.clone();
                     async move {
@@ -365,14 +388,12 @@ mod tests {
         }
     }
 
-    fn tenant(repo: &str, secs: u64, previews: bool) -> Arc<Tenant> {
+    fn tenant(repo: &str, secs: u64) -> Arc<Tenant> {
         let (owner, name) = repo.split_once('/').unwrap();
         Arc::new(Tenant {
             owner: owner.into(),
             name: name.into(),
             poll_interval: Duration::from_secs(secs),
-            previews,
-            slack_channel: None,
             source: format!("tenants/{name}.toml"),
             repo_id: RepoIdCell::default(),
         })
@@ -394,11 +415,9 @@ mod tests {
         let fake = Fake {
             seen: Default::default(),
             resource: "repository",
+            with_previews: vec!["acme/shop"],
         };
-        let tenants = [
-            tenant("acme/shop", 15, true),
-            tenant("acme/blog", 30, false),
-        ];
+        let tenants = [tenant("acme/shop", 15), tenant("acme/blog", 30)];
         let units = plan(&[&fake], &tenants, Duration::from_secs(60)).unwrap();
         assert_eq!(
             describe(&units),
@@ -423,8 +442,9 @@ mod tests {
         let fake = Fake {
             seen: Default::default(),
             resource: "repository",
+            with_previews: vec!["acme/shop"],
         };
-        let shop = tenant("acme/shop", 15, true);
+        let shop = tenant("acme/shop", 15);
         shop.repo_id.set(1296269);
         let units = plan(&[&fake], &[shop], Duration::from_secs(60)).unwrap();
         for unit in &units[..2] {
@@ -445,8 +465,9 @@ mod tests {
         let fake = Fake {
             seen: Default::default(),
             resource: "Repo Sitory",
+            with_previews: vec![],
         };
-        let twice = [tenant("acme/shop", 15, true), tenant("acme/shop", 15, true)];
+        let twice = [tenant("acme/shop", 15), tenant("acme/shop", 15)];
         let err = plan(&[&fake], &twice, Duration::from_secs(60)).unwrap_err();
         assert!(err.0.iter().any(|p| p.contains("\"Repo Sitory\"")), "{err}");
         assert!(
@@ -462,13 +483,9 @@ mod tests {
         let fake = Fake {
             seen: Default::default(),
             resource: "repository",
+            with_previews: vec!["acme/shop"],
         };
-        let err = plan(
-            &[&fake],
-            &[tenant("acme/shop", 0, false)],
-            Duration::from_secs(60),
-        )
-        .unwrap_err();
+        let err = plan(&[&fake], &[tenant("acme/shop", 0)], Duration::from_secs(60)).unwrap_err();
         assert_eq!(
             err.0,
             ["worker:pulls:acme/shop: the interval must be longer than zero"]
@@ -489,14 +506,14 @@ mod tests {
                     when: When::Service(RestartPolicy::default()),
                     timeout: Duration::from_secs(10),
                     retry: RetryPolicy::never(),
-                    applies_to: every_tenant,
+                    applies_to: every_tenant(),
                     work: spec_work(|_ctx: TenantCtx| async { Ok(()) }),
                 }]
             }
         }
         let units = plan(
             &[&Sockets],
-            &[tenant("acme/shop", 15, false)],
+            &[tenant("acme/shop", 15)],
             Duration::from_secs(60),
         )
         .unwrap();

@@ -319,10 +319,9 @@ fn common_host(a: &[Sym], b: &[Sym]) -> Option<String> {
 }
 
 /// Why tenants' previews could get each other's names, one sentence each; empty when none can.
-/// Only tenants with previews count. Pure: the planner and `check` call it before anything runs.
+/// `tenants` are those with previews. Pure: the planner and `check` call it before anything runs.
 pub fn conflicts(tenants: &[&Tenant], url_template: &str, domain: &str) -> Vec<String> {
     let mut problems = Vec::new();
-    let tenants: Vec<&Tenant> = tenants.iter().copied().filter(|t| t.previews).collect();
     if tenants.is_empty() {
         return problems;
     }

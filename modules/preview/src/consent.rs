@@ -140,7 +140,7 @@ pub async fn approvals(
     }
     let (r, n) = (repo.to_owned(), pull.number);
     store
-        .call(move |c| granted(c, &r, n))
+        .read(move |c| granted(c, &r, n))
         .await
         .map_err(ConsentError::Store)
 }
@@ -191,7 +191,7 @@ async fn consider_new(
     }
     let (r, n) = (repo.to_owned(), number);
     let comments = store
-        .call(move |c| unseen_commands(c, &r, n))
+        .read(move |c| unseen_commands(c, &r, n))
         .await
         .map_err(ConsentError::Store)?;
     for (id, author, created_at) in comments {
@@ -201,7 +201,7 @@ async fn consider_new(
             .map_err(ConsentError::Github)?;
         let (r, at) = (repo.to_owned(), created_at.clone());
         let sha = store
-            .call(move |c| head_seen_at(c, &r, number, &at))
+            .read(move |c| head_seen_at(c, &r, number, &at))
             .await
             .map_err(ConsentError::Store)?;
         record(
@@ -267,7 +267,7 @@ struct Consent {
 async fn known(store: &Store, repo: &str, number: u64, source: &str) -> Result<bool, ConsentError> {
     let (r, s) = (repo.to_owned(), source.to_owned());
     store
-        .call(move |c| {
+        .write(move |c| {
             c.query_row(
                 "SELECT 1 FROM consents WHERE repo = ?1 AND number = ?2 AND source = ?3",
                 params![r, number as i64, s],
@@ -282,7 +282,7 @@ async fn known(store: &Store, repo: &str, number: u64, source: &str) -> Result<b
 
 async fn record(store: &Store, consent: Consent) -> Result<(), ConsentError> {
     store
-        .call(move |c| {
+        .write(move |c| {
             c.execute(
                 "INSERT INTO consents (repo, number, source, how, sha, given_by, given_at, granted, recorded_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))

@@ -12,6 +12,10 @@
 //! - [`reconcile`]: [`Previews`], the level-triggered reconciler (desired pull requests against
 //!   the `previews` table and the engine's labelled containers) and its deploy and removal tasks;
 //!   [`PreviewModule`] makes it the units `preflight:previews` and `worker:previews`.
+//! - [`config`]: `[preview]` of the main file and the tenants' `previews` and `[preview]`, as
+//!   typed and resolved.
+//! - `routes`: the module's HTTP routes (`/previews`, logs, redeploy), mounted by the binary
+//!   behind its one auth layer.
 //! - [`compose`] and [`runner`]: the rewritten compose file and the Compose CLI; [`engine`]: the
 //!   Docker Engine API (labelled containers, the shared network, logs); [`db`]: the table.
 //!
@@ -25,6 +29,7 @@ mod backoff;
 pub mod capacity;
 pub mod comment;
 pub mod compose;
+pub mod config;
 pub mod consent;
 pub mod db;
 pub mod decide;
@@ -38,6 +43,7 @@ pub mod reconcile;
 pub mod report;
 pub mod resolve;
 pub mod router;
+mod routes;
 pub mod runner;
 pub mod source;
 pub mod spec;

@@ -4,11 +4,13 @@
 //! from the database alone); and `preflight:previews:global`, which removes what this host still
 //! runs for repositories whose previews were turned off or which left the configuration.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use productbuilder_github::{GithubState, poll_pulls};
 use productbuilder_planner::{
-    Every, Module, Scope, Spec, Tenant, TenantCtx, When, every_tenant, spec_work, stage,
+    AppliesTo, Every, Module, Scope, Spec, TenantCtx, Wake, When, every_tenant, spec_work, stage,
 };
 use productbuilder_scheduler::{ErrorKind, RetryPolicy, UnitError};
 
@@ -19,10 +21,17 @@ pub struct PreviewModule {
     pub github: GithubState,
     /// Timeout of one unit run (a reconcile only starts deploys; it does not wait for them).
     pub run_timeout: Duration,
+    /// Every configured repository (`owner/name`, as configured) and whether it has previews on:
+    /// this module's own per-tenant table, from [`crate::config::PreviewConfig`].
+    pub tenants: Arc<BTreeMap<String, bool>>,
 }
 
-fn with_previews(tenant: &Tenant) -> bool {
-    tenant.previews
+impl PreviewModule {
+    /// Only tenants with previews on get the per-tenant preview units.
+    fn with_previews(&self) -> AppliesTo {
+        let tenants = self.tenants.clone();
+        Arc::new(move |tenant| tenants.get(&tenant.repo()).copied().unwrap_or(false))
+    }
 }
 
 fn unit_error(e: ReconcileError) -> UnitError {
@@ -48,6 +57,15 @@ impl Module for PreviewModule {
         "preview"
     }
 
+    /// A changed set of open pull requests reconciles that tenant's previews at once, instead
+    /// of at the next interval.
+    fn wakes(&self) -> Vec<Wake> {
+        vec![Wake {
+            feed: productbuilder_github::feeds::PULLS,
+            worker: "previews",
+        }]
+    }
+
     fn preflights(&self) -> Vec<Spec> {
         let (previews, github) = (self.previews.clone(), self.github.clone());
         let sweeper = self.previews.clone();
@@ -60,7 +78,7 @@ impl Module for PreviewModule {
                 },
                 timeout: self.run_timeout,
                 retry: RetryPolicy::remote_api(),
-                applies_to: every_tenant,
+                applies_to: every_tenant(),
                 work: spec_work(move |_ctx: TenantCtx| {
                     let previews = sweeper.clone();
                     async move { previews.sweep().await.map(|_| ()).map_err(unit_error) }
@@ -74,7 +92,7 @@ impl Module for PreviewModule {
                 },
                 timeout: self.run_timeout,
                 retry: RetryPolicy::remote_api(),
-                applies_to: with_previews,
+                applies_to: self.with_previews(),
                 work: spec_work(move |ctx: TenantCtx| {
                     let (previews, github) = (previews.clone(), github.clone());
                     async move {
@@ -96,7 +114,7 @@ impl Module for PreviewModule {
             when: When::Worker(Every::PollInterval),
             timeout: self.run_timeout,
             retry: RetryPolicy::remote_api(),
-            applies_to: with_previews,
+            applies_to: self.with_previews(),
             work: spec_work(move |ctx: TenantCtx| {
                 let previews = previews.clone();
                 async move {

@@ -444,7 +444,7 @@ impl Previews {
     pub async fn list(&self) -> Result<Vec<PreviewRow>, ReconcileError> {
         self.inner
             .store
-            .call(|c| db::rows(c, None))
+            .read(|c| db::rows(c, None))
             .await
             .map_err(store_err)
     }
@@ -453,7 +453,7 @@ impl Previews {
         let repo = repo.to_owned();
         self.inner
             .store
-            .call(move |c| db::row(c, &repo, number))
+            .read(move |c| db::row(c, &repo, number))
             .await
             .map_err(store_err)
     }
@@ -490,7 +490,7 @@ impl Previews {
         let rows = self
             .inner
             .store
-            .call(move |c| db::rows(c, Some(&key)))
+            .read(move |c| db::rows(c, Some(&key)))
             .await
             .map_err(store_err)?;
         let containers = engine.labelled(Some(repo)).await?;
@@ -569,7 +569,7 @@ impl Previews {
                 let changed = self
                     .inner
                     .store
-                    .call(move |c| db::set_waiting(c, &r, number, sha.as_deref()))
+                    .write(move |c| db::set_waiting(c, &r, number, sha.as_deref()))
                     .await
                     .map_err(store_err)?;
                 if changed {
@@ -642,7 +642,7 @@ impl Previews {
         let reserved = self
             .inner
             .store
-            .call(move |c| {
+            .write(move |c| {
                 capacity::reserve(c, &request, &|r, n| {
                     jobs.latest_tag::<Job>(&job_key(r, n)).is_some()
                 })
@@ -705,7 +705,7 @@ impl Previews {
             let (r, n) = (row.repo.clone(), row.number);
             self.inner
                 .store
-                .call(move |c| match db::row(c, &r, n)? {
+                .write(move |c| match db::row(c, &r, n)? {
                     Some(now) => db::set_reported(c, &r, n, &now.report_key()).map(|_| ()),
                     None => Ok(()),
                 })
@@ -811,7 +811,7 @@ impl Previews {
         let moved = self
             .inner
             .store
-            .call(move |c| {
+            .write(move |c| {
                 Ok(db::transition(
                     c,
                     &r,

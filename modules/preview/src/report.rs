@@ -197,7 +197,7 @@ impl Previews {
                 if let Err(e) = self
                     .inner
                     .store
-                    .call(move |c| db::set_report_refused(c, &r, number, &key, &message))
+                    .write(move |c| db::set_report_refused(c, &r, number, &key, &message))
                     .await
                 {
                     tracing::warn!(repo, number, error = %e, "previews: cannot record the refused report");
@@ -215,7 +215,7 @@ impl Previews {
         let Some(row) = self
             .inner
             .store
-            .call(move |c| db::row(c, &key_owned, number))
+            .read(move |c| db::row(c, &key_owned, number))
             .await?
         else {
             return Ok(());
@@ -275,7 +275,7 @@ impl Previews {
                 let (r, s) = (repo.to_owned(), row.head_sha.clone());
                 self.inner
                     .store
-                    .call(move |c| db::set_deployment(c, &r, number, &s, id))
+                    .write(move |c| db::set_deployment(c, &r, number, &s, id))
                     .await?;
                 id
             }
@@ -321,7 +321,7 @@ impl Previews {
         let r = repo.to_owned();
         self.inner
             .store
-            .call(move |c| db::set_reported(c, &r, number, &key))
+            .write(move |c| db::set_reported(c, &r, number, &key))
             .await?;
         Ok(())
     }

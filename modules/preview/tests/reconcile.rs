@@ -479,7 +479,7 @@ async fn a_preview_under_an_earlier_project_name_is_kept_then_moved() {
         std::fs::remove_dir_all(&new_ws).unwrap();
         let (repo, old) = (w.repo.clone(), legacy.clone());
         w.store
-            .call(move |c| {
+            .write(move |c| {
                 c.execute(
                     &format!("UPDATE previews SET project = ?1 WHERE repo = ?2 AND number = {one}"),
                     [&old, &repo],

@@ -149,6 +149,27 @@ pub struct Store {
     writer: Arc<Mutex<Connection>>,
 }
 
+/// Switches a file database to WAL. Switching takes an exclusive lock for which SQLite does not
+/// call the busy handler, so two processes opening one fresh file at once can see `SQLITE_BUSY`
+/// here however long the busy timeout: the switch is tried again for as long as that timeout.
+fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                // The other opener holds the lock for microseconds; nothing to await but time.
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Store {
     /// Opens or creates the database at `path`, creating its directory if needed.
     pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
@@ -167,8 +188,7 @@ impl Store {
         let conn = Connection::open(&path).map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
+        set_wal(&conn).map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
@@ -242,16 +262,6 @@ impl Store {
             f(&mut conn)
         })
         .await
-    }
-
-    /// The same as [`Store::write`], the name callers used before the store had readers. Prefer
-    /// [`Store::read`] for reads and [`Store::write`] for writes.
-    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-    {
-        self.write(f).await
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>

@@ -51,7 +51,7 @@ pub(super) async fn run(a: &Attempt<'_>, dir: &Path) -> Result<Checked, Stop> {
         .previews
         .inner
         .store
-        .call(move |c| db::set_contract(c, &r, number, note.as_deref(), &service, file.as_deref()))
+        .write(move |c| db::set_contract(c, &r, number, note.as_deref(), &service, file.as_deref()))
         .await
     {
         tracing::warn!(repo = a.repo, number, error = %e, "previews: cannot record where the logs are");

@@ -100,8 +100,6 @@ impl World {
             owner: "acme".into(),
             name: unique.clone(),
             poll_interval: Duration::from_secs(1),
-            previews: true,
-            slack_channel: None,
             source: "tenants/test.toml".into(),
             repo_id: RepoIdCell::default(),
         });
