@@ -29,7 +29,9 @@ use productbuilder_preview::policy::Policy;
 use productbuilder_preview::runner::ComposeCli;
 use productbuilder_preview::{PreviewModule, Previews};
 use productbuilder_routes::Module as HttpModule;
-use productbuilder_scheduler::{Schedule, Scheduler, SchedulerOptions, StartupFailed, UnitSpec};
+use productbuilder_scheduler::{
+    Phase, Schedule, Scheduler, SchedulerOptions, StartupFailed, UnitSpec,
+};
 use productbuilder_store::Store;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -469,14 +471,16 @@ fn check(config: &Config, online: bool) -> Result<(), Failure> {
         on_off(config.llm.is_some()),
         on_off(config.builds.is_some())
     );
-    let preflights = units
-        .iter()
-        .filter(|u| matches!(u.schedule, Schedule::Preflight { .. }))
-        .count();
+    let count = |phase: Phase| units.iter().filter(|u| u.schedule.phase() == phase).count();
+    let services = match count(Phase::Service) {
+        0 => String::new(),
+        n => format!(", {n} services"),
+    };
     println!(
-        "  units: {} ({preflights} preflights, {} workers)",
+        "  units: {} ({} preflights, {} workers{services})",
         units.len(),
-        units.len() - preflights
+        count(Phase::Preflight),
+        count(Phase::Worker),
     );
     if !online {
         return Ok(());
