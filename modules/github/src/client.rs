@@ -243,6 +243,8 @@ pub struct GithubClient {
 
 struct Inner {
     http: Octocrab,
+    /// `token:{hash}` of a static token, hashed once (every poll asks for its identity).
+    token_key: Option<String>,
     api_url: String,
     origin: String,
     credentials: Credentials,
@@ -257,8 +259,9 @@ struct Inner {
     own_login: tokio::sync::OnceCell<String>,
     /// (repo, lower-cased login) → (may write, when asked).
     permissions: Mutex<HashMap<(String, String), (bool, std::time::Instant)>>,
-    /// (identity key, url) → the validator of its `http_cache` row.
-    validators: Mutex<HashMap<(String, String), Validator>>,
+    /// identity key → url → the validator of its `http_cache` row (nested, so a lookup by
+    /// `&str` allocates nothing).
+    validators: Mutex<HashMap<String, HashMap<String, Validator>>>,
 }
 
 /// One `labeled` or `unlabeled` event of an issue or pull request.
@@ -326,6 +329,10 @@ impl GithubClient {
             .map_err(|e| format!("cannot build the GitHub client: {e}"))?;
         Ok(GithubClient {
             inner: Arc::new(Inner {
+                token_key: match &config.credentials {
+                    Credentials::Token(token) => Some(token_key(token)),
+                    Credentials::App { .. } => None,
+                },
                 origin: origin_of(&api_url),
                 http,
                 api_url,
@@ -353,6 +360,13 @@ impl GithubClient {
         format!("{}{path}", self.inner.api_url)
     }
 
+    fn static_token_key(&self, token: &Token) -> String {
+        self.inner
+            .token_key
+            .clone()
+            .unwrap_or_else(|| token_key(token))
+    }
+
     fn budget(&self, key: &str) -> Budget {
         let mut budgets = self.inner.budgets.lock().unwrap_or_else(|p| p.into_inner());
         budgets
@@ -372,7 +386,7 @@ impl GithubClient {
     /// The budget a repository's requests are charged to, once known.
     pub fn budget_for(&self, repo: &str) -> Option<BudgetSnapshot> {
         let key = match &self.inner.credentials {
-            Credentials::Token(token) => token_key(token),
+            Credentials::Token(token) => self.static_token_key(token),
             Credentials::App {
                 installation_id: Some(id),
                 ..
@@ -394,7 +408,7 @@ impl GithubClient {
     pub async fn identity(&self, repo: &str) -> Result<Identity, GithubError> {
         match &self.inner.credentials {
             Credentials::Token(token) => {
-                let key = token_key(token);
+                let key = self.static_token_key(token);
                 Ok(Identity {
                     budget: self.budget(&key),
                     key,
@@ -943,7 +957,10 @@ impl GithubClient {
         }
     }
 
-    fn lock_validators(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Validator>> {
+    #[allow(clippy::type_complexity)]
+    fn lock_validators(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, Validator>>> {
         self.inner
             .validators
             .lock()
@@ -951,10 +968,7 @@ impl GithubClient {
     }
 
     fn validator(&self, identity: &str, url: &str) -> Option<Validator> {
-        // The key is built only to look up; a borrowed pair would need a custom Borrow impl.
-        self.lock_validators()
-            .get(&(identity.to_owned(), url.to_owned()))
-            .cloned()
+        self.lock_validators().get(identity)?.get(url).cloned()
     }
 
     /// Remembers the validator of a row that was just read or written (so marked used now).
@@ -965,16 +979,20 @@ impl GithubClient {
             marked_used: std::time::Instant::now(),
         };
         let mut validators = self.lock_validators();
-        if validators.len() >= MAX_VALIDATORS {
+        if validators.values().map(HashMap::len).sum::<usize>() >= MAX_VALIDATORS {
             validators.clear();
         }
-        validators.insert((identity.to_owned(), url.to_owned()), validator.clone());
+        validators
+            .entry(identity.to_owned())
+            .or_default()
+            .insert(url.to_owned(), validator.clone());
         validator
     }
 
     fn forget_validator(&self, identity: &str, url: &str) {
-        self.lock_validators()
-            .remove(&(identity.to_owned(), url.to_owned()));
+        if let Some(urls) = self.lock_validators().get_mut(identity) {
+            urls.remove(url);
+        }
     }
 
     /// One page of a conditional listing, decoded, with the next page's URL and whether it

@@ -50,7 +50,8 @@ pub struct GithubState {
 #[derive(Debug)]
 struct PullsSeen {
     etags: Vec<String>,
-    pulls: Vec<Pull>,
+    /// The set published after that poll, handed on again as is.
+    published: Arc<PullSet>,
 }
 
 #[derive(Debug)]
@@ -442,12 +443,9 @@ pub async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), Unit
         // Every page answered 304 for what the last complete poll stored: nothing to decode,
         // compare or store. The set is still handed on, as after every poll.
         record_poll(state, &repo, false).await?;
-        let pulls = seen.map(|s| s.pulls.clone()).unwrap_or_default();
-        state.feed(&repo).send_replace(Arc::new(PullSet {
-            repo: repo.clone(),
-            pulls,
-            polled: true,
-        }));
+        if let Some(seen) = seen {
+            state.feed(&repo).send_replace(seen.published.clone());
+        }
         return Ok(());
     };
     let Listing {
@@ -594,6 +592,11 @@ pub async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), Unit
     } else {
         known
     };
+    let published = Arc::new(PullSet {
+        repo: repo.clone(),
+        pulls: stored,
+        polled: true,
+    });
     {
         let mut pulls_seen = state.pulls_seen.lock().unwrap_or_else(|p| p.into_inner());
         match etags {
@@ -602,7 +605,7 @@ pub async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), Unit
                     repo.clone(),
                     Arc::new(PullsSeen {
                         etags,
-                        pulls: stored.clone(),
+                        published: published.clone(),
                     }),
                 );
             }
@@ -611,11 +614,7 @@ pub async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), Unit
             }
         }
     }
-    state.feed(&repo).send_replace(Arc::new(PullSet {
-        repo: repo.clone(),
-        pulls: stored,
-        polled: true,
-    }));
+    state.feed(&repo).send_replace(published);
     // Logged once everything is stored and published, so the line means "visible everywhere".
     if changed {
         tracing::info!(
