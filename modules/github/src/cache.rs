@@ -4,7 +4,8 @@
 //! Every `since=` (issues, comments) and `sha=` URL the pollers ever asked for gets a row, and a
 //! body can be large, so the table would only grow: [`prune`] removes what nobody used for a week
 //! and, past a size cap, the least recently used. Reads mark a row used at most once a day, so a
-//! poll answered 304 stays a read.
+//! poll answered 304 stays a read. The client keeps each row's ETag in memory too
+//! (`client::Validator`), so most 304s read nothing here at all.
 
 use std::time::Duration;
 
@@ -71,6 +72,41 @@ pub(crate) async fn get(
             .await?;
     }
     Ok(Some(entry))
+}
+
+/// The body of the row for `url` if it still holds the version `etag` (a row may have been
+/// pruned or replaced since the caller learnt the ETag).
+pub(crate) async fn body(
+    store: &Store,
+    identity: &str,
+    url: &str,
+    etag: &str,
+) -> Result<Option<Vec<u8>>, GithubError> {
+    let (identity, url, etag) = (identity.to_owned(), url.to_owned(), etag.to_owned());
+    Ok(store
+        .read(move |c| {
+            c.query_row(
+                "SELECT body FROM http_cache WHERE identity = ?1 AND url = ?2 AND etag = ?3",
+                [&identity, &url, &etag],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .await?)
+}
+
+/// Marks a row used now, for a reader that answers its polls from the row's ETag alone.
+pub(crate) async fn mark_used(store: &Store, identity: &str, url: &str) -> Result<(), GithubError> {
+    let (identity, url) = (identity.to_owned(), url.to_owned());
+    store
+        .write(move |c| {
+            c.execute(
+                &format!("UPDATE http_cache SET used_at = {NOW} WHERE identity = ?1 AND url = ?2"),
+                [&identity, &url],
+            )
+        })
+        .await?;
+    Ok(())
 }
 
 pub(crate) async fn put(

@@ -181,7 +181,35 @@ pub struct Polled {
     /// False when GitHub answered 304 and the cached body was used.
     pub modified: bool,
     pub next: Option<String>,
+    /// The answer's ETag (the cached one after a 304); `None` when GitHub sent none.
+    pub etag: Option<String>,
 }
+
+/// A conditional GET for a caller that already processed some version of the resource.
+#[derive(Debug)]
+pub enum Conditional {
+    /// 304 with the ETag the caller said it has seen: nothing was read, not even the cache.
+    Unchanged { etag: String, next: Option<String> },
+    /// Changed, or a version the caller has not seen (the cached body after a 304).
+    Current(Polled),
+}
+
+/// What the client remembers of each polled URL: the validator of the row in `http_cache`, so
+/// that a poll answered 304 reads nothing from SQLite unless the caller needs the body.
+#[derive(Debug, Clone)]
+struct Validator {
+    etag: String,
+    next: Option<String>,
+    /// When the row's `used_at` was last brought up to date (the pruning keeps used rows).
+    marked_used: std::time::Instant,
+}
+
+/// At most this many validators are kept in memory (about 200 bytes each); past it they are
+/// forgotten and read again from SQLite, one per URL.
+const MAX_VALIDATORS: usize = 100_000;
+/// How often a row read only through its in-memory validator is marked used in SQLite; well
+/// inside the week after which [`cache::prune`] removes unused rows.
+const MARK_USED_EVERY: Duration = Duration::from_secs(12 * 3600);
 
 /// An identity: who GitHub thinks we are, with its token and budget.
 #[derive(Debug, Clone)]
@@ -215,6 +243,8 @@ pub struct GithubClient {
 
 struct Inner {
     http: Octocrab,
+    /// `token:{hash}` of a static token, hashed once (every poll asks for its identity).
+    token_key: Option<String>,
     api_url: String,
     origin: String,
     credentials: Credentials,
@@ -229,6 +259,9 @@ struct Inner {
     own_login: tokio::sync::OnceCell<String>,
     /// (repo, lower-cased login) → (may write, when asked).
     permissions: Mutex<HashMap<(String, String), (bool, std::time::Instant)>>,
+    /// identity key → url → the validator of its `http_cache` row (nested, so a lookup by
+    /// `&str` allocates nothing).
+    validators: Mutex<HashMap<String, HashMap<String, Validator>>>,
 }
 
 /// One `labeled` or `unlabeled` event of an issue or pull request.
@@ -296,6 +329,10 @@ impl GithubClient {
             .map_err(|e| format!("cannot build the GitHub client: {e}"))?;
         Ok(GithubClient {
             inner: Arc::new(Inner {
+                token_key: match &config.credentials {
+                    Credentials::Token(token) => Some(token_key(token)),
+                    Credentials::App { .. } => None,
+                },
                 origin: origin_of(&api_url),
                 http,
                 api_url,
@@ -309,6 +346,7 @@ impl GithubClient {
                 renewal: tokio::sync::Mutex::new(()),
                 own_login: tokio::sync::OnceCell::new(),
                 permissions: Mutex::new(HashMap::new()),
+                validators: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -320,6 +358,13 @@ impl GithubClient {
     /// `{api_url}{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.inner.api_url)
+    }
+
+    fn static_token_key(&self, token: &Token) -> String {
+        self.inner
+            .token_key
+            .clone()
+            .unwrap_or_else(|| token_key(token))
     }
 
     fn budget(&self, key: &str) -> Budget {
@@ -341,7 +386,7 @@ impl GithubClient {
     /// The budget a repository's requests are charged to, once known.
     pub fn budget_for(&self, repo: &str) -> Option<BudgetSnapshot> {
         let key = match &self.inner.credentials {
-            Credentials::Token(token) => token_key(token),
+            Credentials::Token(token) => self.static_token_key(token),
             Credentials::App {
                 installation_id: Some(id),
                 ..
@@ -363,7 +408,7 @@ impl GithubClient {
     pub async fn identity(&self, repo: &str) -> Result<Identity, GithubError> {
         match &self.inner.credentials {
             Credentials::Token(token) => {
-                let key = token_key(token);
+                let key = self.static_token_key(token);
                 Ok(Identity {
                     budget: self.budget(&key),
                     key,
@@ -798,55 +843,158 @@ impl GithubClient {
     /// on a 304 (which costs no primary quota). The cache is keyed by the identity's stable key, so
     /// a renewed installation token keeps its 304s, and it is persisted, so a restart does too.
     pub async fn poll(&self, identity: &Identity, url: &str) -> Result<Polled, GithubError> {
-        let cached = cache::get(&self.inner.store, &identity.key, url).await?;
-        let mut headers = HeaderMap::new();
-        if let Some(entry) = &cached
-            && let Ok(value) = HeaderValue::from_str(&entry.etag)
-        {
-            headers.insert(header::IF_NONE_MATCH, value);
+        match self.poll_unless_seen(identity, url, None).await? {
+            Conditional::Current(polled) => Ok(polled),
+            // Only returned for the ETag the caller named, and it named none.
+            Conditional::Unchanged { .. } => unreachable!("no ETag was named as seen"),
         }
-        let answer = self
-            .send(identity, Method::GET, url, None, headers, Access::Read)
-            .await?;
-        if answer.status == 304 {
-            let Some(entry) = cached else {
-                return Err(GithubError::Decode {
-                    method: Method::GET,
-                    path: path_of(url, &self.inner.origin).to_owned(),
-                    detail: "304 Not Modified for a request that had no ETag".into(),
-                });
-            };
-            return Ok(Polled {
-                body: entry.body,
-                modified: false,
-                next: entry.next,
-            });
-        }
-        let next = next_link(&answer.headers);
-        if let Some(etag) = answer
-            .headers
-            .get(header::ETAG)
-            .and_then(|v| v.to_str().ok())
-        {
-            cache::put(
-                &self.inner.store,
-                &identity.key,
-                url,
-                etag,
-                &answer.body,
-                next.as_deref(),
-            )
-            .await?;
-        }
-        Ok(Polled {
-            body: answer.body,
-            modified: true,
-            next,
-        })
     }
 
-    /// Every page of a polled list, following `Link: rel="next"` on the API's own host only.
-    /// Returns the items and whether any page changed.
+    /// [`poll`](Self::poll) for a caller that already processed the version with ETag `seen`:
+    /// when GitHub answers 304 for it, neither the body nor the cache row is read.
+    pub async fn poll_unless_seen(
+        &self,
+        identity: &Identity,
+        url: &str,
+        seen: Option<&str>,
+    ) -> Result<Conditional, GithubError> {
+        let store = &self.inner.store;
+        // Twice at most: a 304 whose body the cache no longer holds (pruned since) is asked again
+        // without an ETag.
+        let mut conditional = true;
+        loop {
+            let mut loaded = None;
+            let validator = match conditional.then(|| self.validator(&identity.key, url)) {
+                None => None,
+                Some(Some(validator)) => Some(validator),
+                Some(None) => {
+                    loaded = cache::get(store, &identity.key, url).await?;
+                    loaded.as_ref().map(|entry| {
+                        self.remember(&identity.key, url, &entry.etag, entry.next.as_deref())
+                    })
+                }
+            };
+            let mut headers = HeaderMap::new();
+            if let Some(validator) = &validator
+                && let Ok(value) = HeaderValue::from_str(&validator.etag)
+            {
+                headers.insert(header::IF_NONE_MATCH, value);
+            }
+            let answer = self
+                .send(identity, Method::GET, url, None, headers, Access::Read)
+                .await?;
+            if answer.status == 304 {
+                let Some(validator) = validator else {
+                    return Err(GithubError::Decode {
+                        method: Method::GET,
+                        path: path_of(url, &self.inner.origin).to_owned(),
+                        detail: "304 Not Modified for a request that had no ETag".into(),
+                    });
+                };
+                if validator.marked_used.elapsed() >= MARK_USED_EVERY {
+                    cache::mark_used(store, &identity.key, url).await?;
+                    self.remember(
+                        &identity.key,
+                        url,
+                        &validator.etag,
+                        validator.next.as_deref(),
+                    );
+                }
+                if seen == Some(validator.etag.as_str()) {
+                    return Ok(Conditional::Unchanged {
+                        etag: validator.etag,
+                        next: validator.next,
+                    });
+                }
+                let body = match loaded {
+                    Some(entry) => Some(entry.body),
+                    None => cache::body(store, &identity.key, url, &validator.etag).await?,
+                };
+                match body {
+                    Some(body) => {
+                        return Ok(Conditional::Current(Polled {
+                            body,
+                            modified: false,
+                            next: validator.next,
+                            etag: Some(validator.etag),
+                        }));
+                    }
+                    None => {
+                        self.forget_validator(&identity.key, url);
+                        conditional = false;
+                        continue;
+                    }
+                }
+            }
+            let next = next_link(&answer.headers);
+            let etag = answer
+                .headers
+                .get(header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            match &etag {
+                Some(etag) => {
+                    cache::put(
+                        store,
+                        &identity.key,
+                        url,
+                        etag,
+                        &answer.body,
+                        next.as_deref(),
+                    )
+                    .await?;
+                    self.remember(&identity.key, url, etag, next.as_deref());
+                }
+                // The row (if any) stays as it was, as before: the next poll reads it again.
+                None => self.forget_validator(&identity.key, url),
+            }
+            return Ok(Conditional::Current(Polled {
+                body: answer.body,
+                modified: true,
+                next,
+                etag,
+            }));
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn lock_validators(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, Validator>>> {
+        self.inner
+            .validators
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn validator(&self, identity: &str, url: &str) -> Option<Validator> {
+        self.lock_validators().get(identity)?.get(url).cloned()
+    }
+
+    /// Remembers the validator of a row that was just read or written (so marked used now).
+    fn remember(&self, identity: &str, url: &str, etag: &str, next: Option<&str>) -> Validator {
+        let validator = Validator {
+            etag: etag.to_owned(),
+            next: next.map(str::to_owned),
+            marked_used: std::time::Instant::now(),
+        };
+        let mut validators = self.lock_validators();
+        if validators.values().map(HashMap::len).sum::<usize>() >= MAX_VALIDATORS {
+            validators.clear();
+        }
+        validators
+            .entry(identity.to_owned())
+            .or_default()
+            .insert(url.to_owned(), validator.clone());
+        validator
+    }
+
+    fn forget_validator(&self, identity: &str, url: &str) {
+        if let Some(urls) = self.lock_validators().get_mut(identity) {
+            urls.remove(url);
+        }
+    }
+
     /// One page of a conditional listing, decoded, with the next page's URL and whether it
     /// changed since the last poll.
     pub async fn poll_page<T: DeserializeOwned>(
@@ -855,11 +1003,98 @@ impl GithubClient {
         url: &str,
     ) -> Result<Page<T>, GithubError> {
         let page = self.poll(identity, url).await?;
+        self.decode_page(url, page)
+    }
+
+    /// [`poll_page`](Self::poll_page) for a caller that already processed the version with ETag
+    /// `seen`: `None` when GitHub says it is still current (nothing is read or decoded).
+    pub async fn poll_page_unless_seen<T: DeserializeOwned>(
+        &self,
+        identity: &Identity,
+        url: &str,
+        seen: Option<&str>,
+    ) -> Result<Option<Page<T>>, GithubError> {
+        match self.poll_unless_seen(identity, url, seen).await? {
+            Conditional::Unchanged { .. } => Ok(None),
+            Conditional::Current(page) => self.decode_page(url, page).map(Some),
+        }
+    }
+
+    fn decode_page<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        page: Polled,
+    ) -> Result<Page<T>, GithubError> {
         Ok(Page {
             items: decode(&Method::GET, path_of(url, &self.inner.origin), &page.body)?,
             next: page.next,
             modified: page.modified,
+            etag: page.etag,
         })
+    }
+
+    /// Every page of a conditional listing, unless every page is still the version whose ETag
+    /// `seen` names (in page order): then `None`, and no body is read or decoded. Once one page
+    /// changed, the pages before it are asked again for their bodies (304s, free of quota).
+    pub async fn poll_all_unless_seen<T: DeserializeOwned>(
+        &self,
+        identity: &Identity,
+        first_url: &str,
+        seen: &[String],
+    ) -> Result<Option<Listing<T>>, GithubError> {
+        // The pages answered "unchanged" so far, while no page changed.
+        let mut unchanged: Vec<String> = Vec::new();
+        let mut listing: Option<Listing<T>> = None;
+        let mut url = first_url.to_owned();
+        for index in 0..MAX_PAGES {
+            let seen_here = match listing {
+                None => seen.get(index).map(String::as_str),
+                Some(_) => None,
+            };
+            let next = match self.poll_unless_seen(identity, &url, seen_here).await? {
+                Conditional::Unchanged { next, .. } => {
+                    unchanged.push(url.clone());
+                    next
+                }
+                Conditional::Current(page) => {
+                    let next = page.next.clone();
+                    let mut so_far = match listing.take() {
+                        Some(so_far) => so_far,
+                        None => self.pages_again(identity, &unchanged).await?,
+                    };
+                    so_far.add(self.decode_page(&url, page)?);
+                    listing = Some(so_far);
+                    next
+                }
+            };
+            let Some(next) = next else {
+                return match listing {
+                    Some(listing) => Ok(Some(listing)),
+                    None if unchanged.len() == seen.len() => Ok(None),
+                    // Fewer pages than were seen, each unchanged: read their bodies after all.
+                    None => self.pages_again(identity, &unchanged).await.map(Some),
+                };
+            };
+            url = next;
+        }
+        Err(self.too_many_pages(first_url))
+    }
+
+    /// The pages at `urls` polled again for their bodies, in order.
+    async fn pages_again<T: DeserializeOwned>(
+        &self,
+        identity: &Identity,
+        urls: &[String],
+    ) -> Result<Listing<T>, GithubError> {
+        let mut listing = Listing {
+            items: Vec::new(),
+            modified: false,
+            etags: Some(Vec::new()),
+        };
+        for url in urls {
+            listing.add(self.poll_page(identity, url).await?);
+        }
+        Ok(listing)
     }
 
     /// Every page of a conditional listing (at most [`MAX_PAGES`]), and whether any changed.
@@ -1026,6 +1261,31 @@ pub struct Page<T> {
     pub items: Vec<T>,
     pub next: Option<String>,
     pub modified: bool,
+    /// Its ETag (the cached one after a 304), `None` when GitHub sent none.
+    pub etag: Option<String>,
+}
+
+/// Every page of a listing, with the ETag of each page in order (`None` when a page had none).
+#[derive(Debug)]
+pub struct Listing<T> {
+    pub items: Vec<T>,
+    /// Whether any page changed since it was cached.
+    pub modified: bool,
+    pub etags: Option<Vec<String>>,
+}
+
+impl<T> Listing<T> {
+    fn add(&mut self, mut page: Page<T>) {
+        self.items.append(&mut page.items);
+        self.modified |= page.modified;
+        self.etags = match (self.etags.take(), page.etag) {
+            (Some(mut etags), Some(etag)) => {
+                etags.push(etag);
+                Some(etags)
+            }
+            _ => None,
+        };
+    }
 }
 
 fn decode<T: DeserializeOwned>(method: &Method, path: &str, body: &[u8]) -> Result<T, GithubError> {

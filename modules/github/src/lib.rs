@@ -34,8 +34,8 @@ pub mod webhook;
 pub use budget::{Access, Budget, BudgetLimits, BudgetSnapshot, Quota, wait_hint};
 pub use cache::{CacheLimits, Pruned, prune};
 pub use client::{
-    Answer, ClientConfig, Credentials, GithubClient, GithubError, Identity, LabelEvent, Page,
-    Polled, Token, is_writer, next_link, parse_rfc3339,
+    Answer, ClientConfig, Conditional, Credentials, GithubClient, GithubError, Identity,
+    LabelEvent, Listing, Page, Polled, Token, is_writer, next_link, parse_rfc3339,
 };
 pub use comments::{MarkerComments, Published};
 pub use model::{Pull, PullSet};

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use productbuilder_planner::{
     Every, Module, Scope, Spec, Tenant, TenantCtx, When, every_tenant, spec_work, stage,
@@ -19,13 +19,16 @@ use tokio::sync::watch;
 
 use crate::cache::CacheLimits;
 use crate::client::{GithubClient, GithubError};
-use crate::client::{MAX_PAGES, Page};
+use crate::client::{Listing, MAX_PAGES, Page};
 use crate::model::{Pull, PullSet};
 
 /// How much longer a cold tenant waits between polls while the quota is low.
 const COLD_STRETCH: u32 = 4;
 /// A tenant with no open pull request and no change for this long is cold.
 const COLD_AFTER: Duration = Duration::from_secs(3600);
+/// How often a poll that changed nothing writes its time to `poll_state`; in between the time
+/// is kept in memory (and [`GithubState::poll_states`] reads it from there).
+const POLL_STATE_WRITE_EVERY: Duration = Duration::from_secs(60);
 
 /// What the pollers publish, read by the HTTP API and by later modules (previews).
 #[derive(Clone)]
@@ -34,6 +37,28 @@ pub struct GithubState {
     pub store: Store,
     feeds: Arc<Mutex<HashMap<String, watch::Sender<Arc<PullSet>>>>>,
     skips: Arc<Mutex<HashMap<String, u32>>>,
+    /// Per repository, what its last complete poll of pull requests saw and stored.
+    pulls_seen: Arc<Mutex<HashMap<String, Arc<PullsSeen>>>>,
+    /// Per `{stream}:{repo}`, the ETag of the newest-first page whose items are all stored.
+    streams_seen: Arc<Mutex<HashMap<String, String>>>,
+    /// Per repository, the last poll's time and when `poll_state` was last written.
+    polled: Arc<Mutex<HashMap<String, PollMark>>>,
+}
+
+/// A complete poll of a repository's pull requests: each page's ETag, and the open set stored
+/// after it. A later poll whose pages all come back 304 with these ETags has nothing to store.
+#[derive(Debug)]
+struct PullsSeen {
+    etags: Vec<String>,
+    /// The set published after that poll, handed on again as is.
+    published: Arc<PullSet>,
+}
+
+#[derive(Debug)]
+struct PollMark {
+    /// RFC 3339 with milliseconds, as SQLite's `strftime('%Y-%m-%dT%H:%M:%fZ')` writes it.
+    at: String,
+    written: Option<Instant>,
 }
 
 /// One row of `GET /api/tenants`.
@@ -51,6 +76,9 @@ impl GithubState {
             store,
             feeds: Arc::default(),
             skips: Arc::default(),
+            pulls_seen: Arc::default(),
+            streams_seen: Arc::default(),
+            polled: Arc::default(),
         }
     }
 
@@ -76,6 +104,20 @@ impl GithubState {
 
     /// When each tenant was last polled and last saw a change.
     pub async fn poll_states(&self) -> Result<Vec<TenantPollState>, GithubError> {
+        let mut states = self.stored_poll_states().await?;
+        // Polls that changed nothing are written at most once a minute; the latest is here.
+        let polled = self.polled.lock().unwrap_or_else(|p| p.into_inner());
+        for state in &mut states {
+            if let Some(mark) = polled.get(&state.repo)
+                && state.last_poll_at.as_ref().is_none_or(|at| *at < mark.at)
+            {
+                state.last_poll_at = Some(mark.at.clone());
+            }
+        }
+        Ok(states)
+    }
+
+    async fn stored_poll_states(&self) -> Result<Vec<TenantPollState>, GithubError> {
         Ok(self
             .store
             .read(|c| {
@@ -323,8 +365,26 @@ async fn skip_cold(
     Ok(false)
 }
 
+/// Records a poll in `poll_state`: a change at once, a poll that changed nothing at most once a
+/// [`POLL_STATE_WRITE_EVERY`] (in between it is kept in memory), so an idle poll writes nothing.
 async fn record_poll(state: &GithubState, repo: &str, changed: bool) -> Result<(), UnitError> {
-    let repo = repo.to_owned();
+    let at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    let write = {
+        let mut polled = state.polled.lock().unwrap_or_else(|p| p.into_inner());
+        let mark = polled.entry(repo.to_owned()).or_insert(PollMark {
+            at: String::new(),
+            written: None,
+        });
+        mark.at = at;
+        changed
+            || mark
+                .written
+                .is_none_or(|w| w.elapsed() >= POLL_STATE_WRITE_EVERY)
+    };
+    if !write {
+        return Ok(());
+    }
+    let key = repo.to_owned();
     state
         .store
         .write(move |c| {
@@ -333,11 +393,19 @@ async fn record_poll(state: &GithubState, repo: &str, changed: bool) -> Result<(
                  VALUES (?1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
                  ON CONFLICT (repo) DO UPDATE SET last_poll_at = excluded.last_poll_at,
                    last_change_at = CASE WHEN ?2 THEN excluded.last_change_at ELSE poll_state.last_change_at END",
-                params![repo, changed],
+                params![key, changed],
             )
         })
         .await
         .map_err(UnitError::from)?;
+    if let Some(mark) = state
+        .polled
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_mut(repo)
+    {
+        mark.written = Some(Instant::now());
+    }
     Ok(())
 }
 
@@ -361,14 +429,39 @@ pub async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), Unit
     let url = state
         .client
         .url(&format!("/repos/{repo}/pulls?state=open&per_page=100"));
-    let (listed, _) = state
+    let seen = state
+        .pulls_seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&repo)
+        .cloned();
+    let listing = state
         .client
-        .poll_all::<octocrab::models::pulls::PullRequest>(&identity, &url)
+        .poll_all_unless_seen::<octocrab::models::pulls::PullRequest>(
+            &identity,
+            &url,
+            seen.as_ref().map_or(&[][..], |s| &s.etags[..]),
+        )
         .await?;
+    let Some(listing) = listing else {
+        // Every page answered 304 for what the last complete poll stored: nothing to decode,
+        // compare or store. The set is still handed on, as after every poll.
+        record_poll(state, &repo, false).await?;
+        if let Some(seen) = seen {
+            state.feed(&repo).send_replace(seen.published.clone());
+        }
+        return Ok(());
+    };
+    let Listing {
+        items: listed,
+        etags,
+        ..
+    } = listing;
     let mut open: Vec<Pull> = listed
         .iter()
         .filter_map(|pr| Pull::from_model(pr, &repo))
         .collect();
+    drop(listed);
 
     let key = repo.clone();
     let known = state
@@ -403,6 +496,9 @@ pub async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), Unit
         }
     }
 
+    // A pull request the listing lacks but a GET found open: the next poll must look again even
+    // if the listing is unchanged.
+    let lagging = open.len() > listed_numbers.len();
     let known_by_number: HashMap<u64, &Pull> = known.iter().map(|p| (p.number, p)).collect();
     let changed_pulls: Vec<Pull> = open
         .iter()
@@ -500,11 +596,29 @@ pub async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), Unit
     } else {
         known
     };
-    state.feed(&repo).send_replace(Arc::new(PullSet {
+    let published = Arc::new(PullSet {
         repo: repo.clone(),
         pulls: stored,
         polled: true,
-    }));
+    });
+    {
+        let mut pulls_seen = state.pulls_seen.lock().unwrap_or_else(|p| p.into_inner());
+        match etags {
+            Some(etags) if !lagging => {
+                pulls_seen.insert(
+                    repo.clone(),
+                    Arc::new(PullsSeen {
+                        etags,
+                        published: published.clone(),
+                    }),
+                );
+            }
+            _ => {
+                pulls_seen.remove(&repo);
+            }
+        }
+    }
+    state.feed(&repo).send_replace(published);
     // Logged once everything is stored and published, so the line means "visible everywhere".
     if changed {
         tracing::info!(
@@ -531,20 +645,27 @@ fn changed_pulls_len(open: &[Pull], known: &HashMap<u64, &Pull>) -> usize {
 /// A listing synchronised through a `since` cursor.
 struct Stream {
     name: &'static str,
-    /// The listing path after `/repos/{repo}`, without `since`.
+    /// The listing path after `/repos/{repo}`, oldest first, without `since`: the first sync,
+    /// and the catch-up after more changes than one newest-first page holds.
     path: &'static str,
+    /// The same listing newest first, one page, without `since`: once a cursor exists, each poll
+    /// asks this URL. It never changes, so its ETag always applies: a change costs the one
+    /// request that brings it, and no first poll of a new `since` URL follows.
+    newest: &'static str,
     store: fn(&rusqlite::Transaction<'_>, &str, &serde_json::Value) -> rusqlite::Result<()>,
 }
 
 const ISSUES: Stream = Stream {
     name: "issues",
     path: "/issues?state=all&sort=updated&direction=asc&per_page=100",
+    newest: "/issues?state=all&sort=updated&direction=desc&per_page=30",
     store: store_issue,
 };
 
 const COMMENTS: Stream = Stream {
     name: "comments",
     path: "/issues/comments?sort=updated&direction=asc&per_page=100",
+    newest: "/issues/comments?sort=updated&direction=desc&per_page=30",
     store: store_comment,
 };
 
@@ -653,8 +774,13 @@ impl Cursor {
     }
 }
 
-/// `worker:issues` and `worker:comments`: everything changed since the cursor, inclusive `since`
-/// deduplicated by the cursor, stored together with the new cursor in one transaction.
+/// `worker:issues` and `worker:comments`: everything changed since the cursor, deduplicated by
+/// the cursor, stored together with the new cursor in one transaction.
+///
+/// The first sync reads the listing oldest first, page by page. After it, each poll asks the
+/// newest-first page (one stable URL, so 304 while nothing changed). When that page reaches
+/// back past the cursor, it holds every change; otherwise (more changes than one page) the
+/// oldest-first listing `since` the cursor catches up.
 async fn sync_stream(
     state: &GithubState,
     tenant: &Tenant,
@@ -662,18 +788,59 @@ async fn sync_stream(
 ) -> Result<(), UnitError> {
     let repo = tenant.repo();
     let identity = state.client.identity(&repo).await?;
-    if skip_cold(
-        state,
-        &format!("{}:{repo}", stream.name),
-        &repo,
-        identity.budget.is_low(),
-    )
-    .await?
-    {
+    let seen_key = format!("{}:{repo}", stream.name);
+    if skip_cold(state, &seen_key, &repo, identity.budget.is_low()).await? {
         return Ok(());
     }
-    let (key, name) = (repo.clone(), stream.name);
-    let cursor = state
+    let newest_url = state.client.url(&format!("/repos/{repo}{}", stream.newest));
+    let seen = state
+        .streams_seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&seen_key)
+        .cloned();
+    let count = match seen {
+        // Nothing changed since the stored page: no cursor to read, nothing to decode.
+        Some(etag) => match state
+            .client
+            .poll_page_unless_seen::<serde_json::Value>(&identity, &newest_url, Some(&etag))
+            .await?
+        {
+            None => 0,
+            Some(page) => {
+                let cursor = load_cursor(state, &repo, stream).await?;
+                sync_newest(state, &identity, &repo, stream, cursor, page).await?
+            }
+        },
+        None => {
+            let cursor = load_cursor(state, &repo, stream).await?;
+            if cursor.updated_at.is_empty() {
+                sync_since(state, &identity, &repo, stream, cursor).await?
+            } else {
+                let page = state
+                    .client
+                    .poll_page::<serde_json::Value>(&identity, &newest_url)
+                    .await?;
+                sync_newest(state, &identity, &repo, stream, cursor, page).await?
+            }
+        }
+    };
+    if count == 0 {
+        record_poll(state, &repo, false).await?;
+        return Ok(());
+    }
+    tracing::info!(repo = %repo, stream = stream.name, count, "new or changed items");
+    record_poll(state, &repo, true).await?;
+    Ok(())
+}
+
+async fn load_cursor(
+    state: &GithubState,
+    repo: &str,
+    stream: &'static Stream,
+) -> Result<Cursor, UnitError> {
+    let (key, name) = (repo.to_owned(), stream.name);
+    Ok(state
         .store
         .read(move |c| {
             c.query_row(
@@ -691,16 +858,61 @@ async fn sync_stream(
         })
         .await
         .map_err(UnitError::from)?
-        .unwrap_or_default();
+        .unwrap_or_default())
+}
+
+/// Stores what the newest-first `page` holds past the cursor; when the page does not reach back
+/// to the cursor, catches up oldest first from it. Remembers the page's ETag once everything up
+/// to it is stored. Returns how many items were new.
+async fn sync_newest(
+    state: &GithubState,
+    identity: &crate::client::Identity,
+    repo: &str,
+    stream: &'static Stream,
+    cursor: Cursor,
+    page: Page<serde_json::Value>,
+) -> Result<usize, UnitError> {
+    // Newest first: the page holds every item changed since the cursor when it ends (no next
+    // page) or reaches an item older than the cursor's second (items of that very second may
+    // continue on the next page).
+    let complete = page.next.is_none()
+        || page.items.iter().any(|item| {
+            let updated_at = text(item, "updated_at");
+            !updated_at.is_empty() && updated_at < cursor.updated_at
+        });
+    let count = if complete {
+        let mut items = page.items;
+        items.reverse();
+        store_fresh(state, repo, stream, &cursor, items).await?.0
+    } else {
+        sync_since(state, identity, repo, stream, cursor).await?
+    };
+    if let Some(etag) = page.etag {
+        state
+            .streams_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(format!("{}:{repo}", stream.name), etag);
+    }
+    Ok(count)
+}
+
+/// The listing oldest first from the cursor (`since` it, or everything without one), page by
+/// page: each page is stored with the cursor it advances to in one transaction, so a first sync
+/// of a large repository that fails halfway keeps what it read and resumes from there, and never
+/// holds every page in memory. Returns how many items were new.
+async fn sync_since(
+    state: &GithubState,
+    identity: &crate::client::Identity,
+    repo: &str,
+    stream: &'static Stream,
+    cursor: Cursor,
+) -> Result<usize, UnitError> {
     let mut url = state.client.url(&format!("/repos/{repo}{}", stream.path));
     if !cursor.updated_at.is_empty() {
         url.push_str("&since=");
         url.push_str(&cursor.updated_at);
     }
-    // Page by page, oldest first (the listing is sorted by `updated` ascending): each page is
-    // stored with the cursor it advances to in one transaction, so a first sync of a large
-    // repository that fails halfway keeps what it read and resumes from there, and never holds
-    // every page in memory.
     let mut cursor = cursor;
     let mut count = 0;
     let mut page_url = Some(url.clone());
@@ -712,55 +924,62 @@ async fn sync_stream(
         }
         let Page { items, next, .. } = state
             .client
-            .poll_page::<serde_json::Value>(&identity, &page)
+            .poll_page::<serde_json::Value>(identity, &page)
             .await?;
         page_url = next;
-        let fresh: Vec<(String, i64, serde_json::Value)> = items
-            .into_iter()
-            .filter_map(|item| {
-                let updated_at = text(&item, "updated_at");
-                let id = item.get("id").and_then(|v| v.as_i64())?;
-                (!updated_at.is_empty() && !cursor.covers(&updated_at, id))
-                    .then_some((updated_at, id, item))
-            })
-            .collect();
-        if fresh.is_empty() {
-            continue;
-        }
-        let next = cursor.advance(
-            &fresh
-                .iter()
-                .map(|(u, id, _)| (u.clone(), *id))
-                .collect::<Vec<_>>(),
-        );
-        count += fresh.len();
-        let (key, name, store_item, saved) =
-            (repo.clone(), stream.name, stream.store, next.clone());
-        state
-            .store
-            .write(move |c| {
-                let tx = c.transaction()?;
-                for (_, _, item) in &fresh {
-                    store_item(&tx, &key, item)?;
-                }
-                tx.execute(
-                    "INSERT INTO cursors (repo, stream, updated_at, ids) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (repo, stream) DO UPDATE SET updated_at = excluded.updated_at, ids = excluded.ids",
-                    params![key, name, saved.updated_at, serde_json::to_string(&saved.ids).unwrap_or_else(|_| "[]".into())],
-                )?;
-                tx.commit()
-            })
-            .await
-            .map_err(UnitError::from)?;
-        cursor = next;
+        let (fresh, next_cursor) = store_fresh(state, repo, stream, &cursor, items).await?;
+        count += fresh;
+        cursor = next_cursor;
     }
-    if count == 0 {
-        record_poll(state, &repo, false).await?;
-        return Ok(());
+    Ok(count)
+}
+
+/// Stores the items (oldest first) the cursor does not cover, with the cursor they advance it
+/// to, in one transaction. Returns how many were stored and the cursor now.
+async fn store_fresh(
+    state: &GithubState,
+    repo: &str,
+    stream: &'static Stream,
+    cursor: &Cursor,
+    items: Vec<serde_json::Value>,
+) -> Result<(usize, Cursor), UnitError> {
+    let fresh: Vec<(String, i64, serde_json::Value)> = items
+        .into_iter()
+        .filter_map(|item| {
+            let updated_at = text(&item, "updated_at");
+            let id = item.get("id").and_then(|v| v.as_i64())?;
+            (!updated_at.is_empty() && !cursor.covers(&updated_at, id))
+                .then_some((updated_at, id, item))
+        })
+        .collect();
+    if fresh.is_empty() {
+        return Ok((0, cursor.clone()));
     }
-    tracing::info!(repo = %repo, stream = stream.name, count, "new or changed items");
-    record_poll(state, &repo, true).await?;
-    Ok(())
+    let next = cursor.advance(
+        &fresh
+            .iter()
+            .map(|(u, id, _)| (u.clone(), *id))
+            .collect::<Vec<_>>(),
+    );
+    let count = fresh.len();
+    let (key, name, store_item, saved) = (repo.to_owned(), stream.name, stream.store, next.clone());
+    state
+        .store
+        .write(move |c| {
+            let tx = c.transaction()?;
+            for (_, _, item) in &fresh {
+                store_item(&tx, &key, item)?;
+            }
+            tx.execute(
+                "INSERT INTO cursors (repo, stream, updated_at, ids) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (repo, stream) DO UPDATE SET updated_at = excluded.updated_at, ids = excluded.ids",
+                params![key, name, saved.updated_at, serde_json::to_string(&saved.ids).unwrap_or_else(|_| "[]".into())],
+            )?;
+            tx.commit()
+        })
+        .await
+        .map_err(UnitError::from)?;
+    Ok((count, next))
 }
 
 /// Reads back what the comments worker stored, oldest first (for tests and later command parsing).

@@ -303,10 +303,18 @@ async fn a_first_sync_that_fails_halfway_keeps_its_pages_and_resumes() {
             .len(),
         250
     );
+    // The newest-first page does not reach back to the cursor, so the oldest-first listing
+    // resumes `since` the stored cursor, not from its first page.
     let sent = world.pull_requests_sent();
     assert!(
-        sent.iter().all(|(p, ..)| p.contains("since=")),
+        sent.iter()
+            .filter(|(p, ..)| p.contains("direction=asc"))
+            .all(|(p, ..)| p.contains("since=")),
         "the second run resumes from the stored cursor: {sent:?}"
+    );
+    assert!(
+        sent.iter().any(|(p, ..)| p.contains("direction=asc")),
+        "{sent:?}"
     );
 }
 
@@ -352,14 +360,16 @@ async fn cursors_neither_skip_nor_repeat() {
         bodies(stored_comments(&store, "acme/shop").await.unwrap()),
         ["first", "second", "third", "fourth", "/preview"]
     );
+    // Once a cursor exists, every poll asks the one newest-first page: the first run brings the
+    // three comments (the cursor drops those it covers), the next two are idle and get 304s.
     let sent = world.pull_requests_sent();
+    let statuses: Vec<u16> = sent.iter().map(|(_, status, ..)| *status).collect();
+    assert_eq!(statuses, [200, 304, 304], "{sent:?}");
     assert!(
-        sent.iter().all(|(p, ..)| p.contains("since=")),
-        "a cursor, not page numbers: {sent:?}"
+        sent.iter()
+            .all(|(p, ..)| p.contains("direction=desc") && !p.contains("&page=")),
+        "{sent:?}"
     );
-    // The first run advanced the cursor; the second asked from there (a new URL, so a 200 that
-    // brings back only items the cursor covers); the third is idle and gets a 304.
-    assert_eq!(sent[2].1, 304, "{sent:?}");
 
     let second = world.sandbox.create_issue("acme/shop", "Idea", "", "carol");
     world
@@ -370,6 +380,123 @@ async fn cursors_neither_skip_nor_repeat() {
         stored_issue_numbers(&store, "acme/shop").await.unwrap(),
         [issue as i64, second as i64]
     );
+}
+
+/// GitHub does not count a 304 against the quota: once settled, a change of the issues or
+/// comments listing costs the one request that brings it (before, the first poll of the new
+/// `since` URL, which had no ETag yet, cost a second one).
+#[tokio::test]
+async fn one_change_costs_one_counted_request_per_listing() {
+    let world = World::new(&["acme/shop"]).await;
+    let issue = world
+        .sandbox
+        .create_issue("acme/shop", "Bug", "it breaks", "carol");
+    world
+        .sandbox
+        .add_comment("acme/shop", issue, "carol", "first");
+    let daemon = world.token_daemon();
+    let shop = [tenant("acme/shop")];
+    let units = ["worker:issues:acme/shop", "worker:comments:acme/shop"];
+    // The first sync, then the first poll of the newest-first page; after that, idle.
+    for _ in 0..3 {
+        for unit in units {
+            daemon.run(&shop, unit).await.unwrap();
+        }
+    }
+    let counted = |listing: &str| {
+        world
+            .sandbox
+            .requests()
+            .iter()
+            .filter(|r| r.counted && r.path_and_query.starts_with(listing))
+            .map(|r| r.status)
+            .collect::<Vec<_>>()
+    };
+    let (issues, comments) = (
+        "/repos/acme/shop/issues?",
+        "/repos/acme/shop/issues/comments?",
+    );
+
+    // An edit of the issue: one counted request for the issues listing, none for comments.
+    world.sandbox.clear_requests();
+    world
+        .sandbox
+        .edit_issue("acme/shop", issue, "it still breaks");
+    for _ in 0..3 {
+        for unit in units {
+            daemon.run(&shop, unit).await.unwrap();
+        }
+    }
+    assert_eq!(counted(issues), [200], "{:?}", world.pull_requests_sent());
+    assert_eq!(counted(comments), [] as [u16; 0]);
+    assert_eq!(world.sandbox.requests().len(), 6, "every poll asked once");
+
+    // A new comment changes both listings (it updates its issue too): one each.
+    world.sandbox.clear_requests();
+    world
+        .sandbox
+        .add_comment("acme/shop", issue, "dave", "second");
+    for _ in 0..3 {
+        for unit in units {
+            daemon.run(&shop, unit).await.unwrap();
+        }
+    }
+    assert_eq!(counted(issues), [200], "{:?}", world.pull_requests_sent());
+    assert_eq!(counted(comments), [200], "{:?}", world.pull_requests_sent());
+    let store = daemon.state.store.clone();
+    let bodies: Vec<String> = stored_comments(&store, "acme/shop")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.3)
+        .collect();
+    assert_eq!(bodies, ["first", "second"]);
+}
+
+/// More changes between two polls than the newest-first page holds: the oldest-first listing
+/// `since` the cursor catches up, and nothing is skipped.
+#[tokio::test]
+async fn more_changes_than_one_page_are_caught_up_since_the_cursor() {
+    let world = World::new(&["acme/shop"]).await;
+    let issue = world.sandbox.create_issue("acme/shop", "Bug", "", "carol");
+    world.sandbox.add_comment("acme/shop", issue, "carol", "0");
+    let daemon = world.token_daemon();
+    let shop = [tenant("acme/shop")];
+    for _ in 0..2 {
+        daemon
+            .run(&shop, "worker:comments:acme/shop")
+            .await
+            .unwrap();
+    }
+    for n in 1..=45 {
+        world
+            .sandbox
+            .add_comment("acme/shop", issue, "dave", &n.to_string());
+    }
+    world.sandbox.clear_requests();
+    daemon
+        .run(&shop, "worker:comments:acme/shop")
+        .await
+        .unwrap();
+    let stored = stored_comments(&daemon.state.store, "acme/shop")
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 46);
+    let sent = world.pull_requests_sent();
+    assert!(
+        sent.iter()
+            .any(|(p, ..)| p.contains("direction=asc") && p.contains("since=")),
+        "{sent:?}"
+    );
+    // Then idle again: one 304.
+    world.sandbox.clear_requests();
+    daemon
+        .run(&shop, "worker:comments:acme/shop")
+        .await
+        .unwrap();
+    let sent = world.pull_requests_sent();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!((sent[0].1, sent[0].3), (304, false), "{sent:?}");
 }
 
 #[tokio::test]
