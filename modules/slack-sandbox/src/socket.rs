@@ -135,7 +135,10 @@ pub(crate) fn open(world: &mut World, shared: &Shared) -> Value {
     let ticket = format!("sbx-ticket-{}", world.socket.id());
     world.socket.tickets.insert(ticket.clone());
     let ws_base = shared.base_url.replacen("http://", "ws://", 1);
-    json!({"ok": true, "url": format!("{ws_base}/socket/{ticket}")})
+    // A query string like Slack's (`?ticket=…&app_id=…`): clients append
+    // `&debug_reconnects=true` to the URL as is (slack-morphism does).
+    let app_id = &world.app_id;
+    json!({"ok": true, "url": format!("{ws_base}/socket/{ticket}?app_id={app_id}")})
 }
 
 /// Called for every new message: a person's mention of the bot becomes an `app_mention`.
