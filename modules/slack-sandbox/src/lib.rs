@@ -17,8 +17,9 @@
 //!   `thread_not_found`, `message_not_found`, `cant_update_message` for other people's
 //!   messages, `no_text`, `invalid_cursor`, `invalid_ts_oldest`/`invalid_ts_latest`,
 //!   `unknown_method`).
-//! - Messages with the fixtures' fields (`shared/fixtures/slack`), timestamps from a logical
-//!   clock (`1700000000.000100`, `…000200`, …: unique and increasing, not wall-clock time),
+//! - Messages with the fixtures' fields (`shared/fixtures/slack`), timestamps from the wall
+//!   clock like Slack's, unique and increasing (or, with [`Options::logical_clock`],
+//!   `1700000000.000100`, `…000200`, … for tests that compare them),
 //!   threads (`thread_ts`, `reply_count`, `reply_users`, `latest_reply`, `parent_user_id`),
 //!   `edited` after `chat.update`, `blocks`, and `metadata` (shown with
 //!   `include_all_metadata=true`).
@@ -109,6 +110,10 @@ pub struct Options {
     pub max_retries: u32,
     /// How long after a `disconnect` frame the sandbox closes the connection.
     pub disconnect_grace: Duration,
+    /// Timestamps count from `1700000000.000100` in steps of 100 µs instead of following the
+    /// wall clock. Off by default: a client that starts reading at "now" must see what is
+    /// written after it started.
+    pub logical_clock: bool,
 }
 
 impl Default for Options {
@@ -122,6 +127,7 @@ impl Default for Options {
             ack_timeout: Duration::from_secs(3),
             max_retries: 3,
             disconnect_grace: Duration::from_secs(10),
+            logical_clock: false,
         }
     }
 }

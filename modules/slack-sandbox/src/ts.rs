@@ -1,5 +1,5 @@
-//! Slack message timestamps (`"1700000000.000100"`): the sandbox's logical clock and the parsing
-//! of the `oldest`/`latest`/cursor bounds clients send.
+//! Slack message timestamps (`"1700000000.000100"`): the sandbox's clock and the parsing of the
+//! `oldest`/`latest`/cursor bounds clients send.
 
 /// A message timestamp as microseconds since the epoch; ordered like Slack orders messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -14,6 +14,14 @@ impl Ts {
 
     pub(crate) fn next(self) -> Ts {
         Ts(self.0 + Ts::STEP)
+    }
+
+    /// The wall clock, to the microsecond.
+    pub(crate) fn now() -> Ts {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Ts(u64::try_from(since_epoch.as_micros()).unwrap_or(u64::MAX))
     }
 
     /// Parses `"1700000000.000100"`, `"1700000000.0001"`, `"1700000000"` or `"0"`; `None` for

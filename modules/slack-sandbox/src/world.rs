@@ -116,7 +116,11 @@ pub(crate) struct World {
     pub(crate) app_id: String,
     pub(crate) tokens: HashMap<String, TokenKind>,
     pub(crate) channels: BTreeMap<String, Channel>,
+    /// The next timestamp at the earliest.
     clock: Ts,
+    /// Timestamps follow the wall clock (as Slack's do) instead of counting from
+    /// `1700000000.000100`.
+    wall_clock: bool,
     next_channel: u64,
     per_minute: HashMap<String, u32>,
     windows: HashMap<String, VecDeque<Instant>>,
@@ -158,6 +162,7 @@ impl World {
             ]),
             channels: BTreeMap::new(),
             clock: Ts::FIRST,
+            wall_clock: !options.logical_clock,
             next_channel: 1,
             per_minute,
             windows: HashMap::new(),
@@ -224,8 +229,7 @@ impl World {
                 Some(found.thread_ts.clone().unwrap_or_else(|| found.ts.clone()))
             }
         };
-        let key = self.clock;
-        self.clock = key.next();
+        let key = self.tick();
         let (user, bot_id) = match author {
             Author::Bot => (self.bot_user_id.clone(), Some(self.bot_id.clone())),
             Author::User(user) => (user, None),
@@ -262,7 +266,7 @@ impl World {
         text: Option<&str>,
         blocks: Option<Value>,
     ) -> Result<Message, &'static str> {
-        let edit_ts = self.clock;
+        let edit_ts = self.tick();
         let bot_user = self.bot_user_id.clone();
         let channel = self.channels.get_mut(channel).ok_or("channel_not_found")?;
         let message = channel
@@ -281,8 +285,19 @@ impl World {
             message.blocks = blocks;
         }
         message.edited = Some(edit_ts);
-        self.clock = edit_ts.next();
         Ok(message.clone())
+    }
+
+    /// A fresh timestamp: the wall clock (or the logical clock), and always after the previous
+    /// one, so that timestamps stay unique and increasing.
+    fn tick(&mut self) -> Ts {
+        let ts = if self.wall_clock {
+            self.clock.max(Ts::now())
+        } else {
+            self.clock
+        };
+        self.clock = ts.next();
+        ts
     }
 
     /// A message by ts in any channel.

@@ -44,7 +44,11 @@ async fn auth_test_names_the_bot_and_rejects_bad_tokens() {
 
 #[tokio::test]
 async fn post_message_returns_increasing_timestamps_in_the_fixture_shape() {
-    let slack = Sandbox::start().await.unwrap();
+    let logical = Options {
+        logical_clock: true,
+        ..Options::default()
+    };
+    let slack = Sandbox::start_with(logical).await.unwrap();
     let base = slack.url();
     let channel = slack.create_channel("deploys");
     let first = form(
@@ -125,6 +129,28 @@ async fn post_message_returns_increasing_timestamps_in_the_fixture_shape() {
     )
     .await;
     assert_eq!(bad_thread.body["error"], "thread_not_found");
+}
+
+#[tokio::test]
+async fn timestamps_follow_the_wall_clock_by_default() {
+    let slack = Sandbox::start().await.unwrap();
+    let channel = slack.create_channel("deploys");
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let first = slack.post_user_message(&channel, "U0ALICE", "a", None);
+    let second = slack.post_user_message(&channel, "U0ALICE", "b", None);
+    let secs: f64 = first.parse().unwrap();
+    assert!(
+        (secs - before).abs() < 60.0,
+        "{first} is not now ({before})"
+    );
+    assert_eq!(first.split_once('.').unwrap().1.len(), 6);
+    assert!(
+        second.parse::<f64>().unwrap() > secs,
+        "{second} after {first}"
+    );
 }
 
 #[tokio::test]
