@@ -38,6 +38,9 @@
 //!   to [`Options::max_retries`] times, `disconnect` frames followed by a close after
 //!   [`Options::disconnect_grace`], and TCP drops without a close frame.
 //!
+//! - A page for people (`GET /`, for `productbuilder demo`): every channel and its threads, and
+//!   a form to write a message (`@productbuilder` in it becomes a mention of the bot).
+//!
 //! # What it does not model
 //!
 //! Other methods and events (`message` events, reactions, DMs, users, `chat.delete`),
@@ -65,6 +68,7 @@
 //! # }
 //! ```
 
+mod page;
 mod shapes;
 mod socket;
 mod ts;
@@ -209,6 +213,8 @@ impl Sandbox {
         let app = Router::new()
             .route("/api/{method}", any(web::call))
             .route("/socket/{ticket}", get(socket::upgrade))
+            .route("/", get(page::show))
+            .route("/say", axum::routing::post(page::say))
             .with_state(shared.clone());
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {

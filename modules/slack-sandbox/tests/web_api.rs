@@ -492,3 +492,52 @@ async fn connections_open_hands_out_a_websocket_url_for_the_app_token_only() {
     let unknown = form(&base, "no.such.method", BOT_TOKEN, &[]).await;
     assert_eq!(unknown.body["error"], "unknown_method");
 }
+
+#[tokio::test]
+async fn a_person_can_mention_the_bot_from_the_page() {
+    let slack = Sandbox::start().await.unwrap();
+    let base = slack.url();
+    let channel = slack.create_channel("deploys");
+    slack.post_user_message(&channel, "U0ALICE", "<b>bold</b> & co", None);
+    let page = common::request(&base, "GET", "/", None, None, "").await;
+    assert_eq!(page.status, 200);
+    let said = common::request(
+        &base,
+        "POST",
+        "/say",
+        None,
+        Some("application/x-www-form-urlencoded"),
+        &format!("channel={channel}&user=U0BOB&text=%40productbuilder+status&thread_ts="),
+    )
+    .await;
+    assert_eq!(said.status, 303);
+    let messages = slack.messages(&channel);
+    assert_eq!(
+        messages[1].text,
+        format!("<@{}> status", slack.bot_user_id())
+    );
+    assert_eq!(messages[1].user, "U0BOB");
+}
+
+#[tokio::test]
+async fn the_page_escapes_what_people_wrote() {
+    let slack = Sandbox::start().await.unwrap();
+    let channel = slack.create_channel("deploys");
+    slack.post_user_message(&channel, "U0ALICE", "<script>x</script>", None);
+    let html = raw_get(&slack.url(), "/").await;
+    assert!(html.contains("#deploys"), "{html}");
+    assert!(html.contains("&lt;script&gt;x&lt;/script&gt;"), "{html}");
+    assert!(!html.contains("<script>"), "{html}");
+}
+
+/// The raw body of a GET (the page is HTML, not JSON).
+async fn raw_get(base: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    raw
+}
