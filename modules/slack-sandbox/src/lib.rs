@@ -77,7 +77,7 @@ mod world;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -202,11 +202,22 @@ impl Sandbox {
 
     /// Starts with `options` on a free port of `127.0.0.1`.
     pub async fn start_with(options: Options) -> io::Result<Sandbox> {
-        let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
+        Sandbox::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), options).await
+    }
+
+    /// Starts with `options` on `addr`. An unspecified address (`0.0.0.0`) listens everywhere
+    /// but hands out loopback URLs.
+    pub async fn start_on(addr: SocketAddr, options: Options) -> io::Result<Sandbox> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let host = match addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
         let shared = Arc::new(Shared {
             world: Mutex::new(World::new(&options)),
-            base_url: format!("http://{addr}"),
+            base_url: format!("http://{}", SocketAddr::new(host, addr.port())),
             changes: watch::Sender::new(0),
             redelivery: Notify::new(),
         });
@@ -425,6 +436,14 @@ impl Sandbox {
     /// Every Web API call answered so far, in order.
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.world().requests.clone()
+    }
+
+    /// Forgets the request log and the counters (not the rate-limit windows), so that a
+    /// benchmark can count the calls of one phase.
+    pub fn clear_requests(&self) {
+        let mut world = self.world();
+        world.requests.clear();
+        world.stats.clear();
     }
 
     // -- Socket Mode ------------------------------------------------------------------------

@@ -39,7 +39,10 @@ pub(crate) async fn call(
     if is_json {
         match serde_json::from_slice::<Value>(&body) {
             Ok(Value::Object(map)) => params.extend(map),
-            _ => return answer(&shared, &method, params, Ok(shapes::error("invalid_json"))),
+            _ => {
+                let invalid = Ok(shapes::error("invalid_json"));
+                return answer(&shared, &method, params, Instant::now(), invalid);
+            }
         }
     } else if !body.is_empty() {
         merge_form(&mut params, &body);
@@ -51,9 +54,10 @@ pub(crate) async fn call(
     });
     params.remove("token");
 
+    let arrived = Instant::now();
     let outcome = {
         let mut world = shared.world();
-        match world.admit(&method, Instant::now()) {
+        match world.admit(&method, arrived) {
             Err(rejection) => Err(rejection),
             Ok(()) => Ok(dispatch(
                 &mut world,
@@ -64,7 +68,7 @@ pub(crate) async fn call(
             )),
         }
     };
-    answer(&shared, &method, params, outcome)
+    answer(&shared, &method, params, arrived, outcome)
 }
 
 /// Records the call, tells waiting tests, and renders the answer.
@@ -72,6 +76,7 @@ fn answer(
     shared: &Shared,
     method: &str,
     params: Params,
+    at: Instant,
     outcome: Result<Value, Rejection>,
 ) -> Response {
     let (status, error) = match &outcome {
@@ -86,6 +91,7 @@ fn answer(
         status,
         error,
         params,
+        at,
     });
     shared.changed();
     match outcome {

@@ -91,6 +91,8 @@ pub struct RequestRecord {
     pub error: Option<String>,
     /// The parameters as received (query, form or JSON body merged; the token left out).
     pub params: Map<String, Value>,
+    /// When the call arrived, to check a client's pacing.
+    pub at: Instant,
 }
 
 /// An injected failure for the next call of one method.

@@ -541,3 +541,20 @@ async fn raw_get(base: &str, path: &str) -> String {
     stream.read_to_string(&mut raw).await.unwrap();
     raw
 }
+
+#[tokio::test]
+async fn the_request_log_and_counters_can_be_cleared_between_phases() {
+    let slack = Sandbox::start().await.unwrap();
+    let base = slack.url();
+    form(&base, "auth.test", BOT_TOKEN, &[]).await;
+    form(&base, "auth.test", BOT_TOKEN, &[]).await;
+    let log = slack.requests();
+    assert_eq!(log.len(), 2);
+    assert!(log[0].at <= log[1].at);
+    assert_eq!(slack.stats()["auth.test"].calls, 2);
+    slack.clear_requests();
+    assert!(slack.requests().is_empty());
+    assert!(slack.stats().is_empty());
+    form(&base, "auth.test", BOT_TOKEN, &[]).await;
+    assert_eq!(slack.method_stats("auth.test").calls, 1);
+}
