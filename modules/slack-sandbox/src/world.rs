@@ -31,7 +31,8 @@ pub struct Message {
     pub bot_id: Option<String>,
     /// The current text.
     pub text: String,
-    /// The thread's parent ts for a reply; `None` for a top-level message.
+    /// For a reply, its parent's ts; for a parent with replies, its own ts (as Slack shows
+    /// it); `None` for a message outside any thread.
     pub thread_ts: Option<String>,
     /// `blocks` as posted (JSON), if any.
     pub blocks: Option<Value>,
@@ -45,7 +46,8 @@ pub struct Message {
 }
 
 impl Message {
-    pub(crate) fn is_reply(&self) -> bool {
+    /// A reply in a thread (not the thread's parent).
+    pub fn is_reply(&self) -> bool {
         self.thread_ts.as_deref().is_some_and(|t| t != self.ts)
     }
 }
