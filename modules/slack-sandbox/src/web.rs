@@ -36,7 +36,8 @@ pub(crate) async fn call(
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
+    let blank = body.iter().all(u8::is_ascii_whitespace);
+    if is_json && !blank {
         match serde_json::from_slice::<Value>(&body) {
             Ok(Value::Object(map)) => params.extend(map),
             _ => {
@@ -44,7 +45,7 @@ pub(crate) async fn call(
                 return answer(&shared, &method, params, Instant::now(), invalid);
             }
         }
-    } else if !body.is_empty() {
+    } else if !blank {
         merge_form(&mut params, &body);
     }
     let token = bearer(&headers).or_else(|| {

@@ -38,6 +38,31 @@ async fn auth_test_names_the_bot_and_rejects_bad_tokens() {
 
     let app_elsewhere = form(&base, "auth.test", APP_TOKEN, &[]).await;
     assert_eq!(app_elsewhere.body["error"], "not_allowed_token_type");
+    // A second bot token (a rotation) still works.
+    slack.add_bot_token("xoxb-rotated");
+    let empty_json = common::request(
+        &base,
+        "POST",
+        "/api/auth.test",
+        Some("xoxb-rotated"),
+        Some("application/json"),
+        "",
+    )
+    .await;
+    assert_eq!(
+        empty_json.body["ok"], true,
+        "an empty JSON body is no error"
+    );
+    let broken_json = common::request(
+        &base,
+        "POST",
+        "/api/auth.test",
+        Some("xoxb-rotated"),
+        Some("application/json"),
+        "{",
+    )
+    .await;
+    assert_eq!(broken_json.body["error"], "invalid_json");
     let token_param = get(&base, "auth.test", None, &format!("token={APP_TOKEN}")).await;
     assert_eq!(token_param.body["error"], "not_allowed_token_type");
 }
