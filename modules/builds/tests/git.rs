@@ -341,7 +341,12 @@ async fn the_token_travels_in_the_authorization_header_only() {
         seen.head
     );
     // git and its remote helper were running, and neither argv held the token.
-    assert!(seen.git_processes_seen >= 1, "no git process was seen");
+    // git and `git remote-http` (which makes the request) are both waiting for the answer.
+    assert!(
+        seen.git_processes_seen >= 2,
+        "{} git processes seen",
+        seen.git_processes_seen
+    );
     assert_eq!(seen.argv_with_token, Vec::<String>::new());
     // The failure names its step, and neither it nor the captured output holds the token.
     assert_eq!(err.step(), Some(Step::Clone), "{err}");
@@ -442,6 +447,63 @@ async fn commits_are_signed_with_the_ssh_key() {
     let said = String::from_utf8_lossy(&verify.stderr);
     assert!(verify.status.success(), "{said}");
     assert!(said.contains("Good \"git\" signature"), "{said}");
+}
+
+/// A server that accepts one connection, says so, and never answers while the test runs.
+fn silent_server() -> (String, mpsc::Receiver<std::net::TcpStream>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        // The stream is handed over (kept open) so that git keeps waiting.
+        let _ = tx.send(stream);
+    });
+    (format!("http://{address}/o/r.git"), rx)
+}
+
+#[tokio::test]
+async fn a_step_that_hangs_is_cancelled_or_stopped_by_its_deadline() {
+    let root = tempfile::tempdir().unwrap();
+    // Cancelled once git is waiting on the server.
+    let (url, connected) = silent_server();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let git = Git::new(author())
+        .credentials(Credentials::for_url(&url, TOKEN).unwrap())
+        .cancel_on(cancel.clone());
+    let checkout = root.path().join("a");
+    let clone = git.clone(&url, &checkout, None);
+    let watcher = tokio::task::spawn_blocking(move || {
+        let stream = connected.recv().unwrap();
+        cancel.cancel();
+        stream
+    });
+    let (result, _stream) = tokio::join!(clone, watcher);
+    let err = result.unwrap_err();
+    assert_eq!(err.step(), Some(Step::Clone));
+    assert!(
+        matches!(
+            err,
+            GitError::Failed {
+                source: productbuilder_process::Error::Cancelled { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // Stopped by the step's deadline.
+    let (url, _connected) = silent_server();
+    let git = Git::new(author()).step_deadline(Duration::from_millis(500));
+    let err = git
+        .clone(&url, &root.path().join("b"), None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("git clone failed: `git clone` did not finish within"),
+        "{err}"
+    );
 }
 
 fn which(program: &str) -> Result<PathBuf, ()> {

@@ -173,6 +173,13 @@ pub struct Outcome {
     pub lines_ignored: u64,
 }
 
+/// Turns and cost so far ([`Reader::usage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Usage {
+    pub turns: Option<u32>,
+    pub cost_usd: Option<f64>,
+}
+
 /// What every format keeps while reading; each format fills it from its own lines.
 #[derive(Debug, Default)]
 struct Report {
@@ -286,6 +293,16 @@ impl Reader {
         out
     }
 
+    /// Turns and cost reported so far, for budgets enforced while the agent runs (OpenCode reports
+    /// both per step and Codex its turns; Claude Code reports both only in its result line, so
+    /// give it `--max-turns` and `--max-budget-usd` itself).
+    pub fn usage(&self) -> Usage {
+        Usage {
+            turns: self.report.turns,
+            cost_usd: self.report.cost_usd,
+        }
+    }
+
     /// The output has ended (the process exited or was killed): reads a last line without a
     /// newline, and judges the run.
     pub fn finish(mut self) -> (Vec<Progress>, Outcome) {
@@ -313,13 +330,15 @@ impl Reader {
         if self.cutting {
             self.lines_cut += 1;
         }
-        let line = std::mem::take(&mut self.pending);
-        let line = line.strip_suffix(b"\r").unwrap_or(&line);
-        self.format.line(line, &mut self.report, out);
+        let mut line = std::mem::take(&mut self.pending);
+        let text = line.strip_suffix(b"\r").unwrap_or(&line);
+        self.format.line(text, &mut self.report, out);
         self.cutting = false;
-        // The buffer's capacity is not kept: one huge line should not pin a megabyte per build.
-        if self.pending.capacity() > 64 * 1024 {
-            self.pending = Vec::new();
+        // The buffer is reused, unless a huge line grew it: that should not pin a megabyte per
+        // build for the rest of the run.
+        if line.capacity() <= 64 * 1024 {
+            line.clear();
+            self.pending = line;
         }
     }
 }

@@ -21,7 +21,6 @@ use super::{
 pub(super) struct Opencode {
     started: bool,
     steps: u32,
-    cost: Option<f64>,
     stopped: bool,
     error: Option<String>,
 }
@@ -65,8 +64,9 @@ impl Format for Opencode {
             }
             Some("step_finish") => {
                 self.steps = self.steps.saturating_add(1);
+                report.turns = Some(self.steps);
                 if let Some(cost) = cost_field(part, "cost") {
-                    self.cost = Some(self.cost.unwrap_or(0.0) + cost);
+                    report.cost_usd = Some(report.cost_usd.unwrap_or(0.0) + cost);
                 }
                 self.stopped = str_field(part, "reason") == Some("stop");
             }
@@ -87,8 +87,6 @@ impl Format for Opencode {
     }
 
     fn finish(&mut self, report: &mut Report) {
-        report.turns = (self.steps > 0).then_some(self.steps);
-        report.cost_usd = self.cost;
         report.verdict = Some(match (&self.error, self.stopped) {
             (Some(detail), _) => {
                 report.summary = Some(detail.clone());

@@ -258,6 +258,35 @@ const OPENCODE_DONE: &str =
 const OPENCODE_ERROR: &str = r#"{"type":"error","timestamp":5,"sessionID":"ses_A","error":{"name":"APIError","data":{"message":"Rate limit exceeded","statusCode":429}}}"#;
 
 #[test]
+fn usage_so_far_is_readable_while_the_agent_runs() {
+    let mut reader = Reader::new(AgentFormat::OpencodeJson);
+    for line in [OPENCODE_START, OPENCODE_TOOL, OPENCODE_STEP_TOOLS] {
+        reader.feed_line(line.as_bytes());
+    }
+    assert_eq!(
+        reader.usage(),
+        Usage {
+            turns: Some(1),
+            cost_usd: Some(0.0125)
+        }
+    );
+    let mut reader = Reader::new(AgentFormat::CodexJson);
+    for line in [CODEX_THREAD, CODEX_DONE, CODEX_DONE] {
+        reader.feed_line(line.as_bytes());
+    }
+    assert_eq!(reader.usage().turns, Some(2));
+    let mut reader = Reader::new(AgentFormat::ClaudeStreamJson);
+    reader.feed_line(CLAUDE_INIT.as_bytes());
+    assert_eq!(
+        reader.usage(),
+        Usage {
+            turns: None,
+            cost_usd: None
+        }
+    );
+}
+
+#[test]
 fn opencode_json() {
     let (progress, outcome) = read(
         AgentFormat::OpencodeJson,
