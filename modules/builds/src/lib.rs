@@ -1,0 +1,28 @@
+//! Builds (issue 11): a coding agent implements an issue in a fresh checkout, and the daemon turns
+//! what it changed into a commit, a push and a pull request. This crate holds the two foundations
+//! the module will stand on; the module itself (queue, triggers, routes, config) is the next step.
+//!
+//! - [`agent`]: readers of the agent's standard output, one per `agent_format`
+//!   (`claude-stream-json`, `opencode-json`, `codex-json`, `text`), fed incrementally, giving
+//!   progress steps and an [`agent::Outcome`] judged from the agent's own result line, never its
+//!   exit code (agents exit 0 on failures and 1 on successes; see the module's documentation).
+//! - [`git`]: git as the real CLI through `productbuilder-process`: clone a `clone_url` with the
+//!   token only in git's environment (an `http.<origin>/.extraheader` set by `GIT_CONFIG_COUNT`),
+//!   create the build's deterministic branch, stage everything the agent changed, commit as the
+//!   configured author (optionally SSH-signed), list the files changed, push with an explicit
+//!   refspec; each step with a deadline, the build's cancel token, and an error naming the step.
+//!
+//! **What is hostile.** The agent runs a model on a repository anyone may have written to, so its
+//! output is untrusted bytes: invalid UTF-8 or JSON, unknown events, wrong field types, lines of
+//! megabytes. The readers skip and count what they cannot read, bound every line and every text
+//! they keep, and leave redaction of what they return to the caller (they do not know the
+//! secrets). The checkout is hostile too: the agent (and whoever wrote the repository) can plant
+//! hooks in `.git/hooks`, point `core.hooksPath` or `core.fsmonitor` at its own files, or change
+//! the `origin` remote. Every git call therefore runs with hooks and fsmonitor off in the
+//! "command" configuration scope (which beats the repository's), without the system's or the
+//! user's git configuration, without a terminal prompt or credential helper; the token reaches git
+//! only through the environment of clone and push (never a URL, `.git/config`, an argv or a log:
+//! the captured output is redacted of the token and its base64 form), and push goes to the clone
+//! URL the daemon holds, not to the checkout's remote.
+pub mod agent;
+pub mod git;
