@@ -37,6 +37,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -82,7 +83,18 @@ pub struct Command {
     tail_lines: usize,
     deadline: Option<Duration>,
     cancel: Option<CancellationToken>,
+    on_line: Option<LineObserver>,
 }
+
+/// Which output a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Sees every line of output as it arrives, already redacted (see [`Command::on_line`]).
+pub type LineObserver = Arc<dyn Fn(Stream, &str) + Send + Sync>;
 
 impl fmt::Debug for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -117,6 +129,7 @@ impl Command {
             tail_lines: DEFAULT_TAIL_LINES,
             deadline: None,
             cancel: None,
+            on_line: None,
         }
     }
 
@@ -186,6 +199,14 @@ impl Command {
     }
 
     /// The group is killed and [`Error::Cancelled`] returned when `token` is cancelled.
+    /// Hands every line of stdout and stderr to `observer` while the command runs (progress of a
+    /// long agent run, say), redacted like the captured output and at most as long as a captured
+    /// line. The observer runs on the task that reads the pipes: it must not block.
+    pub fn on_line(mut self, observer: impl Fn(Stream, &str) + Send + Sync + 'static) -> Command {
+        self.on_line = Some(Arc::new(observer));
+        self
+    }
+
     pub fn cancel_on(mut self, token: CancellationToken) -> Command {
         self.cancel = Some(token);
         self
@@ -564,6 +585,7 @@ struct Capture {
     truncated: bool,
     tail: VecDeque<String>,
     tail_lines: usize,
+    on_line: Option<LineObserver>,
 }
 
 impl Capture {
@@ -578,6 +600,7 @@ impl Capture {
             truncated: false,
             tail: VecDeque::with_capacity(command.tail_lines.min(1024)),
             tail_lines: command.tail_lines,
+            on_line: command.on_line.clone(),
         }
     }
 
@@ -587,6 +610,14 @@ impl Capture {
             if line.contains(secret.as_str()) {
                 line = line.replace(secret.as_str(), REDACTED);
             }
+        }
+        if let Some(observe) = &self.on_line {
+            let stream = if from_stdout {
+                Stream::Stdout
+            } else {
+                Stream::Stderr
+            };
+            observe(stream, &line);
         }
         if from_stdout && !self.truncated {
             if self.stdout.len() + line.len() + usize::from(newline) > self.stdout_cap {

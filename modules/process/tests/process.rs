@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use productbuilder_process::{Command, Ended, Error};
+use productbuilder_process::{Command, Ended, Error, Stream};
 use tokio_util::sync::CancellationToken;
 
 /// The helper mode of this binary (see `helper_parent`): set to a file where the pids go.
@@ -316,4 +316,44 @@ async fn sigkill_of_the_parent_kills_the_group() {
     parent.kill().unwrap(); // SIGKILL: nothing of the parent's runs.
     parent.wait().unwrap();
     assert_group_gone(&pids).await;
+}
+
+/// Lines reach the observer while the command runs, not at its end: the script waits for a file
+/// that only the observer creates once it saw the first line, so a late observer would leave it
+/// waiting until its deadline. Lines are redacted and keep their stream and order.
+#[tokio::test]
+async fn lines_are_observed_while_the_command_runs_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("seen-first");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (observed, flag_path) = (seen.clone(), flag.clone());
+    let script = format!(
+        "echo 'first hunter2'; echo 'to stderr' >&2; \
+         while [ ! -e '{}' ]; do sleep 0.01; done; echo second",
+        flag.display()
+    );
+    let out = sh(&script)
+        .redact("hunter2")
+        .deadline(Duration::from_secs(20))
+        .on_line(move |stream, line| {
+            observed.lock().unwrap().push((stream, line.to_owned()));
+            if line.starts_with("first") {
+                std::fs::write(&flag_path, b"").unwrap();
+            }
+        })
+        .run()
+        .await
+        .expect("the observer saw the first line while the script ran");
+    assert_eq!(out.stdout, "first [redacted]\nsecond\n");
+    let seen = seen.lock().unwrap().clone();
+    let stdout: Vec<&str> = seen
+        .iter()
+        .filter(|(s, _)| *s == Stream::Stdout)
+        .map(|(_, l)| l.as_str())
+        .collect();
+    assert_eq!(stdout, ["first [redacted]", "second"]);
+    assert!(
+        seen.contains(&(Stream::Stderr, "to stderr".to_owned())),
+        "{seen:?}"
+    );
 }
