@@ -26,3 +26,8 @@
 //! URL the daemon holds, not to the checkout's remote.
 pub mod agent;
 pub mod git;
+pub mod spec;
+pub mod status;
+
+pub use spec::{BuildResult, BuildSpec, SpecError};
+pub use status::{Status, Step};
