@@ -289,7 +289,8 @@ impl SpecError {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BuildResult {
     pub success: bool,
-    /// The end of the agent's transcript, at most [`MAX_OUTPUT_BYTES`]; see [`BuildResult::bounded_output`].
+    /// The end of the agent's transcript, at most [`MAX_OUTPUT_BYTES`]
+    /// (see [`BuildResult::bounded_output`]).
     pub output: String,
     pub error: Option<String>,
     pub commit_sha: Option<String>,
