@@ -224,8 +224,9 @@ impl Queue {
         &self.config
     }
 
-    /// Adds a build for `repo` (`owner/name`) and, when given, its issue or pull request
-    /// `number`; while that one has a pending or running build, returns it instead.
+    /// Adds a build for `repo` (`owner/name`) and its issue or pull request `number` (when not
+    /// given, the spec's `issue`); while that one has a pending or running build, returns it
+    /// instead. A build with neither is never deduplicated.
     pub async fn enqueue(
         &self,
         repo: &str,
@@ -234,6 +235,7 @@ impl Queue {
         now: DateTime<Utc>,
     ) -> Result<Enqueued, QueueError> {
         spec.validate()?;
+        let number = number.or(spec.issue);
         let repo = repo.to_owned();
         let spec_json = serde_json::to_string(&spec).expect("a BuildSpec always serialises");
         immediate(&self.store, move |tx| {
@@ -313,6 +315,8 @@ impl Queue {
     }
 
     /// Extends `owner`'s lease on `id` to `now + lease`, and says whether a cancel was asked.
+    /// A lease past its end is still extended while recovery has not taken the build: a runner
+    /// that was only slow keeps its build; once recovery ran, it gets [`QueueError::LeaseLost`].
     pub async fn heartbeat(
         &self,
         id: BuildId,

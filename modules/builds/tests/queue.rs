@@ -75,6 +75,11 @@ async fn a_second_enqueue_for_the_same_issue_returns_the_first_build() {
             .unwrap();
         assert!(other.created, "{repo} {number:?}");
     }
+    // A REST build naming the issue in its spec is the same issue's build.
+    let mut spec = BuildSpec::new("from the API");
+    spec.issue = Some(7);
+    let rest = q.enqueue("acme/web", None, spec, t0()).await.unwrap();
+    assert_eq!((rest.created, rest.build.id), (false, first.build.id));
     // Once it has ended, the issue may have a new one.
     q.finish(
         claim.build.id,
