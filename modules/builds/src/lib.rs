@@ -1,6 +1,6 @@
 //! Builds (issue 11): a coding agent implements an issue in a fresh checkout, and the daemon turns
-//! what it changed into a commit, a push and a pull request. This crate holds the two foundations
-//! the module will stand on; the module itself (queue, triggers, routes, config) is the next step.
+//! what it changed into a commit, a push and a pull request. This crate holds the foundations the
+//! module will stand on; the module itself (runner, triggers, routes, config) is the next step.
 //!
 //! - [`agent`]: readers of the agent's standard output, one per `agent_format`
 //!   (`claude-stream-json`, `opencode-json`, `codex-json`, `text`), fed incrementally, giving
@@ -11,6 +11,20 @@
 //!   create the build's deterministic branch, stage everything the agent changed, commit as the
 //!   configured author (optionally SSH-signed), list the files changed, push with an explicit
 //!   refspec; each step with a deadline, the build's cancel token, and an error naming the step.
+//! - [`spec`]: [`BuildSpec`] and [`BuildResult`] with the seeds' JSON names; a spec from the API
+//!   is validated as hostile (capped body and fields, `callback_url` only http(s)), each
+//!   [`SpecError`] naming its field.
+//! - [`status`]: the statuses (`pending`, `running`, `completed`, `failed`, `cancelled`), the one
+//!   table of allowed transitions, and the [`Step`]s a runner records (which are resumable).
+//! - [`records`]: the `builds` and `build_audit` rows (migration `migrations/*_builds.sql`);
+//!   every status change goes through one function that checks the table and appends the audit
+//!   row in the same transaction.
+//! - [`queue`]: the durable queue: enqueue (one active build per repository and issue or pull
+//!   request; a second enqueue returns the first), claim with a lease under `max_concurrent` in one
+//!   `BEGIN IMMEDIATE` transaction, heartbeat (which carries a cancel request), the last step,
+//!   finish, retry with backoff, cancel. The clock is an argument, so tests need no sleeps.
+//! - [`recovery`]: builds whose lease ran out (their daemon died) are resumed from their last step
+//!   when it is resumable, or failed as `interrupted` and retried once.
 //!
 //! **What is hostile.** The agent runs a model on a repository anyone may have written to, so its
 //! output is untrusted bytes: invalid UTF-8 or JSON, unknown events, wrong field types, lines of
@@ -26,3 +40,15 @@
 //! URL the daemon holds, not to the checkout's remote.
 pub mod agent;
 pub mod git;
+pub mod queue;
+pub mod records;
+pub mod recovery;
+pub mod spec;
+pub mod status;
+
+pub use queue::{
+    Cancel, Claim, Enqueued, Finish, Heartbeat, Queue, QueueConfig, QueueError, Retry,
+};
+pub use records::{AuditEntry, Build, BuildId};
+pub use spec::{BuildResult, BuildSpec, SpecError};
+pub use status::{Status, Step};
