@@ -30,6 +30,7 @@ use productbuilder_preview::runner::ComposeCli;
 use productbuilder_preview::{PreviewModule, Previews};
 use productbuilder_routes::Module as HttpModule;
 use productbuilder_scheduler::{Schedule, Scheduler, SchedulerOptions, StartupFailed, UnitSpec};
+use productbuilder_slack::SlackModule;
 use productbuilder_store::Store;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -259,6 +260,11 @@ fn modules(shared: &Shared<'_>) -> Vec<Box<dyn HttpModule>> {
             github: (*github).clone(),
             run_timeout,
             tenants: Arc::new(config.preview.switches()),
+        }),
+        Box::new(SlackModule {
+            config: config.slack.clone(),
+            channels: Arc::new(config.slack_channels.clone()),
+            run_timeout,
         }),
     ]
 }
