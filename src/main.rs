@@ -31,6 +31,7 @@ use productbuilder_preview::{PreviewModule, Previews};
 use productbuilder_routes::Module as HttpModule;
 use productbuilder_scheduler::{Schedule, Scheduler, SchedulerOptions, StartupFailed, UnitSpec};
 use productbuilder_slack::SlackModule;
+use productbuilder_slack::api::SlackApi;
 use productbuilder_store::Store;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -131,6 +132,10 @@ impl From<StartupFailed> for Failure {
 }
 
 fn main() -> ExitCode {
+    // Once, before any TLS client exists: the dependency graph enables both ring and aws-lc-rs,
+    // and rustls then picks neither by itself (slack-morphism's connector would panic). An
+    // `Err` means one is installed already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -233,6 +238,8 @@ struct Shared<'a> {
     tenants: &'a [Arc<Tenant>],
     github: &'a GithubState,
     previews: &'a Previews,
+    /// The Slack workspace's client, with `[slack]`.
+    slack: &'a Option<SlackApi>,
 }
 
 /// Every module, in the order their units are listed. Adding a module is a crate and one line
@@ -244,6 +251,7 @@ fn modules(shared: &Shared<'_>) -> Vec<Box<dyn HttpModule>> {
         tenants,
         github,
         previews,
+        slack,
     } = shared;
     let run_timeout = config.scheduler.run_timeout;
     vec![
@@ -263,6 +271,7 @@ fn modules(shared: &Shared<'_>) -> Vec<Box<dyn HttpModule>> {
         }),
         Box::new(SlackModule {
             config: config.slack.clone(),
+            api: (*slack).clone(),
             channels: Arc::new(config.slack_channels.clone()),
             run_timeout,
         }),
@@ -301,12 +310,14 @@ fn wire(config: &Config, store: &Store) -> Result<Wiring, Failure> {
     .map_err(Failure::Invalid)?;
     let github = GithubState::new(client, store.clone());
     let previews = previews(config, store, &github);
+    let slack = slack_api(config)?;
     let modules = modules(&Shared {
         config,
         store,
         tenants: &tenants,
         github: &github,
         previews: &previews,
+        slack: &slack,
     });
     let planned: Vec<&dyn Module> = modules.iter().map(|m| m.as_ref() as &dyn Module).collect();
     let units = plan(&planned, &tenants, config.github.poll_interval)?;
@@ -317,6 +328,24 @@ fn wire(config: &Config, store: &Store) -> Result<Wiring, Failure> {
         github,
         previews,
         modules,
+    })
+}
+
+/// The Slack client of the workspace, with `[slack]`: one, so that every unit spends one budget.
+fn slack_api(config: &Config) -> Result<Option<SlackApi>, Failure> {
+    let Some(slack) = &config.slack else {
+        return Ok(None);
+    };
+    SlackApi::new(
+        &slack.api_url,
+        slack.bot_token.expose(),
+        slack.history_requests_per_minute,
+    )
+    .map(Some)
+    .map_err(|e| {
+        Failure::Failed(format!(
+            "cannot load the TLS root certificates for Slack: {e}"
+        ))
     })
 }
 

@@ -3,8 +3,12 @@
 //!
 //! # Brief overview
 //! - [`config`]: `[slack]` and a tenant's `slack_channel`.
+//! - [`api`]: the Web API client (slack-morphism on our connector) and [`budget`], the one
+//!   workspace budget every call goes through.
 //! - [`SlackModule`]: its units, only for tenants with a channel (and none without `[slack]`).
 
+pub mod api;
+pub mod budget;
 pub mod config;
 mod module;
 

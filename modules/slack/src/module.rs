@@ -4,14 +4,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use productbuilder_planner::{AppliesTo, Module, Tenant};
+use productbuilder_planner::{
+    AppliesTo, Module, Scope, Spec, Tenant, TenantCtx, When, every_tenant, spec_work, stage,
+};
+use productbuilder_scheduler::{RetryPolicy, UnitError};
 
+use crate::api::SlackApi;
 use crate::config::SlackConfig;
 
 /// Slack for the tenants with a `slack_channel`; without `[slack]` it has no units at all.
 pub struct SlackModule {
     /// `None` without `[slack]`.
     pub config: Option<SlackConfig>,
+    /// The workspace's client (with its one budget); `Some` exactly when `config` is.
+    pub api: Option<SlackApi>,
     /// Each tenant's channel, by `owner/name` as configured; tenants without one are absent.
     pub channels: Arc<BTreeMap<String, String>>,
     pub run_timeout: Duration,
@@ -26,9 +32,37 @@ impl SlackModule {
     }
 }
 
+/// `preflight:slack:global`: the bot token works (`auth.test`). A bad token is permanent, so
+/// `run` exits 1 naming `[slack] bot_token`.
+async fn check_token(api: &SlackApi) -> Result<(), UnitError> {
+    let me = api.auth_test().await.map_err(|e| e.into_unit_error())?;
+    tracing::info!(team = %me.team, bot_user = %me.user_id, "Slack token works");
+    Ok(())
+}
+
 impl Module for SlackModule {
     fn name(&self) -> &'static str {
         "slack"
+    }
+
+    fn preflights(&self) -> Vec<Spec> {
+        let Some(api) = self.api.clone() else {
+            return Vec::new();
+        };
+        vec![Spec {
+            resource: "slack",
+            scope: Scope::Global,
+            when: When::Preflight {
+                stage: stage::REPOSITORY,
+            },
+            timeout: self.run_timeout,
+            retry: RetryPolicy::remote_api(),
+            applies_to: every_tenant(),
+            work: spec_work(move |_ctx: TenantCtx| {
+                let api = api.clone();
+                async move { check_token(&api).await }
+            }),
+        }]
     }
 }
 
