@@ -10,6 +10,8 @@
 pub mod api;
 pub mod budget;
 pub mod config;
+pub mod decide;
 mod module;
+pub mod text;
 
 pub use module::SlackModule;
