@@ -11,6 +11,7 @@ pub mod api;
 pub mod budget;
 pub mod config;
 pub mod decide;
+pub mod mentions;
 mod module;
 pub mod text;
 
