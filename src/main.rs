@@ -274,6 +274,8 @@ fn modules(shared: &Shared<'_>) -> Vec<Box<dyn HttpModule>> {
             api: (*slack).clone(),
             channels: Arc::new(config.slack_channels.clone()),
             run_timeout,
+            github: (*github).clone(),
+            github_web: github_web(&config.github.api_url),
         }),
     ]
 }
@@ -329,6 +331,16 @@ fn wire(config: &Config, store: &Store) -> Result<Wiring, Failure> {
         previews,
         modules,
     })
+}
+
+/// GitHub's web origin for links, from the API's: `https://api.github.com` is github.com's,
+/// Enterprise Server serves its API under `/api/v3`, and a sandbox serves both at one origin.
+fn github_web(api_url: &str) -> String {
+    let api = api_url.trim_end_matches('/');
+    if api == "https://api.github.com" {
+        return "https://github.com".to_owned();
+    }
+    api.strip_suffix("/api/v3").unwrap_or(api).to_owned()
 }
 
 /// The Slack client of the workspace, with `[slack]`: one, so that every unit spends one budget.

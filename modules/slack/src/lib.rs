@@ -10,9 +10,11 @@
 pub mod api;
 pub mod budget;
 pub mod config;
+pub mod db;
 pub mod decide;
 pub mod mentions;
 mod module;
 pub mod text;
+pub mod worker;
 
 pub use module::SlackModule;

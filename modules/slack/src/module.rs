@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use productbuilder_github::GithubState;
 use productbuilder_planner::{
-    AppliesTo, Module, Scope, Spec, Tenant, TenantCtx, When, every_tenant, spec_work, stage,
+    AppliesTo, Every, Module, Scope, Spec, Tenant, TenantCtx, Wake, When, every_tenant, spec_work,
+    stage,
 };
 use productbuilder_scheduler::{RetryPolicy, UnitError};
 
@@ -21,6 +23,11 @@ pub struct SlackModule {
     /// Each tenant's channel, by `owner/name` as configured; tenants without one are absent.
     pub channels: Arc<BTreeMap<String, String>>,
     pub run_timeout: Duration,
+    /// The GitHub poller's state: its database (the items, comments and previews read) and its
+    /// client (the daemon's own login, whose comments are never mirrored).
+    pub github: GithubState,
+    /// GitHub's web origin, for links (`https://github.com`).
+    pub github_web: String,
 }
 
 impl SlackModule {
@@ -64,6 +71,72 @@ impl Module for SlackModule {
             }),
         }]
     }
+
+    fn workers(&self) -> Vec<Spec> {
+        let (Some(api), Some(config)) = (self.api.clone(), self.config.clone()) else {
+            return Vec::new();
+        };
+        let (github, channels, web) = (
+            self.github.clone(),
+            self.channels.clone(),
+            self.github_web.clone(),
+        );
+        vec![Spec {
+            resource: "slack",
+            scope: Scope::PerTenant,
+            when: When::Worker(Every::PollInterval),
+            timeout: self.run_timeout,
+            retry: RetryPolicy::remote_api(),
+            applies_to: self.with_channel(),
+            work: spec_work(move |ctx: TenantCtx| {
+                let (api, github, channels, config, web) = (
+                    api.clone(),
+                    github.clone(),
+                    channels.clone(),
+                    config.clone(),
+                    web.clone(),
+                );
+                async move { slack_pass(&api, &github, &channels, &config, &web, ctx.tenant()).await }
+            }),
+        }]
+    }
+
+    /// A change of the open pull requests is worth a pass at once (a new thread, a closed one).
+    fn wakes(&self) -> Vec<Wake> {
+        vec![Wake {
+            feed: productbuilder_github::feeds::PULLS,
+            worker: "slack",
+        }]
+    }
+}
+
+/// `worker:slack:{owner}/{name}`.
+async fn slack_pass(
+    api: &SlackApi,
+    github: &GithubState,
+    channels: &BTreeMap<String, String>,
+    config: &SlackConfig,
+    web: &str,
+    tenant: &Tenant,
+) -> Result<(), UnitError> {
+    let repo = tenant.repo();
+    let Some(channel) = channels.get(&repo) else {
+        return Ok(());
+    };
+    // Unknown login (GitHub unreachable): the marker still keeps the daemon's comments out.
+    let own_login = github.client.own_login(&repo).await.ok();
+    crate::worker::pass(
+        api,
+        &github.store,
+        &crate::worker::Tenant {
+            repo,
+            channel: channel.clone(),
+            web: web.to_owned(),
+            backfill: config.backfill,
+            own_login,
+        },
+    )
+    .await
 }
 
 impl productbuilder_routes::Module for SlackModule {}
