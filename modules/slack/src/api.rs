@@ -119,6 +119,8 @@ pub struct SlackApi {
     token: SlackApiToken,
     budget: Arc<Budget>,
     pub counters: Arc<SlackCounters>,
+    /// `auth.test`'s answer, asked once: who "mentions of the bot" are addressed to.
+    me: Arc<tokio::sync::OnceCell<Identity>>,
 }
 
 impl std::fmt::Debug for SlackApi {
@@ -150,6 +152,7 @@ impl SlackApi {
             token: SlackApiToken::new(bot_token.to_owned().into()),
             budget: Arc::new(Budget::new(history_requests_per_minute)),
             counters: Arc::default(),
+            me: Arc::default(),
         })
     }
 
@@ -182,6 +185,11 @@ impl SlackApi {
                 Err(e) => return Err(map_error(method, e)),
             }
         }
+    }
+
+    /// The bot's identity, from the first successful `auth.test`.
+    pub async fn me(&self) -> Result<Identity, SlackError> {
+        self.me.get_or_try_init(|| self.auth_test()).await.cloned()
     }
 
     pub async fn auth_test(&self) -> Result<Identity, SlackError> {

@@ -12,6 +12,7 @@ pub mod budget;
 pub mod config;
 pub mod db;
 pub mod decide;
+pub mod input;
 pub mod mentions;
 mod module;
 pub mod text;

@@ -125,18 +125,31 @@ async fn slack_pass(
     };
     // Unknown login (GitHub unreachable): the marker still keeps the daemon's comments out.
     let own_login = github.client.own_login(&repo).await.ok();
-    crate::worker::pass(
-        api,
-        &github.store,
-        &crate::worker::Tenant {
-            repo,
-            channel: channel.clone(),
-            web: web.to_owned(),
-            backfill: config.backfill,
-            own_login,
-        },
-    )
-    .await
+    let slack_tenant = crate::worker::Tenant {
+        repo,
+        channel: channel.clone(),
+        web: web.to_owned(),
+        backfill: config.backfill,
+        own_login,
+    };
+    crate::worker::pass(api, &github.store, &slack_tenant).await?;
+    if config.app_token.is_none() {
+        let me = api.me().await.map_err(|e| e.into_unit_error())?;
+        let pulls = crate::worker::open_pulls(&github.store, &slack_tenant).await?;
+        crate::input::Poll {
+            api,
+            store: &github.store,
+            channel,
+            repo: &slack_tenant.repo,
+            bot_user: &me.user_id,
+            page_size: config.history_page_size,
+            thread_checks: config.history_requests_per_minute as usize,
+            pulls: &pulls,
+        }
+        .run()
+        .await?;
+    }
+    Ok(())
 }
 
 impl productbuilder_routes::Module for SlackModule {}

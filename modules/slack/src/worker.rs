@@ -280,6 +280,35 @@ async fn apply(
     Ok(())
 }
 
+/// The open pull requests and their previews, for `status` answers.
+pub async fn open_pulls(
+    store: &Store,
+    tenant: &Tenant,
+) -> Result<Vec<crate::mentions::OpenPull>, UnitError> {
+    let (repo, web) = (tenant.repo.clone(), tenant.web.clone());
+    store
+        .read(move |c| {
+            let previews = db::previews(c, &repo)?;
+            Ok(db::items(c, &repo, &web)?
+                .into_iter()
+                .map(|i| i.item)
+                .filter(|i| {
+                    i.kind == crate::text::Kind::Pull && i.state == crate::text::ItemState::Open
+                })
+                .map(|i| crate::mentions::OpenPull {
+                    preview: previews
+                        .get(&i.number)
+                        .map(|p| (p.status.clone(), p.url.clone())),
+                    number: i.number,
+                    title: i.title,
+                    url: i.url,
+                })
+                .collect())
+        })
+        .await
+        .map_err(store_err)
+}
+
 async fn thread_ts(store: &Store, tenant: &Tenant, number: u64) -> Result<String, UnitError> {
     let repo = tenant.repo.clone();
     store
