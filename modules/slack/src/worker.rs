@@ -151,6 +151,8 @@ async fn gather(store: &Store, tenant: &Tenant) -> Result<State, UnitError> {
                     .map(|i| i.item.number)
                     .collect();
                 db::begin(c, &repo, &now.to_string(), &skipped)?;
+                tracing::info!(repo = %repo, skipped = skipped.len(),
+                    "first Slack pass: items that predate it get no thread unless backfill covers them");
             }
             let mut events: BTreeMap<u64, _> = BTreeMap::new();
             for e in db::events(c, &repo)? {

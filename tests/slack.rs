@@ -1,0 +1,171 @@
+//! The daemon against the sandbox GitHub and the sandbox Slack (polling mode, previews off): a
+//! new pull request gets one parent and one status message, a hostile title arrives escaped, a
+//! person's GitHub comment appears in the thread once, also after a SIGKILL and a restart, the
+//! daemon's own comments never, and `@bot status` in the thread is answered there.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use productbuilder_github_sandbox::{NewPr, Permission, Sandbox as GithubSandbox};
+use productbuilder_slack_sandbox::{BOT_TOKEN, Sandbox as SlackSandbox};
+
+const BIN: &str = env!("CARGO_BIN_EXE_productbuilder");
+const TOKEN: &str = "ghp_test_token_never_printed";
+const REPO: &str = "acme/shop";
+
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    fn start(config: &std::path::Path) -> Daemon {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("PRODUCTBUILDER_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon { child, lines }
+    }
+
+    fn wait_for(&self, needle: &str) {
+        let mut seen = Vec::new();
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) if line.contains(needle) => return,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("no log line with {needle:?}; got:\n{}", seen.join("\n")),
+            }
+        }
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+#[test]
+fn a_pull_request_gets_its_thread_comments_once_across_a_kill_and_mentions_answered() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let github = runtime.block_on(GithubSandbox::start()).unwrap();
+    github.add_token(TOKEN, "productbuilder-bot");
+    github.create_repo("acme", "shop");
+    github.grant("productbuilder-bot", REPO, Permission::Push);
+    let slack = runtime.block_on(SlackSandbox::start()).unwrap();
+    let channel = slack.create_channel("shop");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("tenants")).unwrap();
+    let config = dir.path().join("productbuilder.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"state\"\n[log]\nformat = \"json\"\n[github]\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\n[slack]\nbot_token = \"{BOT_TOKEN}\"\napi_url = \"{}\"\n",
+            github.url(),
+            slack.api_url()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tenants/shop.toml"),
+        format!("repo = \"{REPO}\"\npoll_interval = \"1s\"\npreviews = false\nslack_channel = \"{channel}\"\n"),
+    )
+    .unwrap();
+
+    let daemon = Daemon::start(&config);
+    daemon.wait_for("first Slack pass");
+    let number = github.open_pr(
+        REPO,
+        NewPr {
+            title: "<!channel> <https://evil.example|click>".into(),
+            author: "alice".into(),
+            ..NewPr::default()
+        },
+    );
+    let wait = |what: &str, done: &dyn Fn(&SlackSandbox) -> bool| {
+        assert!(
+            runtime.block_on(slack.wait_until(Duration::from_secs(60), |s| done(s))),
+            "timed out waiting for {what}: {:?}",
+            slack.messages(&channel)
+        );
+    };
+    wait("the parent and its status", &|s| {
+        s.messages(&channel)
+            .first()
+            .is_some_and(|p| s.thread(&channel, &p.ts).len() >= 2)
+    });
+    let top = slack.messages(&channel);
+    assert_eq!(top.len(), 1, "one parent: {top:?}");
+    let parent = top[0].ts.clone();
+    assert!(top[0].text.contains(&format!("#{number}")));
+    assert!(
+        top[0]
+            .text
+            .contains("&lt;!channel&gt; &lt;https://evil.example|click&gt;"),
+        "{}",
+        top[0].text
+    );
+
+    github.add_comment(REPO, number, "bob", "Looks <b>good</b>");
+    github.add_comment(
+        REPO,
+        number,
+        "productbuilder-bot",
+        "<!-- productbuilder:preview -->\nbot text",
+    );
+    wait("bob's comment", &|s| {
+        s.thread(&channel, &parent)
+            .iter()
+            .any(|m| m.text.contains("Looks &lt;b&gt;good&lt;/b&gt;"))
+    });
+    daemon.kill9();
+
+    let daemon = Daemon::start(&config);
+    let asked = slack.post_user_message(
+        &channel,
+        "U0ALICE",
+        &format!("<@{}> status", slack.bot_user_id()),
+        Some(&parent),
+    );
+    wait("the answer to status", &|s| {
+        s.thread(&channel, &parent)
+            .iter()
+            .any(|m| m.ts > asked && m.text.starts_with("Open pull requests in acme/shop"))
+    });
+    let thread = slack.thread(&channel, &parent);
+    let texts: Vec<&str> = thread.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(
+        texts.iter().filter(|t| t.contains("Looks")).count(),
+        1,
+        "{texts:?}"
+    );
+    assert!(!texts.iter().any(|t| t.contains("bot text")), "{texts:?}");
+    assert_eq!(
+        texts.iter().filter(|t| t.starts_with("Status:")).count(),
+        1,
+        "{texts:?}"
+    );
+    assert_eq!(slack.messages(&channel).len(), 1, "still one parent");
+    daemon.kill9();
+}
