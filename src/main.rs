@@ -221,6 +221,7 @@ struct Wiring {
     subscriptions: Vec<Subscription>,
     github: GithubState,
     previews: Previews,
+    slack: Option<SlackApi>,
     modules: Vec<Box<dyn HttpModule>>,
 }
 
@@ -329,6 +330,7 @@ fn wire(config: &Config, store: &Store) -> Result<Wiring, Failure> {
         subscriptions,
         github,
         previews,
+        slack,
         modules,
     })
 }
@@ -835,6 +837,7 @@ async fn daemon(
                 config.http.api_token.as_ref(),
                 config.http.read_token.as_ref(),
             ),
+            slack: wiring.slack.clone(),
         },
         module_routes,
     );

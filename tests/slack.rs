@@ -18,6 +18,7 @@ const REPO: &str = "acme/shop";
 struct Daemon {
     child: Child,
     lines: mpsc::Receiver<String>,
+    port: u16,
 }
 
 impl Daemon {
@@ -44,7 +45,7 @@ impl Daemon {
                 }
             }
         });
-        Daemon { child, lines }
+        Daemon { child, lines, port }
     }
 
     fn wait_for(&self, needle: &str) {
@@ -56,6 +57,19 @@ impl Daemon {
                 Err(_) => panic!("no log line with {needle:?}; got:\n{}", seen.join("\n")),
             }
         }
+    }
+
+    fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
     }
 
     fn kill9(mut self) {
@@ -167,5 +181,12 @@ fn a_pull_request_gets_its_thread_comments_once_across_a_kill_and_mentions_answe
         "{texts:?}"
     );
     assert_eq!(slack.messages(&channel).len(), 1, "still one parent");
+    let metrics = daemon.metrics();
+    for series in [
+        "productbuilder_slack_messages_posted_total",
+        "productbuilder_slack_rate_limited_total 0",
+    ] {
+        assert!(metrics.contains(series), "no {series} in\n{metrics}");
+    }
     daemon.kill9();
 }

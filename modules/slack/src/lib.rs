@@ -14,6 +14,7 @@ pub mod db;
 pub mod decide;
 pub mod input;
 pub mod mentions;
+pub mod metrics;
 mod module;
 pub mod text;
 pub mod worker;
