@@ -82,6 +82,11 @@ pub struct SlackCounters {
     pub posted: AtomicU64,
     pub updated: AtomicU64,
     pub rate_limited: AtomicU64,
+    /// 1 while a Socket Mode connection is open (after its `hello`).
+    pub socket_connected: AtomicU64,
+    pub events_received: AtomicU64,
+    pub events_acked: AtomicU64,
+    pub events_deduplicated: AtomicU64,
 }
 
 /// Who the bot is, from `auth.test`.
@@ -185,6 +190,22 @@ impl SlackApi {
                 Err(e) => return Err(map_error(method, e)),
             }
         }
+    }
+
+    /// `apps.connections.open` with the app-level token: the WebSocket URL of a new connection.
+    pub async fn open_socket(&self, app_token: &str) -> Result<String, SlackError> {
+        let app = SlackApiToken::new(app_token.to_owned().into());
+        let r = self
+            .paced("apps.connections.open", Lane::Other, |c, _bot| {
+                let app = app.clone();
+                async move {
+                    c.open_session(&app)
+                        .apps_connections_open(&SlackApiAppsConnectionOpenRequest::new())
+                        .await
+                }
+            })
+            .await?;
+        Ok(r.url.0.to_string())
     }
 
     /// The bot's identity, from the first successful `auth.test`.

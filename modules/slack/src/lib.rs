@@ -16,6 +16,7 @@ pub mod input;
 pub mod mentions;
 pub mod metrics;
 mod module;
+pub mod socket;
 pub mod text;
 pub mod worker;
 

@@ -6,6 +6,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::api::SlackApi;
 
@@ -32,6 +33,21 @@ impl Collector for SlackSeries {
                 "Slack answers 429; each held the workspace for its Retry-After.",
                 &c.rate_limited,
             ),
+            (
+                "productbuilder_slack_events_received",
+                "Socket Mode envelopes received.",
+                &c.events_received,
+            ),
+            (
+                "productbuilder_slack_events_acked",
+                "Socket Mode envelopes acknowledged.",
+                &c.events_acked,
+            ),
+            (
+                "productbuilder_slack_events_deduplicated",
+                "Socket Mode events delivered again and handled once.",
+                &c.events_deduplicated,
+            ),
         ] {
             ConstCounter::new(value.load(Ordering::Relaxed)).encode(encoder.encode_descriptor(
                 name,
@@ -40,6 +56,13 @@ impl Collector for SlackSeries {
                 MetricType::Counter,
             )?)?;
         }
-        Ok(())
+        ConstGauge::new(c.socket_connected.load(Ordering::Relaxed) as i64).encode(
+            encoder.encode_descriptor(
+                "productbuilder_slack_socket_connected",
+                "1 while a Socket Mode connection is open.",
+                None,
+                MetricType::Gauge,
+            )?,
+        )
     }
 }

@@ -9,7 +9,7 @@ use productbuilder_planner::{
     AppliesTo, Every, Module, Scope, Spec, Tenant, TenantCtx, Wake, When, every_tenant, spec_work,
     stage,
 };
-use productbuilder_scheduler::{RetryPolicy, UnitError};
+use productbuilder_scheduler::{Backoff, RestartPolicy, RetryPolicy, UnitError};
 
 use crate::api::SlackApi;
 use crate::config::SlackConfig;
@@ -81,7 +81,49 @@ impl Module for SlackModule {
             self.channels.clone(),
             self.github_web.clone(),
         );
-        vec![Spec {
+        let mut specs = Vec::new();
+        if let Some(app_token) = &config.app_token {
+            let socket = crate::socket::Socket {
+                api: api.clone(),
+                app_token: app_token.expose().to_owned(),
+                store: self.github.store.clone(),
+                channels: Arc::new(
+                    self.channels
+                        .iter()
+                        .map(|(repo, channel)| {
+                            (
+                                channel.clone(),
+                                crate::socket::ChannelTenant {
+                                    repo: repo.clone(),
+                                    web: self.github_web.clone(),
+                                },
+                            )
+                        })
+                        .collect(),
+                ),
+            };
+            specs.push(Spec {
+                resource: "slack-socket",
+                scope: Scope::Global,
+                // Reconnect soon after a disconnect frame or a drop; a connection that held a
+                // minute starts the backoff over.
+                when: When::Service(RestartPolicy {
+                    backoff: Backoff {
+                        base: Duration::from_millis(500),
+                        max: Duration::from_secs(60),
+                    },
+                    healthy_after: Duration::from_secs(60),
+                }),
+                timeout: self.run_timeout,
+                retry: RetryPolicy::never(),
+                applies_to: every_tenant(),
+                work: spec_work(move |ctx: TenantCtx| {
+                    let socket = socket.clone();
+                    async move { socket.run(ctx.run).await }
+                }),
+            });
+        }
+        specs.push(Spec {
             resource: "slack",
             scope: Scope::PerTenant,
             when: When::Worker(Every::PollInterval),
@@ -98,7 +140,8 @@ impl Module for SlackModule {
                 );
                 async move { slack_pass(&api, &github, &channels, &config, &web, ctx.tenant()).await }
             }),
-        }]
+        });
+        specs
     }
 
     /// A change of the open pull requests is worth a pass at once (a new thread, a closed one).
