@@ -222,9 +222,14 @@ pub fn router(state: AppState, modules: Vec<Route>) -> Router {
 }
 
 async fn dashboard(State(state): State<AppState>) -> Response {
-    let page =
-        crate::dashboard::render(&state.board, &state.github, &state.previews, &state.tenants)
-            .await;
+    let page = crate::dashboard::render(
+        &state.board,
+        &state.github,
+        &state.previews,
+        &state.tenants,
+        state.slack.as_ref(),
+    )
+    .await;
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),

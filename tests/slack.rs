@@ -60,11 +60,15 @@ impl Daemon {
     }
 
     fn metrics(&self) -> String {
+        self.get("/metrics")
+    }
+
+    fn get(&self, path: &str) -> String {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         write!(
             stream,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut text = String::new();
@@ -188,6 +192,10 @@ fn a_pull_request_gets_its_thread_comments_once_across_a_kill_and_mentions_answe
     ] {
         assert!(metrics.contains(series), "no {series} in\n{metrics}");
     }
+    // The dashboard links the pull request to its thread.
+    let link = format!("/archives/{channel}/p{}", parent.replace('.', ""));
+    let page = daemon.get("/");
+    assert!(page.contains(&link), "no {link} in\n{page}");
     daemon.kill9();
 }
 

@@ -95,6 +95,8 @@ pub struct Identity {
     pub user_id: String,
     pub bot_id: Option<String>,
     pub team: String,
+    /// The workspace's web address (`https://acme.slack.com/`), for links to threads.
+    pub url: String,
 }
 
 /// One message as read back from history or a thread.
@@ -208,6 +210,12 @@ impl SlackApi {
         Ok(r.url.0.to_string())
     }
 
+    /// The identity if an `auth.test` already succeeded (the preflight's): never a network call,
+    /// for pages that must not wait on Slack.
+    pub fn known_me(&self) -> Option<Identity> {
+        self.me.get().cloned()
+    }
+
     /// The bot's identity, from the first successful `auth.test`.
     pub async fn me(&self) -> Result<Identity, SlackError> {
         self.me.get_or_try_init(|| self.auth_test()).await.cloned()
@@ -223,6 +231,7 @@ impl SlackApi {
             user_id: r.user_id.0,
             bot_id: r.bot_id.map(|b| b.0),
             team: r.team,
+            url: r.url.0.to_string(),
         })
     }
 

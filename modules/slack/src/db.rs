@@ -285,3 +285,16 @@ pub fn set_status(
     )?;
     Ok(())
 }
+
+/// Each item's thread: number → (channel, parent ts), for links to it.
+pub fn thread_places(
+    c: &Connection,
+    repo: &str,
+) -> rusqlite::Result<BTreeMap<u64, (String, String)>> {
+    let mut stmt =
+        c.prepare("SELECT number, channel, parent_ts FROM slack_threads WHERE repo = ?1")?;
+    let rows = stmt.query_map([repo], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, (r.get(1)?, r.get(2)?)))
+    })?;
+    rows.collect()
+}

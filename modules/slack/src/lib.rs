@@ -21,3 +21,23 @@ pub mod text;
 pub mod worker;
 
 pub use module::SlackModule;
+
+/// The web link of every Slack thread of `repo`'s items, by number; empty until an `auth.test`
+/// succeeded (the workspace's address comes from it) or when the database cannot be read.
+pub async fn thread_links(
+    api: &api::SlackApi,
+    store: &productbuilder_store::Store,
+    repo: &str,
+) -> std::collections::BTreeMap<u64, String> {
+    let Some(me) = api.known_me() else {
+        return Default::default();
+    };
+    let repo = repo.to_owned();
+    store
+        .read(move |c| db::thread_places(c, &repo))
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(n, (channel, ts))| (n, text::permalink(&me.url, &channel, &ts)))
+        .collect()
+}

@@ -42,7 +42,7 @@ impl SlackModule {
 /// `preflight:slack:global`: the bot token works (`auth.test`). A bad token is permanent, so
 /// `run` exits 1 naming `[slack] bot_token`.
 async fn check_token(api: &SlackApi) -> Result<(), UnitError> {
-    let me = api.auth_test().await.map_err(|e| e.into_unit_error())?;
+    let me = api.me().await.map_err(|e| e.into_unit_error())?;
     tracing::info!(team = %me.team, bot_user = %me.user_id, "Slack token works");
     Ok(())
 }

@@ -174,8 +174,26 @@ pub fn closing(item: &Item) -> String {
     }
 }
 
+/// The web link of a message: `{workspace}archives/{channel}/p{ts without the dot}`, as Slack's
+/// "copy link" gives it.
+pub fn permalink(workspace_url: &str, channel: &str, ts: &str) -> String {
+    format!(
+        "{}/archives/{channel}/p{}",
+        workspace_url.trim_end_matches('/'),
+        ts.replace('.', "")
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_permalink_is_what_slack_copies() {
+        assert_eq!(
+            super::permalink("https://acme.slack.com/", "C0123", "1700000000.000100"),
+            "https://acme.slack.com/archives/C0123/p1700000000000100"
+        );
+    }
+
     use super::*;
 
     fn item(title: &str) -> Item {
