@@ -219,3 +219,69 @@ async fn comments_by_people_appear_once_also_after_a_crash_and_the_daemons_never
     );
     assert_eq!(thread.len(), 5, "{thread:?}");
 }
+
+async fn set_preview(store: &Store, number: i64, sha: &str, status: &str) {
+    let (sha, status) = (sha.to_owned(), status.to_owned());
+    store
+        .write(move |c| {
+            c.execute(
+                "INSERT INTO previews (repo, number, head_sha, status, url, project, sha_changed_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, 'https://pr-7.previews.example', 'p', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')
+                 ON CONFLICT (repo, number) DO UPDATE SET head_sha = excluded.head_sha, status = excluded.status",
+                params![REPO, number, sha, status],
+            )
+        })
+        .await
+        .unwrap();
+}
+
+/// The benchmark of issue 10 as a test (numbers in BENCHMARKS.md): a pull request's life (open,
+/// building, ready, push, building, ready, comment, close) costs one parent, one status message,
+/// one edit per state, one message per comment, and the close's parent edit and last line; a
+/// pass with nothing new costs no call at all.
+#[tokio::test]
+async fn a_pull_request_lifecycle_costs_one_call_per_change() {
+    let s = setup().await;
+    pass(&s.api, &s.store, &s.tenant).await.unwrap();
+    let calls = |m: &str| s.slack.method_stats(m).calls;
+    add_pull(&s.store, 7, "cart", "open", rfc3339_now()).await;
+    pass(&s.api, &s.store, &s.tenant).await.unwrap();
+    for (sha, status) in [
+        ("a", "building"),
+        ("a", "ready"),
+        ("b", "building"),
+        ("b", "ready"),
+    ] {
+        set_preview(&s.store, 7, sha, status).await;
+        pass(&s.api, &s.store, &s.tenant).await.unwrap();
+        pass(&s.api, &s.store, &s.tenant).await.unwrap();
+    }
+    add_comment(&s.store, 20, 7, "bob", "nice").await;
+    pass(&s.api, &s.store, &s.tenant).await.unwrap();
+    add_pull(&s.store, 7, "cart", "closed", rfc3339_now()).await;
+    pass(&s.api, &s.store, &s.tenant).await.unwrap();
+    pass(&s.api, &s.store, &s.tenant).await.unwrap();
+    // parent + status + comment + last line
+    assert_eq!(calls("chat.postMessage"), 4);
+    // building, ready, building (the push), ready; then closed: the parent and the status
+    assert_eq!(calls("chat.update"), 6);
+    assert_eq!(
+        calls("conversations.history") + calls("conversations.replies"),
+        0
+    );
+    let thread = s
+        .slack
+        .thread(&s.channel, &s.slack.messages(&s.channel)[0].ts);
+    let status = &thread[1];
+    assert_eq!(
+        s.slack.edits_of(&status.ts),
+        [
+            "Status: open · no preview",
+            "Status: open · preview building",
+            "Status: open · preview ready: <https://pr-7.previews.example|https://pr-7.previews.example>",
+            "Status: open · preview building",
+            "Status: open · preview ready: <https://pr-7.previews.example|https://pr-7.previews.example>",
+            "Status: closed",
+        ]
+    );
+}
