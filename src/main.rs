@@ -451,7 +451,8 @@ fn check(config: &Config, online: bool) -> Result<(), Failure> {
     let runtime = small_runtime()?;
     let _entered = runtime.enter();
     let store = Store::in_memory().map_err(|e| Failure::Failed(e.to_string()))?;
-    let units = wire(config, &store)?.units;
+    let wiring = wire(config, &store)?;
+    let (units, slack) = (wiring.units, wiring.slack);
     let on_off = |on: bool| if on { "on" } else { "off" };
     println!("config ok: {}", config.file.display());
     println!("  state_dir: {}", config.state_dir.display());
@@ -563,10 +564,9 @@ fn check(config: &Config, online: bool) -> Result<(), Failure> {
     store
         .migrate()
         .map_err(|e| Failure::Failed(e.to_string()))?;
-    for unit in units
-        .iter()
-        .filter(|u| u.name.starts_with("preflight:repository:"))
-    {
+    for unit in units.iter().filter(|u| {
+        u.name.starts_with("preflight:repository:") || u.name == "preflight:slack:global"
+    }) {
         let ctx =
             productbuilder_scheduler::RunCtx::new(unit.name.as_str(), 1, CancellationToken::new());
         let outcome = runtime.block_on(tokio::time::timeout(unit.timeout, (unit.work)(ctx)));
@@ -584,6 +584,25 @@ fn check(config: &Config, online: bool) -> Result<(), Failure> {
     }
     if config.preview.tenants.values().any(|t| t.enabled) {
         ok &= runtime.block_on(check_preview_host(config));
+    }
+    if let (Some(api), Some(slack_config)) = (&slack, &config.slack) {
+        match &slack_config.app_token {
+            Some(app_token) => match runtime
+                .block_on(productbuilder_slack::socket::probe(api, app_token.expose()))
+            {
+                Ok(()) => println!(
+                    "√ Slack Socket Mode: connected; mentions will arrive over Socket Mode"
+                ),
+                Err(e) => {
+                    ok = false;
+                    println!("x Slack Socket Mode: {e}");
+                }
+            },
+            None => println!(
+                "~ Slack: no [slack] app_token; mentions will be read by polling (history_requests_per_minute = {}, history_page_size = {})",
+                slack_config.history_requests_per_minute, slack_config.history_page_size
+            ),
+        }
     }
     if ok {
         Ok(())

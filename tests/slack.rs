@@ -307,3 +307,62 @@ fn socket_mode_acks_at_once_handles_each_event_once_and_reconnects() {
     );
     daemon.kill9();
 }
+
+/// `check --online` checks the bot token (the same preflight `run` starts with) and says which
+/// input mode will run, opening a Socket Mode connection when there is an app token.
+#[test]
+fn check_online_checks_the_token_and_says_which_mode_will_run() {
+    use productbuilder_slack_sandbox::APP_TOKEN;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let github = runtime.block_on(GithubSandbox::start()).unwrap();
+    github.add_token(TOKEN, "productbuilder-bot");
+    github.create_repo("acme", "shop");
+    github.grant("productbuilder-bot", REPO, Permission::Push);
+    let slack = runtime.block_on(SlackSandbox::start()).unwrap();
+    let channel = slack.create_channel("shop");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("tenants")).unwrap();
+    std::fs::write(
+        dir.path().join("tenants/shop.toml"),
+        format!("repo = \"{REPO}\"\npreviews = false\nslack_channel = \"{channel}\"\n"),
+    )
+    .unwrap();
+    let config = dir.path().join("productbuilder.toml");
+    let check = |app_token: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"state\"\n[github]\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\n[slack]\nbot_token = \"{BOT_TOKEN}\"\n{app_token}api_url = \"{}\"\n",
+                github.url(),
+                slack.api_url()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "--online", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = check(&format!("app_token = \"{APP_TOKEN}\"\n"));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("√ preflight:slack:global"), "{out}");
+    assert!(out.contains("√ Slack Socket Mode: connected"), "{out}");
+    assert_eq!(slack.connections(), 1);
+    let (code, out) = check("");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("mentions will be read by polling"), "{out}");
+    slack.revoke_token(BOT_TOKEN);
+    let (code, out) = check("");
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("x preflight:slack:global") && out.contains("[slack] bot_token"),
+        "{out}"
+    );
+    assert!(!out.contains(BOT_TOKEN), "the token is never printed");
+}

@@ -72,6 +72,33 @@ fn network(message: impl Into<String>) -> UnitError {
     UnitError::new(ErrorKind::Network, message)
 }
 
+/// `check --online`: opens a Socket Mode connection and waits for its `hello`, then closes it.
+pub async fn probe(api: &SlackApi, app_token: &str) -> Result<(), String> {
+    let url = api.open_socket(app_token).await.map_err(|e| {
+        format!("{e}; check [slack] app_token (an app-level token xapp-… with connections:write)")
+    })?;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .map_err(|e| format!("Socket Mode connect: {e}"))?;
+    let hello = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(frame) = ws.next().await {
+            if let Ok(Frame::Text(text)) = frame
+                && serde_json::from_str::<Envelope>(&text).is_ok_and(|e| e.kind == "hello")
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    let _ = ws.close(None).await;
+    match hello {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("Socket Mode closed before its hello".into()),
+        Err(_) => Err("Socket Mode sent no hello within 10 s".into()),
+    }
+}
+
 impl Socket {
     /// One connection's life: returns when it ends (an error: the scheduler reconnects).
     pub async fn run(&self, ctx: RunCtx) -> Result<(), UnitError> {
