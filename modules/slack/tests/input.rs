@@ -1,6 +1,7 @@
 //! Polling input against the sandbox Slack with 15-message pages: a mention among more messages
 //! than a page holds is answered, once, in its thread; a mention in one of the module's threads is
-//! answered there; bots, the bot itself and messages before the first pass are not answered.
+//! answered there; bots, the bot itself and messages before the first pass are not answered; a
+//! 429 on history is waited out.
 
 use productbuilder_slack::api::SlackApi;
 use productbuilder_slack::input::Poll;
@@ -70,8 +71,16 @@ async fn mentions_beyond_a_page_and_in_threads_are_answered_once() {
         Some(&parent),
     );
 
+    // Slack limits the first history call: the poll waits out Retry-After and goes on.
+    slack.fail_next("conversations.history", 429, Some(1));
     poll.run().await.unwrap();
     poll.run().await.unwrap();
+    assert_eq!(
+        api.counters
+            .rate_limited
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 
     let answers = |ts: &str| -> Vec<String> {
         slack
