@@ -159,14 +159,19 @@ impl Socket {
                         counters.events_acked.fetch_add(1, Ordering::Relaxed);
                     }
                     if let Some(payload) = envelope.payload {
-                        let this = self.clone();
+                        let (this, cancel) = (self.clone(), ctx.cancel.clone());
                         let span = tracing::info_span!("slack event", event_id = ?payload.event_id);
                         handlers.spawn(tracing::Instrument::instrument(
                             async move {
-                                match tokio::time::timeout(HANDLE_DEADLINE, this.handle(payload)).await {
-                                    Ok(Err(e)) => tracing::warn!(error = %e.message(), "Slack event not handled"),
-                                    Err(_) => tracing::warn!("Slack event not handled in time"),
-                                    Ok(Ok(())) => {}
+                                let handled = tokio::time::timeout(HANDLE_DEADLINE, this.handle(payload));
+                                tokio::select! {
+                                    // At shutdown an answer still waiting for the budget is dropped.
+                                    () = cancel.cancelled() => {}
+                                    outcome = handled => match outcome {
+                                        Ok(Err(e)) => tracing::warn!(error = %e.message(), "Slack event not handled"),
+                                        Err(_) => tracing::warn!("Slack event not handled in time"),
+                                        Ok(Ok(())) => {}
+                                    },
                                 }
                             },
                             span,
