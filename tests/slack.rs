@@ -305,6 +305,39 @@ fn socket_mode_acks_at_once_handles_each_event_once_and_reconnects() {
         metrics.contains("productbuilder_slack_socket_connected 1"),
         "{metrics}"
     );
+
+    // While no connection can be opened, the service is degraded in /readyz and /metrics; it
+    // recovers by itself once one can.
+    slack.revoke_token(APP_TOKEN);
+    slack.close_abruptly();
+    let degraded = "\"service:slack-socket:global\"";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !daemon.get("/readyz").contains(degraded) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            daemon.get("/readyz")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = daemon.metrics();
+    assert!(
+        metrics.contains("productbuilder_slack_socket_connected 0")
+            && metrics
+                .contains("productbuilder_unit_degraded{unit=\"service:slack-socket:global\"} 1"),
+        "{metrics}"
+    );
+    slack.add_app_token(APP_TOKEN);
+    wait("a connection again", &|s| s.open_connections() == 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while daemon.get("/readyz").contains(degraded) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            daemon.get("/readyz")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     daemon.kill9();
 }
 
