@@ -51,6 +51,8 @@ pub struct Config {
     pub slack: Option<SlackConfig>,
     /// Each tenant's `slack_channel`, by `owner/name` as configured (tenants without one absent).
     pub slack_channels: BTreeMap<String, String>,
+    /// Each tenant's `[slack] writers` (Slack user ids), for the agent; tenants without absent.
+    pub slack_writers: BTreeMap<String, Vec<String>>,
     pub llm: Option<LlmConfig>,
     pub builds: Option<BuildsConfig>,
     pub scheduler: SchedulerConfig,
@@ -389,6 +391,7 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
         },
         slack,
         slack_channels: modules.slack_channels,
+        slack_writers: modules.slack_writers,
         llm,
         builds,
         scheduler,
@@ -457,6 +460,7 @@ fn valid_repo_part(s: &str) -> bool {
 struct TenantTables {
     previews: BTreeMap<String, TenantPreview>,
     slack_channels: BTreeMap<String, String>,
+    slack_writers: BTreeMap<String, Vec<String>>,
 }
 
 fn load_tenants(
@@ -538,6 +542,7 @@ fn load_tenants(
         };
         let slack_problems = p.len();
         let slack_channel = slack_config::resolve_tenant(p, &origin, raw.slack_channel);
+        let slack_writers = slack_config::resolve_writers(p, &origin, raw.slack);
         if p.len() != slack_problems {
             continue;
         }
@@ -566,6 +571,9 @@ fn load_tenants(
         modules.previews.insert(tenant.repo(), preview);
         if let Some(channel) = slack_channel {
             modules.slack_channels.insert(tenant.repo(), channel);
+        }
+        if !slack_writers.is_empty() {
+            modules.slack_writers.insert(tenant.repo(), slack_writers);
         }
         tenants.push(tenant);
     }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use productbuilder_github::config::RawGithub;
 use productbuilder_preview::config::{RawPreview, RawTenantPreview};
 use productbuilder_settings::raw::{duration_text, lenient_u64};
-use productbuilder_slack::config::RawSlack;
+use productbuilder_slack::config::{RawSlack, RawTenantSlack};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -112,7 +112,9 @@ pub struct RawTenant {
     pub poll_interval: Option<String>,
     /// Read by the preview module, with `preview`.
     pub previews: Option<bool>,
-    /// Read by the Slack module.
+    /// Read by the Slack module, with `slack`.
     pub slack_channel: Option<String>,
+    /// `[slack] writers`, for the agent.
+    pub slack: Option<RawTenantSlack>,
     pub preview: Option<RawTenantPreview>,
 }

@@ -787,3 +787,24 @@ fn slack_without_a_bot_token_is_refused_naming_the_key() {
         setup.error()
     );
 }
+
+#[test]
+fn a_tenants_slack_writers_are_user_ids() {
+    let setup = Setup::new(MINIMAL).tenant(
+        "shop.toml",
+        "repo = \"acme/shop\"\nslack_channel = \"C0123\"\n[slack]\nwriters = [\"U0123\"]\n",
+    );
+    let config = setup.load().unwrap();
+    assert_eq!(config.slack_writers["acme/shop"], ["U0123"]);
+    let setup = Setup::new(MINIMAL).tenant(
+        "shop.toml",
+        "repo = \"acme/shop\"\n[slack]\nwriters = [\"@alice\"]\n",
+    );
+    assert!(
+        setup.error().contains(
+            "DIR/tenants/shop.toml: key `slack.writers`: \"@alice\" is not a Slack user id"
+        ),
+        "{}",
+        setup.error()
+    );
+}

@@ -133,6 +133,33 @@ fn bounded(
     }
 }
 
+/// A tenant file's `[slack]` table, as typed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenantSlack {
+    /// Slack user ids whose messages may lead the agent to write (read by the agent, later).
+    pub writers: Option<Vec<String>>,
+}
+
+/// Resolves a tenant file's `[slack] writers`: Slack user ids (`U…`, `W…`), not names.
+pub fn resolve_writers(p: &mut Problems, origin: &str, raw: Option<RawTenantSlack>) -> Vec<String> {
+    let writers = raw.and_then(|r| r.writers).unwrap_or_default();
+    for w in &writers {
+        let valid = w.len() >= 3
+            && matches!(w.as_bytes()[0], b'U' | b'W')
+            && w.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        if !valid {
+            p.push(
+                origin,
+                Some("slack.writers"),
+                format!("{w:?} is not a Slack user id; copy it from the person's profile (\"Copy member ID\"), for example \"U0123ABCD\""),
+            );
+        }
+    }
+    writers
+}
+
 /// Resolves a tenant file's `slack_channel`: a channel id as Slack shows it (`C0123ABCD`,
 /// private channels `G…`), not a `#name`, which Slack's methods do not take. `None` when unset or
 /// wrong (recorded in `p`).
