@@ -12,6 +12,8 @@ use productbuilder_preview::Previews;
 use productbuilder_preview::db::PreviewRow;
 use productbuilder_preview::state::Status;
 use productbuilder_scheduler::StatusBoard;
+use productbuilder_slack::api::SlackApi;
+use std::collections::BTreeMap;
 
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}\
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border-bottom:1px solid #ddd;padding:.3em .8em;text-align:left}\
@@ -38,6 +40,8 @@ pub struct Repository {
     pub quota: String,
     pub units_degraded: usize,
     pub pulls: Vec<Pull>,
+    /// Each pull request's Slack thread, by number.
+    pub slack_threads: BTreeMap<u64, String>,
 }
 
 impl View {
@@ -46,6 +50,7 @@ impl View {
         github: &GithubState,
         previews: &Previews,
         tenants: &[String],
+        slack: Option<&SlackApi>,
     ) -> View {
         let degraded = board
             .degraded()
@@ -74,6 +79,10 @@ impl View {
                 quota,
                 units_degraded: board.group(repo).filter(|u| u.is_degraded()).count(),
                 pulls: github.open_pulls(repo).await.unwrap_or_default(),
+                slack_threads: match slack {
+                    Some(api) => productbuilder_slack::thread_links(api, &github.store, repo).await,
+                    None => BTreeMap::new(),
+                },
             });
         }
         View {
@@ -92,8 +101,9 @@ pub async fn render(
     github: &GithubState,
     previews: &Previews,
     tenants: &[String],
+    slack: Option<&SlackApi>,
 ) -> String {
-    page(&View::read(board, github, previews, tenants).await).into_string()
+    page(&View::read(board, github, previews, tenants, slack).await).into_string()
 }
 
 /// The page for `view`.
@@ -138,10 +148,10 @@ pub fn page(view: &View) -> Markup {
                 table {
                     tr {
                         th { "repository" } th { "#" } th { "title" } th { "author" }
-                        th { "head" } th { "head seen" } th { "flags" }
+                        th { "head" } th { "head seen" } th { "flags" } th { "Slack" }
                     }
                     @for r in &view.repositories {
-                        @for p in &r.pulls { (pull_row(&r.repo, p)) }
+                        @for p in &r.pulls { (pull_row(&r.repo, p, r.slack_threads.get(&p.number))) }
                     }
                 }
             }
@@ -262,7 +272,7 @@ fn approval(r: &PreviewRow) -> Markup {
     }
 }
 
-fn pull_row(repo: &str, p: &Pull) -> Markup {
+fn pull_row(repo: &str, p: &Pull, slack_thread: Option<&String>) -> Markup {
     let mut flags = Vec::new();
     if p.fork {
         flags.push("fork".to_owned());
@@ -280,6 +290,7 @@ fn pull_row(repo: &str, p: &Pull) -> Markup {
             td { code { (short(&p.head_sha)) } }
             td { (p.seen_at) }
             td { (flags.join(", ")) }
+            td { @if let Some(url) = slack_thread { a href=(url) { "thread" } } }
         }
     }
 }
@@ -325,6 +336,10 @@ mod tests {
                 quota: "4999 / 5000".to_owned(),
                 units_degraded: 1,
                 pulls,
+                slack_threads: BTreeMap::from([(
+                    7,
+                    "https://acme.slack.com/archives/C0123/p1700000000000100".to_owned(),
+                )]),
             }],
             previews,
         }
@@ -413,7 +428,7 @@ mod tests {
             "<td><a href=\"/previews/acme/shop/7/logs?tail=200\">logs</a></td>",
             "<p class=\"muted\">1 removed previews are listed by <a href=\"/previews\">/previews</a>.</p>",
             "<tr><td>acme/shop</td><td>7</td><td>Add search</td>",
-            "<td>fork, label:&lt;i&gt;x&lt;/i&gt;</td>",
+            "<td>fork, label:&lt;i&gt;x&lt;/i&gt;</td><td><a href=\"https://acme.slack.com/archives/C0123/p1700000000000100\">thread</a></td>",
         ] {
             assert!(html.contains(part), "no {part} in\n{html}");
         }

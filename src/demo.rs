@@ -10,6 +10,7 @@ use std::time::Duration;
 use productbuilder_github_sandbox::{NewPr, Permission, Sandbox};
 use productbuilder_preview::router::Traefik;
 use productbuilder_preview::state::Status;
+use productbuilder_slack_sandbox::Sandbox as SlackSandbox;
 use tokio_util::sync::CancellationToken;
 
 use crate::Failure;
@@ -91,6 +92,11 @@ async fn demo_in(dir: &Path, busybox: Vec<u8>, ports: Ports) -> Result<(), Failu
         |pr, (path, content)| pr.with_file(path, content.to_vec()),
     );
     let number = github.open_pr(&repo, pr.with_file("busybox", busybox));
+    // The sandbox Slack: a channel for the repository, read and written on its page.
+    let slack = SlackSandbox::start()
+        .await
+        .map_err(|e| failed("cannot start the sandbox Slack", &e))?;
+    let channel = slack.create_channel("hello");
 
     // Traefik routes the preview's host name; without its image the preview still deploys and
     // the loopback address is printed instead.
@@ -106,17 +112,26 @@ async fn demo_in(dir: &Path, busybox: Vec<u8>, ports: Ports) -> Result<(), Failu
         }
     };
 
-    let config_file = write_config(dir, &github.url(), traefik.is_some(), ports).map_err(|e| {
-        failed(
-            &format!("cannot write the demo configuration in {}", dir.display()),
-            &e,
-        )
-    })?;
+    let demo_slack = DemoSlack {
+        api_url: slack.api_url(),
+        channel: channel.clone(),
+    };
+    let config_file = write_config(dir, &github.url(), &demo_slack, traefik.is_some(), ports)
+        .map_err(|e| {
+            failed(
+                &format!("cannot write the demo configuration in {}", dir.display()),
+                &e,
+            )
+        })?;
     let config = crate::config::load(&config_file).map_err(Failure::from)?;
     crate::init_logging(&config);
     println!(
         "demo: GitHub sandbox at {} with {repo}#{number} open",
         github.url()
+    );
+    println!(
+        "demo: Slack sandbox at {}/ (the channel #hello and its threads; write \"@productbuilder status\" there)",
+        slack.url()
     );
     println!(
         "demo: dashboard at http://{}/  (Ctrl-C stops the demo and removes its preview)",
@@ -140,7 +155,14 @@ async fn demo_in(dir: &Path, busybox: Vec<u8>, ports: Ports) -> Result<(), Failu
         .output()
         .await;
     github.shutdown().await;
+    slack.shutdown().await;
     result
+}
+
+/// Where the demo's Slack is.
+struct DemoSlack {
+    api_url: String,
+    channel: String,
 }
 
 /// Prints the preview's address once it is ready (or why it failed).
@@ -179,7 +201,13 @@ async fn announce(
     }
 }
 
-fn write_config(dir: &Path, api_url: &str, routed: bool, ports: Ports) -> std::io::Result<PathBuf> {
+fn write_config(
+    dir: &Path,
+    api_url: &str,
+    slack: &DemoSlack,
+    routed: bool,
+    ports: Ports,
+) -> std::io::Result<PathBuf> {
     let (listen, router_port) = (ports.listen, ports.router_port);
     std::fs::create_dir_all(dir.join("tenants"))?;
     let file = dir.join("productbuilder.toml");
@@ -196,12 +224,19 @@ fn write_config(dir: &Path, api_url: &str, routed: bool, ports: Ports) -> std::i
              [http]\nlisten = \"{listen}\"\npublic_url = \"http://{listen}\"\n\
              [log]\nformat = \"pretty\"\nlevel = \"warn,productbuilder=info,productbuilder_preview=info\"\n\
              [github]\napi_url = \"{api_url}\"\ntoken = \"{TOKEN}\"\npoll_interval = \"2s\"\n\
-             [preview]\ndomain = \"preview.localhost\"\nurl_template = \"{url_template}\"\nnetwork = \"{NETWORK}\"\n"
+             [preview]\ndomain = \"preview.localhost\"\nurl_template = \"{url_template}\"\nnetwork = \"{NETWORK}\"\n\
+             [slack]\nbot_token = \"{}\"\napp_token = \"{}\"\napi_url = \"{}\"\nbackfill = \"1h\"\n",
+            productbuilder_slack_sandbox::BOT_TOKEN,
+            productbuilder_slack_sandbox::APP_TOKEN,
+            slack.api_url,
         ),
     )?;
     std::fs::write(
         dir.join("tenants/hello.toml"),
-        format!("repo = \"{}/{}\"\n", REPO.0, REPO.1),
+        format!(
+            "repo = \"{}/{}\"\nslack_channel = \"{}\"\n",
+            REPO.0, REPO.1, slack.channel
+        ),
     )?;
     Ok(file)
 }

@@ -39,6 +39,8 @@ pub struct AppState {
     pub webhook_secret: Option<Secret>,
     pub deliveries: Arc<Deliveries>,
     pub tokens: ApiTokens,
+    /// The Slack client, with `[slack]` (its counters for `/metrics`).
+    pub slack: Option<productbuilder_slack::api::SlackApi>,
 }
 
 /// The API's bearer tokens (`[http].api_token`, `[http].read_token`), kept as SHA-256 digests:
@@ -220,9 +222,14 @@ pub fn router(state: AppState, modules: Vec<Route>) -> Router {
 }
 
 async fn dashboard(State(state): State<AppState>) -> Response {
-    let page =
-        crate::dashboard::render(&state.board, &state.github, &state.previews, &state.tenants)
-            .await;
+    let page = crate::dashboard::render(
+        &state.board,
+        &state.github,
+        &state.previews,
+        &state.tenants,
+        state.slack.as_ref(),
+    )
+    .await;
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -529,6 +536,7 @@ mod tests {
                 config.http.api_token.as_ref(),
                 config.http.read_token.as_ref(),
             ),
+            slack: None,
         };
         let table = Table::new(&routes(&state, module_routes.clone()));
         let app = router(state, module_routes);

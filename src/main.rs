@@ -32,6 +32,8 @@ use productbuilder_routes::Module as HttpModule;
 use productbuilder_scheduler::{
     Phase, Schedule, Scheduler, SchedulerOptions, StartupFailed, UnitSpec,
 };
+use productbuilder_slack::SlackModule;
+use productbuilder_slack::api::SlackApi;
 use productbuilder_store::Store;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -132,6 +134,10 @@ impl From<StartupFailed> for Failure {
 }
 
 fn main() -> ExitCode {
+    // Once, before any TLS client exists: the dependency graph enables both ring and aws-lc-rs,
+    // and rustls then picks neither by itself (slack-morphism's connector would panic). An
+    // `Err` means one is installed already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -217,6 +223,7 @@ struct Wiring {
     subscriptions: Vec<Subscription>,
     github: GithubState,
     previews: Previews,
+    slack: Option<SlackApi>,
     modules: Vec<Box<dyn HttpModule>>,
 }
 
@@ -234,6 +241,8 @@ struct Shared<'a> {
     tenants: &'a [Arc<Tenant>],
     github: &'a GithubState,
     previews: &'a Previews,
+    /// The Slack workspace's client, with `[slack]`.
+    slack: &'a Option<SlackApi>,
 }
 
 /// Every module, in the order their units are listed. Adding a module is a crate and one line
@@ -245,6 +254,7 @@ fn modules(shared: &Shared<'_>) -> Vec<Box<dyn HttpModule>> {
         tenants,
         github,
         previews,
+        slack,
     } = shared;
     let run_timeout = config.scheduler.run_timeout;
     vec![
@@ -261,6 +271,14 @@ fn modules(shared: &Shared<'_>) -> Vec<Box<dyn HttpModule>> {
             github: (*github).clone(),
             run_timeout,
             tenants: Arc::new(config.preview.switches()),
+        }),
+        Box::new(SlackModule {
+            config: config.slack.clone(),
+            api: (*slack).clone(),
+            channels: Arc::new(config.slack_channels.clone()),
+            run_timeout,
+            github: (*github).clone(),
+            github_web: github_web(&config.github.api_url),
         }),
     ]
 }
@@ -297,12 +315,14 @@ fn wire(config: &Config, store: &Store) -> Result<Wiring, Failure> {
     .map_err(Failure::Invalid)?;
     let github = GithubState::new(client, store.clone());
     let previews = previews(config, store, &github);
+    let slack = slack_api(config)?;
     let modules = modules(&Shared {
         config,
         store,
         tenants: &tenants,
         github: &github,
         previews: &previews,
+        slack: &slack,
     });
     let planned: Vec<&dyn Module> = modules.iter().map(|m| m.as_ref() as &dyn Module).collect();
     let units = plan(&planned, &tenants, config.github.poll_interval)?;
@@ -312,7 +332,36 @@ fn wire(config: &Config, store: &Store) -> Result<Wiring, Failure> {
         subscriptions,
         github,
         previews,
+        slack,
         modules,
+    })
+}
+
+/// GitHub's web origin for links, from the API's: `https://api.github.com` is github.com's,
+/// Enterprise Server serves its API under `/api/v3`, and a sandbox serves both at one origin.
+fn github_web(api_url: &str) -> String {
+    let api = api_url.trim_end_matches('/');
+    if api == "https://api.github.com" {
+        return "https://github.com".to_owned();
+    }
+    api.strip_suffix("/api/v3").unwrap_or(api).to_owned()
+}
+
+/// The Slack client of the workspace, with `[slack]`: one, so that every unit spends one budget.
+fn slack_api(config: &Config) -> Result<Option<SlackApi>, Failure> {
+    let Some(slack) = &config.slack else {
+        return Ok(None);
+    };
+    SlackApi::new(
+        &slack.api_url,
+        slack.bot_token.expose(),
+        slack.history_requests_per_minute,
+    )
+    .map(Some)
+    .map_err(|e| {
+        Failure::Failed(format!(
+            "cannot load the TLS root certificates for Slack: {e}"
+        ))
     })
 }
 
@@ -404,7 +453,8 @@ fn check(config: &Config, online: bool) -> Result<(), Failure> {
     let runtime = small_runtime()?;
     let _entered = runtime.enter();
     let store = Store::in_memory().map_err(|e| Failure::Failed(e.to_string()))?;
-    let units = wire(config, &store)?.units;
+    let wiring = wire(config, &store)?;
+    let (units, slack) = (wiring.units, wiring.slack);
     let on_off = |on: bool| if on { "on" } else { "off" };
     println!("config ok: {}", config.file.display());
     println!("  state_dir: {}", config.state_dir.display());
@@ -518,10 +568,9 @@ fn check(config: &Config, online: bool) -> Result<(), Failure> {
     store
         .migrate()
         .map_err(|e| Failure::Failed(e.to_string()))?;
-    for unit in units
-        .iter()
-        .filter(|u| u.name.starts_with("preflight:repository:"))
-    {
+    for unit in units.iter().filter(|u| {
+        u.name.starts_with("preflight:repository:") || u.name == "preflight:slack:global"
+    }) {
         let ctx =
             productbuilder_scheduler::RunCtx::new(unit.name.as_str(), 1, CancellationToken::new());
         let outcome = runtime.block_on(tokio::time::timeout(unit.timeout, (unit.work)(ctx)));
@@ -539,6 +588,25 @@ fn check(config: &Config, online: bool) -> Result<(), Failure> {
     }
     if config.preview.tenants.values().any(|t| t.enabled) {
         ok &= runtime.block_on(check_preview_host(config));
+    }
+    if let (Some(api), Some(slack_config)) = (&slack, &config.slack) {
+        match &slack_config.app_token {
+            Some(app_token) => match runtime
+                .block_on(productbuilder_slack::socket::probe(api, app_token.expose()))
+            {
+                Ok(()) => println!(
+                    "√ Slack Socket Mode: connected; mentions will arrive over Socket Mode"
+                ),
+                Err(e) => {
+                    ok = false;
+                    println!("x Slack Socket Mode: {e}");
+                }
+            },
+            None => println!(
+                "~ Slack: no [slack] app_token; mentions will be read by polling (history_requests_per_minute = {}, history_page_size = {})",
+                slack_config.history_requests_per_minute, slack_config.history_page_size
+            ),
+        }
     }
     if ok {
         Ok(())
@@ -792,6 +860,7 @@ async fn daemon(
                 config.http.api_token.as_ref(),
                 config.http.read_token.as_ref(),
             ),
+            slack: wiring.slack.clone(),
         },
         module_routes,
     );

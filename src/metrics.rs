@@ -34,6 +34,11 @@ pub async fn render(state: &AppState) -> String {
             .job_metrics()
             .collector("productbuilder_preview_jobs"),
     ));
+    if let Some(slack) = &state.slack {
+        registry.register_collector(Box::new(productbuilder_slack::metrics::SlackSeries(
+            slack.clone(),
+        )));
+    }
     let mut text = String::with_capacity(4096 + state.board.units().len() * 1024);
     // Writing to a String cannot fail.
     let _ = prometheus_text::encode(&mut text, &registry);

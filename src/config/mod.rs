@@ -7,9 +7,9 @@
 //! the key.
 //!
 //! This file owns the main file's own sections (`state_dir`, `[http]`, `[log]`, `[scheduler]`),
-//! the tenant list, and the sections of modules that do not exist yet (`[slack]`, `[llm]`,
-//! `[builds]`, a tenant's `slack_channel`). Each module resolves its own section and tenant table
-//! (`productbuilder_github::config`, `productbuilder_preview::config`) with the shared helpers of
+//! the tenant list, and the sections of modules that do not exist yet (`[llm]`, `[builds]`). Each
+//! module resolves its own section and tenant keys (`productbuilder_github::config`,
+//! `productbuilder_preview::config`, `productbuilder_slack::config`) with the shared helpers of
 //! `productbuilder_settings`.
 
 pub mod raw;
@@ -27,6 +27,7 @@ use productbuilder_preview::config::{self as preview_config, PreviewConfig, Tena
 use productbuilder_settings::{
     Origins, Problem, Problems, check_url, duration, from_figment, parse_duration, secret,
 };
+use productbuilder_slack::config::{self as slack_config, SlackConfig};
 use raw::{LlmProvider, RawConfig, RawTenant};
 
 pub use productbuilder_github::config::GithubAuth;
@@ -46,7 +47,12 @@ pub struct Config {
     /// `[preview]` (with `state_dir` and `[http].public_url`, which it needs too) and every
     /// tenant's `previews` and `[preview]`, resolved by the preview crate.
     pub preview: PreviewConfig,
+    /// `[slack]`, resolved by the Slack crate; `None` without the section.
     pub slack: Option<SlackConfig>,
+    /// Each tenant's `slack_channel`, by `owner/name` as configured (tenants without one absent).
+    pub slack_channels: BTreeMap<String, String>,
+    /// Each tenant's `[slack] writers` (Slack user ids), for the agent; tenants without absent.
+    pub slack_writers: BTreeMap<String, Vec<String>>,
     pub llm: Option<LlmConfig>,
     pub builds: Option<BuildsConfig>,
     pub scheduler: SchedulerConfig,
@@ -78,13 +84,6 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter directive; `RUST_LOG` wins when set.
     pub level: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct SlackConfig {
-    pub bot_token: Secret,
-    pub app_token: Option<Secret>,
-    pub api_url: String,
 }
 
 #[derive(Debug, Clone)]
@@ -122,8 +121,6 @@ pub struct TenantConfig {
     pub owner: String,
     pub name: String,
     pub poll_interval: Duration,
-    /// Slack channel id for this repository's threads (read once the Slack module exists).
-    pub slack_channel: Option<String>,
     /// The tenant file.
     pub source: PathBuf,
 }
@@ -197,7 +194,7 @@ fn tenant_problems(file: &Path, figment: &Figment) -> Vec<Problem> {
         file,
         &dir,
         Duration::from_secs(30),
-        &mut BTreeMap::new(),
+        &mut TenantTables::default(),
     );
     p.into_vec()
 }
@@ -289,43 +286,7 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
     let preview =
         preview_config::resolve(&mut p, &at, raw.preview, &state_dir, public_url.as_deref());
 
-    let slack = raw.slack.and_then(|s| {
-        let bot = secret(
-            &mut p,
-            &at,
-            "slack.bot_token",
-            s.bot_token,
-            s.bot_token_file,
-        );
-        let app = secret(
-            &mut p,
-            &at,
-            "slack.app_token",
-            s.app_token,
-            s.app_token_file,
-        );
-        let api_url = s
-            .api_url
-            .unwrap_or_else(|| "https://slack.com/api".to_owned());
-        check_url(&mut p, at.of("slack.api_url"), "slack.api_url", &api_url);
-        match bot {
-            Some(bot_token) => Some(SlackConfig {
-                bot_token,
-                app_token: app,
-                api_url,
-            }),
-            None => {
-                if !p.reported("slack.bot_token") {
-                    p.push(
-                        at.of("slack"),
-                        Some("slack.bot_token"),
-                        "missing; [slack] needs bot_token (or bot_token_file)",
-                    );
-                }
-                None
-            }
-        }
-    });
+    let slack = slack_config::resolve(&mut p, &at, raw.slack);
 
     let llm = raw.llm.and_then(|l| {
         let primary = llm_endpoint(
@@ -409,14 +370,8 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
         ),
     };
 
-    let mut tenant_previews = BTreeMap::new();
-    let tenants = load_tenants(
-        &mut p,
-        file,
-        &tenants_dir,
-        poll_interval,
-        &mut tenant_previews,
-    );
+    let mut modules = TenantTables::default();
+    let tenants = load_tenants(&mut p, file, &tenants_dir, poll_interval, &mut modules);
 
     p.finish(|| Config {
         file: file.to_path_buf(),
@@ -432,9 +387,11 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
         github: github.expect("no problems means [github] resolved"),
         preview: PreviewConfig {
             settings: preview,
-            tenants: tenant_previews,
+            tenants: modules.previews,
         },
         slack,
+        slack_channels: modules.slack_channels,
+        slack_writers: modules.slack_writers,
         llm,
         builds,
         scheduler,
@@ -498,12 +455,20 @@ fn valid_repo_part(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// The modules' keys of every tenant file, by `owner/name`, resolved by each module.
+#[derive(Default)]
+struct TenantTables {
+    previews: BTreeMap<String, TenantPreview>,
+    slack_channels: BTreeMap<String, String>,
+    slack_writers: BTreeMap<String, Vec<String>>,
+}
+
 fn load_tenants(
     p: &mut Problems,
     main_file: &Path,
     dir: &Path,
     default_interval: Duration,
-    previews: &mut BTreeMap<String, TenantPreview>,
+    modules: &mut TenantTables,
 ) -> Vec<TenantConfig> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -575,11 +540,16 @@ fn load_tenants(
         else {
             continue;
         };
+        let slack_problems = p.len();
+        let slack_channel = slack_config::resolve_tenant(p, &origin, raw.slack_channel);
+        let slack_writers = slack_config::resolve_writers(p, &origin, raw.slack);
+        if p.len() != slack_problems {
+            continue;
+        }
         let tenant = TenantConfig {
             owner: owner.to_owned(),
             name: name.to_owned(),
             poll_interval,
-            slack_channel: raw.slack_channel,
             source: path.clone(),
         };
         // GitHub names are case-insensitive: acme/Shop and acme/shop are one repository.
@@ -598,7 +568,13 @@ fn load_tenants(
             );
             continue;
         }
-        previews.insert(tenant.repo(), preview);
+        modules.previews.insert(tenant.repo(), preview);
+        if let Some(channel) = slack_channel {
+            modules.slack_channels.insert(tenant.repo(), channel);
+        }
+        if !slack_writers.is_empty() {
+            modules.slack_writers.insert(tenant.repo(), slack_writers);
+        }
         tenants.push(tenant);
     }
     if tenants.is_empty()

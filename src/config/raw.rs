@@ -1,13 +1,14 @@
 //! The configuration as typed by the operator: exactly the TOML keys, unknown keys rejected, no I/O
 //! beyond what figment does. [`super::resolve`] turns it into a [`super::Config`]. The sections of
-//! existing modules are their own crates' raw types (`[github]`, `[preview]`, a tenant's
-//! `[preview]`); the rest is typed here.
+//! existing modules are their own crates' raw types (`[github]`, `[preview]`, `[slack]`, a
+//! tenant's `[preview]`); the rest is typed here.
 
 use std::path::PathBuf;
 
 use productbuilder_github::config::RawGithub;
 use productbuilder_preview::config::{RawPreview, RawTenantPreview};
 use productbuilder_settings::raw::{duration_text, lenient_u64};
+use productbuilder_slack::config::{RawSlack, RawTenantSlack};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -52,16 +53,6 @@ pub struct RawLog {
 pub enum LogFormat {
     Json,
     Pretty,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSlack {
-    pub bot_token: Option<String>,
-    pub bot_token_file: Option<PathBuf>,
-    pub app_token: Option<String>,
-    pub app_token_file: Option<PathBuf>,
-    pub api_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -121,6 +112,9 @@ pub struct RawTenant {
     pub poll_interval: Option<String>,
     /// Read by the preview module, with `preview`.
     pub previews: Option<bool>,
+    /// Read by the Slack module, with `slack`.
     pub slack_channel: Option<String>,
+    /// `[slack] writers`, for the agent.
+    pub slack: Option<RawTenantSlack>,
     pub preview: Option<RawTenantPreview>,
 }

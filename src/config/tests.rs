@@ -723,3 +723,88 @@ fn docker_config_must_be_a_directory() {
     let unset = Setup::new(MINIMAL).tenant("shop.toml", "repo = \"acme/shop\"\n");
     assert_eq!(unset.load().unwrap().preview.settings.docker_config, None);
 }
+
+#[test]
+fn slack_gets_its_defaults_and_each_tenant_its_channel() {
+    let setup = Setup::new(&format!("{MINIMAL}[slack]\nbot_token = \"xoxb-1\"\n"))
+        .tenant(
+            "shop.toml",
+            "repo = \"acme/shop\"\nslack_channel = \"C0123\"\n",
+        )
+        .tenant("web.toml", "repo = \"acme/web\"\n");
+    let config = setup.load().unwrap();
+    let slack = config.slack.expect("[slack] resolves");
+    assert_eq!(slack.api_url, "https://slack.com/api");
+    assert_eq!(slack.history_requests_per_minute, 50);
+    assert_eq!(slack.history_page_size, 100);
+    assert_eq!(slack.backfill, None);
+    assert!(slack.app_token.is_none());
+    assert_eq!(
+        config.slack_channels.into_iter().collect::<Vec<_>>(),
+        [("acme/shop".to_owned(), "C0123".to_owned())]
+    );
+}
+
+#[test]
+fn slack_limits_and_backfill_are_read_and_checked() {
+    let setup = Setup::new(&format!(
+        "{MINIMAL}[slack]\nbot_token = \"xoxb-1\"\nhistory_requests_per_minute = 1\nhistory_page_size = 15\nbackfill = \"7d\"\n"
+    ))
+    .tenant("shop.toml", "repo = \"acme/shop\"\n");
+    let slack = setup.load().unwrap().slack.unwrap();
+    assert_eq!(
+        (slack.history_requests_per_minute, slack.history_page_size),
+        (1, 15)
+    );
+    assert_eq!(slack.backfill, Some(Duration::from_secs(7 * 86400)));
+
+    let setup = Setup::new(&format!(
+        "{MINIMAL}[slack]\nbot_token = \"xoxb-1\"\nhistory_page_size = 0\nbackfill = \"soon\"\n"
+    ))
+    .tenant(
+        "shop.toml",
+        "repo = \"acme/shop\"\nslack_channel = \"#shop\"\n",
+    );
+    let error = setup.error();
+    for want in [
+        "DIR/productbuilder.toml: key `slack.history_page_size`: 0 is out of range; use 1 to 1000",
+        "DIR/productbuilder.toml: key `slack.backfill`: \"soon\" is not a duration",
+        "DIR/tenants/shop.toml: key `slack_channel`: \"#shop\" is not a channel id",
+    ] {
+        assert!(error.contains(want), "want {want:?} in:\n{error}");
+    }
+}
+
+#[test]
+fn slack_without_a_bot_token_is_refused_naming_the_key() {
+    let setup = Setup::new(&format!("{MINIMAL}[slack]\napp_token = \"xapp-1\"\n"))
+        .tenant("shop.toml", "repo = \"acme/shop\"\n");
+    assert!(
+        setup.error().contains(
+            "key `slack.bot_token`: missing; [slack] needs bot_token (or bot_token_file)"
+        ),
+        "{}",
+        setup.error()
+    );
+}
+
+#[test]
+fn a_tenants_slack_writers_are_user_ids() {
+    let setup = Setup::new(MINIMAL).tenant(
+        "shop.toml",
+        "repo = \"acme/shop\"\nslack_channel = \"C0123\"\n[slack]\nwriters = [\"U0123\"]\n",
+    );
+    let config = setup.load().unwrap();
+    assert_eq!(config.slack_writers["acme/shop"], ["U0123"]);
+    let setup = Setup::new(MINIMAL).tenant(
+        "shop.toml",
+        "repo = \"acme/shop\"\n[slack]\nwriters = [\"@alice\"]\n",
+    );
+    assert!(
+        setup.error().contains(
+            "DIR/tenants/shop.toml: key `slack.writers`: \"@alice\" is not a Slack user id"
+        ),
+        "{}",
+        setup.error()
+    );
+}

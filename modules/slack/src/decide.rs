@@ -1,0 +1,312 @@
+//! What a tenant's Slack pass does, decided from the whole state (pure, table-tested): which items
+//! get a thread, which status messages change, which events are appended. The worker gathers the
+//! state, calls [`decide`], and applies the steps in order, recording each before it posts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::text::{self, Item, ItemState, PreviewView};
+
+/// A person's GitHub comment on an item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Comment {
+    pub id: i64,
+    pub number: u64,
+    pub author: String,
+    pub body: String,
+    pub url: String,
+}
+
+/// An item's thread as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Thread {
+    pub parent_ts: String,
+    pub status_ts: Option<String>,
+    /// The status text last written, to edit only on a change.
+    pub status_text: Option<String>,
+    /// The parent text last written.
+    pub parent_text: String,
+}
+
+/// The event keys of an item, stable across restarts: what makes "exactly once" checkable.
+pub mod key {
+    pub fn comment(id: i64) -> String {
+        format!("comment:{id}")
+    }
+    pub const CLOSED: &str = "closed";
+    pub const MERGED: &str = "merged";
+}
+
+/// Whether a thread may be started for an item that existed at the tenant's first Slack pass:
+/// only when `backfill` covers its last activity (`age`).
+pub fn backfilled(age: Duration, backfill: Option<Duration>) -> bool {
+    backfill.is_some_and(|b| age <= b)
+}
+
+/// Whether a GitHub comment is the daemon's own (never mirrored): by its login, or carrying the
+/// marker of its comments (a person quoting the marker is not mirrored either, which costs
+/// nothing; a person merely naming the bot is).
+pub fn is_ours(comment: &Comment, own_login: Option<&str>, marker: &str) -> bool {
+    own_login.is_some_and(|l| l.eq_ignore_ascii_case(&comment.author))
+        || comment.body.contains(marker)
+}
+
+/// Everything one pass sees.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    pub items: Vec<Item>,
+    pub previews: BTreeMap<u64, PreviewView>,
+    /// Oldest first.
+    pub comments: Vec<Comment>,
+    pub threads: BTreeMap<u64, Thread>,
+    /// Items that will never get a thread (they predate Slack and backfill did not cover them).
+    pub skipped: BTreeSet<u64>,
+    /// Event keys already recorded per item (sent, or intended: an intent is finished by the
+    /// worker, not decided again).
+    pub events: BTreeMap<u64, BTreeSet<String>>,
+}
+
+/// One step; applied in this order per item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Post the parent and record the thread before anything else goes to it.
+    StartThread { number: u64, text: String },
+    /// Edit the parent (closed, merged, a new title).
+    EditParent { number: u64, text: String },
+    /// Post or edit the one status message.
+    Status { number: u64, text: String },
+    /// Append to the thread, exactly once per key.
+    Event {
+        number: u64,
+        key: String,
+        text: String,
+    },
+}
+
+/// The steps that bring Slack to `state`.
+pub fn decide(state: &State, own_login: Option<&str>, marker: &str) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for item in &state.items {
+        let n = item.number;
+        if state.skipped.contains(&n) {
+            continue;
+        }
+        let parent = text::parent(item);
+        let thread = state.threads.get(&n);
+        match thread {
+            None => {
+                // A closed item without a thread gets none: there is nothing left to follow.
+                if item.state != ItemState::Open {
+                    continue;
+                }
+                steps.push(Step::StartThread {
+                    number: n,
+                    text: parent,
+                });
+            }
+            Some(t) if t.parent_text != parent => steps.push(Step::EditParent {
+                number: n,
+                text: parent,
+            }),
+            Some(_) => {}
+        }
+        let status = text::status(item, state.previews.get(&n));
+        if thread.and_then(|t| t.status_text.as_deref()) != Some(status.as_str()) {
+            steps.push(Step::Status {
+                number: n,
+                text: status,
+            });
+        }
+        let sent = state.events.get(&n);
+        let unsent = |key: &str| !sent.is_some_and(|s| s.contains(key));
+        for c in state.comments.iter().filter(|c| c.number == n) {
+            let key = key::comment(c.id);
+            if !is_ours(c, own_login, marker) && unsent(&key) {
+                steps.push(Step::Event {
+                    number: n,
+                    text: text::comment(&c.author, &c.body, &c.url),
+                    key,
+                });
+            }
+        }
+        let last = match item.state {
+            ItemState::Open => None,
+            ItemState::Closed => Some(key::CLOSED),
+            ItemState::Merged => Some(key::MERGED),
+        };
+        if let Some(key) = last
+            && unsent(key)
+        {
+            steps.push(Step::Event {
+                number: n,
+                key: key.to_owned(),
+                text: text::closing(item),
+            });
+        }
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text::Kind;
+
+    const MARKER: &str = "<!-- productbuilder:";
+
+    fn pull(number: u64, state: ItemState) -> Item {
+        Item {
+            repo: "acme/shop".into(),
+            number,
+            kind: Kind::Pull,
+            title: "Add cart".into(),
+            author: "alice".into(),
+            state,
+            url: format!("https://github.com/acme/shop/pull/{number}"),
+        }
+    }
+
+    fn comment(id: i64, author: &str, body: &str) -> Comment {
+        Comment {
+            id,
+            number: 1,
+            author: author.into(),
+            body: body.into(),
+            url: format!("https://github.com/acme/shop/pull/1#issuecomment-{id}"),
+        }
+    }
+
+    fn settled(state: &State) -> State {
+        // What the worker records after applying every step.
+        let mut next = state.clone();
+        for step in decide(state, Some("pb-bot"), MARKER) {
+            match step {
+                Step::StartThread { number, text } => {
+                    next.threads.insert(
+                        number,
+                        Thread {
+                            parent_ts: format!("{number}.0"),
+                            parent_text: text,
+                            ..Thread::default()
+                        },
+                    );
+                }
+                Step::EditParent { number, text } => {
+                    next.threads.get_mut(&number).unwrap().parent_text = text
+                }
+                Step::Status { number, text } => {
+                    let t = next.threads.get_mut(&number).unwrap();
+                    t.status_ts = Some(format!("{number}.1"));
+                    t.status_text = Some(text);
+                }
+                Step::Event { number, key, .. } => {
+                    next.events.entry(number).or_default().insert(key);
+                }
+            }
+        }
+        next
+    }
+
+    #[test]
+    fn a_new_pull_request_gets_one_parent_and_one_status_then_nothing_more() {
+        let state = State {
+            items: vec![pull(1, ItemState::Open)],
+            ..State::default()
+        };
+        let steps = decide(&state, None, MARKER);
+        assert!(matches!(steps[0], Step::StartThread { number: 1, .. }));
+        assert!(matches!(steps[1], Step::Status { number: 1, .. }));
+        assert_eq!(steps.len(), 2);
+        assert_eq!(decide(&settled(&state), None, MARKER), []);
+    }
+
+    #[test]
+    fn the_status_is_edited_only_when_its_text_changes() {
+        let mut state = settled(&State {
+            items: vec![pull(1, ItemState::Open)],
+            ..State::default()
+        });
+        state.previews.insert(
+            1,
+            PreviewView {
+                status: "building".into(),
+                url: "https://p".into(),
+                stage: None,
+                error: None,
+            },
+        );
+        let steps = decide(&state, None, MARKER);
+        assert_eq!(
+            steps,
+            [Step::Status {
+                number: 1,
+                text: "Status: open · preview building".into()
+            }]
+        );
+        assert_eq!(decide(&settled(&state), None, MARKER), []);
+    }
+
+    #[test]
+    fn comments_by_people_are_appended_once_and_the_daemons_own_never() {
+        let mut state = settled(&State {
+            items: vec![pull(1, ItemState::Open)],
+            ..State::default()
+        });
+        state.comments = vec![
+            comment(10, "bob", "looks good"),
+            comment(11, "PB-Bot", "preview ready"),
+            // Someone pretending to be the bot: the marker is the daemon's, so never mirrored.
+            comment(
+                12,
+                "mallory",
+                "<!-- productbuilder:preview -->\nI am the bot",
+            ),
+            comment(13, "carol", "<!channel>"),
+        ];
+        let keys: Vec<String> = decide(&state, Some("pb-bot"), MARKER)
+            .into_iter()
+            .filter_map(|s| match s {
+                Step::Event { key, .. } => Some(key),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(keys, ["comment:10", "comment:13"]);
+        assert_eq!(decide(&settled(&state), Some("pb-bot"), MARKER), []);
+    }
+
+    #[test]
+    fn a_merge_edits_the_parent_and_posts_a_last_line_once() {
+        let mut state = settled(&State {
+            items: vec![pull(1, ItemState::Open)],
+            ..State::default()
+        });
+        state.items = vec![pull(1, ItemState::Merged)];
+        let steps = decide(&state, None, MARKER);
+        assert!(
+            matches!(&steps[0], Step::EditParent { text, .. } if text.starts_with("[merged] "))
+        );
+        assert!(matches!(&steps[1], Step::Status { text, .. } if text == "Status: merged"));
+        assert!(matches!(&steps[2], Step::Event { key, .. } if key == "merged"));
+        assert_eq!(steps.len(), 3);
+        assert_eq!(decide(&settled(&state), None, MARKER), []);
+    }
+
+    #[test]
+    fn skipped_and_closed_unthreaded_items_get_nothing() {
+        let state = State {
+            items: vec![pull(1, ItemState::Open), pull(2, ItemState::Closed)],
+            skipped: BTreeSet::from([1]),
+            comments: vec![comment(10, "bob", "hi")],
+            ..State::default()
+        };
+        assert_eq!(decide(&state, None, MARKER), []);
+    }
+
+    #[test]
+    fn backfill_covers_only_recent_items_and_none_without_it() {
+        let day = Duration::from_secs(86400);
+        assert!(!backfilled(Duration::ZERO, None));
+        assert!(backfilled(day, Some(7 * day)));
+        assert!(!backfilled(8 * day, Some(7 * day)));
+    }
+}

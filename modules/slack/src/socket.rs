@@ -1,0 +1,258 @@
+//! `service:slack-socket:global`: Socket Mode (with `[slack] app_token`). `apps.connections.open`,
+//! then the WebSocket; every envelope is acknowledged at once (Slack wants it within 3 s), then
+//! handled apart from the read loop, so an answer waiting for the budget never delays an ack.
+//! A redelivery (same `event_id`, also across reconnects) is handled once: the ids are in SQLite.
+//! A `disconnect` frame or a close ends the run; the scheduler restarts the service with backoff,
+//! and the service is degraded from the loss of the connection until the next `hello`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use productbuilder_scheduler::{ErrorKind, RunCtx, UnitError};
+use productbuilder_store::Store;
+use productbuilder_store::rusqlite::params;
+use serde::Deserialize;
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+use crate::api::SlackApi;
+use crate::mentions::{self, Channel, Mention};
+
+/// A tenant as an answer needs it.
+#[derive(Debug, Clone)]
+pub struct ChannelTenant {
+    pub repo: String,
+    pub web: String,
+}
+
+/// What the service needs.
+#[derive(Clone)]
+pub struct Socket {
+    pub api: SlackApi,
+    pub app_token: String,
+    pub store: Store,
+    /// Each tenant's channel id → the tenant.
+    pub channels: Arc<BTreeMap<String, ChannelTenant>>,
+}
+
+/// How long handling one event may take (answers wait for the budget).
+const HANDLE_DEADLINE: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: String,
+    envelope_id: Option<String>,
+    payload: Option<Payload>,
+    reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Payload {
+    event_id: Option<String>,
+    event: Option<Event>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Event {
+    #[serde(rename = "type")]
+    kind: String,
+    channel: Option<String>,
+    user: Option<String>,
+    bot_id: Option<String>,
+    #[serde(default)]
+    text: String,
+    ts: Option<String>,
+    thread_ts: Option<String>,
+}
+
+fn network(message: impl Into<String>) -> UnitError {
+    UnitError::new(ErrorKind::Network, message)
+}
+
+/// `check --online`: opens a Socket Mode connection and waits for its `hello`, then closes it.
+pub async fn probe(api: &SlackApi, app_token: &str) -> Result<(), String> {
+    let url = api.open_socket(app_token).await.map_err(|e| {
+        format!("{e}; check [slack] app_token (an app-level token xapp-… with connections:write)")
+    })?;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .map_err(|e| format!("Socket Mode connect: {e}"))?;
+    let hello = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(frame) = ws.next().await {
+            if let Ok(Frame::Text(text)) = frame
+                && serde_json::from_str::<Envelope>(&text).is_ok_and(|e| e.kind == "hello")
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    let _ = ws.close(None).await;
+    match hello {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("Socket Mode closed before its hello".into()),
+        Err(_) => Err("Socket Mode sent no hello within 10 s".into()),
+    }
+}
+
+impl Socket {
+    /// One connection's life: returns when it ends (an error: the scheduler reconnects).
+    pub async fn run(&self, ctx: RunCtx) -> Result<(), UnitError> {
+        let counters = self.api.counters.clone();
+        ctx.health.degraded("connecting to Slack Socket Mode");
+        let url = self
+            .api
+            .open_socket(&self.app_token)
+            .await
+            .map_err(|e| e.into_unit_error())?;
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .map_err(|e| network(format!("Socket Mode connect: {e}")))?;
+        let handlers = tokio_util::task::TaskTracker::new();
+        let ended = loop {
+            let frame = tokio::select! {
+                () = ctx.cancel.cancelled() => {
+                    let _ = ws.close(None).await;
+                    break Ok(());
+                }
+                frame = ws.next() => frame,
+            };
+            let text = match frame {
+                Some(Ok(Frame::Text(text))) => text,
+                Some(Ok(Frame::Ping(p))) => {
+                    let _ = ws.send(Frame::Pong(p)).await;
+                    continue;
+                }
+                Some(Ok(Frame::Close(_))) | None => {
+                    break Err(network("Socket Mode connection closed"));
+                }
+                Some(Err(e)) => break Err(network(format!("Socket Mode connection lost: {e}"))),
+                Some(Ok(_)) => continue,
+            };
+            let Ok(envelope) = serde_json::from_str::<Envelope>(&text) else {
+                tracing::warn!("Socket Mode: a frame that is not an envelope");
+                continue;
+            };
+            match envelope.kind.as_str() {
+                "hello" => {
+                    counters.socket_connected.store(1, Ordering::Relaxed);
+                    ctx.health.healthy();
+                    tracing::info!("Slack Socket Mode connected");
+                }
+                "disconnect" => {
+                    break Err(network(format!(
+                        "Slack asked to reconnect ({})",
+                        envelope.reason.as_deref().unwrap_or("no reason")
+                    )));
+                }
+                _ => {
+                    counters.events_received.fetch_add(1, Ordering::Relaxed);
+                    if let Some(id) = &envelope.envelope_id {
+                        let ack = serde_json::json!({ "envelope_id": id }).to_string();
+                        if let Err(e) = ws.send(Frame::Text(ack.into())).await {
+                            break Err(network(format!("Socket Mode ack: {e}")));
+                        }
+                        counters.events_acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(payload) = envelope.payload {
+                        let (this, cancel) = (self.clone(), ctx.cancel.clone());
+                        let span = tracing::info_span!("slack event", event_id = ?payload.event_id);
+                        handlers.spawn(tracing::Instrument::instrument(
+                            async move {
+                                let handled = tokio::time::timeout(HANDLE_DEADLINE, this.handle(payload));
+                                tokio::select! {
+                                    // At shutdown an answer still waiting for the budget is dropped.
+                                    () = cancel.cancelled() => {}
+                                    outcome = handled => match outcome {
+                                        Ok(Err(e)) => tracing::warn!(error = %e.message(), "Slack event not handled"),
+                                        Err(_) => tracing::warn!("Slack event not handled in time"),
+                                        Ok(Ok(())) => {}
+                                    },
+                                }
+                            },
+                            span,
+                        ));
+                    }
+                }
+            }
+        };
+        counters.socket_connected.store(0, Ordering::Relaxed);
+        if ended.is_err() {
+            ctx.health.degraded("Slack Socket Mode disconnected");
+        }
+        handlers.close();
+        handlers.wait().await;
+        ended
+    }
+
+    async fn handle(&self, payload: Payload) -> Result<(), UnitError> {
+        let (Some(event_id), Some(event)) = (payload.event_id, payload.event) else {
+            return Ok(());
+        };
+        let first = self
+            .store
+            .write(move |c| {
+                c.execute(
+                    "INSERT OR IGNORE INTO slack_socket_events (event_id, received_at) VALUES (?1, strftime('%Y-%m-%dT%H:%M:%SZ','now'))",
+                    params![event_id],
+                )
+            })
+            .await
+            .map_err(|e| UnitError::new(ErrorKind::Internal, e.to_string()))?;
+        if first == 0 {
+            self.api
+                .counters
+                .events_deduplicated
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if event.kind != "app_mention" {
+            return Ok(());
+        }
+        let (Some(channel), Some(ts)) = (event.channel.as_deref(), event.ts.as_deref()) else {
+            return Ok(());
+        };
+        let me = self.api.me().await.map_err(|e| e.into_unit_error())?;
+        let mention = Mention {
+            text: &event.text,
+            user: event.user.as_deref(),
+            bot_id: event.bot_id.as_deref(),
+        };
+        let Some(command) = mentions::command(&mention, &me.user_id) else {
+            return Ok(());
+        };
+        let text = match self.channels.get(channel) {
+            Some(tenant) => {
+                let pulls = crate::worker::open_pulls(
+                    &self.store,
+                    &crate::worker::Tenant {
+                        repo: tenant.repo.clone(),
+                        channel: channel.to_owned(),
+                        web: tenant.web.clone(),
+                        backfill: None,
+                        own_login: None,
+                    },
+                )
+                .await?;
+                mentions::answer(
+                    command,
+                    &Channel::Tenant {
+                        repo: &tenant.repo,
+                        pulls: &pulls,
+                    },
+                )
+            }
+            None => mentions::answer(command, &Channel::Unknown { id: channel }),
+        };
+        let thread = event.thread_ts.as_deref().unwrap_or(ts);
+        self.api
+            .post(channel, Some(thread), &text, None)
+            .await
+            .map_err(|e| e.into_unit_error())?;
+        Ok(())
+    }
+}

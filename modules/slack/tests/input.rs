@@ -1,0 +1,119 @@
+//! Polling input against the sandbox Slack with 15-message pages: a mention among more messages
+//! than a page holds is answered, once, in its thread; a mention in one of the module's threads is
+//! answered there; bots, the bot itself and messages before the first pass are not answered; a
+//! 429 on history is waited out.
+
+use productbuilder_slack::api::SlackApi;
+use productbuilder_slack::input::Poll;
+use productbuilder_slack::mentions::OpenPull;
+use productbuilder_slack_sandbox::{BOT_TOKEN, Options, Sandbox};
+use productbuilder_store::Store;
+use productbuilder_store::rusqlite::params;
+
+#[tokio::test]
+async fn mentions_beyond_a_page_and_in_threads_are_answered_once() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let slack = Sandbox::start_with(Options {
+        max_page_size: Some(15),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let channel = slack.create_channel("shop");
+    let store = Store::in_memory().unwrap();
+    store.migrate().unwrap();
+    let api = SlackApi::new(&slack.api_url(), BOT_TOKEN, 1000).unwrap();
+    let bot = slack.bot_user_id();
+    let pulls = [OpenPull {
+        number: 7,
+        title: "<!here> cart".into(),
+        url: "https://github.com/acme/shop/pull/7".into(),
+        preview: Some(("ready".into(), "https://pr-7.example".into())),
+    }];
+    let poll = Poll {
+        api: &api,
+        store: &store,
+        channel: &channel,
+        repo: "acme/shop",
+        bot_user: &bot,
+        page_size: 100,
+        thread_checks: 50,
+        pulls: &pulls,
+    };
+    let before = slack.post_user_message(&channel, "U0ALICE", &format!("<@{bot}> status"), None);
+    poll.run().await.unwrap(); // the first pass only sets the cursor
+
+    // The module's own thread for #7 (as the thread worker records it).
+    let parent = api
+        .post(&channel, None, "Pull request #7", None)
+        .await
+        .unwrap();
+    let (c2, p2) = (channel.clone(), parent.clone());
+    store
+        .write(move |c| {
+            c.execute(
+                "INSERT INTO slack_threads (repo, number, channel, parent_ts, parent_text) VALUES ('acme/shop', 7, ?1, ?2, 'x')",
+                params![c2, p2],
+            )
+        })
+        .await
+        .unwrap();
+
+    let asked = slack.post_user_message(&channel, "U0ALICE", &format!("<@{bot}> status"), None);
+    for i in 0..20 {
+        slack.post_user_message(&channel, "U0BOB", &format!("chatter {i}"), None);
+    }
+    let helped = slack.post_user_message(&channel, "U0BOB", &format!("<@{bot}> deploy"), None);
+    let in_thread = slack.post_user_message(
+        &channel,
+        "U0CAROL",
+        &format!("<@{bot}> status"),
+        Some(&parent),
+    );
+
+    // Slack limits the first history call: the poll waits out Retry-After and goes on.
+    slack.fail_next("conversations.history", 429, Some(1));
+    poll.run().await.unwrap();
+    poll.run().await.unwrap();
+    assert_eq!(
+        api.counters
+            .rate_limited
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+
+    let answers = |ts: &str| -> Vec<String> {
+        slack
+            .thread(&channel, ts)
+            .into_iter()
+            .filter(|m| m.bot_id.is_some() && m.ts != ts)
+            .map(|m| m.text)
+            .collect()
+    };
+    let status = answers(&asked);
+    assert_eq!(status.len(), 1, "{status:?}");
+    assert!(
+        status[0].contains("&lt;!here&gt; cart · preview ready"),
+        "{}",
+        status[0]
+    );
+    let help = answers(&helped);
+    assert_eq!(help.len(), 1);
+    assert!(help[0].contains("`status`"), "{}", help[0]);
+    assert!(
+        answers(&before).is_empty(),
+        "mentions before the first pass are not answered"
+    );
+    let thread: Vec<_> = slack.thread(&channel, &parent);
+    let after_mention: Vec<_> = thread
+        .iter()
+        .skip_while(|m| m.ts != in_thread)
+        .skip(1)
+        .collect();
+    assert_eq!(after_mention.len(), 1, "{thread:?}");
+    assert!(
+        after_mention[0]
+            .text
+            .starts_with("Open pull requests in acme/shop")
+    );
+}

@@ -1,0 +1,401 @@
+//! The daemon against the sandbox GitHub and the sandbox Slack (polling mode, previews off): a
+//! new pull request gets one parent and one status message, a hostile title arrives escaped, a
+//! person's GitHub comment appears in the thread once, also after a SIGKILL and a restart, the
+//! daemon's own comments never, and `@bot status` in the thread is answered there.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use productbuilder_github_sandbox::{NewPr, Permission, Sandbox as GithubSandbox};
+use productbuilder_slack_sandbox::{BOT_TOKEN, Sandbox as SlackSandbox};
+
+const BIN: &str = env!("CARGO_BIN_EXE_productbuilder");
+const TOKEN: &str = "ghp_test_token_never_printed";
+const REPO: &str = "acme/shop";
+
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    port: u16,
+}
+
+impl Daemon {
+    fn start(config: &std::path::Path) -> Daemon {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("PRODUCTBUILDER_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon { child, lines, port }
+    }
+
+    fn wait_for(&self, needle: &str) {
+        let mut seen = Vec::new();
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) if line.contains(needle) => return,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("no log line with {needle:?}; got:\n{}", seen.join("\n")),
+            }
+        }
+    }
+
+    fn metrics(&self) -> String {
+        self.get("/metrics")
+    }
+
+    fn get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+#[test]
+fn a_pull_request_gets_its_thread_comments_once_across_a_kill_and_mentions_answered() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let github = runtime.block_on(GithubSandbox::start()).unwrap();
+    github.add_token(TOKEN, "productbuilder-bot");
+    github.create_repo("acme", "shop");
+    github.grant("productbuilder-bot", REPO, Permission::Push);
+    let slack = runtime.block_on(SlackSandbox::start()).unwrap();
+    let channel = slack.create_channel("shop");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("tenants")).unwrap();
+    let config = dir.path().join("productbuilder.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"state\"\n[log]\nformat = \"json\"\n[github]\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\n[slack]\nbot_token = \"{BOT_TOKEN}\"\napi_url = \"{}\"\n",
+            github.url(),
+            slack.api_url()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tenants/shop.toml"),
+        format!("repo = \"{REPO}\"\npoll_interval = \"1s\"\npreviews = false\nslack_channel = \"{channel}\"\n"),
+    )
+    .unwrap();
+
+    let daemon = Daemon::start(&config);
+    daemon.wait_for("first Slack pass");
+    let number = github.open_pr(
+        REPO,
+        NewPr {
+            title: "<!channel> <https://evil.example|click>".into(),
+            author: "alice".into(),
+            ..NewPr::default()
+        },
+    );
+    let wait = |what: &str, done: &dyn Fn(&SlackSandbox) -> bool| {
+        assert!(
+            runtime.block_on(slack.wait_until(Duration::from_secs(60), |s| done(s))),
+            "timed out waiting for {what}: {:?}",
+            slack.messages(&channel)
+        );
+    };
+    wait("the parent and its status", &|s| {
+        s.messages(&channel)
+            .first()
+            .is_some_and(|p| s.thread(&channel, &p.ts).len() >= 2)
+    });
+    let top = slack.messages(&channel);
+    assert_eq!(top.len(), 1, "one parent: {top:?}");
+    let parent = top[0].ts.clone();
+    assert!(top[0].text.contains(&format!("#{number}")));
+    assert!(
+        top[0]
+            .text
+            .contains("&lt;!channel&gt; &lt;https://evil.example|click&gt;"),
+        "{}",
+        top[0].text
+    );
+
+    github.add_comment(REPO, number, "bob", "Looks <b>good</b>");
+    github.add_comment(
+        REPO,
+        number,
+        "productbuilder-bot",
+        "<!-- productbuilder:preview -->\nbot text",
+    );
+    wait("bob's comment", &|s| {
+        s.thread(&channel, &parent)
+            .iter()
+            .any(|m| m.text.contains("Looks &lt;b&gt;good&lt;/b&gt;"))
+    });
+    daemon.kill9();
+
+    let daemon = Daemon::start(&config);
+    let asked = slack.post_user_message(
+        &channel,
+        "U0ALICE",
+        &format!("<@{}> status", slack.bot_user_id()),
+        Some(&parent),
+    );
+    wait("the answer to status", &|s| {
+        s.thread(&channel, &parent)
+            .iter()
+            .any(|m| m.ts > asked && m.text.starts_with("Open pull requests in acme/shop"))
+    });
+    let thread = slack.thread(&channel, &parent);
+    let texts: Vec<&str> = thread.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(
+        texts.iter().filter(|t| t.contains("Looks")).count(),
+        1,
+        "{texts:?}"
+    );
+    assert!(!texts.iter().any(|t| t.contains("bot text")), "{texts:?}");
+    assert_eq!(
+        texts.iter().filter(|t| t.starts_with("Status:")).count(),
+        1,
+        "{texts:?}"
+    );
+    assert_eq!(slack.messages(&channel).len(), 1, "still one parent");
+    let metrics = daemon.metrics();
+    for series in [
+        "productbuilder_slack_messages_posted_total",
+        "productbuilder_slack_rate_limited_total 0",
+    ] {
+        assert!(metrics.contains(series), "no {series} in\n{metrics}");
+    }
+    // The dashboard links the pull request to its thread.
+    let link = format!("/archives/{channel}/p{}", parent.replace('.', ""));
+    let page = daemon.get("/");
+    assert!(page.contains(&link), "no {link} in\n{page}");
+    daemon.kill9();
+}
+
+/// Socket Mode: every envelope acknowledged within Slack's 3 s, a redelivered event handled once,
+/// a new connection after a `disconnect` frame and after an abrupt close, and a mention in a
+/// channel no tenant uses answered only with how to connect it.
+#[test]
+fn socket_mode_acks_at_once_handles_each_event_once_and_reconnects() {
+    use productbuilder_slack_sandbox::{APP_TOKEN, DisconnectReason};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let github = runtime.block_on(GithubSandbox::start()).unwrap();
+    github.add_token(TOKEN, "productbuilder-bot");
+    github.create_repo("acme", "shop");
+    github.grant("productbuilder-bot", REPO, Permission::Push);
+    let slack = runtime.block_on(SlackSandbox::start()).unwrap();
+    let channel = slack.create_channel("shop");
+    let elsewhere = slack.create_channel("random");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("tenants")).unwrap();
+    let config = dir.path().join("productbuilder.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"state\"\n[log]\nformat = \"json\"\n[github]\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\n[slack]\nbot_token = \"{BOT_TOKEN}\"\napp_token = \"{APP_TOKEN}\"\napi_url = \"{}\"\n",
+            github.url(),
+            slack.api_url()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tenants/shop.toml"),
+        format!("repo = \"{REPO}\"\npoll_interval = \"1s\"\npreviews = false\nslack_channel = \"{channel}\"\n"),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config);
+    let wait = |what: &str, done: &dyn Fn(&SlackSandbox) -> bool| {
+        assert!(
+            runtime.block_on(slack.wait_until(Duration::from_secs(60), |s| done(s))),
+            "timed out waiting for {what}"
+        );
+    };
+    let bot = slack.bot_user_id();
+    let answered = |s: &SlackSandbox, ch: &str, ts: &str| {
+        s.thread(ch, ts)
+            .iter()
+            .filter(|m| m.bot_id.is_some())
+            .count()
+    };
+    wait("a connection", &|s| s.open_connections() == 1);
+
+    let asked = slack.post_user_message(&channel, "U0ALICE", &format!("<@{bot}> status"), None);
+    wait("the answer", &|s| answered(s, &channel, &asked) == 1);
+    let event_id = slack.acks()[0].event_id.clone().unwrap();
+    assert!(slack.redeliver(&event_id));
+    wait("the redelivery's ack", &|s| s.acks().len() == 2);
+    // The redelivery is deduplicated: wait for the counter, then check nothing was posted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !daemon
+        .metrics()
+        .contains("productbuilder_slack_events_deduplicated_total 1")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.metrics());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        answered(&slack, &channel, &asked),
+        1,
+        "one answer per event_id"
+    );
+
+    slack.send_disconnect(DisconnectReason::RefreshRequested);
+    wait("a new connection after disconnect", &|s| {
+        s.connections() >= 2 && s.open_connections() == 1
+    });
+    let again = slack.post_user_message(&channel, "U0BOB", &format!("<@{bot}> help"), None);
+    wait("the answer after reconnecting", &|s| {
+        answered(s, &channel, &again) == 1
+    });
+
+    slack.close_abruptly();
+    wait("a new connection after a drop", &|s| {
+        s.connections() >= 3 && s.open_connections() == 1
+    });
+    let stranger = slack.post_user_message(&elsewhere, "U0EVE", &format!("<@{bot}> status"), None);
+    wait("the answer elsewhere", &|s| {
+        answered(s, &elsewhere, &stranger) == 1
+    });
+    let reply = slack
+        .thread(&elsewhere, &stranger)
+        .into_iter()
+        .find(|m| m.bot_id.is_some())
+        .unwrap();
+    assert!(reply.text.contains("slack_channel"), "{}", reply.text);
+    assert!(
+        !reply.text.contains("acme/shop"),
+        "no tenant's data: {}",
+        reply.text
+    );
+
+    for ack in slack.acks() {
+        assert!(ack.delay < Duration::from_secs(3), "{ack:?}");
+    }
+    let metrics = daemon.metrics();
+    assert!(
+        metrics.contains("productbuilder_slack_socket_connected 1"),
+        "{metrics}"
+    );
+
+    // While no connection can be opened, the service is degraded in /readyz and /metrics; it
+    // recovers by itself once one can.
+    slack.revoke_token(APP_TOKEN);
+    slack.close_abruptly();
+    let degraded = "\"service:slack-socket:global\"";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !daemon.get("/readyz").contains(degraded) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            daemon.get("/readyz")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = daemon.metrics();
+    assert!(
+        metrics.contains("productbuilder_slack_socket_connected 0")
+            && metrics
+                .contains("productbuilder_unit_degraded{unit=\"service:slack-socket:global\"} 1"),
+        "{metrics}"
+    );
+    slack.add_app_token(APP_TOKEN);
+    wait("a connection again", &|s| s.open_connections() == 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while daemon.get("/readyz").contains(degraded) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            daemon.get("/readyz")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon.kill9();
+}
+
+/// `check --online` checks the bot token (the same preflight `run` starts with) and says which
+/// input mode will run, opening a Socket Mode connection when there is an app token.
+#[test]
+fn check_online_checks_the_token_and_says_which_mode_will_run() {
+    use productbuilder_slack_sandbox::APP_TOKEN;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let github = runtime.block_on(GithubSandbox::start()).unwrap();
+    github.add_token(TOKEN, "productbuilder-bot");
+    github.create_repo("acme", "shop");
+    github.grant("productbuilder-bot", REPO, Permission::Push);
+    let slack = runtime.block_on(SlackSandbox::start()).unwrap();
+    let channel = slack.create_channel("shop");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("tenants")).unwrap();
+    std::fs::write(
+        dir.path().join("tenants/shop.toml"),
+        format!("repo = \"{REPO}\"\npreviews = false\nslack_channel = \"{channel}\"\n"),
+    )
+    .unwrap();
+    let config = dir.path().join("productbuilder.toml");
+    let check = |app_token: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"state\"\n[github]\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\n[slack]\nbot_token = \"{BOT_TOKEN}\"\n{app_token}api_url = \"{}\"\n",
+                github.url(),
+                slack.api_url()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "--online", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = check(&format!("app_token = \"{APP_TOKEN}\"\n"));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("√ preflight:slack:global"), "{out}");
+    assert!(out.contains("√ Slack Socket Mode: connected"), "{out}");
+    assert_eq!(slack.connections(), 1);
+    let (code, out) = check("");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("mentions will be read by polling"), "{out}");
+    slack.revoke_token(BOT_TOKEN);
+    let (code, out) = check("");
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("x preflight:slack:global") && out.contains("[slack] bot_token"),
+        "{out}"
+    );
+    assert!(!out.contains(BOT_TOKEN), "the token is never printed");
+}
