@@ -480,7 +480,7 @@ pub async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), Unit
                 Ok(pr) => pr,
                 // Deleted (or hidden from us): it is not open any more.
                 Err(e) if e.status() == Some(404) => {
-                    closed.push(gone.number);
+                    closed.push((gone.number, None));
                     continue;
                 }
                 Err(e) => return Err(e.into()),
@@ -492,7 +492,8 @@ pub async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), Unit
                 open.push(pull);
             }
         } else {
-            closed.push(gone.number);
+            // Merged or only closed: Slack threads and reports say which.
+            closed.push((gone.number, current.merged_at.map(|at| at.to_rfc3339())));
         }
     }
 
@@ -545,7 +546,7 @@ pub async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), Unit
                            head_ref = excluded.head_ref, head_repo = excluded.head_repo, fork = excluded.fork,
                            author = excluded.author, author_association = excluded.author_association,
                            draft = excluded.draft, labels = excluded.labels, updated_at = excluded.updated_at,
-                           closed_at = NULL",
+                           closed_at = NULL, merged_at = NULL",
                         params![
                             key,
                             p.number as i64,
@@ -570,11 +571,12 @@ pub async fn poll_pulls(state: &GithubState, tenant: &Tenant) -> Result<(), Unit
                         params![key, *number as i64, sha],
                     )?;
                 }
-                for number in &closed_now {
+                for (number, merged_at) in &closed_now {
                     tx.execute(
-                        "UPDATE pulls SET state = 'closed', closed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                        "UPDATE pulls SET state = 'closed', closed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                                          merged_at = ?3
                          WHERE repo = ?1 AND number = ?2",
-                        params![key, *number as i64],
+                        params![key, *number as i64, merged_at],
                     )?;
                 }
                 tx.commit()

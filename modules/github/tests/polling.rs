@@ -243,6 +243,42 @@ async fn pushes_and_closes_are_seen_and_closes_are_confirmed() {
     );
 }
 
+/// A pull request that left the listing keeps whether it was merged (GitHub's `merged_at` from the
+/// confirming GET), so a thread can say "merged" rather than "closed".
+#[tokio::test]
+async fn a_merge_is_told_from_a_close() {
+    let world = World::new(&["acme/shop"]).await;
+    let merged = world.sandbox.open_pr("acme/shop", pr(1));
+    let closed = world.sandbox.open_pr("acme/shop", pr(2));
+    let daemon = world.token_daemon();
+    let shop = [tenant("acme/shop")];
+    daemon.run(&shop, "worker:pulls:acme/shop").await.unwrap();
+    world.sandbox.close_pr("acme/shop", merged, true);
+    world.sandbox.close_pr("acme/shop", closed, false);
+    daemon.run(&shop, "worker:pulls:acme/shop").await.unwrap();
+    let rows: Vec<(u64, String, bool)> = daemon
+        .state
+        .store
+        .read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT number, state, merged_at IS NOT NULL FROM pulls ORDER BY number",
+            )?;
+            stmt.query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+            })?
+            .collect()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (merged, "closed".to_owned(), true),
+            (closed, "closed".to_owned(), false)
+        ]
+    );
+}
+
 #[tokio::test]
 async fn every_page_is_read() {
     let world = World::new(&["acme/big"]).await;

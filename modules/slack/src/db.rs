@@ -27,7 +27,7 @@ fn unix(rfc3339: Option<String>) -> Option<u64> {
 pub fn items(c: &Connection, repo: &str, web: &str) -> rusqlite::Result<Vec<StoredItem>> {
     let mut out = Vec::new();
     let mut pulls = c.prepare(
-        "SELECT number, state, title, author, updated_at FROM pulls WHERE repo = ?1 ORDER BY number",
+        "SELECT number, state, title, author, updated_at, merged_at FROM pulls WHERE repo = ?1 ORDER BY number",
     )?;
     let rows = pulls.query_map([repo], |r| {
         Ok((
@@ -36,11 +36,12 @@ pub fn items(c: &Connection, repo: &str, web: &str) -> rusqlite::Result<Vec<Stor
             r.get::<_, String>(2)?,
             r.get::<_, String>(3)?,
             r.get::<_, Option<String>>(4)?,
+            r.get::<_, Option<String>>(5)?,
         ))
     })?;
     let mut numbers = BTreeSet::new();
     for row in rows {
-        let (number, state, title, author, updated_at) = row?;
+        let (number, state, title, author, updated_at, merged_at) = row?;
         numbers.insert(number);
         out.push(StoredItem {
             item: Item {
@@ -49,10 +50,10 @@ pub fn items(c: &Connection, repo: &str, web: &str) -> rusqlite::Result<Vec<Stor
                 kind: Kind::Pull,
                 title,
                 author,
-                state: if state == "open" {
-                    ItemState::Open
-                } else {
-                    ItemState::Closed
+                state: match (state.as_str(), merged_at) {
+                    ("open", _) => ItemState::Open,
+                    (_, Some(_)) => ItemState::Merged,
+                    (_, None) => ItemState::Closed,
                 },
                 url: format!("{web}/{repo}/pull/{number}"),
             },

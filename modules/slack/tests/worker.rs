@@ -20,14 +20,25 @@ fn rfc3339_now() -> String {
 }
 
 async fn add_pull(store: &Store, number: i64, title: &str, state: &str, updated_at: String) {
+    add_pull_merged(store, number, title, state, updated_at, None).await
+}
+
+async fn add_pull_merged(
+    store: &Store,
+    number: i64,
+    title: &str,
+    state: &str,
+    updated_at: String,
+    merged_at: Option<String>,
+) {
     let title = title.to_owned();
     let state = state.to_owned();
     store
         .write(move |c| {
             c.execute(
-                "INSERT OR REPLACE INTO pulls (repo, number, state, title, head_sha, head_ref, head_repo, fork, author, author_association, draft, labels, updated_at, seen_at)
-                 VALUES (?1, ?2, ?3, ?4, 'abc', 'feature', ?1, 0, 'alice', 'MEMBER', 0, '[]', ?5, ?5)",
-                params![REPO, number, state, title, updated_at],
+                "INSERT OR REPLACE INTO pulls (repo, number, state, title, head_sha, head_ref, head_repo, fork, author, author_association, draft, labels, updated_at, seen_at, merged_at)
+                 VALUES (?1, ?2, ?3, ?4, 'abc', 'feature', ?1, 0, 'alice', 'MEMBER', 0, '[]', ?5, ?5, ?6)",
+                params![REPO, number, state, title, updated_at, merged_at],
             )
         })
         .await
@@ -283,5 +294,37 @@ async fn a_pull_request_lifecycle_costs_one_call_per_change() {
             "Status: open · preview ready: <https://pr-7.previews.example|https://pr-7.previews.example>",
             "Status: closed",
         ]
+    );
+}
+
+/// A pull request that left the open listing merged (the poller stores GitHub's `merged_at`)
+/// reads as merged in its thread, not as closed.
+#[tokio::test]
+async fn a_merged_pull_request_says_merged() {
+    let s = setup().await;
+    // The first pass marks where Slack began for the tenant: what exists then gets no thread.
+    pass(&s.api, &s.store, &s.tenant).await.unwrap();
+    add_pull(&s.store, 3, "Add search", "open", rfc3339_now()).await;
+    pass(&s.api, &s.store, &s.tenant).await.unwrap();
+    add_pull_merged(
+        &s.store,
+        3,
+        "Add search",
+        "closed",
+        rfc3339_now(),
+        Some(rfc3339_now()),
+    )
+    .await;
+    pass(&s.api, &s.store, &s.tenant).await.unwrap();
+    let top = s.slack.messages(&s.channel);
+    let parent = top
+        .iter()
+        .find(|m| m.text.contains("Add search"))
+        .expect("a parent for #3");
+    assert!(parent.text.starts_with("[merged] "), "{}", parent.text);
+    let thread = s.slack.thread(&s.channel, &parent.ts);
+    assert!(
+        thread.last().unwrap().text.ends_with("was merged."),
+        "{thread:?}"
     );
 }
