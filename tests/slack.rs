@@ -82,36 +82,73 @@ impl Daemon {
     }
 }
 
+/// The sandbox GitHub with `acme/shop`, the sandbox Slack with its channel, and a configuration
+/// directory whose tenant file points the repository at that channel.
+struct Site {
+    runtime: tokio::runtime::Runtime,
+    github: GithubSandbox,
+    slack: SlackSandbox,
+    channel: String,
+    /// Holds the configuration directory (removed when the site is dropped).
+    _dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+}
+
+impl Site {
+    fn new() -> Site {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let github = runtime.block_on(GithubSandbox::start()).unwrap();
+        github.add_token(TOKEN, "productbuilder-bot");
+        github.create_repo("acme", "shop");
+        github.grant("productbuilder-bot", REPO, Permission::Push);
+        let slack = runtime.block_on(SlackSandbox::start()).unwrap();
+        let channel = slack.create_channel("shop");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tenants")).unwrap();
+        std::fs::write(
+            dir.path().join("tenants/shop.toml"),
+            format!("repo = \"{REPO}\"\npoll_interval = \"1s\"\npreviews = false\nslack_channel = \"{channel}\"\n"),
+        )
+        .unwrap();
+        let config = dir.path().join("productbuilder.toml");
+        Site {
+            runtime,
+            github,
+            slack,
+            channel,
+            _dir: dir,
+            config,
+        }
+    }
+
+    /// Writes the main file; `slack_extra` goes into `[slack]` (an `app_token` line, say).
+    fn write_config(&self, log: &str, slack_extra: &str) {
+        std::fs::write(
+            &self.config,
+            format!(
+                "state_dir = \"state\"\n{log}[github]\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\n[slack]\nbot_token = \"{BOT_TOKEN}\"\n{slack_extra}api_url = \"{}\"\n",
+                self.github.url(),
+                self.slack.api_url()
+            ),
+        )
+        .unwrap();
+    }
+}
+
 #[test]
 fn a_pull_request_gets_its_thread_comments_once_across_a_kill_and_mentions_answered() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let github = runtime.block_on(GithubSandbox::start()).unwrap();
-    github.add_token(TOKEN, "productbuilder-bot");
-    github.create_repo("acme", "shop");
-    github.grant("productbuilder-bot", REPO, Permission::Push);
-    let slack = runtime.block_on(SlackSandbox::start()).unwrap();
-    let channel = slack.create_channel("shop");
-
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("tenants")).unwrap();
-    let config = dir.path().join("productbuilder.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"state\"\n[log]\nformat = \"json\"\n[github]\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\n[slack]\nbot_token = \"{BOT_TOKEN}\"\napi_url = \"{}\"\n",
-            github.url(),
-            slack.api_url()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("tenants/shop.toml"),
-        format!("repo = \"{REPO}\"\npoll_interval = \"1s\"\npreviews = false\nslack_channel = \"{channel}\"\n"),
-    )
-    .unwrap();
-
-    let daemon = Daemon::start(&config);
+    let site = Site::new();
+    site.write_config("[log]\nformat = \"json\"\n", "");
+    let Site {
+        runtime,
+        github,
+        slack,
+        channel,
+        config,
+        ..
+    } = &site;
+    let daemon = Daemon::start(config);
     daemon.wait_for("first Slack pass");
     let number = github.open_pr(
         REPO,
@@ -125,15 +162,15 @@ fn a_pull_request_gets_its_thread_comments_once_across_a_kill_and_mentions_answe
         assert!(
             runtime.block_on(slack.wait_until(Duration::from_secs(60), |s| done(s))),
             "timed out waiting for {what}: {:?}",
-            slack.messages(&channel)
+            slack.messages(channel)
         );
     };
     wait("the parent and its status", &|s| {
-        s.messages(&channel)
+        s.messages(channel)
             .first()
-            .is_some_and(|p| s.thread(&channel, &p.ts).len() >= 2)
+            .is_some_and(|p| s.thread(channel, &p.ts).len() >= 2)
     });
-    let top = slack.messages(&channel);
+    let top = slack.messages(channel);
     assert_eq!(top.len(), 1, "one parent: {top:?}");
     let parent = top[0].ts.clone();
     assert!(top[0].text.contains(&format!("#{number}")));
@@ -153,25 +190,25 @@ fn a_pull_request_gets_its_thread_comments_once_across_a_kill_and_mentions_answe
         "<!-- productbuilder:preview -->\nbot text",
     );
     wait("bob's comment", &|s| {
-        s.thread(&channel, &parent)
+        s.thread(channel, &parent)
             .iter()
             .any(|m| m.text.contains("Looks &lt;b&gt;good&lt;/b&gt;"))
     });
     daemon.kill9();
 
-    let daemon = Daemon::start(&config);
+    let daemon = Daemon::start(config);
     let asked = slack.post_user_message(
-        &channel,
+        channel,
         "U0ALICE",
         &format!("<@{}> status", slack.bot_user_id()),
         Some(&parent),
     );
     wait("the answer to status", &|s| {
-        s.thread(&channel, &parent)
+        s.thread(channel, &parent)
             .iter()
             .any(|m| m.ts > asked && m.text.starts_with("Open pull requests in acme/shop"))
     });
-    let thread = slack.thread(&channel, &parent);
+    let thread = slack.thread(channel, &parent);
     let texts: Vec<&str> = thread.iter().map(|m| m.text.as_str()).collect();
     assert_eq!(
         texts.iter().filter(|t| t.contains("Looks")).count(),
@@ -184,7 +221,7 @@ fn a_pull_request_gets_its_thread_comments_once_across_a_kill_and_mentions_answe
         1,
         "{texts:?}"
     );
-    assert_eq!(slack.messages(&channel).len(), 1, "still one parent");
+    assert_eq!(slack.messages(channel).len(), 1, "still one parent");
     let metrics = daemon.metrics();
     for series in [
         "productbuilder_slack_messages_posted_total",
@@ -205,34 +242,20 @@ fn a_pull_request_gets_its_thread_comments_once_across_a_kill_and_mentions_answe
 #[test]
 fn socket_mode_acks_at_once_handles_each_event_once_and_reconnects() {
     use productbuilder_slack_sandbox::{APP_TOKEN, DisconnectReason};
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let github = runtime.block_on(GithubSandbox::start()).unwrap();
-    github.add_token(TOKEN, "productbuilder-bot");
-    github.create_repo("acme", "shop");
-    github.grant("productbuilder-bot", REPO, Permission::Push);
-    let slack = runtime.block_on(SlackSandbox::start()).unwrap();
-    let channel = slack.create_channel("shop");
+    let site = Site::new();
+    site.write_config(
+        "[log]\nformat = \"json\"\n",
+        &format!("app_token = \"{APP_TOKEN}\"\n"),
+    );
+    let Site {
+        runtime,
+        slack,
+        channel,
+        config,
+        ..
+    } = &site;
     let elsewhere = slack.create_channel("random");
-
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("tenants")).unwrap();
-    let config = dir.path().join("productbuilder.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"state\"\n[log]\nformat = \"json\"\n[github]\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\n[slack]\nbot_token = \"{BOT_TOKEN}\"\napp_token = \"{APP_TOKEN}\"\napi_url = \"{}\"\n",
-            github.url(),
-            slack.api_url()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("tenants/shop.toml"),
-        format!("repo = \"{REPO}\"\npoll_interval = \"1s\"\npreviews = false\nslack_channel = \"{channel}\"\n"),
-    )
-    .unwrap();
-    let daemon = Daemon::start(&config);
+    let daemon = Daemon::start(config);
     let wait = |what: &str, done: &dyn Fn(&SlackSandbox) -> bool| {
         assert!(
             runtime.block_on(slack.wait_until(Duration::from_secs(60), |s| done(s))),
@@ -248,8 +271,8 @@ fn socket_mode_acks_at_once_handles_each_event_once_and_reconnects() {
     };
     wait("a connection", &|s| s.open_connections() == 1);
 
-    let asked = slack.post_user_message(&channel, "U0ALICE", &format!("<@{bot}> status"), None);
-    wait("the answer", &|s| answered(s, &channel, &asked) == 1);
+    let asked = slack.post_user_message(channel, "U0ALICE", &format!("<@{bot}> status"), None);
+    wait("the answer", &|s| answered(s, channel, &asked) == 1);
     let event_id = slack.acks()[0].event_id.clone().unwrap();
     assert!(slack.redeliver(&event_id));
     wait("the redelivery's ack", &|s| s.acks().len() == 2);
@@ -263,7 +286,7 @@ fn socket_mode_acks_at_once_handles_each_event_once_and_reconnects() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
-        answered(&slack, &channel, &asked),
+        answered(slack, channel, &asked),
         1,
         "one answer per event_id"
     );
@@ -272,9 +295,9 @@ fn socket_mode_acks_at_once_handles_each_event_once_and_reconnects() {
     wait("a new connection after disconnect", &|s| {
         s.connections() >= 2 && s.open_connections() == 1
     });
-    let again = slack.post_user_message(&channel, "U0BOB", &format!("<@{bot}> help"), None);
+    let again = slack.post_user_message(channel, "U0BOB", &format!("<@{bot}> help"), None);
     wait("the answer after reconnecting", &|s| {
-        answered(s, &channel, &again) == 1
+        answered(s, channel, &again) == 1
     });
 
     slack.close_abruptly();
@@ -346,35 +369,12 @@ fn socket_mode_acks_at_once_handles_each_event_once_and_reconnects() {
 #[test]
 fn check_online_checks_the_token_and_says_which_mode_will_run() {
     use productbuilder_slack_sandbox::APP_TOKEN;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let github = runtime.block_on(GithubSandbox::start()).unwrap();
-    github.add_token(TOKEN, "productbuilder-bot");
-    github.create_repo("acme", "shop");
-    github.grant("productbuilder-bot", REPO, Permission::Push);
-    let slack = runtime.block_on(SlackSandbox::start()).unwrap();
-    let channel = slack.create_channel("shop");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("tenants")).unwrap();
-    std::fs::write(
-        dir.path().join("tenants/shop.toml"),
-        format!("repo = \"{REPO}\"\npreviews = false\nslack_channel = \"{channel}\"\n"),
-    )
-    .unwrap();
-    let config = dir.path().join("productbuilder.toml");
+    let site = Site::new();
     let check = |app_token: &str| {
-        std::fs::write(
-            &config,
-            format!(
-                "state_dir = \"state\"\n[github]\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\n[slack]\nbot_token = \"{BOT_TOKEN}\"\n{app_token}api_url = \"{}\"\n",
-                github.url(),
-                slack.api_url()
-            ),
-        )
-        .unwrap();
+        site.write_config("", app_token);
         let out = Command::new(BIN)
             .args(["check", "--online", "--config"])
-            .arg(&config)
+            .arg(&site.config)
             .output()
             .unwrap();
         (
@@ -386,11 +386,11 @@ fn check_online_checks_the_token_and_says_which_mode_will_run() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("√ preflight:slack:global"), "{out}");
     assert!(out.contains("√ Slack Socket Mode: connected"), "{out}");
-    assert_eq!(slack.connections(), 1);
+    assert_eq!(site.slack.connections(), 1);
     let (code, out) = check("");
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("mentions will be read by polling"), "{out}");
-    slack.revoke_token(BOT_TOKEN);
+    site.slack.revoke_token(BOT_TOKEN);
     let (code, out) = check("");
     assert_eq!(code, Some(2), "{out}");
     assert!(
