@@ -1044,6 +1044,51 @@ mod tests {
         }
     }
 
+    /// The Slack threads follow the pull requests and the previews of the tenants with a channel:
+    /// both feeds wake `worker:slack` of those tenants, and of no other.
+    #[tokio::test]
+    async fn the_slack_worker_wakes_on_pull_requests_and_previews() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tenants")).unwrap();
+        std::fs::write(
+            dir.path().join("tenants/shop.toml"),
+            "repo = \"acme/shop\"\nslack_channel = \"C0SHOP\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("tenants/blog.toml"),
+            "repo = \"acme/blog\"\npreviews = false\n",
+        )
+        .unwrap();
+        let main = dir.path().join("productbuilder.toml");
+        std::fs::write(
+            &main,
+            "state_dir = \"state\"\n[github]\ntoken = \"t\"\napi_url = \"http://127.0.0.1:9\"\n\
+             [slack]\nbot_token = \"xoxb-t\"\napi_url = \"http://127.0.0.1:9/api\"\n",
+        )
+        .unwrap();
+        let config = super::config::load(&main).unwrap_or_else(|e| panic!("{e}"));
+        let store = productbuilder_store::Store::in_memory().unwrap();
+        store.migrate().unwrap();
+        let Ok(wiring) = super::wire(&config, &store) else {
+            panic!("the test config does not wire");
+        };
+        let mut declared: Vec<(&str, &str)> = wiring
+            .subscriptions
+            .iter()
+            .map(|s| (s.feed.as_str(), s.unit.as_str()))
+            .collect();
+        declared.sort();
+        assert_eq!(
+            declared,
+            [
+                ("github:pulls:acme/shop", "worker:previews:acme/shop"),
+                ("github:pulls:acme/shop", "worker:slack:acme/shop"),
+                ("preview:rows:acme/shop", "worker:slack:acme/shop"),
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn a_tenant_with_previews_off_gets_no_preview_units() {
         let (_dir, config) = config_with(&[

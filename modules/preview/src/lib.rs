@@ -35,6 +35,7 @@ pub mod db;
 pub mod decide;
 mod deploy;
 pub mod engine;
+pub mod feeds;
 pub mod logs;
 mod module;
 pub mod policy;

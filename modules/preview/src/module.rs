@@ -59,6 +59,10 @@ impl Module for PreviewModule {
 
     /// A changed set of open pull requests reconciles that tenant's previews at once, instead
     /// of at the next interval.
+    fn feeds(&self) -> Vec<productbuilder_planner::Feed> {
+        vec![crate::feeds::rows(self.previews.clone())]
+    }
+
     fn wakes(&self) -> Vec<Wake> {
         vec![Wake {
             feed: productbuilder_github::feeds::PULLS,

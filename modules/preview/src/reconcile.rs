@@ -249,6 +249,8 @@ pub(crate) struct Inner {
     outcomes: [std::sync::atomic::AtomicU64; 3],
     /// Bumped after every recorded step or outcome: what dashboards and tests can await.
     changes: tokio::sync::watch::Sender<u64>,
+    /// The repository of every row that moved, for the `preview:rows` feed ([`crate::feeds`]).
+    moved: tokio::sync::broadcast::Sender<Arc<str>>,
     /// Deploys the host failed, per pull request: the next is tried after a doubling wait.
     pub(crate) host_failures: Backoffs,
     /// Cancelled at shutdown: tasks stop at their next step, leaving the row where it was; the
@@ -343,6 +345,7 @@ impl Previews {
                 jobs: Jobs::builder(&shutdown).build(),
                 follows: crate::logs::Follows::default(),
                 changes: tokio::sync::watch::channel(0).0,
+                moved: tokio::sync::broadcast::channel(crate::feeds::MOVED_BACKLOG).0,
                 outcomes: Default::default(),
                 shutdown,
             }),
@@ -382,6 +385,18 @@ impl Previews {
     /// Changes whenever a preview's row moved (a step began, a deploy ended, a removal).
     pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.changes.subscribe()
+    }
+
+    /// The repository of each row that moves from now on (see [`crate::feeds::rows`]).
+    pub fn moved(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.inner.moved.subscribe()
+    }
+
+    /// Says that a row of `repo` moved: to `changes` and to the `preview:rows` feed.
+    fn announce(&self, repo: &str) {
+        self.inner.changes.send_modify(|n| *n += 1);
+        // No subscriber (no module wakes on previews) is not an error.
+        let _ = self.inner.moved.send(Arc::from(repo));
     }
 
     /// Waits until no deploy, removal or report is running.
@@ -649,11 +664,12 @@ impl Previews {
             })
             .await
             .map_err(store_err)?;
-        self.inner.changes.send_modify(|n| *n += 1);
+        self.announce(repo);
         match reserved {
             Reserved::Wait => Ok(false),
             Reserved::Admitted { evicted } => {
                 for (victim, victim_number) in evicted {
+                    self.announce(&victim);
                     tracing::info!(
                         repo = %victim,
                         number = victim_number,
@@ -826,7 +842,7 @@ impl Previews {
                 ))
             })
             .await;
-        self.inner.changes.send_modify(|n| *n += 1);
+        self.announce(repo);
         moved.map_err(store_err)?.map_err(refused)
     }
 

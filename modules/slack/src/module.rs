@@ -144,12 +144,19 @@ impl Module for SlackModule {
         specs
     }
 
-    /// A change of the open pull requests is worth a pass at once (a new thread, a closed one).
+    /// A change of the open pull requests (a new thread, a closed one) or of a tenant's previews
+    /// (the status line) is worth a pass at once.
     fn wakes(&self) -> Vec<Wake> {
-        vec![Wake {
-            feed: productbuilder_github::feeds::PULLS,
-            worker: "slack",
-        }]
+        vec![
+            Wake {
+                feed: productbuilder_github::feeds::PULLS,
+                worker: "slack",
+            },
+            Wake {
+                feed: productbuilder_preview::feeds::ROWS,
+                worker: "slack",
+            },
+        ]
     }
 }
 
