@@ -210,10 +210,98 @@ impl Poll<'_> {
                 pulls: self.pulls,
             },
         );
-        self.api
-            .post(self.channel, Some(thread), &text, None)
+        // Exactly once, also when a crash left the cursor before this mention: a recorded answer
+        // is done; an intent without one may have been posted, and is looked up in the thread.
+        let key = format!("answer:{}", m.ts);
+        let (channel, mention) = (self.channel.to_owned(), m.ts.clone());
+        let recorded = self
+            .store
+            .read(move |c| answer_of(c, &channel, &mention))
             .await
-            .map_err(|e| e.into_unit_error())?;
-        Ok(())
+            .map_err(store_err)?;
+        let posted = match recorded {
+            Some(Some(_)) => return Ok(()),
+            Some(None) => self.find_answer(thread, &m.ts, &key).await?,
+            None => None,
+        };
+        let ts = match posted {
+            Some(ts) => ts,
+            None => {
+                let (channel, mention) = (self.channel.to_owned(), m.ts.clone());
+                self.store
+                    .write(move |c| intend_answer(c, &channel, &mention))
+                    .await
+                    .map_err(store_err)?;
+                self.api
+                    .post(self.channel, Some(thread), &text, Some(&key))
+                    .await
+                    .map_err(|e| e.into_unit_error())?
+            }
+        };
+        let (channel, mention) = (self.channel.to_owned(), m.ts.clone());
+        self.store
+            .write(move |c| answered(c, &channel, &mention, &ts))
+            .await
+            .map_err(store_err)
     }
+
+    /// The ts of the answer carrying `key` in the thread `thread`, posted after `mention`.
+    async fn find_answer(
+        &self,
+        thread: &str,
+        mention: &str,
+        key: &str,
+    ) -> Result<Option<String>, UnitError> {
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self
+                .api
+                .replies(self.channel, thread, Some(mention), cursor.as_deref(), 100)
+                .await
+                .map_err(|e| e.into_unit_error())?;
+            if let Some(m) = page
+                .messages
+                .iter()
+                .find(|m| m.event_key.as_deref() == Some(key))
+            {
+                return Ok(Some(m.ts.clone()));
+            }
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+/// `None`: never answered; `Some(None)`: an answer was intended, maybe posted; `Some(Some(ts))`:
+/// answered.
+fn answer_of(
+    c: &Connection,
+    channel: &str,
+    mention: &str,
+) -> rusqlite::Result<Option<Option<String>>> {
+    c.query_row(
+        "SELECT answer_ts FROM slack_answers WHERE channel = ?1 AND mention_ts = ?2",
+        params![channel, mention],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+fn intend_answer(c: &Connection, channel: &str, mention: &str) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT OR IGNORE INTO slack_answers (channel, mention_ts) VALUES (?1, ?2)",
+        params![channel, mention],
+    )
+    .map(drop)
+}
+
+fn answered(c: &Connection, channel: &str, mention: &str, ts: &str) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO slack_answers (channel, mention_ts, answer_ts) VALUES (?1, ?2, ?3)
+         ON CONFLICT (channel, mention_ts) DO UPDATE SET answer_ts = excluded.answer_ts",
+        params![channel, mention, ts],
+    )
+    .map(drop)
 }

@@ -117,3 +117,62 @@ async fn mentions_beyond_a_page_and_in_threads_are_answered_once() {
             .starts_with("Open pull requests in acme/shop")
     );
 }
+
+/// A crash after an answer was posted but before the cursor moved past its mention: the next pass
+/// reads the mention again and answers it once, whether the daemon had recorded the answer's ts
+/// or only its intent (then the answer is found in the thread by its metadata).
+#[tokio::test]
+async fn a_mention_read_again_after_a_crash_is_answered_once() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let slack = Sandbox::start().await.unwrap();
+    let channel = slack.create_channel("shop");
+    let store = Store::in_memory().unwrap();
+    store.migrate().unwrap();
+    let api = SlackApi::new(&slack.api_url(), BOT_TOKEN, 1000).unwrap();
+    let bot = slack.bot_user_id();
+    let poll = Poll {
+        api: &api,
+        store: &store,
+        channel: &channel,
+        repo: "acme/shop",
+        bot_user: &bot,
+        page_size: 100,
+        thread_checks: 50,
+        pulls: &[],
+    };
+    poll.run().await.unwrap(); // the first pass only sets the cursor
+    let asked = slack.post_user_message(&channel, "U0ALICE", &format!("<@{bot}> status"), None);
+    poll.run().await.unwrap();
+    let answers = || {
+        slack
+            .thread(&channel, &asked)
+            .into_iter()
+            .filter(|m| m.ts != asked)
+            .count()
+    };
+    assert_eq!(answers(), 1);
+
+    // The cursor back before the mention, as if the daemon died right after posting.
+    let rewind = |forget_ts: bool| {
+        let (c, a) = (channel.clone(), asked.clone());
+        store.write(move |conn| {
+            conn.execute(
+                "UPDATE slack_cursors SET seen_ts = '0.000000' WHERE channel = ?1 AND thread_ts = ''",
+                params![c],
+            )?;
+            if forget_ts {
+                conn.execute(
+                    "UPDATE slack_answers SET answer_ts = NULL WHERE channel = ?1 AND mention_ts = ?2",
+                    params![c, a],
+                )?;
+            }
+            Ok(())
+        })
+    };
+    rewind(false).await.unwrap();
+    poll.run().await.unwrap();
+    assert_eq!(answers(), 1, "a recorded answer is not posted again");
+    rewind(true).await.unwrap();
+    poll.run().await.unwrap();
+    assert_eq!(answers(), 1, "an intent is looked up before posting again");
+}
