@@ -25,14 +25,11 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "ghp_bench";
+#[path = "support/mod.rs"]
+mod support;
+use support::{cpu_and_peak, env_u64};
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+const TOKEN: &str = "ghp_bench";
 
 /// One HTTP/1.0 exchange: (status, body).
 fn http(port: u16, method: &str, path: &str) -> (u16, String) {
@@ -80,28 +77,6 @@ fn stats(fake: u16) -> serde_json::Value {
     let (status, body) = http(fake, "GET", "/_fake/stats");
     assert_eq!(status, 200, "the fake GitHub's stats: {body}");
     serde_json::from_str(&body).expect("the fake's stats are JSON")
-}
-
-/// utime + stime in seconds, and VmHWM in MB, of a process.
-fn cpu_and_peak(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = fields
-        .get(11..13)
-        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
-        .unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    let clk_tck = 100.0; // `getconf CLK_TCK` on Linux
-    (ticks / clk_tck, hwm_kb / 1024.0)
 }
 
 /// Kills a child when dropped, so a failed assertion leaves no process behind.

@@ -18,15 +18,12 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, KeyInit, Mac};
 use productbuilder_github_sandbox::{NewPr, Permission, Sandbox};
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{cpu_and_peak, env_u64};
+
 const TOKEN: &str = "ghp_bench";
 const SECRET: &str = "bench-webhook-secret";
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn http(port: u16, request: &[u8]) -> (u16, String) {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
@@ -56,27 +53,6 @@ fn nudge(port: u16, repo: &str, delivery: usize) -> u16 {
         body.len()
     );
     http(port, request.as_bytes()).0
-}
-
-/// utime + stime in seconds, and VmHWM in MB, of a process.
-fn cpu_and_peak(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = fields
-        .get(11..13)
-        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
-        .unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    (ticks / 100.0, hwm_kb / 1024.0)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
