@@ -314,6 +314,42 @@ impl SlackApi {
             .await
     }
 
+    /// The ts of the message this daemon posted with the metadata key `key` after `oldest`: in the
+    /// thread `thread` when given, else among the channel's top-level messages; every page is read
+    /// until it is found. How a post that a crash may have interrupted is found again.
+    pub async fn find_by_key(
+        &self,
+        channel: &str,
+        thread: Option<&str>,
+        oldest: &str,
+        key: &str,
+    ) -> Result<Option<String>, SlackError> {
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = match thread {
+                Some(ts) => {
+                    self.replies(channel, ts, Some(oldest), cursor.as_deref(), 100)
+                        .await?
+                }
+                None => {
+                    self.history(channel, Some(oldest), cursor.as_deref(), 100)
+                        .await?
+                }
+            };
+            if let Some(m) = page
+                .messages
+                .iter()
+                .find(|m| m.event_key.as_deref() == Some(key))
+            {
+                return Ok(Some(m.ts.clone()));
+            }
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(None),
+            }
+        }
+    }
+
     /// One page of the thread `ts` in `channel` (the parent first), newer than `oldest`.
     pub async fn replies(
         &self,

@@ -221,7 +221,11 @@ impl Poll<'_> {
             .map_err(store_err)?;
         let posted = match recorded {
             Some(Some(_)) => return Ok(()),
-            Some(None) => self.find_answer(thread, &m.ts, &key).await?,
+            Some(None) => self
+                .api
+                .find_by_key(self.channel, Some(thread), &m.ts, &key)
+                .await
+                .map_err(|e| e.into_unit_error())?,
             None => None,
         };
         let ts = match posted {
@@ -243,34 +247,6 @@ impl Poll<'_> {
             .write(move |c| answered(c, &channel, &mention, &ts))
             .await
             .map_err(store_err)
-    }
-
-    /// The ts of the answer carrying `key` in the thread `thread`, posted after `mention`.
-    async fn find_answer(
-        &self,
-        thread: &str,
-        mention: &str,
-        key: &str,
-    ) -> Result<Option<String>, UnitError> {
-        let mut cursor: Option<String> = None;
-        loop {
-            let page = self
-                .api
-                .replies(self.channel, thread, Some(mention), cursor.as_deref(), 100)
-                .await
-                .map_err(|e| e.into_unit_error())?;
-            if let Some(m) = page
-                .messages
-                .iter()
-                .find(|m| m.event_key.as_deref() == Some(key))
-            {
-                return Ok(Some(m.ts.clone()));
-            }
-            match page.next_cursor {
-                Some(next) => cursor = Some(next),
-                None => return Ok(None),
-            }
-        }
     }
 }
 

@@ -71,35 +71,20 @@ async fn recover(api: &SlackApi, store: &Store, tenant: &Tenant) -> Result<(), U
     for e in events.into_iter().filter(|e| e.ts.is_none()) {
         let wanted = metadata_key(&tenant.repo, e.number, &e.key);
         let oldest = format!("{}.000000", e.intended_at - 60);
-        let mut found = None;
-        let mut cursor: Option<String> = None;
-        loop {
-            let page = if e.key == "parent" {
-                api.history(&tenant.channel, Some(&oldest), cursor.as_deref(), 100)
+        let thread = threads.get(&e.number).map(|t| t.parent_ts.as_str());
+        let found = match (e.key == "parent", thread) {
+            (true, _) => {
+                api.find_by_key(&tenant.channel, None, &oldest, &wanted)
                     .await
-            } else if let Some(t) = threads.get(&e.number) {
-                api.replies(
-                    &tenant.channel,
-                    &t.parent_ts,
-                    Some(&oldest),
-                    cursor.as_deref(),
-                    100,
-                )
-                .await
-            } else {
-                break;
             }
-            .map_err(slack_err)?;
-            found = page
-                .messages
-                .iter()
-                .find(|m| m.event_key.as_deref() == Some(wanted.as_str()))
-                .map(|m| m.ts.clone());
-            match (found.is_some(), page.next_cursor) {
-                (false, Some(next)) => cursor = Some(next),
-                _ => break,
+            (false, Some(parent)) => {
+                api.find_by_key(&tenant.channel, Some(parent), &oldest, &wanted)
+                    .await
             }
+            // No thread to look in: the intent is forgotten and the post made again.
+            (false, None) => Ok(None),
         }
+        .map_err(slack_err)?;
         let (repo, channel, key, number) = (
             tenant.repo.clone(),
             tenant.channel.clone(),
