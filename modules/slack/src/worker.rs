@@ -120,25 +120,42 @@ async fn recover(api: &SlackApi, store: &Store, tenant: &Tenant) -> Result<(), U
 
 async fn gather(store: &Store, tenant: &Tenant) -> Result<State, UnitError> {
     let (repo, web, backfill) = (tenant.repo.clone(), tenant.web.clone(), tenant.backfill);
+    let r = repo.clone();
+    let started = store
+        .read(move |c| db::first_pass(c, &r))
+        .await
+        .map_err(store_err)?;
+    if started.is_none() {
+        // The first pass marks what predates Slack, in one transaction: a kill halfway must not
+        // leave the mark without the items it skips (they would all get threads).
+        let (r, w) = (repo.clone(), web.clone());
+        store
+            .write(move |c| {
+                let tx = c.transaction()?;
+                if db::first_pass(&tx, &r)?.is_none() {
+                    let now = now();
+                    let skipped: Vec<u64> = db::items(&tx, &r, &w)?
+                        .iter()
+                        .filter(|i| {
+                            let age = i
+                                .updated_at
+                                .map_or(u64::MAX, |at| (now as u64).saturating_sub(at));
+                            !backfilled(Duration::from_secs(age), backfill)
+                        })
+                        .map(|i| i.item.number)
+                        .collect();
+                    db::begin(&tx, &r, &now.to_string(), &skipped)?;
+                    tracing::info!(repo = %r, skipped = skipped.len(),
+                        "first Slack pass: items that predate it get no thread unless backfill covers them");
+                }
+                tx.commit()
+            })
+            .await
+            .map_err(store_err)?;
+    }
+    // Every other pass only reads, on the store's readers.
     store
-        .write(move |c| {
-            let items = db::items(c, &repo, &web)?;
-            if db::first_pass(c, &repo)?.is_none() {
-                let now = now();
-                let skipped: Vec<u64> = items
-                    .iter()
-                    .filter(|i| {
-                        let age = i
-                            .updated_at
-                            .map_or(u64::MAX, |at| (now as u64).saturating_sub(at));
-                        !backfilled(Duration::from_secs(age), backfill)
-                    })
-                    .map(|i| i.item.number)
-                    .collect();
-                db::begin(c, &repo, &now.to_string(), &skipped)?;
-                tracing::info!(repo = %repo, skipped = skipped.len(),
-                    "first Slack pass: items that predate it get no thread unless backfill covers them");
-            }
+        .read(move |c| {
             let mut events: BTreeMap<u64, _> = BTreeMap::new();
             for e in db::events(c, &repo)? {
                 events
@@ -147,7 +164,10 @@ async fn gather(store: &Store, tenant: &Tenant) -> Result<State, UnitError> {
                     .insert(e.key);
             }
             Ok(State {
-                items: items.into_iter().map(|i| i.item).collect(),
+                items: db::items(c, &repo, &web)?
+                    .into_iter()
+                    .map(|i| i.item)
+                    .collect(),
                 previews: db::previews(c, &repo)?,
                 comments: db::comments(c, &repo, &web)?,
                 threads: db::threads(c, &repo)?,
