@@ -279,6 +279,9 @@ fn modules(shared: &Shared<'_>) -> Vec<Box<dyn HttpModule>> {
             run_timeout,
             github: (*github).clone(),
             github_web: github_web(&config.github.api_url),
+            debounce: Arc::new(productbuilder_slack::debounce::StatusDebounce::new(
+                productbuilder_slack::debounce::WINDOW,
+            )),
         }),
     ]
 }

@@ -1,7 +1,9 @@
-//! The daemon against the sandbox GitHub and the sandbox Slack (polling mode, previews off): a
-//! new pull request gets one parent and one status message, a hostile title arrives escaped, a
-//! person's GitHub comment appears in the thread once, also after a SIGKILL and a restart, the
-//! daemon's own comments never, and `@bot status` in the thread is answered there.
+//! The daemon against the sandbox GitHub, the sandbox Slack and the real Docker engine, in both
+//! input modes: a new pull request gets one parent and one status message, which goes from
+//! building to ready with the preview's URL by edits; a hostile title arrives escaped; a person's
+//! GitHub comment appears in the thread once, also after a SIGKILL and a restart, the daemon's
+//! own comments never; `@bot status` in the thread is answered there. Socket Mode on its own:
+//! acks, redeliveries, disconnects; `check --online`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -9,11 +11,14 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use productbuilder_github_sandbox::{NewPr, Permission, Sandbox as GithubSandbox};
-use productbuilder_slack_sandbox::{BOT_TOKEN, Sandbox as SlackSandbox};
+use productbuilder_preview::compose::project_name;
+use productbuilder_slack_sandbox::{APP_TOKEN, BOT_TOKEN, Sandbox as SlackSandbox};
+
+mod support;
+use support::{app_files, docker, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_productbuilder");
 const TOKEN: &str = "ghp_test_token_never_printed";
-const REPO: &str = "acme/shop";
 
 struct Daemon {
     child: Child,
@@ -82,41 +87,61 @@ impl Daemon {
     }
 }
 
-/// The sandbox GitHub with `acme/shop`, the sandbox Slack with its channel, and a configuration
-/// directory whose tenant file points the repository at that channel.
+/// The sandbox GitHub with one repository, the sandbox Slack with its channel, and a
+/// configuration directory whose tenant file points the repository at that channel. With
+/// previews, a Docker network and domain of its own; whatever the engine still holds of the
+/// repository's previews is removed when the site is dropped (also when a test failed).
 struct Site {
     runtime: tokio::runtime::Runtime,
     github: GithubSandbox,
     slack: SlackSandbox,
     channel: String,
+    repo: String,
+    /// The `[preview]` section of the main file; empty without previews.
+    preview: String,
+    network: Option<String>,
     /// Holds the configuration directory (removed when the site is dropped).
     _dir: tempfile::TempDir,
     config: std::path::PathBuf,
 }
 
 impl Site {
-    fn new() -> Site {
+    fn new(name: &str, previews: bool) -> Site {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let github = runtime.block_on(GithubSandbox::start()).unwrap();
+        let unique = format!("{name}{}", std::process::id());
+        let repo = format!("acme/{unique}");
         github.add_token(TOKEN, "productbuilder-bot");
-        github.create_repo("acme", "shop");
-        github.grant("productbuilder-bot", REPO, Permission::Push);
+        github.create_repo("acme", &unique);
+        github.grant("productbuilder-bot", &repo, Permission::Push);
         let slack = runtime.block_on(SlackSandbox::start()).unwrap();
         let channel = slack.create_channel("shop");
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("tenants")).unwrap();
         std::fs::write(
             dir.path().join("tenants/shop.toml"),
-            format!("repo = \"{REPO}\"\npoll_interval = \"1s\"\npreviews = false\nslack_channel = \"{channel}\"\n"),
+            format!(
+                "repo = \"{repo}\"\npoll_interval = \"1s\"\npreviews = {previews}\nslack_channel = \"{channel}\"\n"
+            ),
         )
         .unwrap();
+        let network = previews.then(|| format!("pb-{unique}"));
+        let preview = match &network {
+            Some(network) => format!(
+                "[preview]\ndomain = \"{unique}.localhost\"\nurl_template = \"http://{{repo}}-pr-{{number}}.{{domain}}\"\nnetwork = \"{network}\"\n"
+            ),
+            None => String::new(),
+        };
         let config = dir.path().join("productbuilder.toml");
         Site {
             runtime,
             github,
             slack,
             channel,
+            repo,
+            preview,
+            network,
             _dir: dir,
             config,
         }
@@ -127,45 +152,101 @@ impl Site {
         std::fs::write(
             &self.config,
             format!(
-                "state_dir = \"state\"\n{log}[github]\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\n[slack]\nbot_token = \"{BOT_TOKEN}\"\n{slack_extra}api_url = \"{}\"\n",
+                "state_dir = \"state\"\n{log}[github]\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\n{}[slack]\nbot_token = \"{BOT_TOKEN}\"\n{slack_extra}api_url = \"{}\"\n",
                 self.github.url(),
+                self.preview,
                 self.slack.api_url()
             ),
         )
         .unwrap();
     }
+
+    /// Waits until `done` holds in the sandbox Slack, or fails naming `what`.
+    fn wait_slack(&self, what: &str, done: &dyn Fn(&SlackSandbox) -> bool) {
+        assert!(
+            self.runtime
+                .block_on(self.slack.wait_until(Duration::from_secs(180), |s| done(s))),
+            "timed out waiting for {what}: {:?}",
+            self.slack.messages(&self.channel)
+        );
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        let Some(network) = &self.network else {
+            return;
+        };
+        // Compose projects are named `pb--{owner}--{name}--{number}` (planner::names).
+        let (owner, name) = self.repo.split_once('/').unwrap();
+        let prefix = format!("pb--{owner}--{name}--");
+        let script = format!(
+            "ids=$(docker ps -aq --filter 'label=productbuilder.tenant={repo}'); [ -z \"$ids\" ] || docker rm -f $ids
+             for n in $(docker network ls --format '{{{{.Name}}}}' | grep '^{prefix}'); do docker network rm $n; done
+             for i in $(docker images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' | grep '^{prefix}'); do docker rmi -f $i; done
+             docker network rm {network}",
+            repo = self.repo
+        );
+        let _ = Command::new("sh").args(["-c", &script]).output();
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Input {
+    Polling,
+    SocketMode,
 }
 
 #[test]
-fn a_pull_request_gets_its_thread_comments_once_across_a_kill_and_mentions_answered() {
-    let site = Site::new();
-    site.write_config("[log]\nformat = \"json\"\n", "");
+fn a_thread_follows_its_pull_request_and_preview_with_mentions_read_by_polling() {
+    a_thread_follows_its_pull_request_and_preview(Input::Polling);
+}
+
+#[test]
+fn a_thread_follows_its_pull_request_and_preview_with_mentions_over_socket_mode() {
+    a_thread_follows_its_pull_request_and_preview(Input::SocketMode);
+}
+
+/// One pull request's life in its thread, with a real preview on the engine.
+fn a_thread_follows_its_pull_request_and_preview(input: Input) {
+    assert!(
+        std::path::Path::new("/bin/busybox").exists(),
+        "the example app needs Debian's busybox-static (.ci/run installs it)"
+    );
+    let site = Site::new(
+        match input {
+            Input::Polling => "slackpoll",
+            Input::SocketMode => "slacksock",
+        },
+        true,
+    );
+    let slack_extra = match input {
+        Input::Polling => String::new(),
+        Input::SocketMode => format!("app_token = \"{APP_TOKEN}\"\n"),
+    };
+    site.write_config("[log]\nformat = \"json\"\n", &slack_extra);
     let Site {
-        runtime,
         github,
         slack,
         channel,
+        repo,
         config,
         ..
     } = &site;
     let daemon = Daemon::start(config);
     daemon.wait_for("first Slack pass");
-    let number = github.open_pr(
-        REPO,
-        NewPr {
-            title: "<!channel> <https://evil.example|click>".into(),
-            author: "alice".into(),
-            ..NewPr::default()
-        },
+    let mut pr = NewPr::new(
+        "<!channel> <https://evil.example|click>",
+        "alice",
+        "feature",
     );
-    let wait = |what: &str, done: &dyn Fn(&SlackSandbox) -> bool| {
-        assert!(
-            runtime.block_on(slack.wait_until(Duration::from_secs(60), |s| done(s))),
-            "timed out waiting for {what}: {:?}",
-            slack.messages(channel)
-        );
-    };
-    wait("the parent and its status", &|s| {
+    // A build that takes a few seconds, longer than the status lane's debounce, so that the
+    // thread shows "building" before "ready" (a faster deploy is one edit, by design).
+    for (path, content) in app_files("v1", false, true) {
+        pr = pr.with_file(&path, content);
+    }
+    let number = github.open_pr(repo, pr);
+    site.wait_slack("the parent and its status", &|s| {
         s.messages(channel)
             .first()
             .is_some_and(|p| s.thread(channel, &p.ts).len() >= 2)
@@ -181,15 +262,40 @@ fn a_pull_request_gets_its_thread_comments_once_across_a_kill_and_mentions_answe
         "{}",
         top[0].text
     );
+    let name = repo.split('/').nth(1).unwrap();
+    let url = format!("http://{name}-pr-{number}.{name}.localhost");
+    let status_ts = slack.thread(channel, &parent)[1].ts.clone();
+    site.wait_slack("the preview ready in the status message", &|s| {
+        s.thread(channel, &parent)
+            .iter()
+            .any(|m| m.ts == status_ts && m.text.contains("preview ready"))
+    });
+    // One status message, edited from building to ready with the URL; never a second one.
+    let edits = slack.edits_of(&status_ts);
+    assert!(
+        edits.iter().any(|t| t.contains("preview building")),
+        "{edits:?}"
+    );
+    assert!(
+        edits
+            .last()
+            .unwrap()
+            .contains(&format!("preview ready: <{url}|{url}>")),
+        "{edits:?}"
+    );
+    assert!(
+        edits.windows(2).all(|w| w[0] != w[1]),
+        "an edit only on a change: {edits:?}"
+    );
 
-    github.add_comment(REPO, number, "bob", "Looks <b>good</b>");
+    github.add_comment(repo, number, "bob", "Looks <b>good</b>");
     github.add_comment(
-        REPO,
+        repo,
         number,
         "productbuilder-bot",
-        "<!-- productbuilder:preview -->\nbot text",
+        "<!-- productbuilder:other -->\nbot text",
     );
-    wait("bob's comment", &|s| {
+    site.wait_slack("bob's comment", &|s| {
         s.thread(channel, &parent)
             .iter()
             .any(|m| m.text.contains("Looks &lt;b&gt;good&lt;/b&gt;"))
@@ -197,19 +303,30 @@ fn a_pull_request_gets_its_thread_comments_once_across_a_kill_and_mentions_answe
     daemon.kill9();
 
     let daemon = Daemon::start(config);
+    if matches!(input, Input::SocketMode) {
+        site.wait_slack("a Socket Mode connection", &|s| s.open_connections() >= 1);
+    }
     let asked = slack.post_user_message(
         channel,
         "U0ALICE",
         &format!("<@{}> status", slack.bot_user_id()),
         Some(&parent),
     );
-    wait("the answer to status", &|s| {
+    site.wait_slack("the answer to status", &|s| {
         s.thread(channel, &parent)
             .iter()
-            .any(|m| m.ts > asked && m.text.starts_with("Open pull requests in acme/shop"))
+            .any(|m| m.ts > asked && m.text.starts_with(&format!("Open pull requests in {repo}")))
     });
     let thread = slack.thread(channel, &parent);
     let texts: Vec<&str> = thread.iter().map(|m| m.text.as_str()).collect();
+    let answer = texts
+        .iter()
+        .find(|t| t.starts_with("Open pull requests"))
+        .unwrap();
+    assert!(
+        answer.contains(&url),
+        "the answer lists the preview: {answer}"
+    );
     assert_eq!(
         texts.iter().filter(|t| t.contains("Looks")).count(),
         1,
@@ -233,6 +350,24 @@ fn a_pull_request_gets_its_thread_comments_once_across_a_kill_and_mentions_answe
     let link = format!("/archives/{channel}/p{}", parent.replace('.', ""));
     let page = daemon.get("/");
     assert!(page.contains(&link), "no {link} in\n{page}");
+
+    // Closed: the parent says so, a last line goes to the thread, the preview is removed.
+    github.close_pr(repo, number, false);
+    site.wait_slack("the parent marked closed", &|s| {
+        s.messages(channel)
+            .first()
+            .is_some_and(|p| p.text.starts_with("[closed]"))
+    });
+    let project = project_name(repo, number);
+    wait_for("the preview removed", Duration::from_secs(120), || {
+        let left = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=com.docker.compose.project={project}"),
+        ]);
+        if left.is_empty() { Ok(()) } else { Err(left) }
+    });
     daemon.kill9();
 }
 
@@ -241,8 +376,8 @@ fn a_pull_request_gets_its_thread_comments_once_across_a_kill_and_mentions_answe
 /// channel no tenant uses answered only with how to connect it.
 #[test]
 fn socket_mode_acks_at_once_handles_each_event_once_and_reconnects() {
-    use productbuilder_slack_sandbox::{APP_TOKEN, DisconnectReason};
-    let site = Site::new();
+    use productbuilder_slack_sandbox::DisconnectReason;
+    let site = Site::new("socket", false);
     site.write_config(
         "[log]\nformat = \"json\"\n",
         &format!("app_token = \"{APP_TOKEN}\"\n"),
@@ -315,7 +450,7 @@ fn socket_mode_acks_at_once_handles_each_event_once_and_reconnects() {
         .unwrap();
     assert!(reply.text.contains("slack_channel"), "{}", reply.text);
     assert!(
-        !reply.text.contains("acme/shop"),
+        !reply.text.contains(&site.repo),
         "no tenant's data: {}",
         reply.text
     );
@@ -368,8 +503,7 @@ fn socket_mode_acks_at_once_handles_each_event_once_and_reconnects() {
 /// input mode will run, opening a Socket Mode connection when there is an app token.
 #[test]
 fn check_online_checks_the_token_and_says_which_mode_will_run() {
-    use productbuilder_slack_sandbox::APP_TOKEN;
-    let site = Site::new();
+    let site = Site::new("check", false);
     let check = |app_token: &str| {
         site.write_config("", app_token);
         let out = Command::new(BIN)

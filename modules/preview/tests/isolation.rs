@@ -312,4 +312,6 @@ async fn the_router_follows_the_previews_networks() {
     })
     .await;
     router.stop().await;
+    // The shared network this test created (the daemon's is created by the reconciler).
+    docker(&["network", "rm", &w.network]);
 }

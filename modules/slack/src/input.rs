@@ -210,74 +210,17 @@ impl Poll<'_> {
                 pulls: self.pulls,
             },
         );
-        // Exactly once, also when a crash left the cursor before this mention: a recorded answer
-        // is done; an intent without one may have been posted, and is looked up in the thread.
-        let key = format!("answer:{}", m.ts);
-        let (channel, mention) = (self.channel.to_owned(), m.ts.clone());
-        let recorded = self
-            .store
-            .read(move |c| answer_of(c, &channel, &mention))
-            .await
-            .map_err(store_err)?;
-        let posted = match recorded {
-            Some(Some(_)) => return Ok(()),
-            Some(None) => self
-                .api
-                .find_by_key(self.channel, Some(thread), &m.ts, &key)
-                .await
-                .map_err(|e| e.into_unit_error())?,
-            None => None,
-        };
-        let ts = match posted {
-            Some(ts) => ts,
-            None => {
-                let (channel, mention) = (self.channel.to_owned(), m.ts.clone());
-                self.store
-                    .write(move |c| intend_answer(c, &channel, &mention))
-                    .await
-                    .map_err(store_err)?;
-                self.api
-                    .post(self.channel, Some(thread), &text, Some(&key))
-                    .await
-                    .map_err(|e| e.into_unit_error())?
-            }
-        };
-        let (channel, mention) = (self.channel.to_owned(), m.ts.clone());
-        self.store
-            .write(move |c| answered(c, &channel, &mention, &ts))
-            .await
-            .map_err(store_err)
+        crate::answers::answer_once(
+            self.api,
+            self.store,
+            &crate::answers::Answer {
+                channel: self.channel,
+                thread,
+                mention: &m.ts,
+                text: &text,
+            },
+        )
+        .await
+        .map(drop)
     }
-}
-
-/// `None`: never answered; `Some(None)`: an answer was intended, maybe posted; `Some(Some(ts))`:
-/// answered.
-fn answer_of(
-    c: &Connection,
-    channel: &str,
-    mention: &str,
-) -> rusqlite::Result<Option<Option<String>>> {
-    c.query_row(
-        "SELECT answer_ts FROM slack_answers WHERE channel = ?1 AND mention_ts = ?2",
-        params![channel, mention],
-        |r| r.get(0),
-    )
-    .optional()
-}
-
-fn intend_answer(c: &Connection, channel: &str, mention: &str) -> rusqlite::Result<()> {
-    c.execute(
-        "INSERT OR IGNORE INTO slack_answers (channel, mention_ts) VALUES (?1, ?2)",
-        params![channel, mention],
-    )
-    .map(drop)
-}
-
-fn answered(c: &Connection, channel: &str, mention: &str, ts: &str) -> rusqlite::Result<()> {
-    c.execute(
-        "INSERT INTO slack_answers (channel, mention_ts, answer_ts) VALUES (?1, ?2, ?3)
-         ON CONFLICT (channel, mention_ts) DO UPDATE SET answer_ts = excluded.answer_ts",
-        params![channel, mention, ts],
-    )
-    .map(drop)
 }

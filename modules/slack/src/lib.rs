@@ -7,10 +7,12 @@
 //!   workspace budget every call goes through.
 //! - [`SlackModule`]: its units, only for tenants with a channel (and none without `[slack]`).
 
+pub mod answers;
 pub mod api;
 pub mod budget;
 pub mod config;
 pub mod db;
+pub mod debounce;
 pub mod decide;
 pub mod input;
 pub mod mentions;

@@ -13,6 +13,7 @@ use productbuilder_scheduler::{Backoff, RestartPolicy, RetryPolicy, UnitError};
 
 use crate::api::SlackApi;
 use crate::config::SlackConfig;
+use crate::debounce::StatusDebounce;
 
 /// Slack for the tenants with a `slack_channel`; without `[slack]` it has no units at all.
 pub struct SlackModule {
@@ -28,6 +29,8 @@ pub struct SlackModule {
     pub github: GithubState,
     /// GitHub's web origin, for links (`https://github.com`).
     pub github_web: String,
+    /// The status lane's debounce, shared by every tenant's passes.
+    pub debounce: Arc<StatusDebounce>,
 }
 
 impl SlackModule {
@@ -76,11 +79,14 @@ impl Module for SlackModule {
         let (Some(api), Some(config)) = (self.api.clone(), self.config.clone()) else {
             return Vec::new();
         };
-        let (github, channels, web) = (
-            self.github.clone(),
-            self.channels.clone(),
-            self.github_web.clone(),
-        );
+        let pass = Pass {
+            api: api.clone(),
+            github: self.github.clone(),
+            channels: self.channels.clone(),
+            config: config.clone(),
+            web: self.github_web.clone(),
+            debounce: self.debounce.clone(),
+        };
         let mut specs = Vec::new();
         if let Some(app_token) = &config.app_token {
             let socket = crate::socket::Socket {
@@ -101,6 +107,7 @@ impl Module for SlackModule {
                         })
                         .collect(),
                 ),
+                in_flight: Default::default(),
             };
             specs.push(Spec {
                 resource: "slack-socket",
@@ -131,14 +138,8 @@ impl Module for SlackModule {
             retry: RetryPolicy::remote_api(),
             applies_to: self.with_channel(),
             work: spec_work(move |ctx: TenantCtx| {
-                let (api, github, channels, config, web) = (
-                    api.clone(),
-                    github.clone(),
-                    channels.clone(),
-                    config.clone(),
-                    web.clone(),
-                );
-                async move { slack_pass(&api, &github, &channels, &config, &web, ctx.tenant()).await }
+                let pass = pass.clone();
+                async move { pass.run(ctx.tenant()).await }
             }),
         });
         specs
@@ -160,46 +161,63 @@ impl Module for SlackModule {
     }
 }
 
-/// `worker:slack:{owner}/{name}`.
-async fn slack_pass(
-    api: &SlackApi,
-    github: &GithubState,
-    channels: &BTreeMap<String, String>,
-    config: &SlackConfig,
-    web: &str,
-    tenant: &Tenant,
-) -> Result<(), UnitError> {
-    let repo = tenant.repo();
-    let Some(channel) = channels.get(&repo) else {
-        return Ok(());
-    };
-    // Unknown login (GitHub unreachable): the marker still keeps the daemon's comments out.
-    let own_login = github.client.own_login(&repo).await.ok();
-    let slack_tenant = crate::worker::Tenant {
-        repo,
-        channel: channel.clone(),
-        web: web.to_owned(),
-        backfill: config.backfill,
-        own_login,
-    };
-    crate::worker::pass(api, &github.store, &slack_tenant).await?;
-    if config.app_token.is_none() {
-        let me = api.me().await.map_err(|e| e.into_unit_error())?;
-        let pulls = crate::worker::open_pulls(&github.store, &slack_tenant).await?;
-        crate::input::Poll {
+/// What `worker:slack:{owner}/{name}` needs of the module.
+#[derive(Clone)]
+struct Pass {
+    api: SlackApi,
+    github: GithubState,
+    channels: Arc<BTreeMap<String, String>>,
+    config: SlackConfig,
+    web: String,
+    debounce: Arc<StatusDebounce>,
+}
+
+impl Pass {
+    /// `worker:slack:{owner}/{name}`: the threads, then (without Socket Mode) the mentions.
+    async fn run(&self, tenant: &Tenant) -> Result<(), UnitError> {
+        let Pass {
             api,
-            store: &github.store,
-            channel,
-            repo: &slack_tenant.repo,
-            bot_user: &me.user_id,
-            page_size: config.history_page_size,
-            thread_checks: config.history_requests_per_minute as usize,
-            pulls: &pulls,
+            github,
+            channels,
+            config,
+            web,
+            debounce,
+        } = self;
+        let repo = tenant.repo();
+        let Some(channel) = channels.get(&repo) else {
+            return Ok(());
+        };
+        // Unknown login (GitHub unreachable): the marker still keeps the daemon's comments out.
+        let own_login = github.client.own_login(&repo).await.ok();
+        let slack_tenant = crate::worker::Tenant {
+            repo,
+            channel: channel.clone(),
+            web: web.to_owned(),
+            backfill: config.backfill,
+            own_login,
+            debounce: debounce.clone(),
+        };
+        crate::worker::pass(api, &github.store, &slack_tenant).await?;
+        if config.app_token.is_none() {
+            let me = api.me().await.map_err(|e| e.into_unit_error())?;
+            let pulls =
+                crate::worker::open_pulls(&github.store, &slack_tenant.repo, &slack_tenant.web)
+                    .await?;
+            crate::input::Poll {
+                api,
+                store: &github.store,
+                channel,
+                repo: &slack_tenant.repo,
+                bot_user: &me.user_id,
+                page_size: config.history_page_size,
+                thread_checks: config.history_requests_per_minute as usize,
+                pulls: &pulls,
+            }
+            .run()
+            .await?;
         }
-        .run()
-        .await?;
+        Ok(())
     }
-    Ok(())
 }
 
 impl productbuilder_routes::Module for SlackModule {}

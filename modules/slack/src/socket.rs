@@ -1,19 +1,21 @@
 //! `service:slack-socket:global`: Socket Mode (with `[slack] app_token`). `apps.connections.open`,
 //! then the WebSocket; every envelope is acknowledged at once (Slack wants it within 3 s), then
 //! handled apart from the read loop, so an answer waiting for the budget never delays an ack.
-//! A redelivery (same `event_id`, also across reconnects) is handled once: the ids are in SQLite.
+//! A redelivery (same `event_id`, also across reconnects) is handled once: the ids of handled
+//! events are in SQLite, recorded after their answer (which is itself exactly once), so a crash
+//! between the two loses nothing.
 //! A `disconnect` frame or a close ends the run; the scheduler restarts the service with backoff,
 //! and the service is degraded from the loss of the connection until the next `hello`.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use productbuilder_scheduler::{ErrorKind, RunCtx, UnitError};
 use productbuilder_store::Store;
-use productbuilder_store::rusqlite::params;
+use productbuilder_store::rusqlite::{OptionalExtension, params};
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
@@ -35,6 +37,7 @@ pub struct Socket {
     pub store: Store,
     /// Each tenant's channel id → the tenant.
     pub channels: Arc<BTreeMap<String, ChannelTenant>>,
+    pub in_flight: InFlightEvents,
 }
 
 /// How long handling one event may take (answers wait for the budget).
@@ -189,12 +192,37 @@ impl Socket {
         ended
     }
 
+    /// Handles one event once: a redelivery of an event being handled, or handled before (its id
+    /// is recorded once its answer is), is counted and dropped. The id is recorded after the
+    /// answer, not before, so a crash in between leaves the redelivery to answer; the answer
+    /// itself is exactly once by the mention's ts ([`crate::answers`]).
     async fn handle(&self, payload: Payload) -> Result<(), UnitError> {
         let (Some(event_id), Some(event)) = (payload.event_id, payload.event) else {
             return Ok(());
         };
-        let first = self
+        let Some(_handling) = InFlight::enter(&self.in_flight, &event_id) else {
+            self.count_duplicate();
+            return Ok(());
+        };
+        let id = event_id.clone();
+        let seen = self
             .store
+            .read(move |c| {
+                c.query_row(
+                    "SELECT 1 FROM slack_socket_events WHERE event_id = ?1",
+                    params![id],
+                    |_| Ok(()),
+                )
+                .optional()
+            })
+            .await
+            .map_err(|e| UnitError::new(ErrorKind::Internal, e.to_string()))?;
+        if seen.is_some() {
+            self.count_duplicate();
+            return Ok(());
+        }
+        self.answer(event).await?;
+        self.store
             .write(move |c| {
                 c.execute(
                     "INSERT OR IGNORE INTO slack_socket_events (event_id, received_at) VALUES (?1, strftime('%Y-%m-%dT%H:%M:%SZ','now'))",
@@ -203,13 +231,17 @@ impl Socket {
             })
             .await
             .map_err(|e| UnitError::new(ErrorKind::Internal, e.to_string()))?;
-        if first == 0 {
-            self.api
-                .counters
-                .events_deduplicated
-                .fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
+        Ok(())
+    }
+
+    fn count_duplicate(&self) {
+        self.api
+            .counters
+            .events_deduplicated
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn answer(&self, event: Event) -> Result<(), UnitError> {
         if event.kind != "app_mention" {
             return Ok(());
         }
@@ -227,17 +259,8 @@ impl Socket {
         };
         let text = match self.channels.get(channel) {
             Some(tenant) => {
-                let pulls = crate::worker::open_pulls(
-                    &self.store,
-                    &crate::worker::Tenant {
-                        repo: tenant.repo.clone(),
-                        channel: channel.to_owned(),
-                        web: tenant.web.clone(),
-                        backfill: None,
-                        own_login: None,
-                    },
-                )
-                .await?;
+                let pulls =
+                    crate::worker::open_pulls(&self.store, &tenant.repo, &tenant.web).await?;
                 mentions::answer(
                     command,
                     &Channel::Tenant {
@@ -249,10 +272,45 @@ impl Socket {
             None => mentions::answer(command, &Channel::Unknown { id: channel }),
         };
         let thread = event.thread_ts.as_deref().unwrap_or(ts);
-        self.api
-            .post(channel, Some(thread), &text, None)
-            .await
-            .map_err(|e| e.into_unit_error())?;
-        Ok(())
+        crate::answers::answer_once(
+            &self.api,
+            &self.store,
+            &crate::answers::Answer {
+                channel,
+                thread,
+                mention: ts,
+                text: &text,
+            },
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// The ids of the events being handled now: a redelivery that arrives while the first delivery
+/// is still answering waits for nothing and posts nothing.
+#[derive(Clone, Default)]
+pub struct InFlightEvents(Arc<Mutex<HashSet<String>>>);
+
+/// One event id held in [`InFlightEvents`] until dropped.
+struct InFlight<'a> {
+    set: &'a InFlightEvents,
+    id: String,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(set: &'a InFlightEvents, id: &str) -> Option<InFlight<'a>> {
+        let mut ids = set.0.lock().unwrap_or_else(|e| e.into_inner());
+        ids.insert(id.to_owned()).then(|| InFlight {
+            set,
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut ids = self.set.0.lock().unwrap_or_else(|e| e.into_inner());
+        ids.remove(&self.id);
     }
 }

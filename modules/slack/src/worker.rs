@@ -4,6 +4,7 @@
 //! applies [`decide`]'s steps, each recorded before and after its post.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use productbuilder_scheduler::{ErrorKind, UnitError};
@@ -11,6 +12,7 @@ use productbuilder_store::Store;
 
 use crate::api::{SlackApi, SlackError};
 use crate::db;
+use crate::debounce::StatusDebounce;
 use crate::decide::{self, State, Step, backfilled};
 
 /// The part of every GitHub marker comment the daemon writes (`<!-- productbuilder:preview -->`).
@@ -26,6 +28,8 @@ pub struct Tenant {
     pub backfill: Option<Duration>,
     /// The daemon's own GitHub login, when known: its comments are never mirrored.
     pub own_login: Option<String>,
+    /// Held by the module across passes.
+    pub debounce: Arc<StatusDebounce>,
 }
 
 fn now() -> i64 {
@@ -48,16 +52,33 @@ fn metadata_key(repo: &str, number: u64, key: &str) -> String {
     format!("{repo}#{number}:{key}")
 }
 
-/// One pass for `tenant`.
+/// One pass for `tenant`. When it would edit a status message written less than the debounce
+/// window ago, it waits out the window and decides again from a fresh read, so a burst of
+/// transitions is one edit with the latest state.
 pub async fn pass(api: &SlackApi, store: &Store, tenant: &Tenant) -> Result<(), UnitError> {
     recover(api, store, tenant).await?;
-    let state = gather(store, tenant).await?;
-    let marker_login = tenant.own_login.clone();
-    let steps = decide::decide(&state, marker_login.as_deref(), MARKER_PREFIX);
+    let mut steps = decided(store, tenant).await?;
+    let edits = steps.iter().filter_map(|step| match step {
+        Step::Status { number, .. } => Some(*number),
+        _ => None,
+    });
+    if let Some(rest) = tenant.debounce.wait_before(&tenant.repo, edits) {
+        tenant.debounce.wait(rest).await;
+        steps = decided(store, tenant).await?;
+    }
     for step in steps {
         apply(api, store, tenant, step).await?;
     }
     Ok(())
+}
+
+async fn decided(store: &Store, tenant: &Tenant) -> Result<Vec<Step>, UnitError> {
+    let state = gather(store, tenant).await?;
+    Ok(decide::decide(
+        &state,
+        tenant.own_login.as_deref(),
+        MARKER_PREFIX,
+    ))
 }
 
 /// Intents without a ts (a crash between recording and posting, or between posting and
@@ -274,6 +295,7 @@ async fn apply(
                 })
                 .await
                 .map_err(store_err)?;
+            tenant.debounce.written(&tenant.repo, number);
         }
         Step::Event { number, key, text } => {
             let parent_ts = thread_ts(store, tenant, number).await?;
@@ -290,9 +312,10 @@ async fn apply(
 /// The open pull requests and their previews, for `status` answers.
 pub async fn open_pulls(
     store: &Store,
-    tenant: &Tenant,
+    repo: &str,
+    web: &str,
 ) -> Result<Vec<crate::mentions::OpenPull>, UnitError> {
-    let (repo, web) = (tenant.repo.clone(), tenant.web.clone());
+    let (repo, web) = (repo.to_owned(), web.to_owned());
     store
         .read(move |c| {
             let previews = db::previews(c, &repo)?;

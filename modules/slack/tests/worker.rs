@@ -4,6 +4,7 @@
 //! daemon's own, hostile text escaped, and no flood of old items at the first pass.
 
 use productbuilder_slack::api::SlackApi;
+use productbuilder_slack::debounce::StatusDebounce;
 use productbuilder_slack::worker::{Tenant, pass};
 use productbuilder_slack_sandbox::{BOT_TOKEN, Sandbox};
 use productbuilder_store::Store;
@@ -79,6 +80,7 @@ async fn setup() -> Setup {
         web: "https://github.com".into(),
         backfill: None,
         own_login: Some("pb-bot".into()),
+        debounce: std::sync::Arc::new(StatusDebounce::none()),
     };
     Setup {
         slack,
@@ -293,6 +295,38 @@ async fn a_pull_request_lifecycle_costs_one_call_per_change() {
             "Status: open · preview building",
             "Status: open · preview ready: <https://pr-7.previews.example|https://pr-7.previews.example>",
             "Status: closed",
+        ]
+    );
+}
+
+/// The status lane's debounce: a transition within the window of the last write waits for the
+/// rest of it, and what is then written is the latest state, once: the preview went building and
+/// then ready while the pass waited, and the thread only ever saw "ready".
+#[tokio::test]
+async fn a_burst_of_transitions_within_the_window_is_one_edit_with_the_latest_state() {
+    let mut s = setup().await;
+    // Long enough that the next pass surely starts inside it, even on a loaded machine.
+    s.tenant.debounce = std::sync::Arc::new(StatusDebounce::new(std::time::Duration::from_secs(3)));
+    pass(&s.api, &s.store, &s.tenant).await.unwrap();
+    add_pull(&s.store, 7, "cart", "open", rfc3339_now()).await;
+    pass(&s.api, &s.store, &s.tenant).await.unwrap();
+    set_preview(&s.store, 7, "a", "building").await;
+    let waiting = s.tenant.debounce.waiting();
+    let mut waiting = std::pin::pin!(waiting);
+    waiting.as_mut().enable();
+    let (passed, ()) = tokio::join!(pass(&s.api, &s.store, &s.tenant), async {
+        waiting.await;
+        set_preview(&s.store, 7, "a", "ready").await;
+    });
+    passed.unwrap();
+    let thread = s
+        .slack
+        .thread(&s.channel, &s.slack.messages(&s.channel)[0].ts);
+    assert_eq!(
+        s.slack.edits_of(&thread[1].ts),
+        [
+            "Status: open · no preview",
+            "Status: open · preview ready: <https://pr-7.previews.example|https://pr-7.previews.example>",
         ]
     );
 }

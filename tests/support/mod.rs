@@ -1,0 +1,114 @@
+//! What the end-to-end tests of the binary share: the docker CLI, loopback HTTP, waiting on
+//! another process, and the example app's files. Each test binary uses a part of it.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI");
+    assert!(
+        out.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// One HTTP/1.0 request to a loopback address; the status and the body.
+pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// Polls `what` until it returns `Some`, or fails the test naming what was awaited and the last
+/// thing seen. The daemon is another process: there is no event to await but its answers.
+pub fn wait_for<T>(
+    what: &str,
+    within: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(last) if Instant::now() > deadline => {
+                panic!("timed out after {within:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Now, as `docker events` takes it (the test and the engine share the clock).
+pub fn unix_now() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The example app's files, with a page that says `version`.
+pub fn app_files(version: &str, socket_mount: bool, slow_build: bool) -> Vec<(String, Vec<u8>)> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/hello-preview");
+    let read = |p: &str| std::fs::read(root.join(p)).unwrap();
+    let mut dockerfile = String::from_utf8(read("Dockerfile")).unwrap();
+    if slow_build {
+        // A build step that takes a while, so the test can kill the daemon in the middle of it;
+        // its command is new on every run, so no earlier run's cache skips it (BuildKit keys a
+        // step by its command and its parent's files, not by labels).
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        dockerfile = dockerfile.replace(
+            "COPY www /www",
+            &format!(
+                "COPY www /www\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"sleep 4; : {nonce}\"]"
+            ),
+        );
+    }
+    let mut compose =
+        String::from_utf8(read(".productbuilding/preview/docker-compose.yml")).unwrap();
+    if socket_mount {
+        compose.push_str("    volumes:\n      - /var/run/docker.sock:/var/run/docker.sock\n");
+    }
+    vec![
+        ("Dockerfile".into(), dockerfile.into_bytes()),
+        (
+            ".productbuilding/preview/config.yml".into(),
+            read(".productbuilding/preview/config.yml"),
+        ),
+        (
+            ".productbuilding/preview/docker-compose.yml".into(),
+            compose.into_bytes(),
+        ),
+        (
+            "www/index.html".into(),
+            format!("<h1>Hello from a productbuilder preview</h1><p>{version}</p>\n").into_bytes(),
+        ),
+        ("busybox".into(), std::fs::read("/bin/busybox").unwrap()),
+    ]
+}
