@@ -176,3 +176,89 @@ async fn a_mention_read_again_after_a_crash_is_answered_once() {
     poll.run().await.unwrap();
     assert_eq!(answers(), 1, "an intent is looked up before posting again");
 }
+
+/// Slack's own limits, enforced by the sandbox in real time (history and replies N calls a minute
+/// each, 15-message pages), and the daemon's budget set to the same N: more messages arrive than
+/// a page holds, and every mention is answered with no call refused. (N is 20 rather than
+/// Slack's 1 so that the test takes seconds; the pacing is the same arithmetic, `60 s / N`.)
+#[tokio::test]
+async fn paced_at_slack_s_limit_no_call_is_refused_and_no_mention_missed() {
+    const PER_MINUTE: u32 = 20;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let slack = Sandbox::start_with(Options {
+        history_per_minute: Some(PER_MINUTE),
+        replies_per_minute: Some(PER_MINUTE),
+        max_page_size: Some(15),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let channel = slack.create_channel("shop");
+    let store = Store::in_memory().unwrap();
+    store.migrate().unwrap();
+    let api = SlackApi::new(&slack.api_url(), BOT_TOKEN, PER_MINUTE).unwrap();
+    let bot = slack.bot_user_id();
+    let poll = Poll {
+        api: &api,
+        store: &store,
+        channel: &channel,
+        repo: "acme/shop",
+        bot_user: &bot,
+        page_size: 15,
+        thread_checks: PER_MINUTE as usize,
+        pulls: &[],
+    };
+    poll.run().await.unwrap(); // the first pass only sets the cursor
+    let mut asked = Vec::new();
+    for i in 0..40 {
+        if i % 13 == 5 {
+            asked.push(slack.post_user_message(
+                &channel,
+                "U0ALICE",
+                &format!("<@{bot}> help"),
+                None,
+            ));
+        } else {
+            slack.post_user_message(&channel, "U0BOB", &format!("chatter {i}"), None);
+        }
+    }
+    poll.run().await.unwrap();
+    poll.run().await.unwrap();
+    for ts in &asked {
+        let answers = slack
+            .thread(&channel, ts)
+            .into_iter()
+            .filter(|m| m.bot_id.is_some())
+            .count();
+        assert_eq!(answers, 1, "mention {ts}");
+    }
+    let refused = api
+        .counters
+        .rate_limited
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(refused, 0, "the budget kept within Slack's limit");
+    // The pacing itself, from the times the sandbox received the calls: a window of a minute
+    // allows a burst, so a client that bursts would pass the check above; this one would not.
+    let every = std::time::Duration::from_secs(60) / PER_MINUTE;
+    for method in ["conversations.history", "conversations.replies"] {
+        let at: Vec<_> = slack
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == method)
+            .map(|r| r.at)
+            .collect();
+        for pair in at.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap + std::time::Duration::from_millis(50) >= every,
+                "{method} calls {gap:?} apart (at most one every {every:?})"
+            );
+        }
+        if method == "conversations.history" {
+            assert!(
+                at.len() >= 4,
+                "40 messages need three 15-message pages, after the first pass"
+            );
+        }
+    }
+}
