@@ -45,6 +45,7 @@ pub mod records;
 pub mod recovery;
 pub mod spec;
 pub mod status;
+pub mod triggers;
 
 pub use queue::{
     Cancel, Claim, Enqueued, Finish, Heartbeat, Queue, QueueConfig, QueueError, Retry,

@@ -49,6 +49,10 @@ pub struct BuildSpec {
     pub open_pr: bool,
     #[serde(default)]
     pub draft: bool,
+    /// More commits on this pull request's branch (a `/productbuilder implement` or `continue`
+    /// on a pull request) instead of a new branch and pull request.
+    #[serde(default)]
+    pub pull_request: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -69,6 +73,7 @@ impl BuildSpec {
             base: None,
             open_pr: true,
             draft: false,
+            pull_request: None,
         }
     }
 
@@ -93,6 +98,7 @@ impl BuildSpec {
             base: raw.base,
             open_pr: raw.open_pr.unwrap_or(true),
             draft: raw.draft.unwrap_or(false),
+            pull_request: raw.pull_request,
         };
         spec.validate()?;
         Ok(spec)
@@ -171,6 +177,7 @@ struct RawSpec {
     base: Option<String>,
     open_pr: Option<bool>,
     draft: Option<bool>,
+    pull_request: Option<u64>,
 }
 
 fn is_name_char(c: char) -> bool {
