@@ -56,7 +56,13 @@ pub(crate) async fn serve(
     };
     let (response, identity) = match answer(&s, &call, body).await {
         Ok(answered) => answered,
-        Err(refusal) => (refusal.into_response(), None),
+        Err(refusal) => {
+            let identity = match &refusal {
+                Refusal::Denied { identity, .. } => Some(identity.clone()),
+                _ => None,
+            };
+            (refusal.into_response(), identity)
+        }
     };
     s.world().git_requests.push(GitRequest {
         method: method.clone(),
@@ -107,7 +113,11 @@ enum Refusal {
     /// one git would ask for.
     NotFound,
     /// Read access, and a push: 403.
-    Denied { repo: String, login: String },
+    Denied {
+        repo: String,
+        login: String,
+        identity: Identity,
+    },
     /// `git http-backend` could not be run.
     Backend(io::Error),
 }
@@ -125,7 +135,7 @@ impl IntoResponse for Refusal {
                 return response;
             }
             Refusal::NotFound => (StatusCode::NOT_FOUND, "Repository not found.\n".to_string()),
-            Refusal::Denied { repo, login } => (
+            Refusal::Denied { repo, login, .. } => (
                 StatusCode::FORBIDDEN,
                 format!("Permission to {repo}.git denied to {login}.\n"),
             ),
@@ -182,9 +192,7 @@ async fn answer(
             .get(&key)
             .filter(|r| r.git.is_some())
             .ok_or(Refusal::NotFound)?;
-        let have = world
-            .permission(&identity, repo)
-            .ok_or(Refusal::NotFound)?;
+        let have = world.permission(&identity, repo).ok_or(Refusal::NotFound)?;
         let need = if call.service == Some("git-receive-pack") {
             Permission::Push
         } else {
@@ -195,6 +203,7 @@ async fn answer(
             return Err(Refusal::Denied {
                 repo: repo.full_name(),
                 login,
+                identity,
             });
         }
         (identity, login)
@@ -289,7 +298,9 @@ async fn run_backend(
         tracing::debug!(stderr = %String::from_utf8_lossy(shown), "github sandbox: git http-backend");
     }
     if !status.success() && out.is_empty() {
-        return Err(io::Error::other(format!("git http-backend exited {status}")));
+        return Err(io::Error::other(format!(
+            "git http-backend exited {status}"
+        )));
     }
     cgi_response(&out)
 }
@@ -374,7 +385,8 @@ mod tests {
 
     #[test]
     fn cgi_answers_are_parsed() {
-        let r = cgi_response(b"Status: 403 Forbidden\r\nContent-Type: text/plain\r\n\r\nno").unwrap();
+        let r =
+            cgi_response(b"Status: 403 Forbidden\r\nContent-Type: text/plain\r\n\r\nno").unwrap();
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
         assert_eq!(r.headers()[CONTENT_TYPE], "text/plain");
         let r = cgi_response(b"Content-Type: x\n\nbody").unwrap();

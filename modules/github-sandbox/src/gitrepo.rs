@@ -87,8 +87,14 @@ pub(crate) fn init(
     files: &[(String, Vec<u8>)],
 ) -> io::Result<String> {
     let mut cmd = command(root);
-    cmd.args(["init", "--quiet", "--bare", "--initial-branch", default_branch])
-        .arg(dir);
+    cmd.args([
+        "init",
+        "--quiet",
+        "--bare",
+        "--initial-branch",
+        default_branch,
+    ])
+    .arg(dir);
     run(cmd, "init")?;
     let mut cmd = git_dir(root, dir);
     cmd.args(["config", "http.receivepack", "true"]);
@@ -234,9 +240,15 @@ mod tests {
         assert_eq!(sha.len(), 40);
         let heads = branches(root.path(), &dir).unwrap();
         assert_eq!(heads.get("main"), Some(&sha));
-        assert_eq!(resolve(root.path(), &dir, "main").unwrap(), Some(sha.clone()));
+        assert_eq!(
+            resolve(root.path(), &dir, "main").unwrap(),
+            Some(sha.clone())
+        );
         assert_eq!(resolve(root.path(), &dir, "nope").unwrap(), None);
-        assert!(!dir.join("index").exists(), "the bare repository has no index");
+        assert!(
+            !dir.join("index").exists(),
+            "the bare repository has no index"
+        );
 
         let gz = archive(root.path(), &dir, &sha, "o-r-abc1234").unwrap();
         let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(gz.as_slice()));
@@ -245,7 +257,10 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
             .collect();
-        assert!(names.contains(&"o-r-abc1234/app/index.html".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"o-r-abc1234/app/index.html".to_string()),
+            "{names:?}"
+        );
         let path = root.path().to_path_buf();
         drop(root);
         assert!(!path.exists(), "the root is removed on drop");

@@ -831,7 +831,10 @@ async fn tarball_for(
         (
             repo.resolve_ref(reference),
             repo.git.as_ref().map(|g| g.dir.clone()),
-            format!("{}/_sandbox/tarballs/{}/{}", s.base_url, repo.owner, repo.name),
+            format!(
+                "{}/_sandbox/tarballs/{}/{}",
+                s.base_url, repo.owner, repo.name
+            ),
         )
     };
     let sha = match (found, git_dir, reference) {

@@ -544,7 +544,8 @@ impl Repo {
 
     /// Whether `sha` is a commit of this repository (a file-tree snapshot or a git head seen).
     pub(crate) fn has_commit(&self, sha: &str) -> bool {
-        self.snapshots.contains_key(sha) || self.git.as_ref().is_some_and(|g| g.commits.contains(sha))
+        self.snapshots.contains_key(sha)
+            || self.git.as_ref().is_some_and(|g| g.commits.contains(sha))
     }
 
     pub(crate) fn comment_count(&self, number: u64) -> usize {
@@ -1601,7 +1602,10 @@ impl World {
         let now = self.tick();
         let owner = self.repos[key].owner.clone();
         let repo = self.repos.get_mut(key).ok_or_else(ApiError::not_found)?;
-        let issue = repo.issues.get_mut(&number).ok_or_else(ApiError::not_found)?;
+        let issue = repo
+            .issues
+            .get_mut(&number)
+            .ok_or_else(ApiError::not_found)?;
         if let Some(title) = input.title {
             issue.title = title;
         }
@@ -1660,7 +1664,10 @@ impl World {
             });
         }
         let repo = self.repos.get_mut(key).ok_or_else(ApiError::not_found)?;
-        let issue = repo.issues.get_mut(&number).ok_or_else(ApiError::not_found)?;
+        let issue = repo
+            .issues
+            .get_mut(&number)
+            .ok_or_else(ApiError::not_found)?;
         if after != before {
             issue.labels = after.clone();
             issue.updated_at = now;
@@ -1680,7 +1687,10 @@ impl World {
         let now = self.tick();
         let id = next(&mut self.ids.event);
         let repo = self.repos.get_mut(key).ok_or_else(ApiError::not_found)?;
-        let issue = repo.issues.get_mut(&number).ok_or_else(ApiError::not_found)?;
+        let issue = repo
+            .issues
+            .get_mut(&number)
+            .ok_or_else(ApiError::not_found)?;
         if !issue.labels.iter().any(|l| l == label) {
             return Err(ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,
