@@ -72,6 +72,9 @@ pub(crate) async fn serve(
         authorized: headers.contains_key(AUTHORIZATION),
         identity: identity.as_ref().map(Identity::key),
         service: service.map(str::to_string),
+        content_encoding: headers
+            .get(axum::http::header::CONTENT_ENCODING)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
         status: response.status().as_u16(),
     });
     response

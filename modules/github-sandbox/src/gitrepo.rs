@@ -14,10 +14,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-/// The directory holding every bare repository of one sandbox; removed on drop.
+/// The directory holding every bare repository of one sandbox; removed by [`GitRoot::remove`]
+/// (when the sandbox is shut down or dropped) or, failing that, on drop.
 #[derive(Debug)]
 pub(crate) struct GitRoot {
-    dir: tempfile::TempDir,
+    path: PathBuf,
+    dir: std::sync::Mutex<Option<tempfile::TempDir>>,
 }
 
 impl GitRoot {
@@ -26,17 +28,35 @@ impl GitRoot {
             .prefix("github-sandbox-git-")
             .tempdir()?;
         std::fs::create_dir_all(dir.path().join(".home"))?;
-        Ok(GitRoot { dir })
+        Ok(GitRoot {
+            path: dir.path().to_path_buf(),
+            dir: std::sync::Mutex::new(Some(dir)),
+        })
     }
 
     /// `GIT_PROJECT_ROOT` for `git http-backend`.
     pub(crate) fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
     }
 
     /// Where the bare repository of a repository key (`owner/name`, lower case) lives.
     pub(crate) fn repo_dir(&self, key: &str) -> PathBuf {
-        self.dir.path().join(format!("{key}.git"))
+        self.path.join(format!("{key}.git"))
+    }
+
+    /// Removes the directory now (connections still open may hold the sandbox's state; its
+    /// repositories must not outlive it). Later git requests fail.
+    pub(crate) fn remove(&self) {
+        let dir = self
+            .dir
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(dir) = dir
+            && let Err(error) = dir.close()
+        {
+            tracing::warn!(%error, "github sandbox: removing the git repositories");
+        }
     }
 }
 

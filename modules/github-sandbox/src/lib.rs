@@ -10,7 +10,8 @@
 //!   pushes, comments, faults, rate limits, the request log).
 //! - [`NewPr`]: a pull request to open. [`Permission`]: access levels to [`grant`](Sandbox::grant).
 //! - [`Fault`]: an injected failure (status, `retry-after`, delay, malformed body).
-//! - [`RequestRecord`], [`Comment`], [`StatusRecord`], [`DeploymentRecord`]: what the daemon did.
+//! - [`RequestRecord`], [`GitRequest`], [`Comment`], [`StatusRecord`], [`DeploymentRecord`]:
+//!   what the daemon did.
 //!
 //! # What is real
 //!
@@ -27,6 +28,20 @@
 //! `{owner}-{repo}-{sha7}/`. GitHub App JWTs are checked (`iss`, `exp`, `iat`; the RS256
 //! signature too for apps registered with [`Sandbox::add_app_with_key`]) and mint one-hour
 //! installation tokens.
+//!
+//! # Git-backed repositories
+//!
+//! [`Sandbox::create_git_repo`] backs a repository with a real bare git repository (in a
+//! directory the sandbox owns and removes), served over git's smart HTTP protocol by the real
+//! `git http-backend` at its `clone_url`, `{url}/git/{owner}/{name}.git`. Git authenticates as
+//! on GitHub (Basic, a known token as the password; reads need read access, pushes write
+//! access), except that anonymous requests are always refused, so tests prove the token
+//! travelled; every git request is logged ([`Sandbox::git_requests`]). Branch heads are read
+//! from git after each push and before answers that show them: `POST .../pulls` opens a pull
+//! request on a pushed branch (GitHub's 422s for a missing branch or a duplicate), a later push
+//! moves its head (and `updated_at`), `GET .../branches/{branch}` answers the head, and
+//! tarballs are `git archive`s. File-tree repositories ([`Sandbox::create_repo`],
+//! [`Sandbox::open_pr`], [`Sandbox::push`]) work as before.
 //!
 //! # Example
 //!
@@ -217,7 +232,8 @@ impl Sandbox {
         self.addr
     }
 
-    /// Stops the server: no new connections, in-flight requests get up to five seconds.
+    /// Stops the server: no new connections, in-flight requests get up to five seconds; then
+    /// the bare repositories of git-backed repositories are removed (dropping removes them too).
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -504,5 +520,6 @@ impl Drop for Sandbox {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+        self.shared.git_root.remove();
     }
 }

@@ -294,6 +294,8 @@ pub struct GitRequest {
     pub identity: Option<String>,
     /// `git-upload-pack` (a read) or `git-receive-pack` (a push), when the request names one.
     pub service: Option<String>,
+    /// The request body's `Content-Encoding` (git gzips larger upload-pack requests).
+    pub content_encoding: Option<String>,
     /// The status answered.
     pub status: u16,
 }

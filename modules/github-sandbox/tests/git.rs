@@ -572,3 +572,48 @@ async fn labels_and_pull_edits_over_the_api() {
     assert_eq!(edited.json()["body"], "done");
     sb.shutdown().await;
 }
+
+#[tokio::test]
+async fn gzipped_fetch_requests_are_inflated_by_the_backend() {
+    let sb = setup().await;
+    // Many branches at distinct commits make the clone's request list more than 1 KiB of
+    // `want` lines, which git sends gzipped.
+    let git = Git::new(&sb, None);
+    let seed = tempfile::tempdir().expect("seed dir");
+    let bare = sb.git_dir(REPO);
+    let bare_url = bare.to_string_lossy().into_owned();
+    git.ok(seed.path(), &["clone", "--quiet", &bare_url, "seed"])
+        .await;
+    let seed = seed.path().join("seed");
+    for i in 0..40 {
+        std::fs::write(seed.join("n.txt"), format!("{i}\n")).unwrap();
+        git.ok(&seed, &["add", "--all"]).await;
+        git.ok(&seed, &["commit", "--quiet", "-m", &format!("c{i}")])
+            .await;
+        git.ok(&seed, &["branch", &format!("b{i}")]).await;
+    }
+    git.ok(
+        &seed,
+        &["push", "--quiet", "origin", "refs/heads/*:refs/heads/*"],
+    )
+    .await;
+    assert_eq!(sb.branches(REPO).len(), 41);
+
+    let reader = Git::new(&sb, Some("reader-token"));
+    let (work, checkout) = work_dir();
+    let out = reader.clone(&clone_url(&sb).await, work.path()).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let branches = reader.ok(&checkout, &["branch", "--remotes"]).await;
+    assert_eq!(branches.lines().count(), 42, "{branches}"); // 41 and origin/HEAD
+    let gzipped = sb
+        .git_requests()
+        .iter()
+        .any(|r| r.content_encoding.as_deref() == Some("gzip") && r.status == 200);
+    assert!(gzipped, "{:?}", sb.git_requests());
+    sb.shutdown().await;
+    assert!(!bare.exists(), "the bare repository outlived the sandbox");
+}
