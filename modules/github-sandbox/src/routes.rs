@@ -900,7 +900,14 @@ async fn download_tarball(
     let key = (crate::world::repo_key(&owner, &name), sha.clone());
     let archives = || s.archives.lock().unwrap_or_else(|p| p.into_inner());
     let cached = archives().get(&key).cloned();
-    let git_dir = s.git_dir_of(&key.0);
+    // A commit with a file tree (`open_pr`/`push`, even on a git-backed repository) is built
+    // from it; other commits of a git-backed repository are `git archive`d.
+    let git_dir = s.git_dir_of(&key.0).filter(|_| {
+        !s.world()
+            .repos
+            .get(&key.0)
+            .is_some_and(|r| r.snapshots.contains_key(&sha))
+    });
     let (top, bytes) = match (cached, git_dir) {
         (Some(bytes), _) => (crate::tarball::top_dir(&owner, &name, &sha), bytes),
         (None, Some(dir)) => {

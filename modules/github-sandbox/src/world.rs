@@ -1439,6 +1439,23 @@ impl World {
             return;
         }
         let repo = &self.repos[key];
+        let Some(git) = &repo.git else {
+            return;
+        };
+        // Deleting a pull request's head branch closes it, as on GitHub.
+        let deleted: Vec<u64> = repo
+            .issues
+            .values()
+            .filter(|i| i.open)
+            .filter(|i| {
+                i.pull.as_ref().is_some_and(|p| {
+                    p.head_repo == key
+                        && git.branches.contains_key(&p.head_ref)
+                        && !heads.contains_key(&p.head_ref)
+                })
+            })
+            .map(|i| i.number)
+            .collect();
         let moved: Vec<u64> = repo
             .issues
             .values()
@@ -1456,6 +1473,14 @@ impl World {
         let default_head = heads.get(&repo.default_branch).cloned();
         if let Some(head) = default_head {
             repo.base_sha = head;
+        }
+        for number in deleted {
+            if let Some(issue) = repo.issues.get_mut(&number) {
+                issue.open = false;
+                issue.closed_at = Some(now);
+                issue.closed_by = Some(repo.owner.clone());
+                issue.updated_at = now;
+            }
         }
         for number in moved {
             let Some(issue) = repo.issues.get_mut(&number) else {

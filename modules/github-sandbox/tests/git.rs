@@ -617,3 +617,135 @@ async fn gzipped_fetch_requests_are_inflated_by_the_backend() {
     sb.shutdown().await;
     assert!(!bare.exists(), "the bare repository outlived the sandbox");
 }
+
+#[tokio::test]
+async fn deleting_the_head_branch_closes_the_pull_request() {
+    let sb = setup().await;
+    let url = sb.url();
+    let git = Git::new(&sb, Some("bot-token"));
+    let (work, checkout) = work_dir();
+    git.clone(&clone_url(&sb).await, work.path()).await;
+    git.commit_and_push(&checkout, "f.txt", "f\n").await;
+    let pr = call(
+        &url,
+        "bot-token",
+        "POST",
+        "/repos/acme/shop/pulls",
+        &new_pull(BRANCH),
+    )
+    .await
+    .json();
+    let number = pr["number"].as_u64().expect("number");
+    git.ok(
+        &checkout,
+        &[
+            "push",
+            "--quiet",
+            "origin",
+            &format!(":refs/heads/{BRANCH}"),
+        ],
+    )
+    .await;
+    assert_eq!(sb.branch_head(REPO, BRANCH), None);
+    let closed = get(
+        &url,
+        "bot-token",
+        &format!("/repos/acme/shop/pulls/{number}"),
+    )
+    .await
+    .json();
+    assert_eq!(closed["state"], "closed");
+    assert_eq!(closed["merged"], false);
+    let open = get(&url, "bot-token", "/repos/acme/shop/pulls?state=open")
+        .await
+        .json();
+    assert_eq!(open, Value::Array(vec![]));
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn file_tree_pull_requests_still_work_on_a_git_backed_repository() {
+    let sb = setup().await;
+    let url = sb.url();
+    let number = sb.open_pr(
+        REPO,
+        productbuilder_github_sandbox::NewPr::new("Tree PR", "alice", "tree")
+            .with_file("index.html", "<h1>tree</h1>"),
+    );
+    let sha = sb.head_sha(REPO, number);
+    let pulls = get(&url, "bot-token", "/repos/acme/shop/pulls")
+        .await
+        .json();
+    assert_eq!(
+        pulls[0]["head"]["sha"],
+        sha.as_str(),
+        "not closed as a deleted branch"
+    );
+    let redirect = get(
+        &url,
+        "bot-token",
+        &format!("/repos/acme/shop/tarball/{sha}"),
+    )
+    .await;
+    let download = send(
+        &url,
+        "GET",
+        redirect.header("location").expect("location"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(download.status, 200);
+    assert!(
+        untar(&download.body)
+            .iter()
+            .any(|(p, _)| p.ends_with("/index.html"))
+    );
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn hostile_git_paths_are_not_served() {
+    let sb = setup().await;
+    let url = sb.url();
+    let basic = format!("Basic {}", BASE64.encode("x-access-token:bot-token"));
+    let auth = [("Authorization", basic.as_str())];
+    let ok = send(
+        &url,
+        "GET",
+        "/git/acme/shop.git/info/refs?service=git-upload-pack",
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        ok.header("content-type"),
+        Some("application/x-git-upload-pack-advertisement")
+    );
+    for path in [
+        "/git/acme/shop.git/%2e%2e/%2e%2e/etc/passwd",
+        "/git/acme/shop.git/objects/..%2f..%2fconfig",
+        "/git/acme/other.git/info/refs?service=git-upload-pack",
+        "/git/acme/shop.git/.%2e/shop.git/config",
+    ] {
+        let r = send(&url, "GET", path, &auth, None).await;
+        assert_eq!(
+            r.status,
+            404,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    // A bearer token is not git's Basic auth.
+    let bearer = send(
+        &url,
+        "GET",
+        "/git/acme/shop.git/info/refs?service=git-upload-pack",
+        &[("Authorization", "Bearer bot-token")],
+        None,
+    )
+    .await;
+    assert_eq!(bearer.status, 401);
+    sb.shutdown().await;
+}
