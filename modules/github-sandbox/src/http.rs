@@ -88,6 +88,16 @@ impl ApiError {
         }]))
     }
 
+    /// `422 Validation Failed` with one custom error not tied to a field (GitHub's answer to a
+    /// duplicate pull request).
+    pub(crate) fn validation_custom(resource: &str, message: &str) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed").with_errors(json!([{
+            "resource": resource,
+            "code": "custom",
+            "message": message,
+        }]))
+    }
+
     /// `422 Validation Failed` for an invalid (or missing) field.
     pub(crate) fn invalid(resource: &str, field: &str, code: &str) -> ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed").with_errors(json!([{
@@ -559,8 +569,9 @@ pub(crate) async fn gate(
         }
     }
 
-    // 2. The archive host (like codeload.github.com): no auth, no rate limit.
-    if path.starts_with("/_sandbox/") {
+    // 2. The archive host (like codeload.github.com): no auth, no rate limit. Git's smart HTTP
+    //    (`/git/...`) authenticates on its own (Basic auth) and is logged in `git_requests` too.
+    if path.starts_with("/_sandbox/") || path.starts_with("/git/") {
         let response = next.run(req).await;
         seen.record(&shared, None, response.status(), false);
         return response;

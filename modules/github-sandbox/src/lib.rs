@@ -10,7 +10,8 @@
 //!   pushes, comments, faults, rate limits, the request log).
 //! - [`NewPr`]: a pull request to open. [`Permission`]: access levels to [`grant`](Sandbox::grant).
 //! - [`Fault`]: an injected failure (status, `retry-after`, delay, malformed body).
-//! - [`RequestRecord`], [`Comment`], [`StatusRecord`], [`DeploymentRecord`]: what the daemon did.
+//! - [`RequestRecord`], [`GitRequest`], [`Comment`], [`StatusRecord`], [`DeploymentRecord`]:
+//!   what the daemon did.
 //!
 //! # What is real
 //!
@@ -27,6 +28,20 @@
 //! `{owner}-{repo}-{sha7}/`. GitHub App JWTs are checked (`iss`, `exp`, `iat`; the RS256
 //! signature too for apps registered with [`Sandbox::add_app_with_key`]) and mint one-hour
 //! installation tokens.
+//!
+//! # Git-backed repositories
+//!
+//! [`Sandbox::create_git_repo`] backs a repository with a real bare git repository (in a
+//! directory the sandbox owns and removes), served over git's smart HTTP protocol by the real
+//! `git http-backend` at its `clone_url`, `{url}/git/{owner}/{name}.git`. Git authenticates as
+//! on GitHub (Basic, a known token as the password; reads need read access, pushes write
+//! access), except that anonymous requests are always refused, so tests prove the token
+//! travelled; every git request is logged ([`Sandbox::git_requests`]). Branch heads are read
+//! from git after each push and before answers that show them: `POST .../pulls` opens a pull
+//! request on a pushed branch (GitHub's 422s for a missing branch or a duplicate), a later push
+//! moves its head (and `updated_at`), `GET .../branches/{branch}` answers the head, and
+//! tarballs are `git archive`s. File-tree repositories ([`Sandbox::create_repo`],
+//! [`Sandbox::open_pr`], [`Sandbox::push`]) work as before.
 //!
 //! # Example
 //!
@@ -53,6 +68,8 @@
 //! # }
 //! ```
 
+mod git_http;
+mod gitrepo;
 mod http;
 mod jwt;
 mod routes;
@@ -62,6 +79,7 @@ mod world;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -71,7 +89,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use axum::http::Method;
-pub use world::{Comment, DeploymentRecord, Fault, NewPr, Permission, RequestRecord, StatusRecord};
+pub use world::{
+    Comment, DeploymentRecord, Fault, GitRequest, NewPr, Permission, RequestRecord, StatusRecord,
+};
 
 use world::World;
 
@@ -86,12 +106,54 @@ pub(crate) struct Shared {
     /// Built source archives by (repository, sha): a commit's tree never changes, and like
     /// codeload, the archive is built once, not on every download.
     pub(crate) archives: Mutex<std::collections::HashMap<(String, String), axum::body::Bytes>>,
+    /// The bare repositories of git-backed repositories (removed with the sandbox).
+    pub(crate) git_root: gitrepo::GitRoot,
+    /// Numbers reads of branch heads, so an older read never overwrites a newer one.
+    pub(crate) git_read_seq: AtomicU64,
 }
 
 impl Shared {
     /// The world, even if a panicking test thread poisoned the lock.
     pub(crate) fn world(&self) -> MutexGuard<'_, World> {
         self.world.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The bare repository of a git-backed repository (by key), if it is one.
+    pub(crate) fn git_dir_of(&self, key: &str) -> Option<PathBuf> {
+        self.world()
+            .repos
+            .get(key)
+            .and_then(|r| r.git.as_ref())
+            .map(|g| g.dir.clone())
+    }
+
+    /// Reads a git-backed repository's branch heads now and hands them to the world (pull
+    /// request heads follow). Nothing for other repositories; a failed read is logged and
+    /// leaves the last heads.
+    pub(crate) async fn sync_git_heads(&self, key: &str) {
+        let Some(dir) = self.git_dir_of(key) else {
+            return;
+        };
+        let seq = self.git_read_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let root = self.git_root.path().to_path_buf();
+        let read = tokio::task::spawn_blocking(move || gitrepo::branches(&root, &dir)).await;
+        match read {
+            Ok(Ok(heads)) => self.world().apply_heads(key, seq, heads),
+            Ok(Err(error)) => tracing::warn!(%error, key, "github sandbox: reading branches"),
+            Err(error) => tracing::warn!(%error, key, "github sandbox: reading branches"),
+        }
+    }
+
+    /// [`sync_git_heads`](Self::sync_git_heads) for the control API (blocking).
+    fn sync_git_heads_now(&self, key: &str) {
+        let Some(dir) = self.git_dir_of(key) else {
+            return;
+        };
+        let seq = self.git_read_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        match gitrepo::branches(self.git_root.path(), &dir) {
+            Ok(heads) => self.world().apply_heads(key, seq, heads),
+            Err(error) => panic!("reading the branches of {key}: {error}"),
+        }
     }
 }
 
@@ -138,6 +200,8 @@ impl Sandbox {
             peak: AtomicUsize::new(0),
             request_seq: AtomicU64::new(0),
             archives: Mutex::default(),
+            git_root: gitrepo::GitRoot::new()?,
+            git_read_seq: AtomicU64::new(0),
         });
         let app = routes::router(shared.clone());
         let (tx, rx) = oneshot::channel::<()>();
@@ -168,7 +232,8 @@ impl Sandbox {
         self.addr
     }
 
-    /// Stops the server: no new connections, in-flight requests get up to five seconds.
+    /// Stops the server: no new connections, in-flight requests get up to five seconds; then
+    /// the bare repositories of git-backed repositories are removed (dropping removes them too).
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -250,6 +315,73 @@ impl Sandbox {
     /// and returns its id; an existing one is kept and its id returned.
     pub fn create_repo(&self, owner: &str, name: &str) -> u64 {
         self.world().create_repo(owner, name, None)
+    }
+
+    /// Creates the public repository `owner/name` backed by a real bare git repository (in a
+    /// directory the sandbox owns and removes), whose default branch `main` holds one commit of
+    /// `files`, and returns its id. It is served over git's smart HTTP protocol at its
+    /// `clone_url` (`{url}/git/{owner}/{name}.git`, Basic auth with a token as the password);
+    /// pushed branches are real: pull requests can be opened on them over the API
+    /// (`POST .../pulls`), follow their pushes, and their tarballs are `git archive`s.
+    /// An existing git-backed repository is kept; a file-tree one of that name panics.
+    pub fn create_git_repo(&self, owner: &str, name: &str, files: &[(&str, &[u8])]) -> u64 {
+        let key = world::repo_key(owner, name);
+        if let Some(repo) = self.world().repos.get(&key) {
+            assert!(
+                repo.git.is_some(),
+                "create_git_repo: {owner}/{name} already exists without git"
+            );
+            return repo.id;
+        }
+        let files: Vec<(String, Vec<u8>)> = files
+            .iter()
+            .map(|(path, content)| {
+                world::check_path(path);
+                (path.to_string(), content.to_vec())
+            })
+            .collect();
+        let dir = self.shared.git_root.repo_dir(&key);
+        let head = gitrepo::init(self.shared.git_root.path(), &dir, "main", &files)
+            .unwrap_or_else(|e| panic!("create_git_repo {owner}/{name}: {e}"));
+        self.world().create_git_repo(owner, name, dir, &head)
+    }
+
+    /// The bare git repository behind a git-backed repository (panics for others).
+    pub fn git_dir(&self, repo: &str) -> PathBuf {
+        let key = self.world().repo_ctl(repo).key();
+        self.shared
+            .git_dir_of(&key)
+            .unwrap_or_else(|| panic!("{repo} is not git-backed; use create_git_repo"))
+    }
+
+    /// The head of `branch` in a git-backed repository, read from git now.
+    pub fn branch_head(&self, repo: &str, branch: &str) -> Option<String> {
+        let dir = self.git_dir(repo);
+        gitrepo::branches(self.shared.git_root.path(), &dir)
+            .unwrap_or_else(|e| panic!("reading the branches of {repo}: {e}"))
+            .remove(branch)
+    }
+
+    /// Every branch of a git-backed repository and its head, read from git now.
+    pub fn branches(&self, repo: &str) -> Vec<(String, String)> {
+        let dir = self.git_dir(repo);
+        gitrepo::branches(self.shared.git_root.path(), &dir)
+            .unwrap_or_else(|e| panic!("reading the branches of {repo}: {e}"))
+            .into_iter()
+            .collect()
+    }
+
+    /// The pull requests (any state) whose head is `branch` of `repo` itself, oldest first; for
+    /// a git-backed repository after reading its heads from git.
+    pub fn pulls_with_head(&self, repo: &str, branch: &str) -> Vec<u64> {
+        let key = self.world().repo_ctl(repo).key();
+        self.shared.sync_git_heads_now(&key);
+        self.world().pulls_with_head(repo, branch)
+    }
+
+    /// Every request to the git endpoints so far, in the order they finished.
+    pub fn git_requests(&self) -> Vec<GitRequest> {
+        self.world().git_requests.clone()
     }
 
     /// Makes a repository private (visible only to its owner, grantees and installations:
@@ -388,5 +520,6 @@ impl Drop for Sandbox {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+        self.shared.git_root.remove();
     }
 }

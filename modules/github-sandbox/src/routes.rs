@@ -8,7 +8,7 @@ use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE, LOCATION};
 use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Router, middleware};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
@@ -18,8 +18,8 @@ use crate::Shared;
 use crate::http::{ApiError, Query, Reply, gate, paginate};
 use crate::shapes::{self, Ctx};
 use crate::world::{
-    Caller, DeploymentInput, DeploymentStatusInput, Identity, Issue, Permission, Repo, StatusInput,
-    World,
+    Caller, DeploymentInput, DeploymentStatusInput, Identity, Issue, Permission, PullEdit,
+    PullInput, Repo, StatusInput, World, repo_key,
 };
 
 type St = State<Arc<Shared>>;
@@ -42,8 +42,20 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(list_issue_events),
         )
         .route(repo, get(get_repo))
-        .route(&format!("{repo}/pulls"), get(list_pulls))
-        .route(&format!("{repo}/pulls/{{number}}"), get(get_pull))
+        .route(&format!("{repo}/pulls"), get(list_pulls).post(create_pull))
+        .route(
+            &format!("{repo}/pulls/{{number}}"),
+            get(get_pull).patch(edit_pull),
+        )
+        .route(&format!("{repo}/branches/{{*branch}}"), get(get_branch))
+        .route(
+            &format!("{repo}/issues/{{number}}/labels"),
+            post(add_labels),
+        )
+        .route(
+            &format!("{repo}/issues/{{number}}/labels/{{name}}"),
+            axum::routing::delete(remove_label),
+        )
         .route(&format!("{repo}/issues"), get(list_issues))
         .route(&format!("{repo}/issues/comments"), get(list_repo_comments))
         .route(
@@ -84,6 +96,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/_sandbox/tarballs/{owner}/{repo}/{sha}",
             get(download_tarball),
         )
+        .route("/git/{owner}/{repo}/{*rest}", any(crate::git_http::serve))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), gate))
         .with_state(shared)
@@ -215,6 +228,7 @@ async fn list_pulls(
     )?;
     let default_direction = if sort == "created" { "desc" } else { "asc" };
     let desc = q.choice("direction", &["asc", "desc"], default_direction)? == "desc";
+    s.sync_git_heads(&repo_key(&owner, &name)).await;
     let world = s.world();
     let key = world.check_repo(&me.identity, &owner, &name, Permission::Pull)?;
     let repo = &world.repos[&key];
@@ -256,6 +270,7 @@ async fn get_pull(
     Extension(me): Me,
     Path((owner, name, n)): Path<(String, String, String)>,
 ) -> Answer {
+    s.sync_git_heads(&repo_key(&owner, &name)).await;
     read_one(
         &s,
         &me,
@@ -263,6 +278,135 @@ async fn get_pull(
         |repo, n| repo.issues.get(&n).filter(|i| i.pull.is_some()),
         |ctx, repo, issue| shapes::pull(ctx, repo, issue, true),
     )
+}
+
+/// Refuses anonymous writes as GitHub does (before any repository lookup).
+fn signed_in(me: &Caller) -> Result<(), ApiError> {
+    if me.identity == Identity::Anonymous {
+        return Err(ApiError::unauthorized(
+            "Requires authentication".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /repos/{o}/{r}/pulls`: a pull request from a pushed branch of a git-backed repository.
+async fn create_pull(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name)): Path<(String, String)>,
+    bytes: Bytes,
+) -> Answer {
+    signed_in(&me)?;
+    let input: PullInput = body(&bytes, "PullRequest")?;
+    let key = {
+        let world = s.world();
+        world.check_repo(&me.identity, &owner, &name, Permission::Pull)?
+    };
+    s.sync_git_heads(&key).await;
+    let mut world = s.world();
+    let author = world.actor_login(&me.identity);
+    let number = world.create_pull(&key, &author, input)?;
+    let ctx = ctx(&s, &world, &me.identity);
+    let repo = &world.repos[&key];
+    let body = shapes::pull(&ctx, repo, &repo.issues[&number], true);
+    let location = body["url"].as_str().unwrap_or_default().to_string();
+    Ok(Reply::created(body).header(LOCATION, &location))
+}
+
+/// `PATCH /repos/{o}/{r}/pulls/{n}`: title, body, state.
+async fn edit_pull(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name, n)): Path<(String, String, String)>,
+    bytes: Bytes,
+) -> Answer {
+    let n = number(&n)?;
+    let input: PullEdit = body(&bytes, "PullRequest")?;
+    let mut world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Push)?;
+    world.edit_pull(&key, n, input)?;
+    let ctx = ctx(&s, &world, &me.identity);
+    let repo = &world.repos[&key];
+    Ok(Reply::ok(shapes::pull(&ctx, repo, &repo.issues[&n], true)))
+}
+
+/// `GET /repos/{o}/{r}/branches/{branch}`: read from git now for git-backed repositories.
+async fn get_branch(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name, branch)): Path<(String, String, String)>,
+) -> Answer {
+    let key = {
+        let world = s.world();
+        world.check_repo(&me.identity, &owner, &name, Permission::Pull)?
+    };
+    if !crate::gitrepo::check_branch(&branch) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "Branch not found"));
+    }
+    s.sync_git_heads(&key).await;
+    let world = s.world();
+    let repo = &world.repos[&key];
+    let sha = match &repo.git {
+        Some(git) => git.branches.get(&branch).cloned(),
+        None => repo.resolve_ref(&branch),
+    }
+    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "Branch not found"))?;
+    let ctx = ctx(&s, &world, &me.identity);
+    Ok(Reply::ok(shapes::branch(&ctx, repo, &branch, &sha)))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum LabelsInput {
+    Object { labels: Vec<String> },
+    List(Vec<String>),
+}
+
+/// `POST /repos/{o}/{r}/issues/{n}/labels` (`{"labels": [...]}` or a bare array): adds them,
+/// recording `labeled` events by the caller; answers the issue's labels.
+async fn add_labels(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name, n)): Path<(String, String, String)>,
+    bytes: Bytes,
+) -> Answer {
+    let n = number(&n)?;
+    let input: LabelsInput = serde_json::from_slice(&bytes)
+        .map_err(|_| ApiError::invalid("Label", "labels", "invalid"))?;
+    let labels = match input {
+        LabelsInput::Object { labels } | LabelsInput::List(labels) => labels,
+    };
+    if labels.iter().any(|l| l.trim().is_empty() || l.len() > 100) {
+        return Err(ApiError::invalid("Label", "name", "invalid"));
+    }
+    let mut world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Push)?;
+    let actor = world.actor_login(&me.identity);
+    let now = world.add_labels(&key, n, &labels, &actor)?;
+    let ctx = ctx(&s, &world, &me.identity);
+    let repo = &world.repos[&key];
+    Ok(Reply::ok(Value::Array(
+        now.iter().map(|l| shapes::label(&ctx, repo, l)).collect(),
+    )))
+}
+
+/// `DELETE /repos/{o}/{r}/issues/{n}/labels/{name}`.
+async fn remove_label(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name, n, label)): Path<(String, String, String, String)>,
+) -> Answer {
+    let n = number(&n)?;
+    let mut world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Push)?;
+    let actor = world.actor_login(&me.identity);
+    let now = world.remove_label(&key, n, &label, &actor)?;
+    let ctx = ctx(&s, &world, &me.identity);
+    let repo = &world.repos[&key];
+    Ok(Reply::ok(Value::Array(
+        now.iter().map(|l| shapes::label(&ctx, repo, l)).collect(),
+    )))
 }
 
 async fn list_issues(
@@ -668,25 +812,47 @@ async fn list_issue_events(
 
 // -- archives ---------------------------------------------------------------------------------
 
-fn tarball_for(
+async fn tarball_for(
     s: &Shared,
     me: &Caller,
     owner: &str,
     name: &str,
     reference: Option<&str>,
 ) -> Answer {
-    let world = s.world();
-    let key = world.check_repo(&me.identity, owner, name, Permission::Pull)?;
-    let repo = &world.repos[&key];
-    let reference = reference.unwrap_or(&repo.default_branch);
-    let sha = repo
-        .resolve_ref(reference)
-        .ok_or_else(ApiError::not_found)?;
-    let location = format!(
-        "{}/_sandbox/tarballs/{}/{}/{sha}",
-        s.base_url, repo.owner, repo.name
-    );
-    Ok(Reply::redirect(&location))
+    let key = {
+        let world = s.world();
+        world.check_repo(&me.identity, owner, name, Permission::Pull)?
+    };
+    s.sync_git_heads(&key).await;
+    let (found, git_dir, location_base) = {
+        let world = s.world();
+        let repo = &world.repos[&key];
+        let reference = reference.unwrap_or(&repo.default_branch);
+        (
+            repo.resolve_ref(reference),
+            repo.git.as_ref().map(|g| g.dir.clone()),
+            format!(
+                "{}/_sandbox/tarballs/{}/{}",
+                s.base_url, repo.owner, repo.name
+            ),
+        )
+    };
+    let sha = match (found, git_dir, reference) {
+        (Some(sha), _, _) => sha,
+        // Any other commit git knows (an older one, an abbreviated sha), asked of git.
+        (None, Some(dir), Some(reference)) if crate::gitrepo::check_revision(reference) => {
+            let root = s.git_root.path().to_path_buf();
+            let reference = reference.to_string();
+            tokio::task::spawn_blocking(move || crate::gitrepo::resolve(&root, &dir, &reference))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+                .ok_or_else(ApiError::not_found)?
+        }
+        _ => return Err(ApiError::not_found()),
+    };
+    Ok(Reply::redirect(&format!("{location_base}/{sha}")))
 }
 
 async fn tarball_default_branch(
@@ -694,7 +860,7 @@ async fn tarball_default_branch(
     Extension(me): Me,
     Path((owner, name)): Path<(String, String)>,
 ) -> Answer {
-    tarball_for(&s, &me, &owner, &name, None)
+    tarball_for(&s, &me, &owner, &name, None).await
 }
 
 async fn tarball(
@@ -702,7 +868,28 @@ async fn tarball(
     Extension(me): Me,
     Path((owner, name, reference)): Path<(String, String, String)>,
 ) -> Answer {
-    tarball_for(&s, &me, &owner, &name, Some(&reference))
+    tarball_for(&s, &me, &owner, &name, Some(&reference)).await
+}
+
+/// `git archive` of a commit of a git-backed repository; `None` when `sha` is not one.
+async fn git_archive(s: &Shared, dir: std::path::PathBuf, top: &str, sha: &str) -> Option<Bytes> {
+    let full_sha = sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit());
+    if !full_sha {
+        return None;
+    }
+    let root = s.git_root.path().to_path_buf();
+    let (top, sha) = (top.to_string(), sha.to_string());
+    let built =
+        tokio::task::spawn_blocking(move || crate::gitrepo::archive(&root, &dir, &sha, &top))
+            .await
+            .ok()?;
+    match built {
+        Ok(bytes) => Some(Bytes::from(bytes)),
+        Err(error) => {
+            tracing::debug!(%error, "github sandbox: git archive");
+            None
+        }
+    }
 }
 
 /// The redirect target (codeload's role): no authentication, like a signed download URL.
@@ -713,9 +900,31 @@ async fn download_tarball(
     let key = (crate::world::repo_key(&owner, &name), sha.clone());
     let archives = || s.archives.lock().unwrap_or_else(|p| p.into_inner());
     let cached = archives().get(&key).cloned();
-    let (top, bytes) = match cached {
-        Some(bytes) => (crate::tarball::top_dir(&owner, &name, &sha), bytes),
-        None => {
+    // A commit with a file tree (`open_pr`/`push`, even on a git-backed repository) is built
+    // from it; other commits of a git-backed repository are `git archive`d.
+    let git_dir = s.git_dir_of(&key.0).filter(|_| {
+        !s.world()
+            .repos
+            .get(&key.0)
+            .is_some_and(|r| r.snapshots.contains_key(&sha))
+    });
+    let (top, bytes) = match (cached, git_dir) {
+        (Some(bytes), _) => (crate::tarball::top_dir(&owner, &name, &sha), bytes),
+        (None, Some(dir)) => {
+            let top = {
+                let world = s.world();
+                let Some(repo) = world.repos.get(&key.0) else {
+                    return ApiError::not_found().into_response();
+                };
+                crate::tarball::top_dir(&repo.owner, &repo.name, &sha)
+            };
+            let Some(bytes) = git_archive(&s, dir, &top, &sha).await else {
+                return ApiError::not_found().into_response();
+            };
+            archives().insert(key, bytes.clone());
+            (top, bytes)
+        }
+        (None, None) => {
             let (top, tree, mtime) = {
                 let world = s.world();
                 let Some(repo) = world.repos.get(&key.0) else {

@@ -215,12 +215,39 @@ pub(crate) fn repository(ctx: &Ctx, repo: &Repo, full: bool) -> Value {
             map.extend(part.clone());
         }
     }
+    if repo.git.is_some() {
+        // Git-backed repositories are cloned from the sandbox's smart HTTP endpoint.
+        let clone_url = format!("{}/git/{full_name}.git", ctx.base);
+        map.insert("clone_url".to_string(), json!(clone_url));
+    }
     if full && let Some(parent) = repo.parent.as_ref().and_then(|k| ctx.world.repos.get(k)) {
         let parent = repository(ctx, parent, false);
         map.insert("parent".to_string(), parent.clone());
         map.insert("source".to_string(), parent);
     }
     v
+}
+
+/// A branch (`GET /repos/{o}/{r}/branches/{branch}`), at `sha`.
+pub(crate) fn branch(ctx: &Ctx, repo: &Repo, name: &str, sha: &str) -> Value {
+    let full_name = repo.full_name();
+    let api = format!("{}/repos/{full_name}", ctx.base);
+    let html = format!("{}/{full_name}", ctx.base);
+    json!({
+        "name": name,
+        "commit": {
+            "sha": sha,
+            "node_id": node_id("Commit", 0),
+            "url": format!("{api}/commits/{sha}"),
+            "html_url": format!("{html}/commit/{sha}"),
+        },
+        "_links": {
+            "self": format!("{api}/branches/{}", segment(name)),
+            "html": format!("{html}/tree/{}", segment(name)),
+        },
+        "protected": false,
+        "protection_url": format!("{api}/branches/{}/protection", segment(name)),
+    })
 }
 
 pub(crate) fn label(ctx: &Ctx, repo: &Repo, name: &str) -> Value {

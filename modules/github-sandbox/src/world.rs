@@ -4,7 +4,7 @@
 //! methods (called by tests) panic with a clear message on misuse such as an unknown repository;
 //! REST-facing methods return [`ApiError`]s so hostile HTTP input never panics.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::Method;
@@ -279,6 +279,27 @@ pub struct RequestRecord {
     pub at: Instant,
 }
 
+/// One request to a git-backed repository's smart HTTP endpoint (`{sandbox}/git/...`), as
+/// [`Sandbox::git_requests`](crate::Sandbox::git_requests) reports it.
+#[derive(Clone, Debug)]
+pub struct GitRequest {
+    /// The method.
+    pub method: Method,
+    /// The path and query, as sent (tests assert no token is in it).
+    pub path_and_query: String,
+    /// Whether the request carried an `Authorization` header.
+    pub authorized: bool,
+    /// The identity it resolved to (`user:<login>`, `installation:<id>`); `None` when it
+    /// carried no or bad credentials.
+    pub identity: Option<String>,
+    /// `git-upload-pack` (a read) or `git-receive-pack` (a push), when the request names one.
+    pub service: Option<String>,
+    /// The request body's `Content-Encoding` (git gzips larger upload-pack requests).
+    pub content_encoding: Option<String>,
+    /// The status answered.
+    pub status: u16,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Internal model
 
@@ -495,7 +516,23 @@ pub(crate) struct Repo {
     pub labels: BTreeMap<String, LabelDef>,
     /// File trees per commit sha, so old shas still download.
     pub snapshots: HashMap<String, Tree>,
+    /// The bare git repository behind a git-backed repository (`None`: file trees only).
+    pub git: Option<GitBacking>,
     next_number: u64,
+}
+
+/// What the world knows of a git-backed repository: where it is and the branch heads last read
+/// from it (refreshed after every push and before every answer that shows a head).
+#[derive(Clone, Debug)]
+pub(crate) struct GitBacking {
+    pub dir: std::path::PathBuf,
+    /// Branch name → head sha, as last read.
+    pub branches: BTreeMap<String, String>,
+    /// Every commit ever seen at a branch head: statuses and deployments may name them.
+    pub commits: HashSet<String>,
+    /// The sequence number of the read `branches` came from: a read started earlier (and so
+    /// possibly older) never overwrites it.
+    pub read_seq: u64,
 }
 
 impl Repo {
@@ -507,6 +544,12 @@ impl Repo {
         format!("{}/{}", self.owner, self.name)
     }
 
+    /// Whether `sha` is a commit of this repository (a file-tree snapshot or a git head seen).
+    pub(crate) fn has_commit(&self, sha: &str) -> bool {
+        self.snapshots.contains_key(sha)
+            || self.git.as_ref().is_some_and(|g| g.commits.contains(sha))
+    }
+
     pub(crate) fn comment_count(&self, number: u64) -> usize {
         self.comments.values().filter(|c| c.issue == number).count()
     }
@@ -516,7 +559,7 @@ impl Repo {
     /// pull request's head branch (an open one first, the newest first).
     pub(crate) fn resolve_ref(&self, reference: &str) -> Option<String> {
         let reference = reference.strip_prefix("refs/").unwrap_or(reference);
-        if self.snapshots.contains_key(reference) {
+        if self.has_commit(reference) {
             return Some(reference.to_string());
         }
         if let Some(n) = reference
@@ -531,6 +574,9 @@ impl Repo {
                 .map(|p| p.head_sha.clone());
         }
         let branch = reference.strip_prefix("heads/").unwrap_or(reference);
+        if let Some(git) = &self.git {
+            return git.branches.get(branch).cloned();
+        }
         if branch == self.default_branch {
             return Some(self.base_sha.clone());
         }
@@ -647,6 +693,7 @@ pub(crate) struct World {
     buckets: HashMap<String, Bucket>,
     faults: Vec<Fault>,
     pub requests: Vec<RequestRecord>,
+    pub git_requests: Vec<GitRequest>,
 }
 
 /// Installation tokens live one hour, like GitHub's.
@@ -947,6 +994,7 @@ impl World {
                 deployments: BTreeMap::new(),
                 labels: BTreeMap::new(),
                 snapshots,
+                git: None,
                 next_number: 1,
             },
         );
@@ -1340,6 +1388,371 @@ impl World {
         issue.updated_at = now;
     }
 
+    // -- git-backed repositories, pulls and labels over REST ---------------------------------
+
+    /// Makes `owner/name` a git-backed repository whose bare repository is `dir`, with its
+    /// default branch at `head`. Panics (control API) when a file-tree repository of that name
+    /// exists; an existing git-backed one is kept.
+    pub(crate) fn create_git_repo(
+        &mut self,
+        owner: &str,
+        name: &str,
+        dir: std::path::PathBuf,
+        head: &str,
+    ) -> u64 {
+        let key = repo_key(owner, name);
+        if let Some(existing) = self.repos.get(&key) {
+            assert!(
+                existing.git.is_some(),
+                "create_git_repo: {owner}/{name} already exists without git"
+            );
+            return existing.id;
+        }
+        let id = self.create_repo(owner, name, None);
+        let repo = self.repos.get_mut(&key).expect("created above");
+        let mut branches = BTreeMap::new();
+        branches.insert(repo.default_branch.clone(), head.to_string());
+        repo.snapshots.clear();
+        repo.base_sha = head.to_string();
+        repo.git = Some(GitBacking {
+            dir,
+            branches,
+            commits: HashSet::from([head.to_string()]),
+            read_seq: 0,
+        });
+        id
+    }
+
+    /// Takes the branch heads just read from a git-backed repository: the default branch moves
+    /// the base, and every open pull request whose head branch moved gets the new head (one
+    /// more commit, a new `updated_at`), so pollers see the push. `seq` orders the reads: one
+    /// started before the last applied one is dropped.
+    pub(crate) fn apply_heads(&mut self, key: &str, seq: u64, heads: BTreeMap<String, String>) {
+        let Some(git) = self.repos.get_mut(key).and_then(|r| r.git.as_mut()) else {
+            return;
+        };
+        if seq <= git.read_seq {
+            return;
+        }
+        git.read_seq = seq;
+        if git.branches == heads {
+            return;
+        }
+        let repo = &self.repos[key];
+        let Some(git) = &repo.git else {
+            return;
+        };
+        // Deleting a pull request's head branch closes it, as on GitHub.
+        let deleted: Vec<u64> = repo
+            .issues
+            .values()
+            .filter(|i| i.open)
+            .filter(|i| {
+                i.pull.as_ref().is_some_and(|p| {
+                    p.head_repo == key
+                        && git.branches.contains_key(&p.head_ref)
+                        && !heads.contains_key(&p.head_ref)
+                })
+            })
+            .map(|i| i.number)
+            .collect();
+        let moved: Vec<u64> = repo
+            .issues
+            .values()
+            .filter(|i| i.open)
+            .filter(|i| {
+                i.pull.as_ref().is_some_and(|p| {
+                    p.head_repo == key
+                        && heads.get(&p.head_ref).is_some_and(|sha| *sha != p.head_sha)
+                })
+            })
+            .map(|i| i.number)
+            .collect();
+        let now = self.tick();
+        let repo = self.repos.get_mut(key).expect("checked above");
+        let default_head = heads.get(&repo.default_branch).cloned();
+        if let Some(head) = default_head {
+            repo.base_sha = head;
+        }
+        for number in deleted {
+            if let Some(issue) = repo.issues.get_mut(&number) {
+                issue.open = false;
+                issue.closed_at = Some(now);
+                issue.closed_by = Some(repo.owner.clone());
+                issue.updated_at = now;
+            }
+        }
+        for number in moved {
+            let Some(issue) = repo.issues.get_mut(&number) else {
+                continue;
+            };
+            if let Some(p) = issue.pull.as_mut()
+                && let Some(sha) = heads.get(&p.head_ref)
+            {
+                p.head_sha = sha.clone();
+                p.commits += 1;
+                issue.updated_at = now;
+            }
+        }
+        repo.pushed_at = now;
+        repo.updated_at = now;
+        if let Some(git) = repo.git.as_mut() {
+            git.commits.extend(heads.values().cloned());
+            git.branches = heads;
+        }
+    }
+
+    /// `POST /repos/{o}/{r}/pulls` on a git-backed repository (whose heads were just applied):
+    /// GitHub's 422s for a missing branch, nothing to merge, or an open pull request for the
+    /// same head and base.
+    pub(crate) fn create_pull(
+        &mut self,
+        key: &str,
+        author: &str,
+        input: PullInput,
+    ) -> Result<u64, ApiError> {
+        let invalid = |field| ApiError::invalid("PullRequest", field, "invalid");
+        let repo = self.repos.get(key).ok_or_else(ApiError::not_found)?;
+        let title = input
+            .title
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| ApiError::invalid("PullRequest", "title", "missing_field"))?;
+        let branch = match input.head.split_once(':') {
+            Some((owner, branch)) if owner.eq_ignore_ascii_case(&repo.owner) => branch,
+            Some(_) => return Err(invalid("head")),
+            None => input.head.as_str(),
+        };
+        let git = repo.git.as_ref().ok_or_else(|| invalid("head"))?;
+        let base_sha = git
+            .branches
+            .get(&input.base)
+            .cloned()
+            .ok_or_else(|| invalid("base"))?;
+        let head_sha = git
+            .branches
+            .get(branch)
+            .cloned()
+            .ok_or_else(|| invalid("head"))?;
+        if head_sha == base_sha {
+            return Err(ApiError::validation_custom(
+                "PullRequest",
+                &format!("No commits between {} and {branch}", input.base),
+            ));
+        }
+        let duplicate = repo.issues.values().any(|i| {
+            i.open
+                && i.pull.as_ref().is_some_and(|p| {
+                    p.head_repo == key && p.head_ref == branch && p.base_ref == input.base
+                })
+        });
+        if duplicate {
+            return Err(ApiError::validation_custom(
+                "PullRequest",
+                &format!("A pull request already exists for {}:{branch}.", repo.owner),
+            ));
+        }
+        let branch = branch.to_string();
+        let user = self.ensure_user(author);
+        let association = self.association(author, key);
+        let now = self.tick();
+        let issue_id = next(&mut self.ids.issue);
+        let pull_id = next(&mut self.ids.pull);
+        let repo = self.repos.get_mut(key).expect("checked above");
+        let number = repo.next_number;
+        repo.next_number += 1;
+        repo.updated_at = now;
+        repo.issues.insert(
+            number,
+            Issue {
+                id: issue_id,
+                number,
+                title,
+                body: input.body,
+                author: user.login,
+                open: true,
+                labels: Vec::new(),
+                author_association: association,
+                created_at: now,
+                updated_at: now,
+                closed_at: None,
+                closed_by: None,
+                pull: Some(PullData {
+                    id: pull_id,
+                    head_ref: branch,
+                    head_sha,
+                    head_repo: key.to_string(),
+                    base_ref: input.base,
+                    base_sha,
+                    draft: input.draft.unwrap_or(false),
+                    merged: false,
+                    merged_at: None,
+                    merge_commit_sha: None,
+                    merged_by: None,
+                    commits: 1,
+                    changed_files: 0,
+                    additions: 0,
+                }),
+            },
+        );
+        Ok(number)
+    }
+
+    /// `PATCH /repos/{o}/{r}/pulls/{n}`: title, body and state (`closed` closes without
+    /// merging; `open` reopens an unmerged one).
+    pub(crate) fn edit_pull(
+        &mut self,
+        key: &str,
+        number: u64,
+        input: PullEdit,
+    ) -> Result<(), ApiError> {
+        let reopen_merged = {
+            let repo = self.repos.get(key).ok_or_else(ApiError::not_found)?;
+            let issue = repo
+                .issues
+                .get(&number)
+                .filter(|i| i.pull.is_some())
+                .ok_or_else(ApiError::not_found)?;
+            input.state.as_deref() == Some("open") && issue.pull.as_ref().is_some_and(|p| p.merged)
+        };
+        if let Some(state) = input.state.as_deref()
+            && state != "open"
+            && state != "closed"
+        {
+            return Err(ApiError::invalid("PullRequest", "state", "invalid"));
+        }
+        if reopen_merged {
+            return Err(ApiError::validation_custom(
+                "PullRequest",
+                "state cannot be changed. The pull request has been merged.",
+            ));
+        }
+        let now = self.tick();
+        let owner = self.repos[key].owner.clone();
+        let repo = self.repos.get_mut(key).ok_or_else(ApiError::not_found)?;
+        let issue = repo
+            .issues
+            .get_mut(&number)
+            .ok_or_else(ApiError::not_found)?;
+        if let Some(title) = input.title {
+            issue.title = title;
+        }
+        if let Some(body) = input.body {
+            issue.body = Some(body);
+        }
+        match input.state.as_deref() {
+            Some("closed") if issue.open => {
+                issue.open = false;
+                issue.closed_at = Some(now);
+                issue.closed_by = Some(owner);
+            }
+            Some("open") if !issue.open => {
+                issue.open = true;
+                issue.closed_at = None;
+                issue.closed_by = None;
+            }
+            _ => {}
+        }
+        issue.updated_at = now;
+        Ok(())
+    }
+
+    /// `POST /repos/{o}/{r}/issues/{n}/labels`: adds labels (definitions created on demand),
+    /// one `labeled` event by `actor` for each label not already there. Returns the labels.
+    pub(crate) fn add_labels(
+        &mut self,
+        key: &str,
+        number: u64,
+        labels: &[String],
+        actor: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        let before = self
+            .repos
+            .get(key)
+            .and_then(|r| r.issues.get(&number))
+            .map(|i| i.labels.clone())
+            .ok_or_else(ApiError::not_found)?;
+        self.ensure_labels(key, labels);
+        let now = self.tick();
+        let mut after = before.clone();
+        for label in labels {
+            if after.contains(label) {
+                continue;
+            }
+            after.push(label.clone());
+            let id = next(&mut self.ids.event);
+            let repo = self.repos.get_mut(key).ok_or_else(ApiError::not_found)?;
+            repo.events.push(IssueEvent {
+                id,
+                issue: number,
+                actor: actor.to_string(),
+                event: "labeled".into(),
+                label: label.clone(),
+                created_at: now,
+            });
+        }
+        let repo = self.repos.get_mut(key).ok_or_else(ApiError::not_found)?;
+        let issue = repo
+            .issues
+            .get_mut(&number)
+            .ok_or_else(ApiError::not_found)?;
+        if after != before {
+            issue.labels = after.clone();
+            issue.updated_at = now;
+        }
+        Ok(after)
+    }
+
+    /// `DELETE /repos/{o}/{r}/issues/{n}/labels/{name}`: an `unlabeled` event by `actor`; 404
+    /// `Label does not exist` when the issue does not carry it. Returns the remaining labels.
+    pub(crate) fn remove_label(
+        &mut self,
+        key: &str,
+        number: u64,
+        label: &str,
+        actor: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        let now = self.tick();
+        let id = next(&mut self.ids.event);
+        let repo = self.repos.get_mut(key).ok_or_else(ApiError::not_found)?;
+        let issue = repo
+            .issues
+            .get_mut(&number)
+            .ok_or_else(ApiError::not_found)?;
+        if !issue.labels.iter().any(|l| l == label) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "Label does not exist",
+            ));
+        }
+        issue.labels.retain(|l| l != label);
+        issue.updated_at = now;
+        let remaining = issue.labels.clone();
+        repo.events.push(IssueEvent {
+            id,
+            issue: number,
+            actor: actor.to_string(),
+            event: "unlabeled".into(),
+            label: label.to_string(),
+            created_at: now,
+        });
+        Ok(remaining)
+    }
+
+    /// The numbers of the pull requests (open or not) whose head is `branch` of this repository.
+    pub(crate) fn pulls_with_head(&mut self, repo: &str, branch: &str) -> Vec<u64> {
+        let r = self.repo_ctl(repo);
+        let key = r.key();
+        r.issues
+            .values()
+            .filter(|i| {
+                i.pull
+                    .as_ref()
+                    .is_some_and(|p| p.head_repo == key && p.head_ref == branch)
+            })
+            .map(|i| i.number)
+            .collect()
+    }
+
     pub(crate) fn create_issue(
         &mut self,
         repo: &str,
@@ -1471,7 +1884,7 @@ impl World {
             ));
         }
         let repo = self.repos.get(key).ok_or_else(ApiError::not_found)?;
-        if !repo.snapshots.contains_key(sha) {
+        if !repo.has_commit(sha) {
             return Err(ApiError::unprocessable(format!(
                 "No commit found for SHA: {sha}"
             )));
@@ -1530,7 +1943,7 @@ impl World {
     ) -> Result<Deployment, ApiError> {
         let repo = self.repos.get(key).ok_or_else(ApiError::not_found)?;
         let sha = match &input.sha {
-            Some(sha) if repo.snapshots.contains_key(sha) => sha.clone(),
+            Some(sha) if repo.has_commit(sha) => sha.clone(),
             Some(sha) => {
                 return Err(ApiError::unprocessable(format!(
                     "No commit found for SHA: {sha}"
@@ -1716,6 +2129,25 @@ impl World {
     }
 }
 
+/// Parsed body of `POST /repos/{o}/{r}/pulls`.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct PullInput {
+    pub title: Option<String>,
+    pub head: String,
+    pub base: String,
+    pub body: Option<String>,
+    pub draft: Option<bool>,
+}
+
+/// Parsed body of `PATCH /repos/{o}/{r}/pulls/{n}` (`base` and `maintainer_can_modify` are
+/// accepted and ignored).
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct PullEdit {
+    pub title: Option<String>,
+    pub body: Option<String>,
+    pub state: Option<String>,
+}
+
 /// Parsed body of `POST /repos/{o}/{r}/statuses/{sha}`.
 #[derive(Debug, serde::Deserialize)]
 pub(crate) struct StatusInput {
@@ -1755,7 +2187,7 @@ pub(crate) struct DeploymentStatusInput {
 }
 
 /// Rejects file paths that could escape the archive's top directory (control API input).
-fn check_path(path: &str) {
+pub(crate) fn check_path(path: &str) {
     let bad = path.is_empty()
         || path.starts_with('/')
         || path.contains('\\')

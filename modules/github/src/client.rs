@@ -1301,9 +1301,31 @@ fn error_message(body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct Basic {
         message: String,
+        #[serde(default)]
+        errors: Vec<serde_json::Value>,
     }
     let text = match serde_json::from_slice::<Basic>(body) {
-        Ok(b) => b.message,
+        // A validation failure's reasons ("A pull request already exists for o:b.") are in
+        // `errors`: they say what to fix, so they follow the message.
+        Ok(b) => {
+            let reasons: Vec<String> = b
+                .errors
+                .iter()
+                .filter_map(|e| match e.get("message").and_then(|m| m.as_str()) {
+                    Some(message) => Some(message.to_owned()),
+                    None => {
+                        let field = e.get("field")?.as_str()?;
+                        let code = e.get("code").and_then(|c| c.as_str()).unwrap_or("invalid");
+                        Some(format!("{field} {code}"))
+                    }
+                })
+                .collect();
+            if reasons.is_empty() {
+                b.message
+            } else {
+                format!("{}: {}", b.message, reasons.join("; "))
+            }
+        }
         Err(_) => String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
     };
     let line: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
@@ -1450,6 +1472,12 @@ mod tests {
         assert_eq!(error_message(b"<html>\n502\n</html>"), "<html>502</html>");
         assert_eq!(error_message(&[b'x'; 5000]).len(), 200);
         assert_eq!(error_message(b""), "(empty body)");
+        assert_eq!(
+            error_message(
+                br#"{"message":"Validation Failed","errors":[{"resource":"PullRequest","code":"custom","message":"No commits between main and b"},{"resource":"PullRequest","field":"head","code":"invalid"}]}"#
+            ),
+            "Validation Failed: No commits between main and b; head invalid"
+        );
     }
 
     #[test]

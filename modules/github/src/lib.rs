@@ -14,6 +14,11 @@
 //! - [`config`]: `[github]` of the main file, as typed and resolved.
 //! - [`feeds`]: what the module publishes to others ([`feeds::PULLS`]).
 //! - [`webhook`]: signature checks and delivery dedup for the accelerator.
+//! - Builds' calls on [`GithubClient`]: [`repository`](GithubClient::repository),
+//!   [`branch_head`](GithubClient::branch_head),
+//!   [`open_pull_for_branch`](GithubClient::open_pull_for_branch),
+//!   [`create_pull`](GithubClient::create_pull) (idempotent), `edit_pull`, `add_labels`,
+//!   `remove_label`.
 //!
 //! # Why conditional requests carry the whole state
 //! A 304 costs no primary quota, so the pulls worker asks for the full list of open pull requests
@@ -28,6 +33,7 @@ pub mod config;
 pub mod feeds;
 mod model;
 mod poll;
+mod pulls_api;
 mod report;
 pub mod webhook;
 
@@ -43,6 +49,7 @@ pub use poll::{
     Cursor, GithubModule, GithubState, TenantPollState, poll_pulls, stored_comments,
     stored_issue_numbers,
 };
+pub use pulls_api::{NewPull, PullRef, RepoInfo};
 pub use report::{
     CommitState, DeploymentState, Reporter, STATUS_CONTEXT, description, environment,
 };
