@@ -43,6 +43,7 @@ pub mod git;
 pub mod queue;
 pub mod records;
 pub mod recovery;
+pub mod routes;
 pub mod spec;
 pub mod status;
 pub mod triggers;
