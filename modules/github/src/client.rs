@@ -435,6 +435,13 @@ impl GithubClient {
         }
     }
 
+    /// The token `repo`'s identity holds now (an installation token is renewed first when it is
+    /// about to expire), for git's environment alone: builds clone and push with it. Never log,
+    /// store or pass it in an argv.
+    pub async fn git_token(&self, repo: &str) -> Result<String, GithubError> {
+        Ok(self.identity(repo).await?.token.expose().to_owned())
+    }
+
     /// The login the daemon's comments carry: the token's user (`GET /user`), or `{slug}[bot]`
     /// for a GitHub App (`GET /app` with the App's JWT). Asked once per process; `repo` is only
     /// used to find an identity to ask with.
