@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use productbuilder_store::rusqlite::{self, Connection, OptionalExtension, params};
 
 use crate::decide::{Comment, Thread};
-use crate::text::{Item, ItemState, Kind, PreviewView};
+use crate::text::{BuildView, Item, ItemState, Kind, PreviewView};
 
 /// An item and when it last changed (unix seconds), as the GitHub poller stored it.
 #[derive(Debug, Clone)]
@@ -133,6 +133,34 @@ pub fn previews(c: &Connection, repo: &str) -> rusqlite::Result<BTreeMap<u64, Pr
             )
         })
         .collect())
+}
+
+/// Each item's latest build (the builds module's rows; empty before any build).
+pub fn builds(c: &Connection, repo: &str) -> rusqlite::Result<BTreeMap<u64, BuildView>> {
+    let mut stmt = c.prepare(
+        "SELECT id, number, status, result, error FROM builds
+         WHERE repo = ?1 AND number IS NOT NULL ORDER BY id",
+    )?;
+    let rows = stmt.query_map([repo], |r| {
+        let result: Option<String> = r.get(3)?;
+        let result: serde_json::Value = result
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let text = |field: &str| result.get(field).and_then(|v| v.as_str()).map(str::to_owned);
+        Ok((
+            r.get::<_, i64>(1)? as u64,
+            BuildView {
+                id: r.get(0)?,
+                status: r.get(2)?,
+                pr_number: result.get("pr_number").and_then(|v| v.as_u64()),
+                pr_url: text("pr_url"),
+                preview_url: text("preview_url"),
+                error: r.get::<_, Option<String>>(4)?.or_else(|| text("error")),
+            },
+        ))
+    })?;
+    // Oldest first: the latest build of each item wins.
+    rows.collect()
 }
 
 pub fn first_pass(c: &Connection, repo: &str) -> rusqlite::Result<Option<String>> {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::text::{self, Item, ItemState, PreviewView};
+use crate::text::{self, BuildView, Item, ItemState, PreviewView};
 
 /// A person's GitHub comment on an item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,9 @@ pub mod key {
     }
     pub const CLOSED: &str = "closed";
     pub const MERGED: &str = "merged";
+    pub fn build(id: i64) -> String {
+        format!("build:{id}")
+    }
 }
 
 /// Whether a thread may be started for an item that existed at the tenant's first Slack pass:
@@ -56,6 +59,8 @@ pub fn is_ours(comment: &Comment, own_login: Option<&str>, marker: &str) -> bool
 pub struct State {
     pub items: Vec<Item>,
     pub previews: BTreeMap<u64, PreviewView>,
+    /// Each item's latest build.
+    pub builds: BTreeMap<u64, BuildView>,
     /// Oldest first.
     pub comments: Vec<Comment>,
     pub threads: BTreeMap<u64, Thread>,
@@ -110,7 +115,8 @@ pub fn decide(state: &State, own_login: Option<&str>, marker: &str) -> Vec<Step>
             }),
             Some(_) => {}
         }
-        let status = text::status(item, state.previews.get(&n));
+        let build = state.builds.get(&n);
+        let status = text::status(item, state.previews.get(&n), build);
         if thread.and_then(|t| t.status_text.as_deref()) != Some(status.as_str()) {
             steps.push(Step::Status {
                 number: n,
@@ -125,6 +131,16 @@ pub fn decide(state: &State, own_login: Option<&str>, marker: &str) -> Vec<Step>
                 steps.push(Step::Event {
                     number: n,
                     text: text::comment(&c.author, &c.body, &c.url),
+                    key,
+                });
+            }
+        }
+        if let Some(b) = build.filter(|b| b.is_final()) {
+            let key = key::build(b.id);
+            if unsent(&key) {
+                steps.push(Step::Event {
+                    number: n,
+                    text: text::build_ended(b),
                     key,
                 });
             }

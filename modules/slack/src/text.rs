@@ -114,9 +114,40 @@ pub struct PreviewView {
     pub error: Option<String>,
 }
 
-/// The status message: the item's state and, for pull requests, its preview. Edited in place
-/// whenever this text changes, so it holds only the latest state.
-pub fn status(item: &Item, preview: Option<&PreviewView>) -> String {
+/// An item's latest build (issue 11) as the thread shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildView {
+    pub id: i64,
+    /// `pending`, `running`, `completed`, `failed`, `cancelled`.
+    pub status: String,
+    pub pr_number: Option<u64>,
+    pub pr_url: Option<String>,
+    pub preview_url: Option<String>,
+    pub error: Option<String>,
+}
+
+impl BuildView {
+    pub fn is_final(&self) -> bool {
+        matches!(self.status.as_str(), "completed" | "failed" | "cancelled")
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or("").chars().take(300).collect()
+}
+
+/// What a build's pull request is, as a link.
+fn build_pull(b: &BuildView) -> Option<String> {
+    match (&b.pr_url, b.pr_number) {
+        (Some(url), Some(n)) => Some(link(url, &format!("pull request #{n}"))),
+        (Some(url), None) => Some(link(url, "pull request")),
+        _ => None,
+    }
+}
+
+/// The status message: the item's state, for pull requests their preview, and the latest build
+/// of the item. Edited in place whenever this text changes, so it holds only the latest state.
+pub fn status(item: &Item, preview: Option<&PreviewView>, build: Option<&BuildView>) -> String {
     let state = match item.state {
         ItemState::Open => "open",
         ItemState::Closed => "closed",
@@ -135,17 +166,38 @@ pub fn status(item: &Item, preview: Option<&PreviewView>) -> String {
                     text.push_str(&format!(" at {}", escape(stage)));
                 }
                 if let Some(error) = &p.error {
-                    let first: String = error
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                        .chars()
-                        .take(300)
-                        .collect();
-                    text.push_str(&format!(": {}", escape(&first)));
+                    text.push_str(&format!(": {}", escape(&first_line(error))));
                 }
             }
         }
+    }
+    if let Some(b) = build {
+        text.push_str(&format!(" · build {}", escape(&b.status)));
+        if let Some(pull) = build_pull(b) {
+            text.push_str(&format!(": {pull}"));
+        }
+        if let Some(url) = &b.preview_url {
+            text.push_str(&format!(", preview {}", link(url, url)));
+        }
+        if b.status != "completed"
+            && let Some(error) = &b.error
+        {
+            text.push_str(&format!(" ({})", escape(&first_line(error))));
+        }
+    }
+    text
+}
+
+/// The event line when a build ended (appended once: it must not be overwritten).
+pub fn build_ended(b: &BuildView) -> String {
+    let mut text = format!("Build {} {}", b.id, escape(&b.status));
+    if let Some(pull) = build_pull(b) {
+        text.push_str(&format!(": {pull}"));
+    }
+    if b.status != "completed"
+        && let Some(error) = &b.error
+    {
+        text.push_str(&format!(" — {}", escape(&first_line(error))));
     }
     text
 }
@@ -251,7 +303,7 @@ mod tests {
             error: None,
         };
         assert_eq!(
-            status(&pull, Some(&ready)),
+            status(&pull, Some(&ready), None),
             "Status: open · preview ready: <https://pr-7.previews.example|https://pr-7.previews.example>"
         );
         let failed = PreviewView {
@@ -261,15 +313,15 @@ mod tests {
             error: Some("exit 1: <!here>\nmore".into()),
         };
         assert_eq!(
-            status(&pull, Some(&failed)),
+            status(&pull, Some(&failed), None),
             "Status: open · preview failed at build: exit 1: &lt;!here&gt;"
         );
-        assert_eq!(status(&pull, None), "Status: open · no preview");
+        assert_eq!(status(&pull, None, None), "Status: open · no preview");
         let merged = Item {
             state: ItemState::Merged,
             ..pull
         };
-        assert_eq!(status(&merged, Some(&ready)), "Status: merged");
+        assert_eq!(status(&merged, Some(&ready), None), "Status: merged");
         assert!(parent(&merged).starts_with("[merged] "));
         assert_eq!(
             closing(&merged),

@@ -190,6 +190,7 @@ async fn gather(store: &Store, tenant: &Tenant) -> Result<State, UnitError> {
                     .map(|i| i.item)
                     .collect(),
                 previews: db::previews(c, &repo)?,
+                builds: db::builds(c, &repo)?,
                 comments: db::comments(c, &repo, &web)?,
                 threads: db::threads(c, &repo)?,
                 skipped: db::skipped(c, &repo)?,
