@@ -39,12 +39,19 @@
 //! the captured output is redacted of the token and its base64 form), and push goes to the clone
 //! URL the daemon holds, not to the checkout's remote.
 pub mod agent;
+pub mod callback;
+pub mod comment;
+pub mod config;
+pub mod forge;
 pub mod git;
+pub mod prompt;
 pub mod queue;
 pub mod records;
 pub mod recovery;
+pub mod runner;
 pub mod spec;
 pub mod status;
+pub mod transcript;
 
 pub use queue::{
     Cancel, Claim, Enqueued, Finish, Heartbeat, Queue, QueueConfig, QueueError, Retry,
@@ -52,3 +59,6 @@ pub use queue::{
 pub use records::{AuditEntry, Build, BuildId};
 pub use spec::{BuildResult, BuildSpec, SpecError};
 pub use status::{Status, Step};
+pub use config::{BuildsConfig, RawBuilds};
+pub use forge::{Forge, ForgeError, ForgeFuture};
+pub use runner::{BuildEvent, EventKind, Ran, Runner};
