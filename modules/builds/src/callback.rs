@@ -165,7 +165,10 @@ impl Callbacks {
             };
             match answer {
                 Ok(Ok(status)) if (200..300).contains(&status) => {
-                    return Ok(Delivered { attempts: attempt, status });
+                    return Ok(Delivered {
+                        attempts: attempt,
+                        status,
+                    });
                 }
                 Ok(Ok(status)) if status == 408 || status == 429 || status >= 500 => {
                     last = format!("answered {status}");

@@ -33,7 +33,10 @@ pub struct View<'a> {
 
 /// The comment's body, starting with the marker.
 pub fn body(v: View<'_>) -> String {
-    let mut out = format!("{BUILD_COMMENT_MARKER}\n**productbuilder build {}**: {}", v.id, v.status);
+    let mut out = format!(
+        "{BUILD_COMMENT_MARKER}\n**productbuilder build {}**: {}",
+        v.id, v.status
+    );
     if let Some(step) = v.step {
         out.push_str(&format!(" (step: {step})"));
     }
@@ -42,7 +45,11 @@ pub fn body(v: View<'_>) -> String {
         out.push_str(&format!("\nBranch: `{branch}`\n"));
     }
     if let Some((number, url, draft)) = v.pr {
-        let kind = if draft { "Draft pull request" } else { "Pull request" };
+        let kind = if draft {
+            "Draft pull request"
+        } else {
+            "Pull request"
+        };
         out.push_str(&format!("\n{kind}: #{number} ({url})\n"));
     }
     if let Some(detail) = v.detail {

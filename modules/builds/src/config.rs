@@ -131,8 +131,7 @@ pub fn resolve(p: &mut Problems, at: &Origins<'_>, raw: Option<RawBuilds>) -> Op
             "builds.agent_command",
             "missing; [builds] needs the agent's argv, for example agent_command = [\"claude\", \"-p\", \"{prompt}\", \"--output-format\", \"stream-json\", \"--verbose\"]".into(),
         );
-    } else if agent_command[0].trim().is_empty() || agent_command[0].contains(PROMPT_PLACEHOLDER)
-    {
+    } else if agent_command[0].trim().is_empty() || agent_command[0].contains(PROMPT_PLACEHOLDER) {
         push(
             p,
             "builds.agent_command",
@@ -317,7 +316,9 @@ fn check_env_name(p: &mut Problems, at: &Origins<'_>, key: &str, name: &str) -> 
     let message = if !valid {
         format!("{name:?} is not an environment variable name")
     } else if name.to_ascii_uppercase().starts_with("PRODUCTBUILDER_") {
-        format!("`{name}` is reserved: the daemon's own settings (and its tokens) never reach the agent")
+        format!(
+            "`{name}` is reserved: the daemon's own settings (and its tokens) never reach the agent"
+        )
     } else if name.to_ascii_uppercase().starts_with("GIT_") {
         format!("`{name}` is reserved: git's settings are the daemon's")
     } else {

@@ -53,12 +53,12 @@ pub mod spec;
 pub mod status;
 pub mod transcript;
 
+pub use config::{BuildsConfig, RawBuilds};
+pub use forge::{Forge, ForgeError, ForgeFuture};
 pub use queue::{
     Cancel, Claim, Enqueued, Finish, Heartbeat, Queue, QueueConfig, QueueError, Retry,
 };
 pub use records::{AuditEntry, Build, BuildId};
+pub use runner::{BuildEvent, EventKind, Ran, Runner};
 pub use spec::{BuildResult, BuildSpec, SpecError};
 pub use status::{Status, Step};
-pub use config::{BuildsConfig, RawBuilds};
-pub use forge::{Forge, ForgeError, ForgeFuture};
-pub use runner::{BuildEvent, EventKind, Ran, Runner};

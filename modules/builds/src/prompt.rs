@@ -79,7 +79,8 @@ pub fn prompt(parts: PromptParts<'_>) -> String {
                     .unwrap_or_default();
                 out.push_str(&format!(
                     "\nFrom @{}{about}:\n",
-                    cut(&comment.author, 64).replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "")
+                    cut(&comment.author, 64)
+                        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "")
                 ));
                 out.push_str(&fenced(&cut(&comment.body, MAX_REVIEW_COMMENT_BYTES)));
             }
@@ -115,11 +116,7 @@ pub fn substitute(text: &str, variables: &BTreeMap<String, String>) -> String {
 
 /// `text` between fences of backticks longer than any run inside it.
 pub fn fenced(text: &str) -> String {
-    let longest = text
-        .split(|c| c != '`')
-        .map(str::len)
-        .max()
-        .unwrap_or(0);
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
     let fence = "`".repeat((longest + 1).max(3));
     format!("{fence}text\n{text}\n{fence}\n")
 }
@@ -153,7 +150,10 @@ mod tests {
         let cases = [
             ("Make {{title}}", "Make Hi {{name}}"),
             ("{{ name }} and {{name}}", "Bob and Bob"),
-            ("keep {{unknown}} and ${{ secrets.X }}", "keep {{unknown}} and ${{ secrets.X }}"),
+            (
+                "keep {{unknown}} and ${{ secrets.X }}",
+                "keep {{unknown}} and ${{ secrets.X }}",
+            ),
             ("open {{ without end", "open {{ without end"),
             ("{{{{name}}}}", "{{Bob}}"),
             ("", ""),
@@ -209,7 +209,10 @@ mod tests {
         assert!(p.len() <= MAX_AGENT_PROMPT_BYTES, "{}", p.len());
         assert!(p.contains(" […]"));
         assert!(p.contains("pull request #9"));
-        assert!(p.contains("From @user99script on `src/'x'.rs`"), "comments are the newest");
+        assert!(
+            p.contains("From @user99script on `src/'x'.rs`"),
+            "comments are the newest"
+        );
         assert!(p.contains("70 older comments left out"));
         assert!(!p.contains("user0script"));
         // A huge variable cannot take the prompt past the argv bound either.

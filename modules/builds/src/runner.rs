@@ -156,10 +156,8 @@ impl From<GitError> for StepError {
         use crate::git::Step as G;
         // Network steps may succeed later; a rejected push or a broken checkout will not, but
         // the attempts are bounded.
-        let transient = matches!(
-            e.step(),
-            Some(G::Clone | G::Push | G::ListRemote)
-        ) && !matches!(&e, GitError::Failed { source, .. } if matches!(source, productbuilder_process::Error::Cancelled { .. }));
+        let transient = matches!(e.step(), Some(G::Clone | G::Push | G::ListRemote))
+            && !matches!(&e, GitError::Failed { source, .. } if matches!(source, productbuilder_process::Error::Cancelled { .. }));
         let tail = e.tail().trim();
         let message = if tail.is_empty() {
             e.to_string()
@@ -339,7 +337,11 @@ async fn heartbeat(
 ) -> std::convert::Infallible {
     loop {
         tokio::time::sleep(runner.heartbeat_every).await;
-        match runner.queue.heartbeat(id, &runner.owner, runner.now()).await {
+        match runner
+            .queue
+            .heartbeat(id, &runner.owner, runner.now())
+            .await
+        {
             Ok(beat) if beat.cancel_requested => cancel.cancel(),
             Ok(_) => {}
             Err(QueueError::LeaseLost { .. }) => cancel.cancel(),
@@ -618,7 +620,7 @@ impl BuildRun<'_> {
 
         self.step(Step::Agent).await?;
         let token = runner.forge.token_for(&repo).await?;
-        let (env, secrets) = self.agent_env(token.as_ref());
+        let (env, secrets) = agent_env(self.config(), std::env::vars_os(), token.as_ref());
         let done = agent::AgentRun {
             id: self.id(),
             config: &runner.config,
@@ -634,39 +636,6 @@ impl BuildRun<'_> {
         self.saved.agent = Some(done);
         self.save()?;
         Ok(())
-    }
-
-    /// The agent's environment: the allowlisted variables the daemon has, and the secret files;
-    /// a variable whose value holds the token is left out. Also what to redact.
-    fn agent_env(&self, token: Option<&Secret>) -> (Vec<(OsString, OsString)>, Vec<String>) {
-        let config = self.config();
-        let mut env = Vec::new();
-        let mut secrets = Vec::new();
-        for (name, value) in productbuilder_process::allowed_env(&config.env, std::env::vars_os()) {
-            let text = value.to_string_lossy();
-            if let Some(token) = token
-                && text.contains(token.expose())
-            {
-                tracing::warn!(variable = ?name, "builds: a variable that holds the GitHub token is not given to the agent");
-                continue;
-            }
-            let upper = name.to_string_lossy().to_ascii_uppercase();
-            if ["KEY", "TOKEN", "SECRET", "PASS", "AUTH"]
-                .iter()
-                .any(|w| upper.contains(w))
-            {
-                secrets.push(text.into_owned());
-            }
-            env.push((name, value));
-        }
-        for (name, value) in &config.env_files {
-            env.push((name.into(), value.expose().into()));
-            secrets.push(value.expose().to_owned());
-        }
-        if let Some(token) = token {
-            secrets.push(token.expose().to_owned());
-        }
-        (env, secrets)
     }
 
     fn title(&self) -> String {
@@ -695,7 +664,11 @@ impl BuildRun<'_> {
 
     /// The build's open pull request for `branch`, or a new one (draft when asked, or when the
     /// work is partial).
-    async fn pull_request(&mut self, agent: &AgentDone, branch: &str) -> Result<PullRef, StepError> {
+    async fn pull_request(
+        &mut self,
+        agent: &AgentDone,
+        branch: &str,
+    ) -> Result<PullRef, StepError> {
         let forge = &self.runner.forge;
         let repo = self.build.repo.clone();
         if let Some(existing) = forge.open_pull_for_branch(&repo, branch).await? {
@@ -724,7 +697,9 @@ impl BuildRun<'_> {
         body.push_str(&format!(
             "Built by productbuilder (build {}{}{}).",
             self.id(),
-            agent.turns.map_or(String::new(), |t| format!(", {t} turns")),
+            agent
+                .turns
+                .map_or(String::new(), |t| format!(", {t} turns")),
             agent
                 .cost_usd
                 .map_or(String::new(), |c| format!(", ${c:.2}"))
@@ -734,7 +709,11 @@ impl BuildRun<'_> {
             None => self.title(),
         };
         let pull = NewPull {
-            title: if partial { format!("WIP: {title}") } else { title },
+            title: if partial {
+                format!("WIP: {title}")
+            } else {
+                title
+            },
             head: branch.to_owned(),
             base: self.saved.base_branch.clone().unwrap_or_default(),
             body: self.transcript.redacted(&body),
@@ -796,14 +775,20 @@ impl BuildRun<'_> {
             let body = payload(self.id(), &self.build.repo, end.status, &end.result);
             // Not the build's cancel: a cancelled build is still called back.
             let never = CancellationToken::new();
-            match self.runner.callbacks.send(&url, self.id(), body, &never).await {
+            match self
+                .runner
+                .callbacks
+                .send(&url, self.id(), body, &never)
+                .await
+            {
                 Ok(d) => self.transcript.note(&format!(
                     "callback delivered (answered {} after {} attempts)",
                     d.status, d.attempts
                 )),
                 Err(e) => {
                     tracing::warn!(build = %self.id(), error = %e, "builds: callback not delivered");
-                    self.transcript.note(&format!("callback not delivered: {e}"));
+                    self.transcript
+                        .note(&format!("callback not delivered: {e}"));
                 }
             }
         }
@@ -893,5 +878,76 @@ impl BuildRun<'_> {
                 }
             }
         }
+    }
+}
+
+/// The agent's environment from the daemon's `vars`: the allowlisted ones, and the secret files;
+/// a variable whose value holds the token is left out. Also what to redact from its output: the
+/// token, the secret files, and allowlisted variables whose names say they are secrets.
+pub(crate) fn agent_env(
+    config: &BuildsConfig,
+    vars: impl Iterator<Item = (OsString, OsString)>,
+    token: Option<&Secret>,
+) -> (Vec<(OsString, OsString)>, Vec<String>) {
+    let mut env = Vec::new();
+    let mut secrets = Vec::new();
+    for (name, value) in productbuilder_process::allowed_env(&config.env, vars) {
+        let text = value.to_string_lossy();
+        if let Some(token) = token
+            && text.contains(token.expose())
+        {
+            tracing::warn!(variable = ?name, "builds: a variable that holds the GitHub token is not given to the agent");
+            continue;
+        }
+        let upper = name.to_string_lossy().to_ascii_uppercase();
+        if ["KEY", "TOKEN", "SECRET", "PASS", "AUTH"]
+            .iter()
+            .any(|w| upper.contains(w))
+        {
+            secrets.push(text.into_owned());
+        }
+        env.push((name, value));
+    }
+    for (name, value) in &config.env_files {
+        env.push((name.into(), value.expose().into()));
+        secrets.push(value.expose().to_owned());
+    }
+    if let Some(token) = token {
+        secrets.push(token.expose().to_owned());
+    }
+    (env, secrets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_gets_the_allowlist_and_never_the_token() {
+        let mut config = BuildsConfig::new(vec!["agent".into(), "{prompt}".into()]);
+        config.env = vec!["PATH".into(), "ANTHROPIC_API_KEY".into(), "LEAKY".into()];
+        config
+            .env_files
+            .insert("OPENAI_API_KEY".into(), Secret::new("sk-file"));
+        let vars = [
+            ("PATH", "/usr/bin"),
+            ("ANTHROPIC_API_KEY", "sk-ant-1"),
+            ("LEAKY", "Bearer ghs_TOKEN"),
+            ("PRODUCTBUILDER_GITHUB__TOKEN", "ghs_TOKEN"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let token = Secret::new("ghs_TOKEN");
+        let (env, secrets) = agent_env(&config, vars.into_iter(), Some(&token));
+        let names: Vec<_> = env
+            .iter()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["PATH", "ANTHROPIC_API_KEY", "OPENAI_API_KEY"]);
+        assert!(
+            env.iter()
+                .all(|(_, v)| !v.to_string_lossy().contains("ghs_TOKEN"))
+        );
+        assert_eq!(secrets, ["sk-ant-1", "sk-file", "ghs_TOKEN"]);
     }
 }

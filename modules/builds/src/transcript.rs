@@ -114,7 +114,10 @@ impl Transcript {
         let bytes = line.len() as u64 + 1;
         if self.written + bytes > MAX_TRANSCRIPT_BYTES {
             self.cut = true;
-            let _ = writeln!(file, "[productbuilder] transcript cut: it reached its bound");
+            let _ = writeln!(
+                file,
+                "[productbuilder] transcript cut: it reached its bound"
+            );
             return;
         }
         if writeln!(file, "{line}").is_ok() {
@@ -150,7 +153,9 @@ mod tests {
         }
         let file = std::fs::read_to_string(&path).unwrap();
         assert!(!file.contains("ghs_SECRET"));
-        assert!(file.starts_with("token [redacted] here\nsecond\n[productbuilder] push failed: [redacted]\n"));
+        assert!(file.starts_with(
+            "token [redacted] here\nsecond\n[productbuilder] push failed: [redacted]\n"
+        ));
         assert!(t.tail().len() <= MAX_OUTPUT_BYTES);
         assert!(t.tail().ends_with(&format!("{}\n", "x".repeat(100))));
     }

@@ -45,7 +45,9 @@ const AGENT: &str = "agent_command = [\"claude\", \"-p\", \"{prompt}\"]\n";
 fn defaults_follow_the_issue_and_the_contract() {
     let dir = tempfile::tempdir().unwrap();
     assert!(load(dir.path(), "").unwrap().is_none(), "no section: off");
-    let c = load(dir.path(), &format!("[builds]\n{AGENT}")).unwrap().unwrap();
+    let c = load(dir.path(), &format!("[builds]\n{AGENT}"))
+        .unwrap()
+        .unwrap();
     assert_eq!(c.agent_format, AgentFormat::ClaudeStreamJson);
     assert_eq!(c.max_duration, Duration::from_secs(1800));
     assert_eq!((c.max_turns, c.max_cost_usd), (None, None));
@@ -103,7 +105,11 @@ ANTHROPIC_API_KEY = "key.txt"
 
 #[test]
 fn the_prompt_is_one_argument_never_a_shell_word() {
-    let c = BuildsConfig::new(vec!["agent".into(), "--prompt={prompt}".into(), "-v".into()]);
+    let c = BuildsConfig::new(vec![
+        "agent".into(),
+        "--prompt={prompt}".into(),
+        "-v".into(),
+    ]);
     let prompt = "x\"; rm -rf / #\n$(id) {prompt}";
     assert_eq!(
         c.argv(prompt),
@@ -114,8 +120,14 @@ fn the_prompt_is_one_argument_never_a_shell_word() {
 #[test]
 fn problems_name_the_key_and_what_to_write() {
     let cases: &[(&str, &str)] = &[
-        ("[builds]\n", "key `builds.agent_command`: missing; [builds] needs the agent's argv"),
-        ("[builds]\nagent_command = []\n", "key `builds.agent_command`: missing"),
+        (
+            "[builds]\n",
+            "key `builds.agent_command`: missing; [builds] needs the agent's argv",
+        ),
+        (
+            "[builds]\nagent_command = []\n",
+            "key `builds.agent_command`: missing",
+        ),
         (
             "[builds]\nagent_command = [\"claude\", \"-p\"]\n",
             "key `builds.agent_command`: no element holds {prompt}",

@@ -117,7 +117,13 @@ impl AgentRun<'_> {
             show(transcript.redacted(&step.text), progress);
         }
         let summary = outcome.summary.as_deref().map(|s| transcript.redacted(s));
-        let end = judge(config, &result, budget, self.cancel.is_cancelled(), &outcome.verdict);
+        let end = judge(
+            config,
+            &result,
+            budget,
+            self.cancel.is_cancelled(),
+            &outcome.verdict,
+        );
         transcript.note(&format!("agent ended: {}", describe(&end)));
         AgentDone {
             end,
@@ -138,9 +144,7 @@ fn over_budget(config: &BuildsConfig, usage: crate::agent::Usage) -> Option<Stri
     if let (Some(max), Some(cost)) = (config.max_cost_usd, usage.cost_usd)
         && cost > max
     {
-        return Some(format!(
-            "it cost ${cost:.2}, past max_cost_usd (${max:.2})"
-        ));
+        return Some(format!("it cost ${cost:.2}, past max_cost_usd (${max:.2})"));
     }
     None
 }
@@ -164,11 +168,9 @@ fn judge(
             "the agent ran past max_duration ({}) and was stopped",
             humantime::format_duration(round(config.max_duration))
         )),
-        Err(e @ (ProcessError::NotFound { .. } | ProcessError::Spawn { .. })) => {
-            AgentEnd::Failed {
-                reason: format!("the agent could not be started: {e}"),
-            }
-        }
+        Err(e @ (ProcessError::NotFound { .. } | ProcessError::Spawn { .. })) => AgentEnd::Failed {
+            reason: format!("the agent could not be started: {e}"),
+        },
         Err(ProcessError::Io { .. }) | Ok(_) | Err(ProcessError::Exit { .. }) => match verdict {
             Verdict::Success => AgentEnd::Success,
             Verdict::Failed { reason, detail } => partial(match reason {
