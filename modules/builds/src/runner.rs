@@ -34,6 +34,7 @@ pub mod state;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -305,7 +306,9 @@ impl Runner {
         let build = claim.build;
         let id = build.id;
         let cancel = CancellationToken::new();
+        let lost = Arc::new(AtomicBool::new(false));
         let mut run = BuildRun {
+            lost: lost.clone(),
             runner: self,
             dir: self.state_dir.join("builds").join(id.to_string()),
             transcript: Transcript::open(&self.transcript_path(id)),
@@ -323,17 +326,19 @@ impl Runner {
         }
         tokio::select! {
             ran = run.drive(claim.resume_from) => ran,
-            never = heartbeat(self, id, cancel.clone()) => match never {},
+            never = heartbeat(self, id, cancel.clone(), lost) => match never {},
             _ = shutdown.cancelled() => Ran::Stopped,
         }
     }
 }
 
-/// Extends the lease every `heartbeat_every`; a cancel request or a lost lease cancels the build.
+/// Extends the lease every `heartbeat_every`; a cancel request or a lost lease cancels the build
+/// (a lost lease also sets `lost`: then nothing more is written, not even the saved state).
 async fn heartbeat(
     runner: &Runner,
     id: BuildId,
     cancel: CancellationToken,
+    lost: Arc<AtomicBool>,
 ) -> std::convert::Infallible {
     loop {
         tokio::time::sleep(runner.heartbeat_every).await;
@@ -344,7 +349,10 @@ async fn heartbeat(
         {
             Ok(beat) if beat.cancel_requested => cancel.cancel(),
             Ok(_) => {}
-            Err(QueueError::LeaseLost { .. }) => cancel.cancel(),
+            Err(QueueError::LeaseLost { .. }) => {
+                lost.store(true, Ordering::SeqCst);
+                cancel.cancel();
+            }
             Err(e) => tracing::warn!(build = %id, error = %e, "builds: heartbeat failed"),
         }
     }
@@ -361,6 +369,8 @@ struct BuildRun<'a> {
     saved: Saved,
     started: Instant,
     cancel: CancellationToken,
+    /// Recovery took the build: stop without writing anything.
+    lost: Arc<AtomicBool>,
 }
 
 impl BuildRun<'_> {
@@ -633,6 +643,13 @@ impl BuildRun<'_> {
         }
         .run(&mut self.transcript, &mut self.progress)
         .await;
+        if self.lease_lost() {
+            return Err(StepError {
+                transient: false,
+                message: "the lease was lost".into(),
+                lease_lost: true,
+            });
+        }
         self.saved.agent = Some(done);
         self.save()?;
         Ok(())
@@ -759,7 +776,15 @@ impl BuildRun<'_> {
     }
 
     /// Callback, finish, comment, cleanup.
+    fn lease_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
     async fn end(&mut self, end: SavedEnd) -> Ran {
+        if self.lease_lost() {
+            self.transcript.note("the lease was lost; stopping");
+            return Ran::LeaseLost;
+        }
         self.saved.end = Some(end.clone());
         if let Err(e) = self.save() {
             self.transcript.note(&e.message);
@@ -830,7 +855,7 @@ impl BuildRun<'_> {
     }
 
     async fn failed_step(&mut self, e: StepError) -> Ran {
-        if e.lease_lost {
+        if e.lease_lost || self.lease_lost() {
             self.transcript.note("the lease was lost; stopping");
             return Ran::LeaseLost;
         }

@@ -582,3 +582,179 @@ async fn a_daemon_that_dies_after_opening_the_pull_request_resumes_without_a_sec
     assert_eq!(result.pr_number, Some(pulls[0].1.number));
     assert!(result.commit_sha.is_some());
 }
+
+#[tokio::test]
+async fn the_runner_stops_an_agent_past_max_turns_as_it_reports_them() {
+    let site = Site::new();
+    let turn = r#"{"type":"turn.completed","usage":{"input_tokens":10,"output_tokens":5}}"#;
+    let mut config = site.agent(
+        "codex",
+        &script(&[
+            claude::echo(r#"{"type":"thread.started","thread_id":"t-1"}"#),
+            "echo 'footer' >> app.txt".into(),
+            claude::echo(turn),
+            claude::echo(turn),
+            claude::echo(turn),
+            // It would go on for ever: the runner stops it at the third turn.
+            "sleep 1000".into(),
+        ]),
+    );
+    config.agent_format = productbuilder_builds::agent::AgentFormat::CodexJson;
+    config.max_turns = Some(2);
+    let runner = site.runner(config);
+    let id = runner
+        .queue()
+        .enqueue(REPO, None, spec_for_issue(14), Utc::now())
+        .await
+        .unwrap()
+        .build
+        .id;
+    let (_, ran) = runner
+        .run_once(&CancellationToken::new())
+        .await
+        .unwrap()
+        .unwrap();
+    let Ran::Finished { status, reason } = ran else {
+        panic!("{ran:?}")
+    };
+    assert_eq!(status, Status::Failed);
+    assert!(
+        reason.contains("it took 3 turns, past max_turns (2)"),
+        "{reason}"
+    );
+    let pulls = site.forge.pulls();
+    assert_eq!(pulls.len(), 1);
+    assert!(pulls[0].0.draft);
+    let result = runner
+        .queue()
+        .get(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .result
+        .unwrap();
+    assert_eq!(result.turns, Some(3));
+}
+
+#[tokio::test]
+async fn a_runner_whose_lease_was_taken_stops_and_writes_nothing() {
+    let site = Site::new();
+    let config = site.agent(
+        "slow-lease",
+        &script(&[
+            "echo 'footer' >> app.txt".into(),
+            claude::echo(claude::INIT),
+            claude::echo(&claude::text("working on it")),
+            "sleep 1000".into(),
+        ]),
+    );
+    let runner = site.runner(config);
+    let queue = runner.queue().clone();
+    let id = queue
+        .enqueue(REPO, None, spec_for_issue(15), Utc::now())
+        .await
+        .unwrap()
+        .build
+        .id;
+    let mut events = runner.subscribe();
+    let running = tokio::spawn({
+        let runner = runner.clone();
+        async move { runner.run_once(&CancellationToken::new()).await }
+    });
+    loop {
+        if events.recv().await.unwrap().kind == EventKind::Progress("working on it".into()) {
+            break;
+        }
+    }
+    // Recovery on another daemon, after the lease: the agent step is retried once from the start.
+    let recovered = queue
+        .recover(Utc::now() + TimeDelta::minutes(10))
+        .await
+        .unwrap();
+    assert_eq!(recovered[0].action, Action::RetryOnce);
+    let (_, ran) = running.await.unwrap().unwrap().unwrap();
+    assert_eq!(ran, Ran::LeaseLost);
+    let build = queue.get(id).await.unwrap().unwrap();
+    assert_eq!(build.status, Status::Pending);
+    assert!(site.forge.pulls().is_empty());
+    assert!(
+        !site
+            .state_dir
+            .join(format!("builds/{id}/state.json"))
+            .exists()
+            || !std::fs::read_to_string(site.state_dir.join(format!("builds/{id}/state.json")))
+                .unwrap()
+                .contains("\"agent\":{"),
+        "no agent result was saved"
+    );
+}
+
+#[tokio::test]
+async fn a_build_goes_on_from_its_open_pull_request() {
+    let site = Site::new();
+    let first = site.agent(
+        "first",
+        &script(&[
+            claude::echo(claude::INIT),
+            "echo 'footer' >> app.txt".into(),
+            claude::echo(&claude::max_turns(5)),
+        ]),
+    );
+    let runner = site.runner(first);
+    runner
+        .queue()
+        .enqueue(REPO, None, spec_for_issue(16), Utc::now())
+        .await
+        .unwrap();
+    runner
+        .run_once(&CancellationToken::new())
+        .await
+        .unwrap()
+        .unwrap();
+    let draft = site.origin_branch("productbuilder/issue-16").unwrap();
+    assert_eq!(site.forge.pulls().len(), 1);
+
+    // `/productbuilder continue`: a new build for the issue finds the branch and its pull request.
+    let second = site.agent(
+        "second",
+        &script(&[
+            claude::echo(claude::INIT),
+            "echo 'blue footer' >> app.txt".into(),
+            claude::echo(&claude::success(2, 0.1, "Finished the footer.")),
+        ]),
+    );
+    let runner = site.runner(second);
+    runner
+        .queue()
+        .enqueue(REPO, None, spec_for_issue(16), Utc::now())
+        .await
+        .unwrap();
+    let (_, ran) = runner
+        .run_once(&CancellationToken::new())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            ran,
+            Ran::Finished {
+                status: Status::Completed,
+                ..
+            }
+        ),
+        "{ran:?}"
+    );
+    let head = site.origin_branch("productbuilder/issue-16").unwrap();
+    let parent = support::raw_git(&site.bare, &["rev-parse", &format!("{head}^")]);
+    assert_eq!(
+        parent.trim(),
+        draft,
+        "the work goes on from the draft's commit"
+    );
+    let app = support::raw_git(&site.bare, &["show", &format!("{head}:app.txt")]);
+    assert_eq!(app, "hello\nfooter\nblue footer\n");
+    assert_eq!(site.forge.pulls().len(), 1, "the same pull request");
+    let argv = site.mark("argv");
+    assert!(argv.contains("goes on from pull request #100"), "{argv}");
+    assert!(argv.contains("Make the footer blue."), "{argv}");
+}
