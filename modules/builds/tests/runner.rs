@@ -758,3 +758,48 @@ async fn a_build_goes_on_from_its_open_pull_request() {
     assert!(argv.contains("goes on from pull request #100"), "{argv}");
     assert!(argv.contains("Make the footer blue."), "{argv}");
 }
+
+#[tokio::test]
+async fn serve_runs_what_is_enqueued_until_shutdown() {
+    let site = Site::new();
+    let config = site.agent(
+        "served",
+        &script(&[
+            claude::echo(claude::INIT),
+            "echo \"footer $$\" >> app.txt".into(),
+            claude::echo(&claude::success(1, 0.01, "Done.")),
+        ]),
+    );
+    let runner = site.runner(config);
+    let queue = runner.queue().clone();
+    let mut events = runner.subscribe();
+    let shutdown = CancellationToken::new();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let served =
+        tokio::spawn(runner.serve(shutdown.clone(), wake.clone(), Duration::from_secs(3600)));
+    let mut ids = Vec::new();
+    for issue in [21, 22] {
+        ids.push(
+            queue
+                .enqueue(REPO, None, spec_for_issue(issue), Utc::now())
+                .await
+                .unwrap()
+                .build
+                .id,
+        );
+        wake.notify_one();
+    }
+    let mut finished = Vec::new();
+    while finished.len() < 2 {
+        let event = events.recv().await.unwrap();
+        if let EventKind::Finished(status) = event.kind {
+            assert_eq!(status, Status::Completed);
+            finished.push(event.id);
+        }
+    }
+    finished.sort();
+    assert_eq!(finished, ids);
+    shutdown.cancel();
+    served.await.unwrap();
+    assert_eq!(site.forge.pulls().len(), 2);
+}
