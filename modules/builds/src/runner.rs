@@ -488,7 +488,7 @@ impl BuildRun<'_> {
         }
         let token = self.runner.forge.token_for(&self.build.repo).await?;
         if let Some(token) = token {
-            self.redact_token(&token, clone_url);
+            self.redact_token(&token);
             if clone_url.starts_with("https://") || clone_url.starts_with("http://") {
                 let credentials = Credentials::for_url(clone_url, token.expose())?;
                 git = git.credentials(credentials);
@@ -497,13 +497,15 @@ impl BuildRun<'_> {
         Ok(git)
     }
 
-    fn redact_token(&mut self, token: &Secret, clone_url: &str) {
+    /// The token and the header git sends it in (`base64("x-access-token:" + token)`), whatever
+    /// the clone URL.
+    fn redact_token(&mut self, token: &Secret) {
+        use base64::Engine as _;
         self.transcript.redact(token.expose());
-        if let Ok(c) = Credentials::for_url(clone_url, token.expose()) {
-            for s in c.secrets() {
-                self.transcript.redact(s);
-            }
-        }
+        self.transcript.redact(
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("x-access-token:{}", token.expose())),
+        );
     }
 
     /// Clone, agent, commit, push, pull request: the end the build comes to.
@@ -938,7 +940,12 @@ pub(crate) fn agent_env(
         secrets.push(value.expose().to_owned());
     }
     if let Some(token) = token {
+        use base64::Engine as _;
         secrets.push(token.expose().to_owned());
+        secrets.push(
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("x-access-token:{}", token.expose())),
+        );
     }
     (env, secrets)
 }
@@ -973,6 +980,14 @@ mod tests {
             env.iter()
                 .all(|(_, v)| !v.to_string_lossy().contains("ghs_TOKEN"))
         );
-        assert_eq!(secrets, ["sk-ant-1", "sk-file", "ghs_TOKEN"]);
+        assert_eq!(
+            secrets,
+            [
+                "sk-ant-1",
+                "sk-file",
+                "ghs_TOKEN",
+                "eC1hY2Nlc3MtdG9rZW46Z2hzX1RPS0VO"
+            ]
+        );
     }
 }

@@ -41,6 +41,7 @@ async fn a_build_becomes_a_branch_a_commit_and_a_pull_request() {
             claude::echo(&claude::edit("app.txt")),
             // A leak the agent stumbled on: the transcript must not keep it.
             format!("echo 'found {TOKEN} in a file'"),
+            format!("echo 'and its header {}' >&2", basic()),
             claude::echo(&claude::success(3, 0.12, "Added a footer.")),
             // The exit code does not decide: the result line does.
             "exit 1".into(),
