@@ -804,3 +804,88 @@ async fn serve_runs_what_is_enqueued_until_shutdown() {
     served.await.unwrap();
     assert_eq!(site.forge.pulls().len(), 2);
 }
+
+#[tokio::test]
+async fn a_transient_github_error_retries_later_and_a_permanent_one_fails() {
+    let site = Site::new();
+    let config = site.agent(
+        "retried",
+        &script(&[
+            claude::echo(claude::INIT),
+            "echo 'footer' >> app.txt".into(),
+            claude::echo(&claude::success(1, 0.01, "Done.")),
+        ]),
+    );
+    *site.forge.fail_repository.lock().unwrap() = Some(
+        productbuilder_builds::ForgeError::transient("GET /repos/acme/web: 502 Bad Gateway"),
+    );
+    let runner = site.runner(config.clone());
+    let queue = runner.queue().clone();
+    let id = queue
+        .enqueue(REPO, None, spec_for_issue(17), Utc::now())
+        .await
+        .unwrap()
+        .build
+        .id;
+    let (_, ran) = runner
+        .run_once(&CancellationToken::new())
+        .await
+        .unwrap()
+        .unwrap();
+    let Ran::Retry { at, error } = ran else {
+        panic!("{ran:?}")
+    };
+    assert!(error.contains("502 Bad Gateway"), "{error}");
+    let build = queue.get(id).await.unwrap().unwrap();
+    assert_eq!(build.status, Status::Pending);
+    assert_eq!(
+        build.next_attempt_at.timestamp_millis(),
+        at.timestamp_millis()
+    );
+    // Not before the backoff; then it runs to its end.
+    assert!(
+        runner
+            .run_once(&CancellationToken::new())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let later = site
+        .runner(config.clone())
+        .clock(Arc::new(move || at + TimeDelta::seconds(1)));
+    let (_, ran) = later
+        .run_once(&CancellationToken::new())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            ran,
+            Ran::Finished {
+                status: Status::Completed,
+                ..
+            }
+        ),
+        "{ran:?}"
+    );
+
+    *site.forge.fail_repository.lock().unwrap() =
+        Some(productbuilder_builds::ForgeError::permanent(
+            "GET /repos/acme/web: 404 Not Found; is the app installed on it?",
+        ));
+    queue
+        .enqueue(REPO, None, spec_for_issue(18), Utc::now())
+        .await
+        .unwrap();
+    let (_, ran) = site
+        .runner(config)
+        .run_once(&CancellationToken::new())
+        .await
+        .unwrap()
+        .unwrap();
+    let Ran::Finished { status, reason } = ran else {
+        panic!("{ran:?}")
+    };
+    assert_eq!(status, Status::Failed);
+    assert!(reason.contains("404 Not Found"), "{reason}");
+}

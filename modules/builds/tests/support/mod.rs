@@ -61,6 +61,8 @@ pub struct FakeForge {
     pub hang_after_create: AtomicBool,
     /// Notified when a pull request was created.
     pub created: Notify,
+    /// The next `repository` call fails with this (transient or not).
+    pub fail_repository: Mutex<Option<ForgeError>>,
 }
 
 impl FakeForge {
@@ -74,6 +76,7 @@ impl FakeForge {
             recorded: Mutex::default(),
             hang_after_create: AtomicBool::new(false),
             created: Notify::new(),
+            fail_repository: Mutex::new(None),
         }
     }
 
@@ -100,6 +103,9 @@ impl Forge for FakeForge {
     fn repository<'a>(&'a self, repo: &'a str) -> ForgeFuture<'a, RepoInfo> {
         Box::pin(async move {
             self.call(format!("repository {repo}"));
+            if let Some(e) = self.fail_repository.lock().unwrap().take() {
+                return Err(e);
+            }
             Ok(RepoInfo {
                 clone_url: self.clone_url.clone(),
                 default_branch: "main".into(),
