@@ -527,8 +527,13 @@ impl BuildRun<'_> {
         if !spec.auto_commit {
             return Ok(self.ending(status, &reason));
         }
-        let clone_url = self.saved.clone_url.clone().unwrap_or_default();
-        let branch = self.saved.branch.clone().unwrap_or_default();
+        // Where the work goes is decided again, never read back from the saved state: the agent
+        // runs beside that file and could point the push (and the token) elsewhere.
+        let info = self.runner.forge.repository(&self.build.repo).await?;
+        let clone_url = info.clone_url;
+        let branch = self.branch()?;
+        self.saved.branch = Some(branch.clone());
+        self.saved.base_branch = Some(spec.base.clone().unwrap_or(info.default_branch));
         if !self.saved.pushed {
             let git = self.git(&clone_url).await?;
             let checkout = self.checkout();
@@ -581,13 +586,7 @@ impl BuildRun<'_> {
         self.step(Step::Clone).await?;
         let info = runner.forge.repository(&repo).await?;
         let git = self.git(&info.clone_url).await?;
-        let branch = match spec.issue {
-            Some(n) => branch_name(&self.config().branch_prefix, BranchFor::Issue(n)),
-            None => branch_name(
-                &self.config().branch_prefix,
-                BranchFor::Build(&self.id().to_string()),
-            ),
-        }?;
+        let branch = self.branch()?;
         let base_branch = spec.base.clone().unwrap_or(info.default_branch.clone());
         let checkout = self.checkout();
         let _ = std::fs::remove_dir_all(&checkout);
@@ -606,7 +605,6 @@ impl BuildRun<'_> {
             None
         };
         self.saved.base_sha = Some(git.head(&checkout).await?);
-        self.saved.clone_url = Some(info.clone_url.clone());
         self.saved.branch = Some(branch.clone());
         self.saved.base_branch = Some(base_branch);
         self.saved.continuing = continuing;
@@ -657,6 +655,15 @@ impl BuildRun<'_> {
         Ok(())
     }
 
+    /// The build's branch: `{prefix}issue-{n}`, or `{prefix}build-{id}` without an issue.
+    fn branch(&self) -> Result<String, StepError> {
+        let prefix = &self.config().branch_prefix;
+        Ok(match self.build.spec.issue {
+            Some(n) => branch_name(prefix, BranchFor::Issue(n)),
+            None => branch_name(prefix, BranchFor::Build(&self.id().to_string())),
+        }?)
+    }
+
     fn title(&self) -> String {
         let spec = &self.build.spec;
         let first = spec.prompt.lines().next().unwrap_or("").trim();
@@ -703,9 +710,10 @@ impl BuildRun<'_> {
             body.push_str(&format!("Closes #{n}\n\n"));
         }
         if let AgentEnd::Partial { reason } = &agent.end {
+            // The reason quotes the agent: fenced, so no mention or markup of it renders.
             body.push_str(&format!(
-                "**Unfinished.** {}\n\nWhat the agent changed so far is committed here. To go on, comment `/productbuilder continue` on this pull request.\n\n",
-                self.transcript.redacted(&crate::agent::short(reason, 600))
+                "**Unfinished.** What the agent changed so far is committed here. To go on, comment `/productbuilder continue` on this pull request. Why it stopped:\n\n{}\n",
+                prompt::fenced(&self.transcript.redacted(&crate::agent::short(reason, 600)))
             ));
         }
         if let Some(summary) = &agent.summary {

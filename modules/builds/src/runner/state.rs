@@ -51,7 +51,8 @@ pub struct SavedEnd {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Saved {
-    pub clone_url: Option<String>,
+    // No clone URL: where the work is pushed is asked of the forge again on resume (the agent runs
+    // beside this file and could rewrite it). The branch is recomputed too; kept for the comment.
     pub branch: Option<String>,
     /// The branch the pull request goes into.
     pub base_branch: Option<String>,
