@@ -105,6 +105,14 @@ impl BuildsConfig {
         }
     }
 
+    /// The queue's settings: `max_concurrent` from here, the rest the queue's defaults.
+    pub fn queue_config(&self) -> crate::queue::QueueConfig {
+        crate::queue::QueueConfig {
+            max_concurrent: self.max_concurrent,
+            ..crate::queue::QueueConfig::default()
+        }
+    }
+
     /// The agent's argv for `prompt`: `{prompt}` replaced inside each element, each element one
     /// argument.
     pub fn argv(&self, prompt: &str) -> Vec<String> {
