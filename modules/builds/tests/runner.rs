@@ -210,6 +210,10 @@ async fn an_agent_that_changed_nothing_fails_the_build_without_a_pull_request() 
         last.contains(": failed") && last.contains("the agent changed nothing"),
         "{last}"
     );
+    assert!(
+        !site.state_dir.join(format!("builds/{id}")).exists(),
+        "the workspace is removed"
+    );
 }
 
 /// Whether process `pid` is gone (or a zombie waiting for init to reap it).
