@@ -7,10 +7,10 @@
 //! the key.
 //!
 //! This file owns the main file's own sections (`state_dir`, `[http]`, `[log]`, `[scheduler]`),
-//! the tenant list, and the sections of modules that do not exist yet (`[llm]`, `[builds]`). Each
-//! module resolves its own section and tenant keys (`productbuilder_github::config`,
-//! `productbuilder_preview::config`, `productbuilder_slack::config`) with the shared helpers of
-//! `productbuilder_settings`.
+//! the tenant list, and the sections of modules that do not exist yet (`[llm]`). Each module
+//! resolves its own section and tenant keys (`productbuilder_github::config`,
+//! `productbuilder_preview::config`, `productbuilder_slack::config`,
+//! `productbuilder_builds::config`) with the shared helpers of `productbuilder_settings`.
 
 pub mod raw;
 
@@ -22,6 +22,7 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 
+use productbuilder_builds::config::{self as builds_config, BuildsConfig};
 use productbuilder_github::config::{self as github_config, GithubConfig};
 use productbuilder_preview::config::{self as preview_config, PreviewConfig, TenantPreview};
 use productbuilder_settings::{
@@ -54,6 +55,7 @@ pub struct Config {
     /// Each tenant's `[slack] writers` (Slack user ids), for the agent; tenants without absent.
     pub slack_writers: BTreeMap<String, Vec<String>>,
     pub llm: Option<LlmConfig>,
+    /// `[builds]`, resolved by the builds crate; `None` without the section.
     pub builds: Option<BuildsConfig>,
     pub scheduler: SchedulerConfig,
     pub tenants: Vec<TenantConfig>,
@@ -98,12 +100,6 @@ pub struct LlmEndpoint {
 pub struct LlmConfig {
     pub primary: LlmEndpoint,
     pub fallback: Option<LlmEndpoint>,
-}
-
-#[derive(Debug, Clone)]
-pub struct BuildsConfig {
-    pub agent_command: Vec<String>,
-    pub max_duration: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -315,31 +311,7 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
         Some(LlmConfig { primary, fallback })
     });
 
-    let builds = raw.builds.map(|b| {
-        let agent_command = b.agent_command.unwrap_or_else(|| {
-            ["claude", "-p", "{prompt}", "--output-format", "stream-json"]
-                .map(String::from)
-                .to_vec()
-        });
-        if agent_command.is_empty() {
-            p.push(
-                at.of("builds.agent_command"),
-                Some("builds.agent_command"),
-                "must name a program",
-            );
-        }
-        let max_duration = duration(
-            &mut p,
-            &at,
-            "builds.max_duration",
-            b.max_duration.as_ref(),
-            Duration::from_secs(30 * 60),
-        );
-        BuildsConfig {
-            agent_command,
-            max_duration,
-        }
-    });
+    let builds = builds_config::resolve(&mut p, &at, raw.builds);
 
     let scheduler = SchedulerConfig {
         preflight_concurrency: match raw.scheduler.preflight_concurrency {

@@ -1,10 +1,11 @@
 //! The configuration as typed by the operator: exactly the TOML keys, unknown keys rejected, no I/O
 //! beyond what figment does. [`super::resolve`] turns it into a [`super::Config`]. The sections of
-//! existing modules are their own crates' raw types (`[github]`, `[preview]`, `[slack]`, a
-//! tenant's `[preview]`); the rest is typed here.
+//! existing modules are their own crates' raw types (`[github]`, `[preview]`, `[slack]`,
+//! `[builds]`, a tenant's `[preview]`); the rest is typed here.
 
 use std::path::PathBuf;
 
+use productbuilder_builds::config::RawBuilds;
 use productbuilder_github::config::RawGithub;
 use productbuilder_preview::config::{RawPreview, RawTenantPreview};
 use productbuilder_settings::raw::{duration_text, lenient_u64};
@@ -82,14 +83,6 @@ pub struct RawLlmFallback {
 pub enum LlmProvider {
     Anthropic,
     Openaicompat,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawBuilds {
-    pub agent_command: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "duration_text")]
-    pub max_duration: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

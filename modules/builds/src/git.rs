@@ -50,6 +50,7 @@ pub enum Step {
     Commit,
     Head,
     Push,
+    ListRemote,
 }
 
 impl fmt::Display for Step {
@@ -62,6 +63,7 @@ impl fmt::Display for Step {
             Step::Commit => "commit",
             Step::Head => "read HEAD",
             Step::Push => "push",
+            Step::ListRemote => "ls-remote",
         })
     }
 }
@@ -267,6 +269,24 @@ impl Git {
         let args = ["push", "--porcelain", "--no-verify", url, refspec.as_str()];
         let command = self.command(Step::Push, Some(dir), args, true);
         self.run(Step::Push, command).await.map(drop)
+    }
+
+    /// The commit `branch` of `url` points at, or `None` when the remote has no such branch
+    /// (a build that goes on from its earlier work clones it instead of the base).
+    pub async fn remote_branch(&self, url: &str, branch: &str) -> Result<Option<String>, GitError> {
+        check_branch(branch)?;
+        if url.starts_with('-') {
+            return Err(GitError::Url("it starts with '-'"));
+        }
+        let pattern = format!("refs/heads/{branch}");
+        let args = ["ls-remote", "--heads", url, pattern.as_str()];
+        let command = self.command(Step::ListRemote, None, args, true);
+        let out = self.run(Step::ListRemote, command).await?;
+        Ok(out.lines().find_map(|line| {
+            let (sha, name) = line.split_once('\t')?;
+            (name == pattern && sha.len() >= 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| sha.to_owned())
+        }))
     }
 
     /// The command for one step: its argv, and the environment that carries everything else.

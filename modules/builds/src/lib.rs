@@ -1,7 +1,19 @@
 //! Builds (issue 11): a coding agent implements an issue in a fresh checkout, and the daemon turns
-//! what it changed into a commit, a push and a pull request. This crate holds the foundations the
-//! module will stand on; the module itself (runner, triggers, routes, config) is the next step.
+//! what it changed into a commit, a push and a pull request. Start at [`runner`]: it runs one
+//! claimed build to its end on the pieces below. The module's wiring (triggers from GitHub,
+//! routes, the `Forge` over the GitHub client) is the binary's next step.
 //!
+//! - [`config`]: `[builds]` as typed ([`RawBuilds`]) and resolved ([`BuildsConfig`]).
+//! - [`runner`]: [`Runner`]: claim, clone, agent, commit, push, pull request, callback, finish;
+//!   heartbeat and cancel; budgets that keep the work as a draft pull request; resume after a
+//!   crash from the build's saved state ([`runner::state`]); [`Runner::serve`] for a service.
+//! - [`forge`]: the [`Forge`] trait, what the runner needs of GitHub (the daemon implements it
+//!   over its GitHub client; tests over a fake).
+//! - [`prompt`] (pure): the agent's prompt: the spec's, its variables, the issue fenced as
+//!   untrusted text, review comments when going on from a pull request; bounded for argv.
+//! - [`comment`] (pure): the one build comment per issue, edited in place.
+//! - [`callback`]: the signed, retried `POST callback_url`.
+//! - [`transcript`]: `{state_dir}/builds/{id}.log`, redacted and bounded.
 //! - [`agent`]: readers of the agent's standard output, one per `agent_format`
 //!   (`claude-stream-json`, `opencode-json`, `codex-json`, `text`), fed incrementally, giving
 //!   progress steps and an [`agent::Outcome`] judged from the agent's own result line, never its
@@ -39,18 +51,28 @@
 //! the captured output is redacted of the token and its base64 form), and push goes to the clone
 //! URL the daemon holds, not to the checkout's remote.
 pub mod agent;
+pub mod callback;
+pub mod comment;
+pub mod config;
+pub mod forge;
 pub mod git;
+pub mod prompt;
 pub mod queue;
 pub mod records;
 pub mod recovery;
 pub mod routes;
+pub mod runner;
 pub mod spec;
 pub mod status;
+pub mod transcript;
 pub mod triggers;
 
+pub use config::{BuildsConfig, RawBuilds};
+pub use forge::{Forge, ForgeError, ForgeFuture};
 pub use queue::{
     Cancel, Claim, Enqueued, Finish, Heartbeat, Queue, QueueConfig, QueueError, Retry,
 };
 pub use records::{AuditEntry, Build, BuildId};
+pub use runner::{BuildEvent, EventKind, Ran, Runner};
 pub use spec::{BuildResult, BuildSpec, SpecError};
 pub use status::{Status, Step};

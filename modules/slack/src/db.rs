@@ -146,7 +146,12 @@ pub fn builds(c: &Connection, repo: &str) -> rusqlite::Result<BTreeMap<u64, Buil
         let result: serde_json::Value = result
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default();
-        let text = |field: &str| result.get(field).and_then(|v| v.as_str()).map(str::to_owned);
+        let text = |field: &str| {
+            result
+                .get(field)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
         Ok((
             r.get::<_, i64>(1)? as u64,
             BuildView {
