@@ -128,6 +128,10 @@ pub trait Forge: Send + Sync {
 
     fn issue<'a>(&'a self, repo: &'a str, number: u64) -> ForgeFuture<'a, IssueText>;
 
+    /// The head branch of open pull request `number` when that branch is in `repo` itself (a
+    /// fork's branch cannot be pushed to); `None` otherwise. For a build on a pull request.
+    fn pull_branch<'a>(&'a self, repo: &'a str, number: u64) -> ForgeFuture<'a, Option<String>>;
+
     /// Review comments on pull request `number`, oldest first (for a build that goes on from
     /// it); the default: none.
     fn review_comments<'a>(

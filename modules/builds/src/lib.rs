@@ -56,6 +56,7 @@ pub mod comment;
 pub mod config;
 pub mod forge;
 pub mod git;
+pub mod github_forge;
 pub mod prompt;
 pub mod queue;
 pub mod records;

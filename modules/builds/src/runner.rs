@@ -531,7 +531,7 @@ impl BuildRun<'_> {
         // runs beside that file and could point the push (and the token) elsewhere.
         let info = self.runner.forge.repository(&self.build.repo).await?;
         let clone_url = info.clone_url;
-        let branch = self.branch()?;
+        let branch = self.branch().await?;
         self.saved.branch = Some(branch.clone());
         self.saved.base_branch = Some(spec.base.clone().unwrap_or(info.default_branch));
         if !self.saved.pushed {
@@ -586,7 +586,7 @@ impl BuildRun<'_> {
         self.step(Step::Clone).await?;
         let info = runner.forge.repository(&repo).await?;
         let git = self.git(&info.clone_url).await?;
-        let branch = self.branch()?;
+        let branch = self.branch().await?;
         let base_branch = spec.base.clone().unwrap_or(info.default_branch.clone());
         let checkout = self.checkout();
         let _ = std::fs::remove_dir_all(&checkout);
@@ -655,9 +655,28 @@ impl BuildRun<'_> {
         Ok(())
     }
 
-    /// The build's branch: `{prefix}issue-{n}`, or `{prefix}build-{id}` without an issue.
-    fn branch(&self) -> Result<String, StepError> {
+    /// The build's branch: a pull request's own head branch (more commits on it), else
+    /// `{prefix}issue-{n}`, or `{prefix}build-{id}` without an issue.
+    async fn branch(&self) -> Result<String, StepError> {
         let prefix = &self.config().branch_prefix;
+        if let Some(pull) = self.build.spec.pull_request {
+            let found = self
+                .runner
+                .forge
+                .pull_branch(&self.build.repo, pull)
+                .await?;
+            let Some(branch) = found else {
+                return Err(StepError {
+                    transient: false,
+                    message: format!(
+                        "pull request #{pull} is not open, or its branch lives in a fork (which the daemon cannot push to)"
+                    ),
+                    lease_lost: false,
+                });
+            };
+            crate::git::check_branch(&branch)?;
+            return Ok(branch);
+        }
         Ok(match self.build.spec.issue {
             Some(n) => branch_name(prefix, BranchFor::Issue(n)),
             None => branch_name(prefix, BranchFor::Build(&self.id().to_string())),

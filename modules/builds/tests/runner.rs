@@ -893,3 +893,105 @@ async fn a_transient_github_error_retries_later_and_a_permanent_one_fails() {
     assert_eq!(status, Status::Failed);
     assert!(reason.contains("404 Not Found"), "{reason}");
 }
+
+/// `/productbuilder implement` on a pull request someone else opened: more commits on that pull
+/// request's own branch (found through the forge, never a name the spec gives), no new pull
+/// request; a pull request whose branch the daemon cannot push to fails the build, naming why.
+#[tokio::test]
+async fn a_build_on_a_pull_request_commits_to_its_branch() {
+    let site = Site::new();
+    // A person's branch on the remote, with their pull request #42 open.
+    let first = site.agent(
+        "person",
+        &script(&[
+            claude::echo(claude::INIT),
+            "echo 'their work' >> app.txt".into(),
+            claude::echo(&claude::success(1, 0.0, "ok")),
+        ]),
+    );
+    let runner = site.runner(first);
+    let mut spec = BuildSpec::new("set up the branch");
+    spec.open_pr = false;
+    runner
+        .queue()
+        .enqueue(REPO, None, spec, Utc::now())
+        .await
+        .unwrap();
+    runner
+        .run_once(&CancellationToken::new())
+        .await
+        .unwrap()
+        .unwrap();
+    let branch = "productbuilder/build-1";
+    let before = site
+        .origin_branch(branch)
+        .expect("the person's branch was pushed");
+    site.forge
+        .pull_branches
+        .lock()
+        .unwrap()
+        .insert(42, branch.into());
+
+    let second = site.agent(
+        "more",
+        &script(&[
+            claude::echo(claude::INIT),
+            "echo 'review fix' >> app.txt".into(),
+            claude::echo(&claude::success(2, 0.1, "Addressed the review.")),
+        ]),
+    );
+    let runner = site.runner(second);
+    let mut spec = BuildSpec::new("Go on with pull request #42.");
+    spec.pull_request = Some(42);
+    runner
+        .queue()
+        .enqueue(REPO, Some(42), spec, Utc::now())
+        .await
+        .unwrap();
+    let (_, ran) = runner
+        .run_once(&CancellationToken::new())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            ran,
+            Ran::Finished {
+                status: Status::Completed,
+                ..
+            }
+        ),
+        "{ran:?}"
+    );
+    let head = site.origin_branch(branch).unwrap();
+    let parent = support::raw_git(&site.bare, &["rev-parse", &format!("{head}^")]);
+    assert_eq!(
+        parent.trim(),
+        before,
+        "one more commit on the pull request's branch"
+    );
+
+    // A pull request the forge does not know as open in the repository (closed, or a fork's).
+    let third = site.agent("never", &script(&[claude::echo(claude::INIT)]));
+    let runner = site.runner(third);
+    let mut spec = BuildSpec::new("Go on with pull request #43.");
+    spec.pull_request = Some(43);
+    let id = runner
+        .queue()
+        .enqueue(REPO, Some(43), spec, Utc::now())
+        .await
+        .unwrap()
+        .build
+        .id;
+    runner
+        .run_once(&CancellationToken::new())
+        .await
+        .unwrap()
+        .unwrap();
+    let build = runner.queue().get(id).await.unwrap().unwrap();
+    assert_eq!(build.status, Status::Failed);
+    assert!(
+        build.error.unwrap_or_default().contains("#43 is not open"),
+        "the error names the pull request"
+    );
+}

@@ -63,6 +63,8 @@ pub struct FakeForge {
     pub created: Notify,
     /// The next `repository` call fails with this (transient or not).
     pub fail_repository: Mutex<Option<ForgeError>>,
+    /// Open pull requests' head branches in the repository itself, by number.
+    pub pull_branches: Mutex<std::collections::BTreeMap<u64, String>>,
 }
 
 impl FakeForge {
@@ -77,6 +79,7 @@ impl FakeForge {
             hang_after_create: AtomicBool::new(false),
             created: Notify::new(),
             fail_repository: Mutex::new(None),
+            pull_branches: Mutex::default(),
         }
     }
 
@@ -189,6 +192,13 @@ impl Forge for FakeForge {
         Box::pin(async move {
             self.call(format!("issue {repo} {number}"));
             Ok(self.issue.clone())
+        })
+    }
+
+    fn pull_branch<'a>(&'a self, repo: &'a str, number: u64) -> ForgeFuture<'a, Option<String>> {
+        Box::pin(async move {
+            self.call(format!("pull_branch {repo} {number}"));
+            Ok(self.pull_branches.lock().unwrap().get(&number).cloned())
         })
     }
 
