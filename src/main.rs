@@ -18,6 +18,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
+use productbuilder_builds::BuildsModule;
 use productbuilder_github::webhook::Deliveries;
 use productbuilder_github::{
     BudgetLimits, ClientConfig, Credentials, GithubClient, GithubModule, GithubState, Token,
@@ -247,7 +248,7 @@ struct Shared<'a> {
 
 /// Every module, in the order their units are listed. Adding a module is a crate and one line
 /// here: its units, routes and feeds are wired from what it declares.
-fn modules(shared: &Shared<'_>) -> Vec<Box<dyn HttpModule>> {
+fn modules(shared: &Shared<'_>) -> Result<Vec<Box<dyn HttpModule>>, Failure> {
     let Shared {
         config,
         store,
@@ -257,7 +258,21 @@ fn modules(shared: &Shared<'_>) -> Vec<Box<dyn HttpModule>> {
         slack,
     } = shared;
     let run_timeout = config.scheduler.run_timeout;
-    vec![
+    let builds = BuildsModule::new(
+        config.builds.clone(),
+        (*github).clone(),
+        config.state_dir.clone(),
+        tenants.iter().map(|t| t.repo()).collect(),
+        // Build leases name their daemon: two on one database never take each other's builds.
+        format!(
+            "{}:{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "productbuilder".into()),
+            std::process::id()
+        ),
+        run_timeout,
+    )
+    .map_err(|e| Failure::Failed(format!("builds: {e}")))?;
+    Ok(vec![
         Box::new(kernel::Kernel {
             store: (*store).clone(),
             tenants: tenants.to_vec(),
@@ -283,7 +298,8 @@ fn modules(shared: &Shared<'_>) -> Vec<Box<dyn HttpModule>> {
                 productbuilder_slack::debounce::WINDOW,
             )),
         }),
-    ]
+        Box::new(builds),
+    ])
 }
 
 /// The whole wiring: the shared GitHub client and previews, then every module.
@@ -326,7 +342,7 @@ fn wire(config: &Config, store: &Store) -> Result<Wiring, Failure> {
         github: &github,
         previews: &previews,
         slack: &slack,
-    });
+    })?;
     let planned: Vec<&dyn Module> = modules.iter().map(|m| m.as_ref() as &dyn Module).collect();
     let units = plan(&planned, &tenants, config.github.poll_interval)?;
     let subscriptions = subscriptions(&planned, &tenants, &units)?;

@@ -29,6 +29,8 @@ pub struct View<'a> {
     pub progress: &'a [String],
     /// Why it failed, or what is missing (redacted).
     pub detail: Option<&'a str>,
+    /// The preview of its pull request, once ready.
+    pub preview: Option<&'a str>,
 }
 
 /// The comment's body, starting with the marker.
@@ -51,6 +53,9 @@ pub fn body(v: View<'_>) -> String {
             "Pull request"
         };
         out.push_str(&format!("\n{kind}: #{number} ({url})\n"));
+    }
+    if let Some(preview) = v.preview {
+        out.push_str(&format!("\nPreview: {preview}\n"));
     }
     if let Some(detail) = v.detail {
         out.push('\n');
@@ -82,6 +87,7 @@ mod tests {
             pr: Some((12, "https://github.com/o/r/pull/12", true)),
             progress: &progress,
             detail: Some(&detail),
+            preview: None,
         });
         assert!(text.starts_with(BUILD_COMMENT_MARKER));
         assert!(text.contains("**productbuilder build 4**: failed"));

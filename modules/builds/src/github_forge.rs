@@ -194,9 +194,9 @@ impl Forge for GithubForge {
     ) -> ForgeFuture<'a, Vec<ReviewComment>> {
         Box::pin(async move {
             let identity = self.client.identity(repo).await.map_err(forge_error)?;
-            let url = self
-                .client
-                .url(&format!("/repos/{repo}/pulls/{number}/comments?per_page=100"));
+            let url = self.client.url(&format!(
+                "/repos/{repo}/pulls/{number}/comments?per_page=100"
+            ));
             let comments: Vec<ReviewCommentJson> = self
                 .client
                 .get(&identity, &url)

@@ -57,6 +57,8 @@ pub mod config;
 pub mod forge;
 pub mod git;
 pub mod github_forge;
+pub mod link;
+mod module;
 pub mod prompt;
 pub mod queue;
 pub mod records;
@@ -70,6 +72,7 @@ pub mod triggers;
 
 pub use config::{BuildsConfig, RawBuilds};
 pub use forge::{Forge, ForgeError, ForgeFuture};
+pub use module::BuildsModule;
 pub use queue::{
     Cancel, Claim, Enqueued, Finish, Heartbeat, Queue, QueueConfig, QueueError, Retry,
 };

@@ -489,6 +489,35 @@ impl Queue {
         .await
     }
 
+    /// Records the preview of a completed build's pull request in its result (the loop closes:
+    /// the result and the comment carry `preview_url`). The build, or `None` when it is not
+    /// completed or already has one.
+    pub async fn set_preview_url(
+        &self,
+        id: BuildId,
+        url: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Build>, QueueError> {
+        let url = url.to_owned();
+        immediate(&self.store, move |tx| {
+            let build = tri!(reread(tx, id));
+            let Some(mut result) = build.result.clone() else {
+                return Ok(Ok(None));
+            };
+            if build.status != Status::Completed || result.preview_url.is_some() {
+                return Ok(Ok(None));
+            }
+            result.preview_url = Some(url);
+            let json = serde_json::to_string(&result).expect("a BuildResult always serialises");
+            tx.execute(
+                "UPDATE builds SET result = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id.0, json, millis(now)],
+            )?;
+            Ok(Ok(Some(tri!(reread(tx, id)))))
+        })
+        .await
+    }
+
     pub async fn get(&self, id: BuildId) -> Result<Option<Build>, QueueError> {
         Ok(self.store.read(move |c| records::get(c, id)).await?)
     }

@@ -461,6 +461,7 @@ impl BuildRun<'_> {
             pr,
             progress: &self.progress,
             detail: detail.as_deref(),
+            preview: None,
         });
         let forge = &self.runner.forge;
         if let Err(e) = forge
