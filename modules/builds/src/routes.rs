@@ -105,12 +105,28 @@ pub async fn view(queue: &Queue, build: Build) -> Result<BuildView, QueueError> 
     })
 }
 
+/// An error answer: its status and a JSON body `{"error": …}`.
+struct Problem {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
 fn problem(status: StatusCode, message: impl Into<String>) -> Response {
-    (
+    Problem {
         status,
-        axum::Json(serde_json::json!({ "error": message.into() })),
-    )
-        .into_response()
+        message: message.into(),
+    }
+    .into_response()
 }
 
 fn queue_problem(e: QueueError) -> Response {
@@ -137,18 +153,16 @@ fn spec_problem(e: SpecError) -> Response {
 }
 
 /// `owner/repo` when builds may run for it.
-fn tenant(state: &RouteState, owner: &str, repo: &str) -> Result<String, Response> {
+fn tenant(state: &RouteState, owner: &str, repo: &str) -> Result<String, Problem> {
     let full = format!("{owner}/{repo}");
     state
         .repos
         .iter()
         .find(|r| r.eq_ignore_ascii_case(&full))
         .cloned()
-        .ok_or_else(|| {
-            problem(
-                StatusCode::NOT_FOUND,
-                format!("{full} is not a configured repository"),
-            )
+        .ok_or_else(|| Problem {
+            status: StatusCode::NOT_FOUND,
+            message: format!("{full} is not a configured repository"),
         })
 }
 
@@ -161,7 +175,7 @@ async fn start(
 ) -> Response {
     let repo = match tenant(&state, &owner, &repo) {
         Ok(repo) => repo,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let spec = match BuildSpec::from_json(&body) {
         Ok(spec) => spec,
@@ -199,7 +213,7 @@ async fn history(
 ) -> Response {
     let repo = match tenant(&state, &owner, &repo) {
         Ok(repo) => repo,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let builds = match state.queue.list(&repo, 100).await {
         Ok(builds) => builds,
@@ -215,19 +229,22 @@ async fn history(
     axum::Json(views).into_response()
 }
 
-fn build_id(raw: &str) -> Result<BuildId, Response> {
+fn build_id(raw: &str) -> Result<BuildId, Problem> {
     raw.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)
         .map(BuildId)
-        .ok_or_else(|| problem(StatusCode::NOT_FOUND, format!("no build {raw:?}")))
+        .ok_or_else(|| Problem {
+            status: StatusCode::NOT_FOUND,
+            message: format!("no build {raw:?}"),
+        })
 }
 
 /// `GET /builds/{id}`.
 async fn one(State(state): State<RouteState>, Path(id): Path<String>) -> Response {
     let id = match build_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match state.queue.get(id).await {
         Ok(Some(build)) => match view(&state.queue, build).await {
@@ -244,7 +261,7 @@ async fn one(State(state): State<RouteState>, Path(id): Path<String>) -> Respons
 async fn log(State(state): State<RouteState>, Path(id): Path<String>) -> Response {
     let id = match build_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match state.queue.get(id).await {
         Ok(Some(_)) => {}
@@ -288,7 +305,7 @@ fn tail(path: &std::path::Path, limit: u64) -> std::io::Result<String> {
 async fn cancel(State(state): State<RouteState>, Path(id): Path<String>) -> Response {
     let id = match build_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match state
         .queue
