@@ -131,6 +131,12 @@ pub(crate) fn init(
             std::fs::create_dir_all(parent)?;
         }
         std::fs::write(&file, content)?;
+        // Seed files come without modes: executables are inferred from their content, as the
+        // sandbox's tarballs do, so that git records them 100755 (a scratch image runs them).
+        if content.starts_with(b"\x7fELF") || content.starts_with(b"#!") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))?;
+        }
     }
     let index = work.path().join("index");
     let mut cmd = git_dir(root, dir);
