@@ -267,8 +267,11 @@ impl Drop for Daemon {
     }
 }
 
-/// A one-request HTTP server on loopback: what it received (headers lowercased, body).
-fn callback_receiver() -> (String, mpsc::Receiver<(Vec<(String, String)>, Vec<u8>)>) {
+/// A request as the receiver saw it: headers (names lowercased) and body.
+type Received = (Vec<(String, String)>, Vec<u8>);
+
+/// An HTTP server on loopback answering 200 to every request: its URL and what it received.
+fn callback_receiver() -> (String, mpsc::Receiver<Received>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let (tx, rx) = mpsc::channel();
