@@ -236,6 +236,76 @@ mod tests {
         assert_eq!(decide(&settled(&state), None, MARKER), []);
     }
 
+    /// A build of an issue: its state in the status line as it runs; when it ends, one event
+    /// line with its pull request, never twice; hostile error text escaped.
+    #[test]
+    fn a_build_shows_in_the_status_and_its_end_is_appended_once() {
+        let mut issue = pull(4, ItemState::Open);
+        issue.kind = Kind::Issue;
+        let mut state = settled(&State {
+            items: vec![issue],
+            ..State::default()
+        });
+        let build = |status: &str| BuildView {
+            id: 9,
+            status: status.into(),
+            pr_number: None,
+            pr_url: None,
+            preview_url: None,
+            error: None,
+        };
+        state.builds.insert(4, build("running"));
+        assert_eq!(
+            decide(&state, None, MARKER),
+            [Step::Status {
+                number: 4,
+                text: "Status: open · build running".into()
+            }]
+        );
+        let mut state = settled(&state);
+        state.builds.insert(
+            4,
+            BuildView {
+                pr_number: Some(12),
+                pr_url: Some("https://github.com/acme/shop/pull/12".into()),
+                preview_url: Some("https://pr-12.example".into()),
+                ..build("completed")
+            },
+        );
+        let steps = decide(&state, None, MARKER);
+        assert_eq!(
+            steps,
+            [
+                Step::Status {
+                    number: 4,
+                    text: "Status: open · build completed: <https://github.com/acme/shop/pull/12|pull request #12>, preview <https://pr-12.example|https://pr-12.example>".into()
+                },
+                Step::Event {
+                    number: 4,
+                    key: "build:9".into(),
+                    text: "Build 9 completed: <https://github.com/acme/shop/pull/12|pull request #12>".into()
+                },
+            ]
+        );
+        assert_eq!(decide(&settled(&state), None, MARKER), [], "once");
+
+        let mut failed = settled(&state);
+        failed.builds.insert(
+            4,
+            BuildView {
+                id: 10,
+                error: Some("<!channel> agent crashed\nmore".into()),
+                ..build("failed")
+            },
+        );
+        let steps = decide(&failed, None, MARKER);
+        assert!(
+            matches!(&steps[1], Step::Event { key, text, .. }
+            if key == "build:10" && text == "Build 10 failed — &lt;!channel&gt; agent crashed"),
+            "{steps:?}"
+        );
+    }
+
     #[test]
     fn the_status_is_edited_only_when_its_text_changes() {
         let mut state = settled(&State {
