@@ -190,3 +190,32 @@ async fn a_writer_s_label_or_command_starts_one_build_and_nobody_else_s_does() {
         1
     );
 }
+
+/// One trigger GitHub refuses for good (its issue's events answer 404) does not hold up the
+/// others: the pass skips it and starts the rest.
+#[tokio::test]
+async fn a_trigger_github_refuses_is_skipped_and_the_others_go_on() {
+    let w = world().await;
+    w.triggers.pass(REPO, Utc::now()).await.unwrap();
+    let broken = w.sandbox.create_issue(REPO, "Broken", "", "bob");
+    w.sandbox.add_label(REPO, broken, "productbuilder", "alice");
+    w.store_issue(broken, false, &["productbuilder"]).await;
+    w.sandbox.inject(
+        productbuilder_github_sandbox::Fault::new(
+            &format!("/repos/{REPO}/issues/{broken}/events"),
+            404,
+        )
+        .times(10),
+    );
+    let fine = w.sandbox.create_issue(REPO, "Fine", "", "bob");
+    w.store_issue(fine, false, &[]).await;
+    w.comment(fine, "alice", "/productbuilder implement").await;
+    let considered = w.triggers.pass(REPO, Utc::now()).await.unwrap();
+    assert_eq!(considered.len(), 1, "{considered:?}");
+    assert_eq!(considered[0].number, fine);
+    assert_eq!(considered[0].outcome, Outcome::Started);
+    assert!(
+        w.triggers.pass(REPO, Utc::now()).await.unwrap().is_empty(),
+        "the skipped issue is not asked about again until it changes"
+    );
+}

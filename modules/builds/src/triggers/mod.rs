@@ -116,8 +116,21 @@ impl Triggers {
         let found = decide::candidates(&items, &comments, &seen, &self.label, own_login.as_deref());
         let mut considered = Vec::new();
         for candidate in found {
-            if let Some(c) = self.consider(repo, &seen, candidate, first, now).await? {
-                considered.push(c);
+            match self
+                .consider(repo, &seen, candidate.clone(), first, now)
+                .await
+            {
+                Ok(Some(c)) => considered.push(c),
+                Ok(None) => {}
+                // GitHub refused this one for good (its issue gone, no access to its events):
+                // the others go on; it is looked at again only when its item changes.
+                Err(TriggerError::Github(e)) if is_permanent(&e) => {
+                    tracing::warn!(repo, ?candidate, error = %e, "builds: a trigger could not be read; skipped");
+                    if let Candidate::Labelled { number, updated_at } = candidate {
+                        self.mark_events_read(repo, number, updated_at);
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
         if first {
@@ -150,6 +163,19 @@ impl Triggers {
         all.entry(repo.to_owned())
             .or_default()
             .insert(number, updated_at);
+    }
+
+    /// Whether `login` may start builds; a permission GitHub will not tell (a permanent error)
+    /// counts as no, so the trigger is recorded as refused rather than asked about every pass.
+    async fn writer(&self, repo: &str, login: &str) -> Result<bool, TriggerError> {
+        match self.github.client.can_write(repo, login).await {
+            Ok(writer) => Ok(writer),
+            Err(e) if is_permanent(&e) => {
+                tracing::warn!(repo, login, error = %e, "builds: could not read a permission; counted as no write access");
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn consider(
@@ -204,7 +230,7 @@ impl Triggers {
         };
         let (outcome, build) = if first {
             (Outcome::Predates, None)
-        } else if !self.github.client.can_write(repo, &given_by).await? {
+        } else if !self.writer(repo, &given_by).await? {
             tracing::info!(repo, number, %source, by = %given_by,
                 "builds: ignored, its author may not write to the repository");
             (Outcome::Refused, None)
@@ -235,6 +261,15 @@ impl Triggers {
             .await?;
         Ok(Some(considered))
     }
+}
+
+/// A 4xx other than a rate limit: asking again will not help.
+fn is_permanent(e: &GithubError) -> bool {
+    e.status().is_some_and(|s| {
+        (400..500).contains(&s)
+            && s != 429
+            && !e.to_string().to_ascii_lowercase().contains("rate limit")
+    })
 }
 
 /// A build for issue `number`: its text reaches the agent through the prompt the runner writes.
