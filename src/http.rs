@@ -781,6 +781,8 @@ mod tests {
                 "productbuilder_unit_run_duration_seconds histogram",
                 "productbuilder_unit_degraded gauge",
                 "productbuilder_units_degraded gauge",
+                // A service (the builds' runner) is planned.
+                "productbuilder_service_restarts_total counter",
                 "productbuilder_tenant_degraded gauge",
                 "productbuilder_tenant_degraded_info gauge",
                 "productbuilder_preflights_passed gauge",
