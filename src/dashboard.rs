@@ -648,7 +648,10 @@ mod tests {
                 ..BuildSpec::new(format!("{HOSTILE} <!channel>\nsecond line"))
             },
             number: Some(31),
-            error: Some(format!("<!channel> {HOSTILE} {}\nsecond line", "x".repeat(400))),
+            error: Some(format!(
+                "<!channel> {HOSTILE} {}\nsecond line",
+                "x".repeat(400)
+            )),
             result: Some(BuildResult {
                 duration_ms: 4_000,
                 pr_url: Some("javascript:alert(1)".to_owned()),
@@ -687,12 +690,21 @@ mod tests {
                     "<td class=\"bad\">&lt;!channel&gt; &lt;script&gt;alert('x')&lt;/script&gt; &amp; &quot;q&quot; xxx",
                     "xxx…</td></tr>",
                 ],
-                &["<script>", "<!channel>", "javascript:", "JavaScript:", "second line", &"x".repeat(200)],
+                &[
+                    "<script>",
+                    "<!channel>",
+                    "javascript:",
+                    "JavaScript:",
+                    "second line",
+                    &"x".repeat(200),
+                ],
             ),
             (
                 "running, with its step",
                 running,
-                &["<td>5</td><td>issue #12</td><td>Add search</td><td class=\"muted\">running (agent)</td><td></td>"],
+                &[
+                    "<td>5</td><td>issue #12</td><td>Add search</td><td class=\"muted\">running (agent)</td><td></td>",
+                ],
                 &[],
             ),
             (

@@ -642,8 +642,16 @@ mod tests {
         assert_eq!(
             builds,
             [
-                ("POST".to_owned(), "/projects/{owner}/{repo}/builds", Access::Mutating),
-                ("GET".to_owned(), "/projects/{owner}/{repo}/builds", Access::Mutating),
+                (
+                    "POST".to_owned(),
+                    "/projects/{owner}/{repo}/builds",
+                    Access::Mutating
+                ),
+                (
+                    "GET".to_owned(),
+                    "/projects/{owner}/{repo}/builds",
+                    Access::Mutating
+                ),
                 ("GET".to_owned(), "/builds/{id}", Access::Mutating),
                 ("GET".to_owned(), "/builds/{id}/log", Access::Mutating),
                 ("POST".to_owned(), "/builds/{id}/cancel", Access::Mutating),

@@ -248,13 +248,16 @@ struct Shared<'a> {
     slack: &'a Option<SlackApi>,
 }
 
+/// The modules, and what the dashboard and `/metrics` read of them.
+struct Modules {
+    list: Vec<Box<dyn HttpModule>>,
+    /// The build queue, with `[builds]`.
+    builds: Option<productbuilder_builds::Queue>,
+}
+
 /// Every module, in the order their units are listed. Adding a module is a crate and one line
-/// here: its units, routes and feeds are wired from what it declares. Beside them, the build
-/// queue (with `[builds]`) for the dashboard and `/metrics`.
-#[allow(clippy::type_complexity)]
-fn modules(
-    shared: &Shared<'_>,
-) -> Result<(Vec<Box<dyn HttpModule>>, Option<productbuilder_builds::Queue>), Failure> {
+/// here: its units, routes and feeds are wired from what it declares.
+fn modules(shared: &Shared<'_>) -> Result<Modules, Failure> {
     let Shared {
         config,
         store,
@@ -279,7 +282,7 @@ fn modules(
     )
     .map_err(|e| Failure::Failed(format!("builds: {e}")))?;
     let queue = builds.queue().cloned();
-    let modules: Vec<Box<dyn HttpModule>> = vec![
+    let list: Vec<Box<dyn HttpModule>> = vec![
         Box::new(kernel::Kernel {
             store: (*store).clone(),
             tenants: tenants.to_vec(),
@@ -307,7 +310,10 @@ fn modules(
         }),
         Box::new(builds),
     ];
-    Ok((modules, queue))
+    Ok(Modules {
+        list,
+        builds: queue,
+    })
 }
 
 /// The whole wiring: the shared GitHub client and previews, then every module.
@@ -343,7 +349,10 @@ fn wire(config: &Config, store: &Store) -> Result<Wiring, Failure> {
     let github = GithubState::new(client, store.clone());
     let previews = previews(config, store, &github);
     let slack = slack_api(config)?;
-    let (modules, builds) = modules(&Shared {
+    let Modules {
+        list: modules,
+        builds,
+    } = modules(&Shared {
         config,
         store,
         tenants: &tenants,

@@ -112,12 +112,14 @@ impl Daemon {
         daemon.wait_for("productbuilder started");
         // The routes answer once the server listens, the database's tables once its preflight
         // (the migrations) passed: /readyz says when.
-        wait_for("/readyz to answer 200", Duration::from_secs(60), || {
-            match daemon.call("GET", "/readyz", None, "") {
+        wait_for(
+            "/readyz to answer 200",
+            Duration::from_secs(60),
+            || match daemon.call("GET", "/readyz", None, "") {
                 (200, _, _) => Ok(()),
                 (status, _, body) => Err(format!("{status} {body}")),
-            }
-        });
+            },
+        );
         daemon
     }
 
@@ -215,7 +217,11 @@ fn every_build_route_needs_the_api_token() {
         }
     }
     let (status, history) = daemon.api("GET", "/projects/acme/shop/builds", Value::Null);
-    assert_eq!((status, history), (200, json!([])), "a refused POST enqueued");
+    assert_eq!(
+        (status, history),
+        (200, json!([])),
+        "a refused POST enqueued"
+    );
 }
 
 /// Without `[http].api_token` every build route is off (403), whatever the request carries.
@@ -331,7 +337,10 @@ fn the_builds_api_starts_joins_shows_and_cancels_builds() {
         "productbuilder_builds{status=\"pending\"} 1",
         "productbuilder_builds{status=\"running\"} 1",
     ] {
-        assert!(metrics.lines().any(|l| l == line), "no {line} in\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in\n{metrics}"
+        );
     }
 
     // Cancelling the pending build: 200 cancelled at once; again: 409.

@@ -8,11 +8,11 @@
 //!
 //! A database that cannot be read leaves both out of the page rather than failing the scrape.
 
+use productbuilder_store::rusqlite::{Connection, OptionalExtension};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
-use productbuilder_store::rusqlite::{Connection, OptionalExtension};
 use strum::VariantArray;
 
 use crate::queue::Queue;
@@ -31,11 +31,8 @@ pub struct BuildSeries {
 impl BuildSeries {
     /// Reads the counts and the last duration from `queue`'s database.
     pub async fn read(queue: &Queue) -> BuildSeries {
-        match queue.store.read(|c| counts(c)).await {
-            Ok((by_status, last_ms)) => BuildSeries {
-                by_status: Some(by_status),
-                last_duration_seconds: last_ms.map(|ms| ms as f64 / 1000.0),
-            },
+        match queue.store.read(|c| read_rows(c)).await {
+            Ok(series) => series,
             Err(e) => {
                 tracing::warn!(error = %e, "metrics: the builds could not be counted; left out of this scrape");
                 BuildSeries {
@@ -48,11 +45,8 @@ impl BuildSeries {
 }
 
 /// Builds per status (every status, in the table's order) and the last finished build's
-/// `duration_ms`.
-#[allow(clippy::type_complexity)]
-fn counts(
-    c: &Connection,
-) -> productbuilder_store::rusqlite::Result<(Vec<(Status, u64)>, Option<u64>)> {
+/// duration.
+fn read_rows(c: &Connection) -> productbuilder_store::rusqlite::Result<BuildSeries> {
     let mut stmt = c.prepare_cached("SELECT status, count(*) FROM builds GROUP BY status")?;
     let mut found = Vec::new();
     for row in stmt.query_map([], |r| {
@@ -80,7 +74,10 @@ fn counts(
             |r| r.get(0),
         )
         .optional()?;
-    Ok((by_status, last_ms.flatten().map(|ms| ms.max(0) as u64)))
+    Ok(BuildSeries {
+        by_status: Some(by_status),
+        last_duration_seconds: last_ms.flatten().map(|ms| ms.max(0) as f64 / 1000.0),
+    })
 }
 
 impl Collector for BuildSeries {
@@ -115,9 +112,9 @@ mod tests {
     use crate::queue::{Finish, QueueConfig};
     use crate::spec::{BuildResult, BuildSpec};
     use chrono::{TimeZone, Utc};
+    use productbuilder_store::Store;
     use prometheus_client::encoding::prometheus_text;
     use prometheus_client::registry::Registry;
-    use productbuilder_store::Store;
 
     fn encode(series: BuildSeries) -> String {
         let mut registry = Registry::default();
