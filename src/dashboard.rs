@@ -5,8 +5,14 @@
 //!
 //! [`View::read`] gathers what the page shows (the database, the status board, the budgets);
 //! [`page`] is pure, so the page is tested without a daemon.
+//!
+//! With `[builds]`, a section lists each repository's latest builds. A build's prompt and error
+//! come from whoever started it and from the agent's output, so they are shown as bounded text;
+//! its pull request and preview are links only when they are `http(s)` URLs (an `href` of
+//! `javascript:` would run, escaped or not).
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
+use productbuilder_builds::{Build, Queue};
 use productbuilder_github::{GithubState, Pull};
 use productbuilder_preview::Previews;
 use productbuilder_preview::db::PreviewRow;
@@ -19,6 +25,14 @@ const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#2
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border-bottom:1px solid #ddd;padding:.3em .8em;text-align:left}\
 th{background:#f5f5f5}.bad{color:#b00020}.ok{color:#1b7f3b}.muted{color:#777}code{font-size:12px}";
 
+/// Builds shown per repository: the newest.
+pub const LATEST_BUILDS: u32 = 10;
+/// At most this many characters of a build's prompt (its first line) are shown.
+const PROMPT_CHARS: usize = 80;
+/// At most this many characters of a build's error (its first line) are shown; the whole text is
+/// in `GET /builds/{id}` and the build comment.
+const ERROR_CHARS: usize = 200;
+
 /// Everything the page shows, read at one request.
 pub struct View {
     pub preflights_passed: bool,
@@ -29,6 +43,14 @@ pub struct View {
     pub repositories: Vec<Repository>,
     /// The preview rows, or why they could not be read.
     pub previews: Result<Vec<PreviewRow>, String>,
+    /// Each repository's latest builds; `None` when builds are off (no `[builds]`).
+    pub builds: Option<Vec<RepositoryBuilds>>,
+}
+
+/// One repository's newest builds (at most [`LATEST_BUILDS`]), or why they could not be read.
+pub struct RepositoryBuilds {
+    pub repo: String,
+    pub builds: Result<Vec<Build>, String>,
 }
 
 /// One configured repository's line, and its open pull requests.
@@ -51,6 +73,7 @@ impl View {
         previews: &Previews,
         tenants: &[String],
         slack: Option<&SlackApi>,
+        builds: Option<&Queue>,
     ) -> View {
         let degraded = board
             .degraded()
@@ -85,12 +108,29 @@ impl View {
                 },
             });
         }
+        let builds = match builds {
+            Some(queue) => {
+                let mut per_repo = Vec::with_capacity(tenants.len());
+                for repo in tenants {
+                    per_repo.push(RepositoryBuilds {
+                        repo: repo.clone(),
+                        builds: queue
+                            .list(repo, LATEST_BUILDS)
+                            .await
+                            .map_err(|e| e.to_string()),
+                    });
+                }
+                Some(per_repo)
+            }
+            None => None,
+        };
         View {
             preflights_passed: board.preflights_passed(),
             degraded,
             waiting,
             repositories,
             previews: previews.list().await.map_err(|e| e.to_string()),
+            builds,
         }
     }
 }
@@ -102,8 +142,9 @@ pub async fn render(
     previews: &Previews,
     tenants: &[String],
     slack: Option<&SlackApi>,
+    builds: Option<&Queue>,
 ) -> String {
-    page(&View::read(board, github, previews, tenants, slack).await).into_string()
+    page(&View::read(board, github, previews, tenants, slack, builds).await).into_string()
 }
 
 /// The page for `view`.
@@ -144,6 +185,7 @@ pub fn page(view: &View) -> Markup {
                 }
                 (repositories(&view.repositories))
                 (previews_table(&view.previews))
+                @if let Some(builds) = &view.builds { (builds_table(builds)) }
                 h2 { "Open pull requests" }
                 table {
                     tr {
@@ -272,6 +314,103 @@ fn approval(r: &PreviewRow) -> Markup {
     }
 }
 
+fn builds_table(builds: &[RepositoryBuilds]) -> Markup {
+    html! {
+        h2 { "Builds" }
+        p.muted {
+            "The newest " (LATEST_BUILDS) " of each repository. The build routes ("
+            code { "/builds/{id}" } ", its log) need the api token."
+        }
+        table {
+            tr {
+                th { "repository" } th { "build" } th { "for" } th { "prompt" } th { "status" }
+                th { "duration" } th { "cost" } th { "turns" } th { "pull request" }
+                th { "preview" } th { "log" } th { "error" }
+            }
+            @for r in builds {
+                @match &r.builds {
+                    Ok(list) => {
+                        @for b in list { (build_row(&r.repo, b)) }
+                    }
+                    Err(e) => {
+                        tr { td { (r.repo) } td.bad colspan="11" { (e) } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn build_row(repo: &str, b: &Build) -> Markup {
+    use productbuilder_builds::Status;
+    let class = match b.status {
+        Status::Completed => "ok",
+        Status::Failed => "bad",
+        _ => "muted",
+    };
+    let target = match (b.spec.pull_request, b.number) {
+        (Some(n), _) => format!("pull request #{n}"),
+        (None, Some(n)) => format!("issue #{n}"),
+        (None, None) => String::new(),
+    };
+    let result = b.result.as_ref();
+    let pr = result.and_then(|r| r.pr_url.as_deref().and_then(web_link));
+    let preview = result.and_then(|r| r.preview_url.as_deref().and_then(web_link));
+    html! {
+        tr {
+            td { (repo) }
+            td { (b.id) }
+            td { (target) }
+            td { (first_line(&b.spec.prompt, PROMPT_CHARS)) }
+            td class=(class) {
+                (b.status)
+                @if let (Status::Running, Some(step)) = (b.status, b.step) { " (" (step) ")" }
+            }
+            td { @if let Some(r) = result { (duration(r.duration_ms)) } }
+            td { @if let Some(cost) = result.and_then(|r| r.cost_usd) { (format!("${cost:.2}")) } }
+            td { @if let Some(turns) = result.and_then(|r| r.turns) { (turns) } }
+            td {
+                @if let Some(url) = pr {
+                    a href=(url) {
+                        @match result.and_then(|r| r.pr_number) {
+                            Some(n) => { "#" (n) }
+                            None => { "pull request" }
+                        }
+                    }
+                }
+            }
+            td { @if let Some(url) = preview { a href=(url) { (url) } } }
+            td { a href={ "/builds/" (b.id) "/log" } { "log" } }
+            td.bad { @if let Some(e) = &b.error { (first_line(e, ERROR_CHARS)) } }
+        }
+    }
+}
+
+/// `url` when it is an `http(s)` URL, the only kind the page links to.
+fn web_link(url: &str) -> Option<&str> {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    (lower.starts_with("https://") || lower.starts_with("http://")).then_some(url)
+}
+
+/// The first line of `text`, at most `max` characters (`…` when cut).
+fn first_line(text: &str, max: usize) -> String {
+    let line = text.lines().next().unwrap_or("");
+    match line.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_owned(),
+    }
+}
+
+/// `ms` as `42s`, `3m 05s` or `1h 02m`.
+fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        _ => format!("{}h {:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
 fn pull_row(repo: &str, p: &Pull, slack_thread: Option<&String>) -> Markup {
     let mut flags = Vec::new();
     if p.fork {
@@ -303,6 +442,7 @@ fn short(sha: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use productbuilder_builds::{BuildId, BuildResult, BuildSpec, Status as BuildStatus, Step};
 
     const HOSTILE: &str = "<script>alert('x')</script> & \"q\"";
     const ESCAPED: &str = "&lt;script&gt;alert('x')&lt;/script&gt; &amp; &quot;q&quot;";
@@ -342,6 +482,7 @@ mod tests {
                 )]),
             }],
             previews,
+            builds: None,
         }
     }
 
@@ -446,5 +587,169 @@ mod tests {
             html.contains("<th>logs</th></tr></table><p class=\"bad\">database locked</p>"),
             "{html}"
         );
+    }
+
+    fn build(id: i64, status: BuildStatus) -> Build {
+        Build {
+            id: BuildId(id),
+            repo: "acme/shop".to_owned(),
+            number: Some(12),
+            spec: BuildSpec {
+                issue: Some(12),
+                ..BuildSpec::new("Add search\nand more")
+            },
+            status,
+            attempts: 1,
+            next_attempt_at: Default::default(),
+            lease_owner: None,
+            lease_until: None,
+            cancel_requested: false,
+            step: None,
+            interruptions: 0,
+            result: None,
+            error: None,
+            created_at: Default::default(),
+            updated_at: Default::default(),
+            finished_at: None,
+        }
+    }
+
+    fn with_builds(builds: Result<Vec<Build>, String>) -> String {
+        let mut view = view(vec![], Ok(vec![]));
+        view.builds = Some(vec![RepositoryBuilds {
+            repo: "acme/shop".to_owned(),
+            builds,
+        }]);
+        page(&view).into_string()
+    }
+
+    /// Each kind of build as the section shows it: what must be there, and what must not. The
+    /// prompt and the error are hostile (a page must not run them, a Slack-style `<!channel>`
+    /// stays text), and so is a pull request URL that is not http(s).
+    #[test]
+    fn the_builds_section_shows_each_build_escaped_and_bounded() {
+        let completed = Build {
+            finished_at: Some(Default::default()),
+            result: Some(BuildResult {
+                success: true,
+                duration_ms: 185_000,
+                cost_usd: Some(0.4234),
+                turns: Some(17),
+                pr_number: Some(31),
+                pr_url: Some("https://github.com/acme/shop/pull/31".to_owned()),
+                preview_url: Some("http://shop-pr-31.preview.localhost".to_owned()),
+                ..BuildResult::default()
+            }),
+            ..build(3, BuildStatus::Completed)
+        };
+        let hostile = Build {
+            spec: BuildSpec {
+                pull_request: Some(31),
+                ..BuildSpec::new(format!("{HOSTILE} <!channel>\nsecond line"))
+            },
+            number: Some(31),
+            error: Some(format!(
+                "<!channel> {HOSTILE} {}\nsecond line",
+                "x".repeat(400)
+            )),
+            result: Some(BuildResult {
+                duration_ms: 4_000,
+                pr_url: Some("javascript:alert(1)".to_owned()),
+                preview_url: Some(" JavaScript:alert(2)".to_owned()),
+                ..BuildResult::default()
+            }),
+            ..build(4, BuildStatus::Failed)
+        };
+        let running = Build {
+            step: Some(Step::Agent),
+            ..build(5, BuildStatus::Running)
+        };
+        let unnumbered = Build {
+            number: None,
+            spec: BuildSpec::new("From the API"),
+            ..build(6, BuildStatus::Pending)
+        };
+        let cases: [(&str, Build, &[&str], &[&str]); 4] = [
+            (
+                "completed, with its links",
+                completed,
+                &[
+                    "<tr><td>acme/shop</td><td>3</td><td>issue #12</td><td>Add search</td><td class=\"ok\">completed</td>",
+                    "<td>3m 05s</td><td>$0.42</td><td>17</td><td><a href=\"https://github.com/acme/shop/pull/31\">#31</a></td>",
+                    "<td><a href=\"http://shop-pr-31.preview.localhost\">http://shop-pr-31.preview.localhost</a></td>",
+                    "<td><a href=\"/builds/3/log\">log</a></td><td class=\"bad\"></td></tr>",
+                ],
+                &["and more"],
+            ),
+            (
+                "failed, hostile",
+                hostile,
+                &[
+                    "<td>4</td><td>pull request #31</td><td>&lt;script&gt;alert('x')&lt;/script&gt; &amp; &quot;q&quot; &lt;!channel&gt;</td>",
+                    "<td class=\"bad\">failed</td><td>4s</td><td></td><td></td><td></td><td></td>",
+                    "<td class=\"bad\">&lt;!channel&gt; &lt;script&gt;alert('x')&lt;/script&gt; &amp; &quot;q&quot; xxx",
+                    "xxx…</td></tr>",
+                ],
+                &[
+                    "<script>",
+                    "<!channel>",
+                    "javascript:",
+                    "JavaScript:",
+                    "second line",
+                    &"x".repeat(200),
+                ],
+            ),
+            (
+                "running, with its step",
+                running,
+                &[
+                    "<td>5</td><td>issue #12</td><td>Add search</td><td class=\"muted\">running (agent)</td><td></td>",
+                ],
+                &[],
+            ),
+            (
+                "pending, from the API without an issue",
+                unnumbered,
+                &["<td>6</td><td></td><td>From the API</td><td class=\"muted\">pending</td>"],
+                &[],
+            ),
+        ];
+        for (name, b, present, absent) in cases {
+            let html = with_builds(Ok(vec![b]));
+            assert!(html.contains("<h2>Builds</h2>"), "{name}: {html}");
+            for part in present {
+                assert!(html.contains(part), "{name}: no {part} in\n{html}");
+            }
+            for part in absent {
+                assert!(!html.contains(part), "{name}: {part} in\n{html}");
+            }
+        }
+    }
+
+    #[test]
+    fn builds_that_cannot_be_read_say_why_and_without_builds_there_is_no_section() {
+        let html = with_builds(Err("database locked <b>".to_owned()));
+        assert!(
+            html.contains(
+                "<tr><td>acme/shop</td><td class=\"bad\" colspan=\"11\">database locked &lt;b&gt;</td></tr>"
+            ),
+            "{html}"
+        );
+        let html = page(&view(vec![pull("Add search")], Ok(vec![]))).into_string();
+        assert!(!html.contains("Builds"), "{html}");
+        assert!(!html.contains("/builds/"), "{html}");
+    }
+
+    #[test]
+    fn first_line_and_duration_are_bounded_and_readable() {
+        assert_eq!(first_line("ab\ncd", 5), "ab");
+        assert_eq!(first_line("héllo", 2), "hé…");
+        assert_eq!(first_line("", 2), "");
+        assert_eq!(duration(999), "0s");
+        assert_eq!(duration(60_000), "1m 00s");
+        assert_eq!(duration(3_725_000), "1h 02m");
+        assert_eq!(web_link("HTTPS://x"), Some("HTTPS://x"));
+        assert_eq!(web_link("javascript:x"), None);
+        assert_eq!(web_link("//evil"), None);
     }
 }

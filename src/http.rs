@@ -41,6 +41,8 @@ pub struct AppState {
     pub tokens: ApiTokens,
     /// The Slack client, with `[slack]` (its counters for `/metrics`).
     pub slack: Option<productbuilder_slack::api::SlackApi>,
+    /// The build queue, with `[builds]` (the dashboard's builds and `/metrics`' counts).
+    pub builds: Option<productbuilder_builds::Queue>,
 }
 
 /// The API's bearer tokens (`[http].api_token`, `[http].read_token`), kept as SHA-256 digests:
@@ -228,6 +230,7 @@ async fn dashboard(State(state): State<AppState>) -> Response {
         &state.previews,
         &state.tenants,
         state.slack.as_ref(),
+        state.builds.as_ref(),
     )
     .await;
     (
@@ -479,6 +482,9 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const API: &str = "api-token-for-the-router-test";
+    /// Builds are on, so that their routes are walked with the rest and their series listed (no
+    /// scheduler runs here: nothing is ever claimed).
+    const BUILDS: &str = "[builds]\nagent_command = [\"/bin/false\", \"{prompt}\"]\n";
     const READ: &str = "read-token-for-the-router-test";
 
     struct Served {
@@ -505,7 +511,7 @@ mod tests {
         std::fs::write(
             &main,
             format!(
-                "state_dir = \"state\"\n[github]\ntoken = \"t\"\napi_url = \"http://127.0.0.1:9\"\n[http]\n{http}"
+                "state_dir = \"state\"\n[github]\ntoken = \"t\"\napi_url = \"http://127.0.0.1:9\"\n{BUILDS}[http]\n{http}"
             ),
         )
         .unwrap();
@@ -537,6 +543,7 @@ mod tests {
                 config.http.read_token.as_ref(),
             ),
             slack: None,
+            builds: wiring.builds,
         };
         let table = Table::new(&routes(&state, module_routes.clone()));
         let app = router(state, module_routes);
@@ -556,6 +563,7 @@ mod tests {
         path.replace("{owner}", "acme")
             .replace("{repo}", "shop")
             .replace("{number}", "7")
+            .replace("{id}", "1")
     }
 
     /// Status line and head of the answer to `method path` with an optional bearer token.
@@ -624,6 +632,31 @@ mod tests {
                 "{method} {path} is not mounted"
             );
         }
+        // So are the builds', every one of them mutating (a spec holds a prompt and a callback
+        // URL; a transcript what the agent saw).
+        let builds: Vec<_> = table
+            .iter()
+            .filter(|r| r.1.contains("builds"))
+            .map(|r| (r.0.to_string(), r.1, r.2))
+            .collect();
+        assert_eq!(
+            builds,
+            [
+                (
+                    "POST".to_owned(),
+                    "/projects/{owner}/{repo}/builds",
+                    Access::Mutating
+                ),
+                (
+                    "GET".to_owned(),
+                    "/projects/{owner}/{repo}/builds",
+                    Access::Mutating
+                ),
+                ("GET".to_owned(), "/builds/{id}", Access::Mutating),
+                ("GET".to_owned(), "/builds/{id}/log", Access::Mutating),
+                ("POST".to_owned(), "/builds/{id}/cancel", Access::Mutating),
+            ]
+        );
     }
 
     #[tokio::test]
@@ -756,6 +789,8 @@ mod tests {
                 "productbuilder_unit_run_duration_seconds histogram",
                 "productbuilder_unit_degraded gauge",
                 "productbuilder_units_degraded gauge",
+                // A service (the builds' runner) is planned.
+                "productbuilder_service_restarts_total counter",
                 "productbuilder_tenant_degraded gauge",
                 "productbuilder_tenant_degraded_info gauge",
                 "productbuilder_preflights_passed gauge",
@@ -773,6 +808,7 @@ mod tests {
                 "productbuilder_preview_jobs_ended_total counter",
                 "productbuilder_preview_jobs_running gauge",
                 "productbuilder_preview_jobs_waiting gauge",
+                "productbuilder_builds gauge",
             ]
         );
         for line in [
@@ -790,6 +826,9 @@ mod tests {
             "productbuilder_preview_builds_running 0",
             "productbuilder_preview_jobs_ended_total{outcome=\"timed_out\"} 0",
             "productbuilder_preview_jobs_waiting 0",
+            "productbuilder_builds{status=\"pending\"} 0",
+            "productbuilder_builds{status=\"running\"} 0",
+            "productbuilder_builds{status=\"cancelled\"} 0",
         ] {
             assert!(answer.lines().any(|l| l == line), "no {line} in\n{answer}");
         }

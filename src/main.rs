@@ -225,6 +225,8 @@ struct Wiring {
     github: GithubState,
     previews: Previews,
     slack: Option<SlackApi>,
+    /// The build queue, with `[builds]`: the dashboard and `/metrics` read it.
+    builds: Option<productbuilder_builds::Queue>,
     modules: Vec<Box<dyn HttpModule>>,
 }
 
@@ -246,9 +248,16 @@ struct Shared<'a> {
     slack: &'a Option<SlackApi>,
 }
 
+/// The modules, and what the dashboard and `/metrics` read of them.
+struct Modules {
+    list: Vec<Box<dyn HttpModule>>,
+    /// The build queue, with `[builds]`.
+    builds: Option<productbuilder_builds::Queue>,
+}
+
 /// Every module, in the order their units are listed. Adding a module is a crate and one line
 /// here: its units, routes and feeds are wired from what it declares.
-fn modules(shared: &Shared<'_>) -> Result<Vec<Box<dyn HttpModule>>, Failure> {
+fn modules(shared: &Shared<'_>) -> Result<Modules, Failure> {
     let Shared {
         config,
         store,
@@ -272,7 +281,8 @@ fn modules(shared: &Shared<'_>) -> Result<Vec<Box<dyn HttpModule>>, Failure> {
         run_timeout,
     )
     .map_err(|e| Failure::Failed(format!("builds: {e}")))?;
-    Ok(vec![
+    let queue = builds.queue().cloned();
+    let list: Vec<Box<dyn HttpModule>> = vec![
         Box::new(kernel::Kernel {
             store: (*store).clone(),
             tenants: tenants.to_vec(),
@@ -299,7 +309,11 @@ fn modules(shared: &Shared<'_>) -> Result<Vec<Box<dyn HttpModule>>, Failure> {
             )),
         }),
         Box::new(builds),
-    ])
+    ];
+    Ok(Modules {
+        list,
+        builds: queue,
+    })
 }
 
 /// The whole wiring: the shared GitHub client and previews, then every module.
@@ -335,7 +349,10 @@ fn wire(config: &Config, store: &Store) -> Result<Wiring, Failure> {
     let github = GithubState::new(client, store.clone());
     let previews = previews(config, store, &github);
     let slack = slack_api(config)?;
-    let modules = modules(&Shared {
+    let Modules {
+        list: modules,
+        builds,
+    } = modules(&Shared {
         config,
         store,
         tenants: &tenants,
@@ -352,6 +369,7 @@ fn wire(config: &Config, store: &Store) -> Result<Wiring, Failure> {
         github,
         previews,
         slack,
+        builds,
         modules,
     })
 }
@@ -880,6 +898,7 @@ async fn daemon(
                 config.http.read_token.as_ref(),
             ),
             slack: wiring.slack.clone(),
+            builds: wiring.builds.clone(),
         },
         module_routes,
     );

@@ -1,7 +1,8 @@
 //! `GET /metrics`: every module's series in one Prometheus text exposition (version 0.0.4).
 //!
 //! Each source is a `prometheus-client` [`Collector`] that reads its counters at the scrape
-//! (the scheduler's atomics, GitHub's budgets, the preview rows and counters, the preview jobs),
+//! (the scheduler's atomics, GitHub's budgets, the preview rows and counters, the preview jobs,
+//! Slack's counters, the builds by status),
 //! registered in a fresh registry in the order the page has always had. The encoder writes the
 //! HELP and TYPE lines, the `_total` of counters, the histogram's cumulative buckets and escapes
 //! label values; nothing here formats exposition text by hand.
@@ -38,6 +39,11 @@ pub async fn render(state: &AppState) -> String {
         registry.register_collector(Box::new(productbuilder_slack::metrics::SlackSeries(
             slack.clone(),
         )));
+    }
+    if let Some(queue) = &state.builds {
+        registry.register_collector(Box::new(
+            productbuilder_builds::metrics::BuildSeries::read(queue).await,
+        ));
     }
     let mut text = String::with_capacity(4096 + state.board.units().len() * 1024);
     // Writing to a String cannot fail.

@@ -35,6 +35,8 @@
 //!   request; a second enqueue returns the first), claim with a lease under `max_concurrent` in one
 //!   `BEGIN IMMEDIATE` transaction, heartbeat (which carries a cancel request), the last step,
 //!   finish, retry with backoff, cancel. The clock is an argument, so tests need no sleeps.
+//! - [`metrics`]: `productbuilder_builds{status}` and the last build's duration, read from the
+//!   database at the scrape.
 //! - [`recovery`]: builds whose lease ran out (their daemon died) are resumed from their last step
 //!   when it is resumable, or failed as `interrupted` and retried once.
 //!
@@ -58,6 +60,7 @@ pub mod forge;
 pub mod git;
 pub mod github_forge;
 pub mod link;
+pub mod metrics;
 mod module;
 pub mod prompt;
 pub mod queue;

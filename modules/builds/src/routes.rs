@@ -132,9 +132,11 @@ fn problem(status: StatusCode, message: impl Into<String>) -> Response {
 fn queue_problem(e: QueueError) -> Response {
     match e {
         QueueError::NotFound(id) => problem(StatusCode::NOT_FOUND, format!("no build {}", id.0)),
-        e if e.is_busy() => problem(
+        // A locked database, or one not migrated yet (the routes answer from the start, the
+        // migrations run in the first preflight): try again once `/readyz` says 200.
+        e @ QueueError::Store(_) => problem(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("{e}; try again in a moment"),
+            format!("{e}; try again in a moment (GET /readyz says when the daemon is ready)"),
         ),
         e => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
