@@ -13,6 +13,11 @@ use productbuilder_preview::{Egress, TenantRules};
 use support::{World, app, docker};
 
 /// `wget` from inside `container` (the example image is busybox); whether it got the page.
+/// One test of this file at a time: they measure the engine's network isolation, and dockerd
+/// rewrites its isolation rules whenever a network comes or goes (another test's preview, the
+/// router test's own network), so a check made during that rewrite can see a connection pass.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn fetch_from(container: &str, url: &str) -> bool {
     Command::new("docker")
         .args([
@@ -87,6 +92,7 @@ fn files_containing(dir: &std::path::Path, needle: &str, out: &mut Vec<String>) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn previews_cannot_reach_each_other_and_secrets_reach_only_same_repository_pulls() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let w = World::new("iso").await;
     let previews = w.previews(5, Duration::from_secs(3600), rules_with_env());
     w.guarded(&previews, async {
@@ -220,6 +226,7 @@ impl Drop for Outside {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_egress_a_preview_cannot_connect_out_of_its_network() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let outside = Outside::start();
     let url = "http://10.213.77.2:18080/";
 
@@ -273,6 +280,7 @@ async fn without_egress_a_preview_cannot_connect_out_of_its_network() {
 /// since (detached here by hand), and leaves it at teardown so that the network can go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_router_follows_the_previews_networks() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let w = World::new("rtr").await;
     let previews = w.previews(5, Duration::from_secs(3600), TenantRules::default());
     docker(&["network", "create", &w.network]);
