@@ -12,6 +12,9 @@ use productbuilder_builds::git::{
     Author, BranchFor, Credentials, Git, GitError, Step, branch_name,
 };
 
+mod support;
+use support::raw_git;
+
 const TOKEN: &str = "ghs_TestToken0123456789abcdefXYZ";
 
 fn author() -> Author {
@@ -19,27 +22,6 @@ fn author() -> Author {
         name: "productbuilder".into(),
         email: "builds@productbuilder.example".into(),
     }
-}
-
-/// git as a person (or the agent) would run it: no isolation, for setting up and inspecting.
-fn raw_git(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "someone")
-        .env("GIT_AUTHOR_EMAIL", "someone@example.com")
-        .env("GIT_COMMITTER_NAME", "someone")
-        .env("GIT_COMMITTER_EMAIL", "someone@example.com")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn write_executable(path: &Path, body: &str) {
