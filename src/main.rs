@@ -1085,7 +1085,7 @@ mod tests {
     /// The Slack threads follow the pull requests and the previews of the tenants with a channel:
     /// both feeds wake `worker:slack` of those tenants, and of no other.
     #[tokio::test]
-    async fn the_slack_worker_wakes_on_pull_requests_and_previews() {
+    async fn the_slack_worker_wakes_on_pull_requests_previews_and_builds() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("tenants")).unwrap();
         std::fs::write(
@@ -1120,6 +1120,8 @@ mod tests {
         assert_eq!(
             declared,
             [
+                // Without [builds] the feed is published and never changes.
+                ("builds:rows:acme/shop", "worker:slack:acme/shop"),
                 ("github:pulls:acme/shop", "worker:previews:acme/shop"),
                 ("github:pulls:acme/shop", "worker:slack:acme/shop"),
                 ("preview:rows:acme/shop", "worker:slack:acme/shop"),

@@ -56,6 +56,7 @@ pub mod agent;
 pub mod callback;
 pub mod comment;
 pub mod config;
+pub mod feeds;
 pub mod forge;
 pub mod git;
 pub mod github_forge;

@@ -15,7 +15,8 @@ use std::time::Duration;
 use chrono::Utc;
 use productbuilder_github::GithubState;
 use productbuilder_planner::{
-    AppliesTo, Every, Module, Scope, Spec, Tenant, TenantCtx, When, every_tenant, spec_work,
+    AppliesTo, Every, Feed, Module, Scope, Spec, Tenant, TenantCtx, Wake, When, every_tenant,
+    spec_work,
 };
 use productbuilder_routes::Route;
 use productbuilder_scheduler::{Backoff, ErrorKind, RestartPolicy, RetryPolicy, UnitError};
@@ -139,6 +140,21 @@ impl Parts {
 impl Module for BuildsModule {
     fn name(&self) -> &'static str {
         "builds"
+    }
+
+    /// Published whether builds are on or not, so that modules may wake on it either way.
+    fn feeds(&self) -> Vec<Feed> {
+        vec![crate::feeds::rows(
+            self.parts.as_ref().map(|p| p.runner.clone()),
+        )]
+    }
+
+    /// A preview that moved may be a build's, now ready: link it at once.
+    fn wakes(&self) -> Vec<Wake> {
+        vec![Wake {
+            feed: productbuilder_preview::feeds::ROWS,
+            worker: "builds",
+        }]
     }
 
     fn workers(&self) -> Vec<Spec> {

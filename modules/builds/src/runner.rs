@@ -62,6 +62,8 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuildEvent {
     pub id: BuildId,
+    /// `owner/name`: the feed of a tenant's build changes filters on it.
+    pub repo: Arc<str>,
     pub kind: EventKind,
 }
 
@@ -435,6 +437,7 @@ impl BuildRun<'_> {
             .await?;
         let _ = self.runner.events.send(BuildEvent {
             id: self.id(),
+            repo: Arc::from(self.build.repo.as_str()),
             kind: EventKind::Step(step),
         });
         self.transcript.note(&format!("step {step}"));
@@ -634,6 +637,7 @@ impl BuildRun<'_> {
         let (env, secrets) = agent_env(self.config(), std::env::vars_os(), token.as_ref());
         let done = agent::AgentRun {
             id: self.id(),
+            repo: Arc::from(repo.as_str()),
             config: &runner.config,
             argv: runner.config.argv(&prompt),
             checkout: &checkout,
@@ -875,6 +879,7 @@ impl BuildRun<'_> {
         self.comment(end.status.as_str(), None, detail).await;
         let _ = self.runner.events.send(BuildEvent {
             id: self.id(),
+            repo: Arc::from(self.build.repo.as_str()),
             kind: EventKind::Finished(end.status),
         });
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -145,8 +145,8 @@ impl Module for SlackModule {
         specs
     }
 
-    /// A change of the open pull requests (a new thread, a closed one) or of a tenant's previews
-    /// (the status line) is worth a pass at once.
+    /// A change of the open pull requests (a new thread, a closed one), of a tenant's previews or
+    /// of its builds (the status line) is worth a pass at once.
     fn wakes(&self) -> Vec<Wake> {
         vec![
             Wake {
@@ -155,6 +155,10 @@ impl Module for SlackModule {
             },
             Wake {
                 feed: productbuilder_preview::feeds::ROWS,
+                worker: "slack",
+            },
+            Wake {
+                feed: productbuilder_builds::feeds::ROWS,
                 worker: "slack",
             },
         ]

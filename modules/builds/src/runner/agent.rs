@@ -27,6 +27,7 @@ const PROGRESS_KEPT: usize = 50;
 /// One run of the agent.
 pub(crate) struct AgentRun<'a> {
     pub id: BuildId,
+    pub repo: std::sync::Arc<str>,
     pub config: &'a BuildsConfig,
     pub argv: Vec<String>,
     pub checkout: &'a Path,
@@ -80,10 +81,11 @@ impl AgentRun<'_> {
         let mut reader = Reader::with_line_cap(config.agent_format, AGENT_LINE_CAP);
         let mut budget: Option<String> = None;
         let events = self.events;
-        let id = self.id;
+        let (id, repo) = (self.id, self.repo.clone());
         let show = |text: String, progress: &mut Vec<String>| {
             let _ = events.send(BuildEvent {
                 id,
+                repo: repo.clone(),
                 kind: EventKind::Progress(text.clone()),
             });
             progress.push(text);
