@@ -8,19 +8,16 @@
 //! (`max_concurrent = 1`) until it is cancelled, and the builds the test looks at stay pending
 //! behind it for as long as the test needs.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use productbuilder_github_sandbox::{Permission, Sandbox};
 use serde_json::{Value, json};
 
 mod support;
-use support::{free_port, wait_for};
+use support::{Daemon, wait_for};
 
-const BIN: &str = env!("CARGO_BIN_EXE_productbuilder");
 const TOKEN: &str = "ghp_test_token_never_printed";
 const API: &str = "api-token-for-the-builds-test";
 
@@ -80,35 +77,9 @@ impl Site {
     }
 }
 
-/// The daemon; killed when dropped (also when a test fails).
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    port: u16,
-}
-
 impl Daemon {
     fn start(site: &Site) -> Daemon {
-        let port = free_port();
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(site.dir.path().join("productbuilder.toml"))
-            .env("PRODUCTBUILDER_HTTP__LISTEN", format!("127.0.0.1:{port}"))
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let daemon = Daemon { child, lines, port };
+        let daemon = Daemon::run(&site.dir.path().join("productbuilder.toml"));
         daemon.wait_for("productbuilder started");
         // The routes answer once the server listens, the database's tables once its preflight
         // (the migrations) passed: /readyz says when.
@@ -121,17 +92,6 @@ impl Daemon {
             },
         );
         daemon
-    }
-
-    fn wait_for(&self, needle: &str) {
-        let mut seen = Vec::new();
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) if line.contains(needle) => return,
-                Ok(line) => seen.push(line),
-                Err(_) => panic!("no log line with {needle:?}; got:\n{}", seen.join("\n")),
-            }
-        }
     }
 
     /// `method path` with an optional bearer token and JSON body: the status, the head and the
@@ -185,13 +145,6 @@ impl Daemon {
         let (status, build) = self.api("GET", &format!("/builds/{id}"), Value::Null);
         assert_eq!(status, 200, "{build}");
         build["status"].as_str().unwrap_or_default().to_owned()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -1,16 +1,18 @@
 //! The real binary, driven as an operator would: commands, exit codes, environment overrides, the
 //! HTTP endpoints and signals.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use productbuilder_github_sandbox::{Permission, Sandbox};
 
 const BIN: &str = env!("CARGO_BIN_EXE_productbuilder");
+
+mod support;
+use support::{Daemon, free_port};
 const TOKEN: &str = "ghp_test_token_never_printed";
 
 /// A configuration directory, and the sandbox GitHub it points at.
@@ -340,16 +342,6 @@ fn future_database(path: &Path) {
     .unwrap();
 }
 
-/// A free loopback port. Another process could take it before the daemon binds it; the test then
-/// fails loudly on the bind error, it does not pass by accident.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A minimal HTTP/1.0 GET: status code and body.
 fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
@@ -369,50 +361,12 @@ fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
-/// The daemon with its log lines streamed to the test.
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    port: u16,
-}
-
 impl Daemon {
     fn start(site: &Site) -> Daemon {
         let port = free_port();
         let mut command = site.command(&["run"]);
         command.env("PRODUCTBUILDER_HTTP__LISTEN", format!("127.0.0.1:{port}"));
         Daemon::spawn(&mut command, port)
-    }
-
-    /// `command` must make the daemon listen on `port`.
-    fn spawn(command: &mut Command, port: u16) -> Daemon {
-        let mut child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Daemon { child, lines, port }
-    }
-
-    /// Waits for a log line containing `needle`; returns every line read so far on failure.
-    fn wait_for(&self, needle: &str) -> String {
-        let mut seen = Vec::new();
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(line) => seen.push(line),
-                Err(_) => panic!("no log line with {needle:?}; got:\n{}", seen.join("\n")),
-            }
-        }
     }
 
     fn signal(&self, name: &str) {

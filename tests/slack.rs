@@ -5,9 +5,7 @@
 //! own comments never; `@bot status` in the thread is answered there. Socket Mode on its own:
 //! acks, redeliveries, disconnects; `check --online`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use productbuilder_github_sandbox::{NewPr, Permission, Sandbox as GithubSandbox};
@@ -15,55 +13,11 @@ use productbuilder_preview::compose::project_name;
 use productbuilder_slack_sandbox::{APP_TOKEN, BOT_TOKEN, Sandbox as SlackSandbox};
 
 mod support;
-use support::{app_files, docker, wait_for};
+use support::{BIN, Daemon, app_files, docker, wait_for};
 
-const BIN: &str = env!("CARGO_BIN_EXE_productbuilder");
 const TOKEN: &str = "ghp_test_token_never_printed";
 
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    port: u16,
-}
-
 impl Daemon {
-    fn start(config: &std::path::Path) -> Daemon {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .env("PRODUCTBUILDER_HTTP__LISTEN", format!("127.0.0.1:{port}"))
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Daemon { child, lines, port }
-    }
-
-    fn wait_for(&self, needle: &str) {
-        let mut seen = Vec::new();
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) if line.contains(needle) => return,
-                Ok(line) => seen.push(line),
-                Err(_) => panic!("no log line with {needle:?}; got:\n{}", seen.join("\n")),
-            }
-        }
-    }
-
     fn metrics(&self) -> String {
         self.get("/metrics")
     }
@@ -79,11 +33,6 @@ impl Daemon {
         let mut text = String::new();
         stream.read_to_string(&mut text).unwrap();
         text
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
     }
 }
 
@@ -233,7 +182,7 @@ fn a_thread_follows_its_pull_request_and_preview(input: Input) {
         config,
         ..
     } = &site;
-    let daemon = Daemon::start(config);
+    let daemon = Daemon::run(config);
     daemon.wait_for("first Slack pass");
     let mut pr = NewPr::new(
         "<!channel> <https://evil.example|click>",
@@ -302,7 +251,7 @@ fn a_thread_follows_its_pull_request_and_preview(input: Input) {
     });
     daemon.kill9();
 
-    let daemon = Daemon::start(config);
+    let daemon = Daemon::run(config);
     if matches!(input, Input::SocketMode) {
         site.wait_slack("a Socket Mode connection", &|s| s.open_connections() >= 1);
     }
@@ -390,7 +339,7 @@ fn socket_mode_acks_at_once_handles_each_event_once_and_reconnects() {
         ..
     } = &site;
     let elsewhere = slack.create_channel("random");
-    let daemon = Daemon::start(config);
+    let daemon = Daemon::run(config);
     let wait = |what: &str, done: &dyn Fn(&SlackSandbox) -> bool| {
         assert!(
             runtime.block_on(slack.wait_until(Duration::from_secs(60), |s| done(s))),

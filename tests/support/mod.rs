@@ -112,3 +112,76 @@ pub fn app_files(version: &str, socket_mount: bool, slow_build: bool) -> Vec<(St
         ("busybox".into(), std::fs::read("/bin/busybox").unwrap()),
     ]
 }
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_productbuilder");
+
+/// A daemon with its log lines (stderr) streamed to the test; killed when dropped, also when a
+/// test fails. Tests add the calls they need in their own `impl Daemon` blocks.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+    pub port: u16,
+}
+
+impl Daemon {
+    /// `productbuilder run --config {config}`, listening on a free loopback port.
+    pub fn run(config: &std::path::Path) -> Daemon {
+        let port = free_port();
+        let mut command = Command::new(BIN);
+        command
+            .args(["run", "--config"])
+            .arg(config)
+            .env("PRODUCTBUILDER_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env_remove("RUST_LOG");
+        Daemon::spawn(&mut command, port)
+    }
+
+    /// `command` must make the daemon listen on `port`.
+    pub fn spawn(command: &mut Command, port: u16) -> Daemon {
+        use std::io::BufRead;
+        let mut child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon { child, lines, port }
+    }
+
+    /// Waits for a log line containing `needle` and returns it; fails with every line read.
+    pub fn wait_for(&self, needle: &str) -> String {
+        let mut seen = Vec::new();
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("no log line with {needle:?}; got:\n{}", seen.join("\n")),
+            }
+        }
+    }
+
+    /// SIGKILL, and its end awaited.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
