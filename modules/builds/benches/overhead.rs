@@ -18,6 +18,12 @@
 //! the example app. The overhead reported is each build's wall time minus the agent's median time
 //! alone; the runner's step events give a per-step breakdown (and the agent's time inside the
 //! build, a cross-check).
+//!
+//! The GitHub client paces content writes as the daemon's does (`BudgetLimits::default()`: at
+//! least `write_gap` = 1 s between two, as GitHub asks of integrations), and a build writes several
+//! times (its comment at each step, the pull request), so that pacing is most of a build's time.
+//! `BENCH_PACING=off` takes the pacing away (no gap, no per-minute or per-hour cap): the daemon's
+//! own work alone. The bench prints the requests per build and the pacing's floor (writes × gap).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,7 +36,7 @@ use productbuilder_builds::{
     BuildId, BuildSpec, BuildsConfig, EventKind, Queue, Ran, Runner, Status, Step,
 };
 use productbuilder_github::{BudgetLimits, ClientConfig, Credentials, GithubClient, Token};
-use productbuilder_github_sandbox::{Permission, Sandbox};
+use productbuilder_github_sandbox::{Method, Permission, Sandbox};
 use productbuilder_store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -149,11 +155,25 @@ async fn run() {
 
     let store = Store::open(dir.path().join("productbuilder.db")).expect("the database");
     store.migrate().expect("the store's schema");
+    // The daemon's write pacing, or none (`BENCH_PACING=off`: no gap, no per-minute or per-hour
+    // cap), to see the daemon's own work apart from the waits it imposes on itself.
+    let paced = std::env::var("BENCH_PACING").map_or(true, |v| v != "off");
+    let limits = if paced {
+        BudgetLimits::default()
+    } else {
+        BudgetLimits {
+            write_gap: Duration::ZERO,
+            writes_per_minute: usize::MAX,
+            writes_per_hour: usize::MAX,
+            ..BudgetLimits::default()
+        }
+    };
+    let write_gap = limits.write_gap;
     let client = GithubClient::new(
         ClientConfig {
             api_url: sandbox.url(),
             credentials: Credentials::Token(Token::new(TOKEN)),
-            limits: BudgetLimits::default(),
+            limits: limits.clone(),
             request_timeout: Duration::from_secs(30),
         },
         store.clone(),
@@ -226,6 +246,8 @@ async fn run() {
     let shutdown = CancellationToken::new();
     let mut walls = Vec::with_capacity(builds);
     let mut ids = Vec::with_capacity(builds);
+    let mut starts = Vec::with_capacity(builds);
+    let mut git_requests_before = 0;
     for i in 0..WARMUP + builds {
         let start = Instant::now();
         let (id, ran) = runner
@@ -245,8 +267,23 @@ async fn run() {
         if i >= WARMUP {
             walls.push(took);
             ids.push(id);
+            starts.push(start);
+        }
+        if i + 1 == WARMUP {
+            // Only the measured builds' requests are counted.
+            sandbox.clear_requests();
+            git_requests_before = sandbox.git_requests().len();
         }
     }
+    // The request log holds git's smart HTTP requests too (`/git/...`), counted apart.
+    let requests: Vec<_> = sandbox
+        .requests()
+        .into_iter()
+        .filter(|r| !r.path_and_query.starts_with("/git/"))
+        .collect();
+    let writes = requests.iter().filter(|r| r.method != Method::GET).count();
+    let reads = requests.len() - writes;
+    let git_requests = sandbox.git_requests().len() - git_requests_before;
     for number in &issues {
         let branch = format!("productbuilder/issue-{number}");
         assert_eq!(
@@ -283,10 +320,23 @@ async fn run() {
         files.len(),
         repo_bytes as f64 / (1024.0 * 1024.0)
     );
-    line("build (claim to finish)", &sorted(walls));
+    line("build (claim to finish)", &sorted(walls.clone()));
     line("agent alone", &sorted(agent_times));
     line("overhead = build - agent alone (p50)", &overhead);
     line("  cross-check: build - its agent step", &own_by_events);
+    let before_clone = sorted(
+        ids.iter()
+            .zip(&starts)
+            .filter_map(|(id, start)| {
+                let events = timeline.get(id)?;
+                let (at, _) = events
+                    .iter()
+                    .find(|(_, kind)| *kind == EventKind::Step(Step::Clone))?;
+                Some(*at - *start)
+            })
+            .collect(),
+    );
+    line("  claim and the build comment created", &before_clone);
     // Each step's time includes the build comment's edit that announces it.
     for (what, step) in [
         (
@@ -297,7 +347,7 @@ async fn run() {
         ("  commit (stage, commit, files changed)", Step::Commit),
         ("  push", Step::Push),
         (
-            "  pull request (look up, open) and finish",
+            "  pull request (look up, open), finish, final comment",
             Step::PullRequest,
         ),
     ] {
@@ -305,6 +355,38 @@ async fn run() {
         if !times.is_empty() {
             line(what, &times);
         }
+    }
+    let after_end = sorted(
+        ids.iter()
+            .zip(starts.iter().zip(&walls))
+            .filter_map(|(id, (start, wall))| {
+                let events = timeline.get(id)?;
+                let (at, _) = events
+                    .iter()
+                    .find(|(_, kind)| matches!(kind, EventKind::Finished(_)))?;
+                Some(wall.saturating_sub(*at - *start))
+            })
+            .collect(),
+    );
+    line("  after the end (the workspace removed)", &after_end);
+    let per_build = |n: usize| n as f64 / builds as f64;
+    let writes_per_build = per_build(writes);
+    println!(
+        "requests per build: {:.1} API reads, {:.1} API writes, {:.1} git (smart HTTP)",
+        per_build(reads),
+        writes_per_build,
+        per_build(git_requests)
+    );
+    if paced {
+        println!(
+            "write pacing: the daemon's (write_gap {} ms, {}/minute, {}/hour), so at least {:.0} ms per build waiting between writes",
+            write_gap.as_millis(),
+            limits.writes_per_minute,
+            limits.writes_per_hour,
+            writes_per_build * ms(write_gap)
+        );
+    } else {
+        println!("write pacing: off (BENCH_PACING=off)");
     }
     let p90 = percentile(&overhead, 90.0);
     println!(
