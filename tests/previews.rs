@@ -458,7 +458,9 @@ fn previews_follow_their_pull_requests_through_traefik() {
 }
 
 /// `productbuilder demo`, the README's first command: the example is deployed and served through
-/// Traefik, the API answers, and Ctrl-C leaves nothing behind.
+/// Traefik, the API answers; a writer's label on the demo's issue runs a build (the scripted
+/// agent) that pushes a branch and opens a pull request whose preview serves the agent's change,
+/// and the build's result carries that preview; Ctrl-C leaves nothing behind.
 #[test]
 fn the_demo_deploys_the_example_and_cleans_up_on_ctrl_c() {
     use std::io::BufRead;
@@ -507,6 +509,76 @@ fn the_demo_deploys_the_example_and_cleans_up_on_ctrl_c() {
             },
         );
         let api = SocketAddr::from(([127, 0, 0, 1], listen_port));
+
+        // The build loop: the labelled issue (#2) is built by the scripted agent, whose pull
+        // request (#3) is previewed with its change.
+        let token_line = seen
+            .iter()
+            .find(|l| l.starts_with("demo: the API token (for /builds): "))
+            .cloned()
+            .unwrap_or_else(|| panic!("no API token printed: {seen:?}"));
+        let token = token_line.rsplit(' ').next().unwrap().to_owned();
+        let built = loop {
+            match lines.recv_timeout(Duration::from_secs(180)) {
+                Ok(line) if line.starts_with("demo: build's preview ready at ") => break line,
+                Ok(line)
+                    if line.starts_with("demo: build's preview failed")
+                        || line.starts_with("demo: no build")
+                        || line.contains(" failed: ")
+                        || line.contains(" cancelled: ") =>
+                {
+                    panic!("{line}; printed: {seen:?}")
+                }
+                Ok(line) => seen.push(line),
+                Err(e) => panic!("no build's preview ({e}); printed: {seen:?}"),
+            }
+        };
+        assert_eq!(
+            built,
+            format!(
+                "demo: build's preview ready at http://hello-pr-3.preview.localhost:{router_port}"
+            )
+        );
+        assert!(
+            seen.iter().any(|l| l.starts_with(
+                "demo: build 1 completed: pushed productbuilder/issue-2 and opened pull request #3 "
+            )),
+            "{seen:?}"
+        );
+        wait_for(
+            "the build's page through Traefik",
+            Duration::from_secs(30),
+            || match http_get(traefik, "hello-pr-3.preview.localhost", "/") {
+                Some((200, body)) if body.contains("Changed by the scripted agent.") => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        );
+        // The builds API needs the printed token, and the build's result closes the loop with
+        // its preview's address.
+        assert_eq!(
+            http_get(api, "localhost", "/builds/1").map(|(s, _)| s),
+            Some(401)
+        );
+        wait_for(
+            "the build's result to carry its preview",
+            Duration::from_secs(30),
+            || {
+                let (status, body) =
+                    http_get_bearer(api, "/builds/1", &token).ok_or("no answer from the daemon")?;
+                let build: Value =
+                    serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+                match (status, &build["result"]["preview_url"]) {
+                    (200, Value::String(url))
+                        if url.as_str()
+                            == format!("http://hello-pr-3.preview.localhost:{router_port}") =>
+                    {
+                        Ok(())
+                    }
+                    _ => Err(format!("{status}: {body}")),
+                }
+            },
+        );
+
         let (status, body) = http_get(api, "localhost", "/previews").unwrap();
         assert_eq!(status, 200);
         let rows: Vec<Value> = serde_json::from_str(&body).unwrap();
@@ -560,6 +632,22 @@ fn the_demo_deploys_the_example_and_cleans_up_on_ctrl_c() {
         "",
         "the demo's network is left"
     );
+}
+
+/// `GET path` on the daemon with `Authorization: Bearer token`; the status and the body.
+fn http_get_bearer(addr: SocketAddr, path: &str, token: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
 }
 
 /// Consent per commit, end to end: a fork's pull request carrying the label is ready at A; the
