@@ -113,10 +113,8 @@ async fn demo_in(dir: &Path, busybox: Vec<u8>, ports: Ports) -> Result<(), Failu
         .copied()
         .chain([("busybox", busybox.as_slice())])
         .collect();
+    // busybox is an ELF file: the sandbox commits it executable (100755).
     github.create_git_repo(REPO.0, REPO.1, &files);
-    make_executable(&github.git_dir(&repo), "busybox", dir)
-        .await
-        .map_err(|e| failed("cannot prepare the demo's git repository", &e))?;
     github.grant("productbuilder-demo", &repo, Permission::Push);
     let pr = EXAMPLE.iter().fold(
         NewPr::new("Add a hello page", WRITER, "hello-page")
@@ -395,78 +393,6 @@ fn api_token() -> std::io::Result<String> {
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Commits `path` as executable on `main` of the bare repository `bare`: the sandbox writes a git
-/// repository's first files as plain files, and the example's image is `FROM scratch` around
-/// busybox, which a build's preview could not start without its executable bit.
-async fn make_executable(bare: &Path, path: &str, dir: &Path) -> Result<(), String> {
-    let work = dir.join("git-seed");
-    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-    let parent = seed_git(bare, &work, &["rev-parse", "--verify", "refs/heads/main"]).await?;
-    seed_git(bare, &work, &["read-tree", &parent]).await?;
-    let blob = seed_git(bare, &work, &["rev-parse", &format!("{parent}:{path}")]).await?;
-    seed_git(
-        bare,
-        &work,
-        &[
-            "update-index",
-            "--cacheinfo",
-            &format!("100755,{blob},{path}"),
-        ],
-    )
-    .await?;
-    let tree = seed_git(bare, &work, &["write-tree"]).await?;
-    let message = format!("Make {path} executable");
-    let commit = seed_git(
-        bare,
-        &work,
-        &["commit-tree", &tree, "-p", &parent, "-m", &message],
-    )
-    .await?;
-    seed_git(
-        bare,
-        &work,
-        &["update-ref", "refs/heads/main", &commit, &parent],
-    )
-    .await?;
-    let _ = std::fs::remove_dir_all(&work);
-    Ok(())
-}
-
-/// git on the bare repository `bare` with an index and a home in `work`, no system or user
-/// configuration; its trimmed standard output.
-async fn seed_git(bare: &Path, work: &Path, args: &[&str]) -> Result<String, String> {
-    let out = tokio::process::Command::new("git")
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", work)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_INDEX_FILE", work.join("index"))
-        .env("GIT_AUTHOR_NAME", "productbuilder demo")
-        .env("GIT_AUTHOR_EMAIL", "demo@productbuilder.invalid")
-        .env("GIT_COMMITTER_NAME", "productbuilder demo")
-        .env("GIT_COMMITTER_EMAIL", "demo@productbuilder.invalid")
-        .arg("--git-dir")
-        .arg(bare)
-        // update-index wants a work tree; an empty one (only the index is touched).
-        .arg("--work-tree")
-        .arg(work)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| format!("git {}: {e}", args.join(" ")))?;
-    if !out.status.success() {
-        return Err(format!(
-            "git {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// Prints the preview's address once it is ready (or why it failed); `what` names it
