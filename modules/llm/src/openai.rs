@@ -1,6 +1,10 @@
 //! OpenAI-compatible chat completions: `POST {base_url}/chat/completions` (the base URL holds the
 //! version path, e.g. `.../v1`) with `Authorization: Bearer`.
 //!
+//! The reply's length is capped with `max_completion_tokens`, the field of the current spec:
+//! OpenAI's newer models refuse the deprecated `max_tokens`, and a server that does not know the
+//! new field ignores it (the reply is then uncapped, not refused).
+//!
 //! Tools are `function`s; the model's tool calls carry their arguments as a JSON *string*, which
 //! may be anything a server or a model produces: one that is not a JSON object becomes that
 //! call's `input_error` (the caller answers it with an error result), never a failure of the
@@ -32,7 +36,7 @@ pub fn body(model: &str, request: &Request, max_tokens: u32) -> Value {
     }
     let mut body = json!({
         "model": model,
-        "max_tokens": max_tokens,
+        "max_completion_tokens": max_tokens,
         "messages": messages,
     });
     if !request.tools.is_empty() {
@@ -362,7 +366,11 @@ mod tests {
             max_tokens: None,
         };
         let b = body("m", &request, 77);
-        assert_eq!(b["max_tokens"], 77);
+        assert_eq!(b["max_completion_tokens"], 77);
+        assert!(
+            b.get("max_tokens").is_none(),
+            "refused by OpenAI's newer models"
+        );
         assert_eq!(
             b["messages"][0],
             json!({"role": "system", "content": "sys"})

@@ -114,20 +114,29 @@ async fn openaicompat_base_url_with_a_path_and_a_bearer_key() {
 #[tokio::test]
 async fn max_tokens_is_sent_and_caps_the_request() {
     let llm = Sandbox::start().await.unwrap();
-    let mut e = endpoint(Provider::Anthropic, &llm.base_url());
-    e.max_tokens = 123;
-    let c = client(LlmConfig::new(e));
-    for (asked, sent) in [(None, 123), (Some(50), 50), (Some(1000), 123)] {
-        let request = Request {
-            max_tokens: asked,
-            ..ask("hi")
-        };
-        c.complete(&request, &no_cancel()).await.unwrap();
-        assert_eq!(
-            llm.requests().last().unwrap().body["max_tokens"],
-            sent,
-            "{asked:?}"
-        );
+    for (provider, base, field) in [
+        (Provider::Anthropic, llm.base_url(), "max_tokens"),
+        (
+            Provider::Openaicompat,
+            llm.openai_base_url(),
+            "max_completion_tokens",
+        ),
+    ] {
+        let mut e = endpoint(provider, &base);
+        e.max_tokens = 123;
+        let c = client(LlmConfig::new(e));
+        for (asked, sent) in [(None, 123), (Some(50), 50), (Some(1000), 123)] {
+            let request = Request {
+                max_tokens: asked,
+                ..ask("hi")
+            };
+            c.complete(&request, &no_cancel()).await.unwrap();
+            assert_eq!(
+                llm.requests().last().unwrap().body[field],
+                sent,
+                "{provider} {asked:?}"
+            );
+        }
     }
 }
 
