@@ -130,7 +130,10 @@ impl LlmClient {
         cancel: &CancellationToken,
     ) -> Result<Completion, Failure> {
         let started = Instant::now();
-        let deadline = started + self.config.run_timeout;
+        // A run_timeout of "1000000y" must not overflow the clock: a year is as good as forever.
+        let deadline = started
+            .checked_add(self.config.run_timeout)
+            .unwrap_or_else(|| started + Duration::from_secs(365 * 24 * 3600));
         let fixed = budget::estimate_text(&request.system)
             .saturating_add(budget::estimate_tools(&request.tools));
         let (messages, trimmed) = budget::trim(

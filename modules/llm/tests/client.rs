@@ -670,3 +670,23 @@ async fn the_sandbox_answers_by_rule_when_nothing_is_queued() {
     );
     assert_eq!(llm.queued(), 0);
 }
+
+#[tokio::test]
+async fn huge_durations_do_not_overflow_the_clock() {
+    let llm = Sandbox::start().await.unwrap();
+    llm.push(Reply::status_retry_after(429, u64::MAX.to_string()));
+    let mut e = endpoint(Provider::Anthropic, &llm.base_url());
+    e.request_timeout = Duration::MAX;
+    let mut config = LlmConfig::new(e);
+    config.run_timeout = Duration::MAX;
+    let c = LlmClient::new(config).unwrap().with_backoff(Backoff {
+        base: Duration::MAX,
+        cap: Duration::MAX,
+    });
+    let done = c.complete(&ask("hi"), &no_cancel()).await.unwrap_err();
+    // The server's wait is longer than any run: given up at once, not slept on.
+    assert!(matches!(done.error, LlmError::Status { status: 429, .. }));
+    llm.push(Reply::text("fine"));
+    let done = c.complete(&ask("hi"), &no_cancel()).await.unwrap();
+    assert_eq!(done.response.content, "fine");
+}
