@@ -6,11 +6,11 @@
 //! [`Config`]. Every problem found is reported, each naming the file (or environment variable) and
 //! the key.
 //!
-//! This file owns the main file's own sections (`state_dir`, `[http]`, `[log]`, `[scheduler]`),
-//! the tenant list, and the sections of modules that do not exist yet (`[llm]`). Each module
-//! resolves its own section and tenant keys (`productbuilder_github::config`,
-//! `productbuilder_preview::config`, `productbuilder_slack::config`,
-//! `productbuilder_builds::config`) with the shared helpers of `productbuilder_settings`.
+//! This file owns the main file's own sections (`state_dir`, `[http]`, `[log]`, `[scheduler]`)
+//! and the tenant list. Each module resolves its own section and tenant keys
+//! (`productbuilder_github::config`, `productbuilder_preview::config`,
+//! `productbuilder_slack::config`, `productbuilder_builds::config`, `productbuilder_llm::config`)
+//! with the shared helpers of `productbuilder_settings`.
 
 pub mod raw;
 
@@ -24,12 +24,13 @@ use figment::providers::{Env, Format, Toml};
 
 use productbuilder_builds::config::{self as builds_config, BuildsConfig};
 use productbuilder_github::config::{self as github_config, GithubConfig};
+use productbuilder_llm::config::{self as llm_config, LlmConfig};
 use productbuilder_preview::config::{self as preview_config, PreviewConfig, TenantPreview};
 use productbuilder_settings::{
-    Origins, Problem, Problems, check_url, duration, from_figment, parse_duration, secret,
+    Origins, Problem, Problems, duration, from_figment, parse_duration, secret,
 };
 use productbuilder_slack::config::{self as slack_config, SlackConfig};
-use raw::{LlmProvider, RawConfig, RawTenant};
+use raw::{RawConfig, RawTenant};
 
 pub use productbuilder_github::config::GithubAuth;
 pub use productbuilder_settings::{ConfigError, ENV_PREFIX, Secret};
@@ -54,6 +55,7 @@ pub struct Config {
     pub slack_channels: BTreeMap<String, String>,
     /// Each tenant's `[slack] writers` (Slack user ids), for the agent; tenants without absent.
     pub slack_writers: BTreeMap<String, Vec<String>>,
+    /// `[llm]`, resolved by the llm crate; `None` without the section.
     pub llm: Option<LlmConfig>,
     /// `[builds]`, resolved by the builds crate; `None` without the section.
     pub builds: Option<BuildsConfig>,
@@ -86,20 +88,6 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter directive; `RUST_LOG` wins when set.
     pub level: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct LlmEndpoint {
-    pub provider: LlmProvider,
-    pub model: String,
-    pub api_key: Option<Secret>,
-    pub base_url: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct LlmConfig {
-    pub primary: LlmEndpoint,
-    pub fallback: Option<LlmEndpoint>,
 }
 
 #[derive(Debug, Clone)]
@@ -284,32 +272,7 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
 
     let slack = slack_config::resolve(&mut p, &at, raw.slack);
 
-    let llm = raw.llm.and_then(|l| {
-        let primary = llm_endpoint(
-            &mut p,
-            &at,
-            "llm",
-            l.provider,
-            l.model,
-            l.api_key,
-            l.api_key_file,
-            l.base_url,
-        )?;
-        let fallback = match l.fallback {
-            Some(f) => Some(llm_endpoint(
-                &mut p,
-                &at,
-                "llm.fallback",
-                f.provider,
-                f.model,
-                f.api_key,
-                f.api_key_file,
-                f.base_url,
-            )?),
-            None => None,
-        };
-        Some(LlmConfig { primary, fallback })
-    });
+    let llm = llm_config::resolve(&mut p, &at, raw.llm);
 
     let builds = builds_config::resolve(&mut p, &at, raw.builds);
 
@@ -368,52 +331,6 @@ fn resolve(raw: RawConfig, file: &Path, figment: &Figment) -> Result<Config, Con
         builds,
         scheduler,
         tenants,
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn llm_endpoint(
-    p: &mut Problems,
-    at: &Origins<'_>,
-    section: &str,
-    provider: Option<LlmProvider>,
-    model: Option<String>,
-    api_key: Option<String>,
-    api_key_file: Option<PathBuf>,
-    base_url: Option<String>,
-) -> Option<LlmEndpoint> {
-    let api_key = secret(p, at, &format!("{section}.api_key"), api_key, api_key_file);
-    let Some(provider) = provider else {
-        let key = format!("{section}.provider");
-        p.push(
-            at.of(section),
-            Some(&key),
-            "missing; use \"anthropic\" or \"openaicompat\"",
-        );
-        return None;
-    };
-    let Some(model) = model else {
-        let key = format!("{section}.model");
-        p.push(at.of(section), Some(&key), "missing; name the model to use");
-        return None;
-    };
-    if let Some(url) = &base_url {
-        let key = format!("{section}.base_url");
-        check_url(p, at.of(&key), &key, url);
-    } else if provider == LlmProvider::Openaicompat {
-        let key = format!("{section}.base_url");
-        p.push(
-            at.of(section),
-            Some(&key),
-            "missing; openaicompat needs the server's base URL",
-        );
-        return None;
-    }
-    Some(LlmEndpoint {
-        provider,
-        model,
-        api_key,
-        base_url,
     })
 }
 

@@ -1,12 +1,13 @@
 //! The configuration as typed by the operator: exactly the TOML keys, unknown keys rejected, no I/O
 //! beyond what figment does. [`super::resolve`] turns it into a [`super::Config`]. The sections of
 //! existing modules are their own crates' raw types (`[github]`, `[preview]`, `[slack]`,
-//! `[builds]`, a tenant's `[preview]`); the rest is typed here.
+//! `[builds]`, `[llm]`, a tenant's `[preview]`); the rest is typed here.
 
 use std::path::PathBuf;
 
 use productbuilder_builds::config::RawBuilds;
 use productbuilder_github::config::RawGithub;
+use productbuilder_llm::config::RawLlm;
 use productbuilder_preview::config::{RawPreview, RawTenantPreview};
 use productbuilder_settings::raw::{duration_text, lenient_u64};
 use productbuilder_slack::config::{RawSlack, RawTenantSlack};
@@ -54,35 +55,6 @@ pub struct RawLog {
 pub enum LogFormat {
     Json,
     Pretty,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawLlm {
-    pub provider: Option<LlmProvider>,
-    pub model: Option<String>,
-    pub api_key: Option<String>,
-    pub api_key_file: Option<PathBuf>,
-    pub base_url: Option<String>,
-    pub fallback: Option<RawLlmFallback>,
-}
-
-/// `[llm.fallback]`: the same keys as `[llm]`, without a further fallback.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawLlmFallback {
-    pub provider: Option<LlmProvider>,
-    pub model: Option<String>,
-    pub api_key: Option<String>,
-    pub api_key_file: Option<PathBuf>,
-    pub base_url: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LlmProvider {
-    Anthropic,
-    Openaicompat,
 }
 
 #[derive(Debug, Default, Deserialize)]
