@@ -602,6 +602,9 @@ async fn the_key_is_in_no_log_line() {
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Other tests of this binary run on other threads without a subscriber: a log call site they
+    // reach first is cached as uninteresting, and this test's lines would be lost. Ask again.
+    tracing::callsite::rebuild_interest_cache();
 
     let primary = Sandbox::start().await.unwrap();
     let fallback = Sandbox::start().await.unwrap();
