@@ -71,10 +71,12 @@ struct Site {
 }
 
 impl Site {
-    fn new() -> Site {
+    /// The scripted agent works `agent_seconds` (one progress line a second), killed after
+    /// `max_duration`.
+    fn new(name: &str, agent_seconds: u32, max_duration: &str) -> Site {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let github = runtime.block_on(Sandbox::start()).unwrap();
-        let unique = format!("builds{}", std::process::id());
+        let unique = format!("{name}{}", std::process::id());
         let repo = format!("acme/{unique}");
         github.add_token(TOKEN, "productbuilder-bot");
         let files = app_files("v1", false, false);
@@ -100,7 +102,7 @@ impl Site {
                  [log]\nformat = \"json\"\nlevel = \"info\"\n\
                  [github]\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\npoll_interval = \"1s\"\n\
                  [preview]\ndomain = \"{unique}.localhost\"\nurl_template = \"http://{{repo}}-pr-{{number}}.{{domain}}\"\nnetwork = \"{network}\"\n\
-                 [builds]\nagent_command = [\"{}\", \"{{prompt}}\", \"2\"]\nagent_format = \"claude-stream-json\"\nmax_duration = \"2m\"\ncallback_secret = \"{CALLBACK_SECRET}\"\n",
+                 [builds]\nagent_command = [\"{}\", \"{{prompt}}\", \"{agent_seconds}\"]\nagent_format = \"claude-stream-json\"\nmax_duration = \"{max_duration}\"\ncallback_secret = \"{CALLBACK_SECRET}\"\n",
                 github.url(),
                 agent.display()
             ),
@@ -314,7 +316,7 @@ fn a_labelled_issue_becomes_a_pull_request_with_a_preview_and_survives_a_kill() 
         Path::new("/bin/busybox").exists(),
         "the example app needs Debian's busybox-static (.ci/run installs it)"
     );
-    let site = Site::new();
+    let site = Site::new("builds", 2, "2m");
     let Site { github, repo, .. } = &site;
     let daemon = site.start();
     site.wait_log("the first builds pass", "first triggers pass", 1);
@@ -473,4 +475,84 @@ fn a_labelled_issue_becomes_a_pull_request_with_a_preview_and_survives_a_kill() 
     assert_eq!(site.files_holding(TOKEN), Vec::<PathBuf>::new());
     assert!(!site.log().contains(TOKEN), "the token is in the log");
     let _ = &site.runtime;
+}
+
+/// Processes whose working directory is under `dir` (the agents of a daemon's builds run in
+/// their checkouts there).
+fn processes_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd"))
+            && cwd.starts_with(dir)
+        {
+            found.push(format!(
+                "{} in {}",
+                entry.file_name().to_string_lossy(),
+                cwd.display()
+            ));
+        }
+    }
+    found
+}
+
+/// An agent that works past `max_duration` is killed with its children (its `sleep`), and what
+/// it changed so far is kept: committed, pushed, opened as a draft pull request that says what is
+/// missing and how to go on; the build fails naming the budget.
+#[test]
+fn an_agent_past_max_duration_is_killed_and_its_work_kept_as_a_draft_pull_request() {
+    let site = Site::new("budget", 600, "3s");
+    let Site { github, repo, .. } = &site;
+    let _daemon = site.start();
+    site.wait_log("the first builds pass", "first triggers pass", 1);
+    let issue = github.create_issue(repo, "A long job", "", "bob");
+    github.add_label(repo, issue, "productbuilder", "alice");
+    let id = wait_for("a build for the issue", Duration::from_secs(60), || {
+        site.builds_of(issue)?
+            .first()
+            .and_then(|b| b["id"].as_u64())
+            .ok_or_else(|| "none yet".to_owned())
+    });
+    let done = site.wait_build(id, "ended", |b| {
+        matches!(
+            b["status"].as_str(),
+            Some("completed" | "failed" | "cancelled")
+        )
+    });
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(
+        done["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("max_duration")
+            || done["result"]["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("max_duration"),
+        "the error names the budget: {done}"
+    );
+    let branch = format!("{BRANCH_PREFIX}issue-{issue}");
+    let pulls = github.pulls_with_head(repo, &branch);
+    assert_eq!(pulls.len(), 1, "a draft pull request with the partial work");
+    let (_, pr) = http_get(
+        github.addr(),
+        "localhost",
+        &format!("/repos/{repo}/pulls/{}", pulls[0]),
+    )
+    .unwrap();
+    let pr = json(&pr).unwrap();
+    assert_eq!(pr["draft"], true, "{pr}");
+    assert!(
+        pr["body"]
+            .as_str()
+            .unwrap_or("")
+            .contains("/productbuilder continue"),
+        "{pr}"
+    );
+    let head = github.branch_head(repo, &branch).unwrap();
+    assert_eq!(done["result"]["commit_sha"], head.as_str());
+    assert!(
+        processes_under(&site.dir.path().join("state")).is_empty(),
+        "the agent and its children are gone: {:?}",
+        processes_under(&site.dir.path().join("state"))
+    );
 }
