@@ -26,7 +26,7 @@
 //! own work alone. The bench prints the requests per build and the pacing's floor (writes × gap).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,21 +57,8 @@ printf '%s\n' '{"type":"result","subtype":"success","is_error":false,"num_turns"
 
 /// The example repository's files, with paths relative to it.
 fn example_files() -> Vec<(String, Vec<u8>)> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-        for entry in std::fs::read_dir(dir).expect("the example directory") {
-            let path = entry.expect("a directory entry").path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let relative = path.strip_prefix(root).expect("below the root");
-                let bytes = std::fs::read(&path).expect("an example file");
-                out.push((relative.to_string_lossy().into_owned(), bytes));
-            }
-        }
-    }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-preview");
-    let mut files = Vec::new();
-    walk(&root, &root, &mut files);
+    let mut files = productbuilder_github_sandbox::files_below(&root);
     if let Ok(busybox) = std::fs::read(BUSYBOX) {
         files.push(("busybox".into(), busybox));
     }

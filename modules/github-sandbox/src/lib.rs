@@ -523,3 +523,36 @@ impl Drop for Sandbox {
         self.shared.git_root.remove();
     }
 }
+
+/// Every file below `root` as `(path relative to root, bytes)`, `/`-separated: a directory read as
+/// the files of a repository (for [`Sandbox::create_git_repo`] or a pull request's head).
+///
+/// # Panics
+/// When the tree cannot be read (a test's or a bench's own files).
+pub fn files_below(root: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(String, Vec<u8>)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| entry.expect("a directory entry").path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let relative = path.strip_prefix(root).expect("below the root");
+                let bytes =
+                    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let relative = relative
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                out.push((relative, bytes));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(root, root, &mut files);
+    files
+}

@@ -51,22 +51,8 @@ struct Sample {
 
 /// The example repository's files, with paths relative to it.
 fn example_files() -> Vec<(String, Vec<u8>)> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-        for entry in std::fs::read_dir(dir).expect("the example directory") {
-            let path = entry.expect("a directory entry").path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let relative = path.strip_prefix(root).expect("below the root");
-                let bytes = std::fs::read(&path).expect("an example file");
-                out.push((relative.to_string_lossy().into_owned(), bytes));
-            }
-        }
-    }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-preview");
-    let mut files = Vec::new();
-    walk(&root, &root, &mut files);
-    files
+    productbuilder_github_sandbox::files_below(&root)
 }
 
 /// `FILLER_FILES` files of pseudo-random bytes, of varied sizes averaging
