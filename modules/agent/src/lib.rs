@@ -19,12 +19,14 @@
 //! later message, and a reply is checked against the writes that really happened.
 
 pub mod claims;
+pub mod github_tools;
 pub mod routes;
 pub mod run;
 pub mod sanitize;
 pub mod tools;
 pub mod trace;
 
+pub use github_tools::GithubTools;
 pub use run::{Agent, Limits, Outcome, RunInput, RunOutcome, Specialist, ThreadMessage};
 pub use tools::{AGENT_MARKER, Action, Call, FakeTools, ToolName, Tools};
 pub use trace::{RunId, RunTrace, Traces};
