@@ -5,10 +5,11 @@
 //! started), [`check`] compares them with the successful writes of the run; a reply claiming
 //! what was not done is replaced by [`statement`], a plain account of what was.
 //!
-//! The reading errs on the side of a claim: an action verb said by the agent of itself ("I
-//! created", "Created #5", "issue #5 created", "has been closed") is a claim; one describing the
-//! world ("#12 was closed last week", "is closed") is not. A false claim costs an honest but
-//! plainer reply; a missed one would post a lie.
+//! A claim is an action verb the agent says of itself: in the first person ("I created #5"),
+//! opening the sentence ("Created #5", "Done: closed #4"), "has been closed", or a report
+//! ("Issue #5 created", "Build started for #8"). A verb describing the world ("#12 was closed
+//! last week", "PR #7 opened by alice", "build 3 started at 10:02") is not, nor a denied one
+//! ("I have not created anything"), so that the researcher's answers are not replaced.
 
 use crate::tools::Action;
 
@@ -46,11 +47,56 @@ const VERBS: &[(&str, Kind)] = &[
     ("launched", Kind::BuildStarted),
 ];
 
-/// Words that make the verb describe the world rather than the agent's own act.
-const DESCRIBING: &[&str] = &[
-    "was", "is", "were", "are", "be", "not", "never", "haven't", "hasn't", "didn't", "couldn't",
-    "cannot", "can't", "wasn't", "isn't", "if", "who", "someone", "they", "he", "she", "when",
+/// Words before a verb that deny it ("I have not created", "nothing was posted").
+const NEGATIONS: &[&str] = &[
+    "not", "never", "no", "nothing", "haven't", "hasn't", "didn't", "couldn't", "cannot", "can't",
+    "wasn't", "weren't", "won't", "unable", "failed",
 ];
+
+/// The agent speaking of itself.
+const FIRST_PERSON: &[&str] = &["i", "i've", "ive", "we", "we've", "i'm", "me"];
+
+/// Words that open a report without changing it ("Done: created #5").
+const OPENERS: &[&str] = &[
+    "done",
+    "ok",
+    "okay",
+    "sure",
+    "great",
+    "all",
+    "set",
+    "✅",
+    "-",
+    "just",
+    "successfully",
+];
+
+/// What a report-style sentence may start with ("Issue #5 created", "Build started for #8").
+const SUBJECTS: &[&str] = &["issue", "comment", "build", "it", "#"];
+
+/// Words after a verb that make it someone else's act or a past event ("opened by alice",
+/// "started at 10:02", "closed last week").
+const DESCRIBED_AFTER: &[&str] = &["by", "at", "on", "in", "last", "yesterday", "ago", "since"];
+
+/// Whether the verb at `i` is the agent saying it did something.
+fn is_claim(words: &[String], i: usize) -> bool {
+    let before = &words[i.saturating_sub(3)..i];
+    if before.iter().any(|w| NEGATIONS.contains(&w.as_str())) {
+        return false;
+    }
+    let first_person = before.iter().any(|w| FIRST_PERSON.contains(&w.as_str()));
+    let been = i >= 2 && words[i - 1] == "been" && matches!(words[i - 2].as_str(), "has" | "have");
+    // The verb opens the sentence, after words that open a report.
+    let opens = words[..i].iter().all(|w| OPENERS.contains(&w.as_str()));
+    // "Issue #5 created", "Build started", "Comment posted": a subject, maybe a number.
+    let reported = (i == 1 || i == 2)
+        && SUBJECTS.iter().any(|s| words[0].starts_with(s))
+        && (i == 1 || words[1].starts_with('#') || words[1].parse::<u64>().is_ok())
+        && !words
+            .get(i + 1)
+            .is_some_and(|w| DESCRIBED_AFTER.contains(&w.as_str()));
+    first_person || been || opens || reported
+}
 
 fn words(sentence: &str) -> Vec<String> {
     sentence
@@ -61,32 +107,21 @@ fn words(sentence: &str) -> Vec<String> {
         .collect()
 }
 
-/// `#12`, `…/issues/12`, `…/pull/12` in a sentence.
-fn numbers(sentence: &str) -> Vec<u64> {
-    let mut found = Vec::new();
-    let bytes = sentence.as_bytes();
-    let digits_at = |i: usize| -> Option<u64> {
-        let end = bytes[i..]
-            .iter()
-            .position(|b| !b.is_ascii_digit())
-            .map_or(bytes.len(), |p| i + p);
-        sentence[i..end].parse().ok()
+/// The number a word names: `#12`, `…/issues/12`, `…/pull/12`.
+fn number_of(word: &str) -> Option<u64> {
+    let digits_after = |rest: &str| -> Option<u64> {
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        rest[..end].parse().ok()
     };
-    for (i, _) in sentence.match_indices('#') {
-        if let Some(n) = digits_at(i + 1) {
-            found.push(n);
-        }
+    if let Some(rest) = word.strip_prefix('#') {
+        return digits_after(rest);
     }
-    for prefix in ["/issues/", "/pull/"] {
-        for (i, _) in sentence.match_indices(prefix) {
-            if let Some(n) = digits_at(i + prefix.len())
-                && !found.contains(&n)
-            {
-                found.push(n);
-            }
-        }
-    }
-    found
+    ["/issues/", "/pull/"].iter().find_map(|p| {
+        word.find(p)
+            .and_then(|i| digits_after(&word[i + p.len()..]))
+    })
 }
 
 /// The actions `reply` says were done.
@@ -96,7 +131,7 @@ pub fn claims(reply: &str) -> Vec<Claim> {
     let reply = reply.replace(". ", "\n");
     for sentence in reply.split(['!', '?', '\n']) {
         let words = words(sentence);
-        let numbers = numbers(sentence);
+        let mut claimed = false;
         for (i, word) in words.iter().enumerate() {
             let Some(kind) = VERBS.iter().find(|(v, _)| word == v).map(|(_, k)| *k) else {
                 continue;
@@ -109,21 +144,19 @@ pub fn claims(reply: &str) -> Vec<Claim> {
             {
                 continue;
             }
-            // "has been closed" is the agent's claim; "was closed" describes the past.
-            let before: Vec<&str> = words[i.saturating_sub(2)..i]
-                .iter()
-                .map(String::as_str)
-                .collect();
-            let describes = before.iter().any(|w| DESCRIBING.contains(w))
-                && !before.ends_with(&["has", "been"])
-                && !before.ends_with(&["have", "been"]);
-            if describes {
+            // "Created #99 and closed #3": the second verb goes with the first.
+            let continues =
+                claimed && i > 0 && matches!(words[i - 1].as_str(), "and" | "then" | "also" | "&");
+            if !continues && !is_claim(&words, i) {
                 continue;
             }
-            let claim = Claim {
-                kind,
-                number: numbers.first().copied(),
-            };
+            claimed = true;
+            // The number after the verb ("created #5"), else the one before ("issue #5 created").
+            let number = words[i + 1..]
+                .iter()
+                .find_map(|w| number_of(w))
+                .or_else(|| words[..i].iter().rev().find_map(|w| number_of(w)));
+            let claim = Claim { kind, number };
             if !out.contains(&claim) {
                 out.push(claim);
             }
@@ -203,7 +236,7 @@ mod tests {
             ("Issue #5 created.", &[c(Kind::Created, Some(5))]),
             ("I've filed it as #7", &[c(Kind::Created, Some(7))]),
             (
-                "Done: https://github.com/o/r/issues/12 opened",
+                "Done: opened https://github.com/o/r/issues/12",
                 &[c(Kind::Created, Some(12))],
             ),
             ("I created the issue.", &[c(Kind::Created, None)]),
@@ -223,6 +256,17 @@ mod tests {
             ("I couldn't comment, so nothing was posted.", &[]),
             ("The preview started fine.", &[]),
             ("#12 is open, with 3 comments.", &[]),
+            ("PR #7 opened by alice.", &[]),
+            ("alice opened #7 yesterday.", &[]),
+            ("Build 3 started at 10:02 and is running.", &[]),
+            ("The build started 5 minutes ago.", &[]),
+            ("It was filed last week as #3.", &[]),
+            ("Done: created #5", &[c(Kind::Created, Some(5))]),
+            ("✅ Created #5", &[c(Kind::Created, Some(5))]),
+            (
+                "We've queued build 4 for #8",
+                &[c(Kind::BuildStarted, Some(8))],
+            ),
             ("Should I close #4?", &[]),
             (
                 "Created #5. Then I commented on #5",
