@@ -12,6 +12,33 @@
 //! - [`trace`]: every run in SQLite, pruned by `[llm] trace_retention`; [`routes`] serves
 //!   `GET /agent/runs/{id}`.
 //!
+//! - [`GithubTools`]: the tools over the daemon's GitHub client, database, build queue and
+//!   previews.
+//!
+//! # Example: answering a mention
+//! ```no_run
+//! use std::sync::Arc;
+//! use productbuilder_agent::{Agent, GithubTools, RunInput, ThreadMessage, Traces};
+//! # async fn demo(llm: productbuilder_llm::LlmClient, tools: GithubTools,
+//! #               store: productbuilder_store::Store) {
+//! let agent = Agent::new(Arc::new(llm), Arc::new(tools), Traces::new(store));
+//! let input = RunInput {
+//!     repo: "acme/shop".into(),
+//!     channel: "C0123".into(),
+//!     thread_ts: "1700000000.000100".into(),
+//!     issue: Some(12),
+//!     messages: vec![ThreadMessage {
+//!         user: "U42".into(),
+//!         from_bot: false,
+//!         text: "implement this".into(),
+//!     }],
+//!     author_is_writer: true,
+//! };
+//! let done = agent.run(&input, &tokio_util::sync::CancellationToken::new()).await;
+//! // Post done.reply in the thread; link each of done.actions; done.run_id is the trace.
+//! # }
+//! ```
+//!
 //! # Why writes are decided outside the model
 //! The model reads text anyone can write (issues, comments, logs). So whether a write is
 //! possible at all is decided before the model is asked: a non-writer's run is never offered a

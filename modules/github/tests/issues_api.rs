@@ -146,3 +146,36 @@ async fn files_are_read_and_hostile_paths_never_leave_the_daemon() {
         "a hostile path reached GitHub"
     );
 }
+
+#[tokio::test]
+async fn an_identity_without_push_cannot_create_or_close() {
+    let (sandbox, _client, dir) = setup().await;
+    let n = sandbox.create_issue(REPO, "Keep me", "", "alice");
+    sandbox.add_token("ghp_reader", "reader");
+    sandbox.grant("ghp_reader", REPO, Permission::Pull);
+    let store = Store::open(dir.path().join("reader.db")).unwrap();
+    store.migrate().unwrap();
+    let reader = GithubClient::new(
+        ClientConfig {
+            api_url: sandbox.url(),
+            credentials: Credentials::Token(Token::new("ghp_reader")),
+            limits: BudgetLimits::default(),
+            request_timeout: Duration::from_secs(10),
+        },
+        store,
+    )
+    .unwrap();
+    assert!(reader.create_issue(REPO, "x", "y").await.is_err());
+    assert!(reader.close_issue(REPO, n).await.is_err());
+    assert_eq!(sandbox.issue_open(REPO, n), Some(true));
+    assert_eq!(
+        sandbox.issue_open(REPO, n + 1),
+        None,
+        "no issue was created"
+    );
+    // Reading is allowed.
+    assert_eq!(
+        reader.issue(REPO, n).await.unwrap().unwrap().title,
+        "Keep me"
+    );
+}
