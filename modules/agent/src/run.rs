@@ -237,6 +237,12 @@ pub fn confirmation_question(user: &str, number: u64, reason: &str) -> String {
 
 /// The user and number of a [`confirmation_question`].
 pub fn parse_confirmation_question(text: &str) -> Option<(String, u64)> {
+    // As posted, or as stored after Slack's escaping of `<`, `>` and `&`.
+    let text = text
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    let text = text.as_str();
     let rest = text.strip_prefix("<@")?;
     let (user, rest) = rest.split_once(">: close #")?;
     if user.is_empty() || !user.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -272,15 +278,23 @@ fn says_yes(text: &str) -> bool {
 }
 
 /// The issue a writer confirmed closing with the thread's newest message, if that is what it
-/// does: the bot's latest message is the question naming this same author.
+/// does: it says yes, and it is that writer's first message since the bot's latest question
+/// naming them (other bot messages, such as the Slack module's status lines, may come between).
 pub fn confirmed_close(input: &RunInput) -> Option<u64> {
     let (newest, earlier) = input.messages.split_last()?;
     if newest.from_bot || !input.author_is_writer || !says_yes(&newest.text) {
         return None;
     }
-    let question = earlier.iter().rev().find(|m| m.from_bot)?;
-    let (user, number) = parse_confirmation_question(&question.text)?;
-    (user == newest.user).then_some(number)
+    let (at, (user, number)) = earlier
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, m)| m.from_bot)
+        .find_map(|(i, m)| parse_confirmation_question(&m.text).map(|q| (i, q)))?;
+    let answered_before = earlier[at + 1..]
+        .iter()
+        .any(|m| !m.from_bot && m.user == user);
+    (user == newest.user && !answered_before).then_some(number)
 }
 
 /// The user turn the model reads: the repository, the thread as data, the message to answer.
@@ -802,14 +816,33 @@ mod tests {
                 None,
             ),
             (
-                "a later bot message supersedes it",
+                "a status line of the bot in between",
                 vec![
                     msg("B", true, &q),
-                    msg("B", true, "Created #5."),
+                    msg("B", true, "Preview ready."),
+                    msg("U1", false, "yes"),
+                ],
+                true,
+                Some(4),
+            ),
+            (
+                "the writer moved on before saying yes",
+                vec![
+                    msg("B", true, &q),
+                    msg("U1", false, "actually, wait"),
                     msg("U1", false, "yes"),
                 ],
                 true,
                 None,
+            ),
+            (
+                "the question as Slack stores it escaped",
+                vec![
+                    msg("B", true, &q.replace('<', "&lt;").replace('>', "&gt;")),
+                    msg("U1", false, "yes"),
+                ],
+                true,
+                Some(4),
             ),
             ("no question", vec![msg("U1", false, "yes")], true, None),
         ];
