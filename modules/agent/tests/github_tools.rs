@@ -231,3 +231,57 @@ async fn reads_come_from_github_and_the_database() {
         Err(ToolError::Unavailable(_))
     ));
 }
+
+#[tokio::test]
+async fn a_writers_run_files_the_issue_on_github() {
+    use std::sync::Arc;
+
+    use productbuilder_agent::{Agent, Outcome, RunInput, ThreadMessage, Traces};
+    use productbuilder_llm::{Endpoint, LlmClient, LlmConfig, Provider};
+    use productbuilder_llm_sandbox::{Reply, Sandbox as Llm};
+    use serde_json::json;
+
+    let (sandbox, tools, _dir) = setup().await;
+    let llm = Llm::start().await.unwrap();
+    llm.push(Reply::tool_call(
+        "route",
+        json!({"specialist": "issue_creator"}),
+    ));
+    llm.push(Reply::tool_call(
+        "create_issue",
+        json!({"title": "Cart total is wrong", "body": "Ignores the discount."}),
+    ));
+    llm.push(Reply::text("Created #1."));
+    let client = LlmClient::new(LlmConfig::new(Endpoint::new(
+        Provider::Anthropic,
+        "m",
+        &llm.base_url(),
+    )))
+    .unwrap();
+    let traces = Traces::new(tools.store.clone());
+    let agent = Agent::new(Arc::new(client), Arc::new(tools), traces);
+    let done = agent
+        .run(
+            &RunInput {
+                repo: REPO.into(),
+                channel: "C1".into(),
+                thread_ts: "1.1".into(),
+                issue: None,
+                messages: vec![ThreadMessage {
+                    user: "UW".into(),
+                    from_bot: false,
+                    text: "the cart total is wrong, file it".into(),
+                }],
+                author_is_writer: true,
+            },
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(done.outcome, Outcome::Answered, "{}", done.reply);
+    assert_eq!(done.reply, "Created #1.");
+    assert_eq!(sandbox.issue_open(REPO, 1), Some(true));
+    assert!(matches!(
+        done.actions.as_slice(),
+        [Action::Created { number: 1, .. }]
+    ));
+}
