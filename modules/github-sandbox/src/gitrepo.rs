@@ -198,6 +198,34 @@ pub(crate) fn archive(root: &Path, dir: &Path, sha: &str, top: &str) -> io::Resu
     Ok(run(cmd, "archive")?.stdout)
 }
 
+/// The bytes of `path` at commit `sha` (`git cat-file blob {sha}:{path}`); `None` when the
+/// commit has no such file. `sha` is a full sha resolved by the sandbox; `path` must have
+/// passed [`check_path`].
+pub(crate) fn file_at(
+    root: &Path,
+    dir: &Path,
+    sha: &str,
+    path: &str,
+) -> io::Result<Option<Vec<u8>>> {
+    let mut cmd = git_dir(root, dir);
+    cmd.args(["cat-file", "blob", "--end-of-options"])
+        .arg(format!("{sha}:{path}"));
+    let output = cmd.output()?;
+    Ok(output.status.success().then_some(output.stdout))
+}
+
+/// Whether `path` is a plain relative path inside a tree (no `.`/`..` or empty segments, no
+/// leading `-` or `:`, no control characters): what an HTTP caller may ask for.
+pub(crate) fn check_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() <= 4096
+        && !path.starts_with(['-', ':'])
+        && !path.chars().any(|c| c.is_control() || c == '\\')
+        && path
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+}
+
 /// Whether `name` is a branch name git would accept and that cannot be read as an option or a
 /// revision expression (`..`, `@{`, `^`, `~`, `:`...): what an HTTP caller may name.
 pub(crate) fn check_branch(name: &str) -> bool {

@@ -445,6 +445,13 @@ impl Sandbox {
         self.world().create_issue(repo, title, body, author)
     }
 
+    /// Whether an issue or pull request is open; `None` when it does not exist.
+    pub fn issue_open(&self, repo: &str, number: u64) -> Option<bool> {
+        let world = self.world();
+        let key = world.repo_key_of(repo);
+        world.repos.get(&key)?.issues.get(&number).map(|i| i.open)
+    }
+
     /// Replaces an issue's (or pull request's) body.
     pub fn edit_issue(&self, repo: &str, number: u64, body: &str) {
         self.world().edit_issue(repo, number, body);

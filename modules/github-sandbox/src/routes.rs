@@ -60,7 +60,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             &format!("{repo}/issues/{{number}}/labels/{{name}}"),
             axum::routing::delete(remove_label),
         )
-        .route(&format!("{repo}/issues"), get(list_issues))
+        .route(
+            &format!("{repo}/issues"),
+            get(list_issues).post(create_issue),
+        )
+        .route(&format!("{repo}/contents/{{*path}}"), get(get_contents))
         .route(&format!("{repo}/issues/comments"), get(list_repo_comments))
         .route(
             &format!("{repo}/issues/comments/{{id}}"),
@@ -70,7 +74,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
                 .post(edit_comment)
                 .delete(delete_comment),
         )
-        .route(&format!("{repo}/issues/{{number}}"), get(get_issue))
+        .route(
+            &format!("{repo}/issues/{{number}}"),
+            get(get_issue).patch(edit_issue_state),
+        )
         .route(
             &format!("{repo}/issues/{{number}}/comments"),
             get(list_issue_comments).post(create_comment),
@@ -487,6 +494,130 @@ async fn get_issue(
         |repo, n| repo.issues.get(&n),
         shapes::issue,
     )
+}
+
+#[derive(serde::Deserialize)]
+struct IssueInput {
+    title: String,
+    #[serde(default)]
+    body: Option<String>,
+}
+
+/// `POST /repos/{o}/{r}/issues`: a new issue by the caller (push access, as the daemon has).
+async fn create_issue(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name)): Path<(String, String)>,
+    bytes: Bytes,
+) -> Answer {
+    signed_in(&me)?;
+    let input: IssueInput = body(&bytes, "Issue")?;
+    if input.title.trim().is_empty() {
+        return Err(ApiError::invalid("Issue", "title", "missing_field"));
+    }
+    let mut world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Push)?;
+    let author = world.actor_login(&me.identity);
+    let number = world.create_issue(
+        &key,
+        &input.title,
+        input.body.as_deref().unwrap_or(""),
+        &author,
+    );
+    let ctx = ctx(&s, &world, &me.identity);
+    let repo = &world.repos[&key];
+    let body = shapes::issue(&ctx, repo, &repo.issues[&number]);
+    let location = body["url"].as_str().unwrap_or_default().to_string();
+    Ok(Reply::created(body).header(LOCATION, &location))
+}
+
+#[derive(serde::Deserialize)]
+struct IssueStateInput {
+    state: Option<String>,
+}
+
+/// `PATCH /repos/{o}/{r}/issues/{n}`: the state (`open` or `closed`); other fields are ignored.
+async fn edit_issue_state(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name, n)): Path<(String, String, String)>,
+    bytes: Bytes,
+) -> Answer {
+    signed_in(&me)?;
+    let n = number(&n)?;
+    let input: IssueStateInput = body(&bytes, "Issue")?;
+    let open = match input.state.as_deref() {
+        None => None,
+        Some("open") => Some(true),
+        Some("closed") => Some(false),
+        Some(_) => return Err(ApiError::invalid("Issue", "state", "invalid")),
+    };
+    let mut world = s.world();
+    let key = world.check_repo(&me.identity, &owner, &name, Permission::Push)?;
+    let actor = world.actor_login(&me.identity);
+    world.set_issue_state(&key, n, open, &actor)?;
+    let ctx = ctx(&s, &world, &me.identity);
+    let repo = &world.repos[&key];
+    Ok(Reply::ok(shapes::issue(&ctx, repo, &repo.issues[&n])))
+}
+
+/// `GET /repos/{o}/{r}/contents/{path}?ref=`: a file of a git-backed repository, base64 as
+/// GitHub answers it; 404 for a missing file, a directory, or a path that is not plain.
+async fn get_contents(
+    State(s): St,
+    Extension(me): Me,
+    Path((owner, name, path)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
+) -> Answer {
+    use base64::Engine as _;
+    let q = Query::parse(raw.as_deref());
+    let reference = q.get("ref").map(str::to_owned);
+    if !crate::gitrepo::check_path(&path)
+        || reference
+            .as_deref()
+            .is_some_and(|r| !crate::gitrepo::check_revision(r))
+    {
+        return Err(ApiError::not_found());
+    }
+    let key = {
+        let world = s.world();
+        world.check_repo(&me.identity, &owner, &name, Permission::Pull)?
+    };
+    s.sync_git_heads(&key).await;
+    let (sha, dir) = {
+        let world = s.world();
+        let repo = &world.repos[&key];
+        let reference = reference.as_deref().unwrap_or(&repo.default_branch);
+        let dir = repo
+            .git
+            .as_ref()
+            .map(|g| g.dir.clone())
+            .ok_or_else(ApiError::not_found)?;
+        (
+            repo.resolve_ref(reference)
+                .ok_or_else(ApiError::not_found)?,
+            dir,
+        )
+    };
+    let root = s.git_root.path().to_path_buf();
+    let (sha2, path2) = (sha.clone(), path.clone());
+    let bytes =
+        tokio::task::spawn_blocking(move || crate::gitrepo::file_at(&root, &dir, &sha2, &path2))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+            .ok_or_else(ApiError::not_found)?;
+    let file_name = path.rsplit('/').next().unwrap_or(&path).to_string();
+    Ok(Reply::ok(serde_json::json!({
+        "type": "file",
+        "encoding": "base64",
+        "size": bytes.len(),
+        "name": file_name,
+        "path": path,
+        "sha": sha,
+        "content": base64::engine::general_purpose::STANDARD.encode(&bytes),
+    })))
 }
 
 /// Lists comments (of one issue, or of the whole repository) with `since`, `sort`, `direction`

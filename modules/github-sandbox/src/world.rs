@@ -944,7 +944,7 @@ impl World {
     // -- repositories and access -------------------------------------------------------------
 
     /// The key of `owner/name`, panicking (control API) when malformed.
-    fn repo_key_of(&self, full_name: &str) -> String {
+    pub(crate) fn repo_key_of(&self, full_name: &str) -> String {
         match full_name.split_once('/') {
             Some((owner, name)) if !owner.is_empty() && !name.is_empty() && !name.contains('/') => {
                 repo_key(owner, name)
@@ -1787,6 +1787,32 @@ impl World {
             },
         );
         number
+    }
+
+    /// Opens or closes an issue (not a pull request) by `actor`; `None` leaves it as it is.
+    pub(crate) fn set_issue_state(
+        &mut self,
+        key: &str,
+        number: u64,
+        open: Option<bool>,
+        actor: &str,
+    ) -> Result<(), ApiError> {
+        let now = self.tick();
+        let repo = self.repos.get_mut(key).ok_or_else(ApiError::not_found)?;
+        let issue = repo
+            .issues
+            .get_mut(&number)
+            .filter(|i| i.pull.is_none())
+            .ok_or_else(ApiError::not_found)?;
+        if let Some(open) = open
+            && open != issue.open
+        {
+            issue.open = open;
+            issue.closed_at = (!open).then_some(now);
+            issue.closed_by = (!open).then(|| actor.to_string());
+            issue.updated_at = now;
+        }
+        Ok(())
     }
 
     pub(crate) fn edit_issue(&mut self, repo: &str, number: u64, body: &str) {

@@ -31,6 +31,7 @@ mod client;
 mod comments;
 pub mod config;
 pub mod feeds;
+mod issues_api;
 mod model;
 mod poll;
 mod pulls_api;
@@ -44,6 +45,9 @@ pub use client::{
     LabelEvent, Listing, Page, Polled, Token, is_writer, next_link, parse_rfc3339,
 };
 pub use comments::{MarkerComments, Published};
+pub use issues_api::{
+    BadPath, FileText, IssueDetail, MAX_FILE_BYTES, PullDetail, Written, check_path, check_ref,
+};
 pub use model::{Pull, PullSet};
 pub use poll::{
     Cursor, GithubModule, GithubState, TenantPollState, poll_pulls, stored_comments,

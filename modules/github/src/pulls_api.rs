@@ -214,7 +214,7 @@ impl GithubClient {
 
 /// Percent-encodes everything but unreserved characters and `keep`, so a branch or label name
 /// (which may hold `+`, `#`, `?`, `%`, spaces) stays one path segment or query value.
-fn encode(text: &str, keep: &[u8]) -> String {
+pub(crate) fn encode(text: &str, keep: &[u8]) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
