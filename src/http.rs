@@ -486,6 +486,8 @@ mod tests {
     /// scheduler runs here: nothing is ever claimed).
     const BUILDS: &str = "[builds]\nagent_command = [\"/bin/false\", \"{prompt}\"]\n";
     const READ: &str = "read-token-for-the-router-test";
+    /// `[llm]` on, so that the agent's trace route is walked too.
+    const LLM: &str = "[llm]\nprovider = \"anthropic\"\nmodel = \"m\"\napi_key = \"k\"\n";
 
     struct Served {
         addr: std::net::SocketAddr,
@@ -511,7 +513,7 @@ mod tests {
         std::fs::write(
             &main,
             format!(
-                "state_dir = \"state\"\n[github]\ntoken = \"t\"\napi_url = \"http://127.0.0.1:9\"\n{BUILDS}[http]\n{http}"
+                "state_dir = \"state\"\n[github]\ntoken = \"t\"\napi_url = \"http://127.0.0.1:9\"\n{BUILDS}{LLM}[http]\n{http}"
             ),
         )
         .unwrap();
@@ -656,6 +658,11 @@ mod tests {
                 ("GET".to_owned(), "/builds/{id}/log", Access::Mutating),
                 ("POST".to_owned(), "/builds/{id}/cancel", Access::Mutating),
             ]
+        );
+        // The agent's traces, with [llm]: a read route.
+        assert!(
+            table.contains(&&(Method::GET, "/agent/runs/{id}", Access::Read)),
+            "GET /agent/runs/{{id}} is not mounted"
         );
     }
 

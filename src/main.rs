@@ -309,6 +309,11 @@ fn modules(shared: &Shared<'_>) -> Result<Modules, Failure> {
             )),
         }),
         Box::new(builds),
+        Box::new(productbuilder_agent::AgentModule::new(
+            (*store).clone(),
+            config.llm.as_ref().map(|l| l.trace_retention),
+            run_timeout,
+        )),
     ];
     Ok(Modules {
         list,

@@ -47,6 +47,7 @@
 
 pub mod claims;
 pub mod github_tools;
+mod module;
 pub mod routes;
 pub mod run;
 pub mod sanitize;
@@ -54,6 +55,7 @@ pub mod tools;
 pub mod trace;
 
 pub use github_tools::GithubTools;
+pub use module::AgentModule;
 pub use run::{Agent, Limits, Outcome, RunInput, RunOutcome, Specialist, ThreadMessage};
 pub use tools::{AGENT_MARKER, Action, Call, FakeTools, ToolName, Tools};
 pub use trace::{RunId, RunTrace, Traces};
