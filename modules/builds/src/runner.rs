@@ -55,6 +55,9 @@ use crate::status::{Status, Step};
 use crate::transcript::{self, Transcript};
 use state::{AgentDone, AgentEnd, Saved, SavedEnd, SavedPull};
 
+/// While the agent runs, the build comment shows its latest progress at most once a minute.
+pub const PROGRESS_COMMENT_EVERY: Duration = Duration::from_secs(60);
+
 /// The runner's clock (the queue's `now`).
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
@@ -102,6 +105,8 @@ pub struct Runner {
     owner: String,
     callbacks: Callbacks,
     heartbeat_every: Duration,
+    /// While the agent runs, its build comment shows its latest progress at most this often.
+    progress_comment_every: Duration,
     git_program: OsString,
     clock: Clock,
     events: broadcast::Sender<BuildEvent>,
@@ -201,6 +206,7 @@ impl Runner {
             owner: owner.into(),
             callbacks,
             heartbeat_every,
+            progress_comment_every: PROGRESS_COMMENT_EVERY,
             git_program: "git".into(),
             clock: Arc::new(Utc::now),
             events: broadcast::channel(1024).0,
@@ -211,6 +217,13 @@ impl Runner {
     /// the lease).
     pub fn heartbeat_every(mut self, every: Duration) -> Runner {
         self.heartbeat_every = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How often, at most, the build comment shows the agent's latest progress while it runs
+    /// (default [`PROGRESS_COMMENT_EVERY`]): each edit is a GitHub write, paced with the rest.
+    pub fn progress_comment_every(mut self, every: Duration) -> Runner {
+        self.progress_comment_every = every.max(Duration::from_millis(1));
         self
     }
 
@@ -643,19 +656,35 @@ impl BuildRun<'_> {
         self.step(Step::Agent).await?;
         let token = runner.forge.token_for(&repo).await?;
         let (env, secrets) = agent_env(self.config(), std::env::vars_os(), token.as_ref());
-        let done = agent::AgentRun {
+        let agent_ended = CancellationToken::new();
+        let live = live_progress(LiveProgress {
+            forge: runner.forge.clone(),
+            events: runner.events.subscribe(),
+            repo: repo.clone(),
+            number: self.comment_on(),
             id: self.id(),
-            repo: Arc::from(repo.as_str()),
-            config: &runner.config,
-            argv: runner.config.argv(&prompt),
-            checkout: &checkout,
-            env,
-            secrets,
-            cancel: self.cancel.clone(),
-            events: &runner.events,
-        }
-        .run(&mut self.transcript, &mut self.progress)
-        .await;
+            branch: branch.clone(),
+            every: runner.progress_comment_every,
+            until: agent_ended.clone(),
+        });
+        let run = async {
+            let done = agent::AgentRun {
+                id: self.id(),
+                repo: Arc::from(repo.as_str()),
+                config: &runner.config,
+                argv: runner.config.argv(&prompt),
+                checkout: &checkout,
+                env,
+                secrets,
+                cancel: self.cancel.clone(),
+                events: &runner.events,
+            }
+            .run(&mut self.transcript, &mut self.progress)
+            .await;
+            agent_ended.cancel();
+            done
+        };
+        let (done, ()) = tokio::join!(run, live);
         if self.lease_lost() {
             return Err(StepError {
                 transient: false,
@@ -1030,5 +1059,66 @@ mod tests {
                 "eC1hY2Nlc3MtdG9rZW46Z2hzX1RPS0VO"
             ]
         );
+    }
+}
+
+/// What [`live_progress`] needs: everything owned, so it runs beside the agent's borrow of the
+/// build.
+struct LiveProgress {
+    forge: Arc<dyn Forge>,
+    events: broadcast::Receiver<BuildEvent>,
+    repo: String,
+    /// The issue or pull request the comment is on; `None`: no comment.
+    number: Option<u64>,
+    id: BuildId,
+    branch: String,
+    every: Duration,
+    until: CancellationToken,
+}
+
+/// While the agent runs (until `until`), edits the build comment with the agent's latest
+/// progress lines (already redacted in the events) at most every `every`, and only when there is
+/// something new. A failed edit is logged; the next one, or the end's, writes it again.
+async fn live_progress(mut p: LiveProgress) {
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(number) = p.number else {
+        return;
+    };
+    let mut lines: Vec<String> = Vec::new();
+    let (mut seen, mut shown) = (0usize, 0usize);
+    let mut tick = tokio::time::interval(p.every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate: the comment was just written
+    loop {
+        tokio::select! {
+            _ = p.until.cancelled() => return,
+            event = p.events.recv() => match event {
+                Ok(BuildEvent { id, kind: EventKind::Progress(text), .. }) if id == p.id => {
+                    lines.push(text);
+                    if lines.len() > comment::MAX_PROGRESS_LINES {
+                        lines.remove(0);
+                    }
+                    seen += 1;
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            },
+            _ = tick.tick(), if seen != shown => {
+                let body = comment::body(comment::View {
+                    id: p.id,
+                    status: "running",
+                    step: Some(Step::Agent.as_str()),
+                    branch: Some(&p.branch),
+                    pr: None,
+                    progress: &lines,
+                    detail: None,
+                    preview: None,
+                });
+                if let Err(e) = p.forge.upsert_build_comment(&p.repo, number, &body).await {
+                    tracing::warn!(build = %p.id, error = %e, "builds: the build comment was not written");
+                }
+                shown = seen;
+            }
+        }
     }
 }

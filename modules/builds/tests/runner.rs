@@ -996,3 +996,50 @@ async fn a_build_on_a_pull_request_commits_to_its_branch() {
         "the error names the pull request"
     );
 }
+
+/// While the agent works, its build comment shows its latest progress (at most every
+/// `progress_comment_every`, only when there is something new); the end's comment follows.
+#[tokio::test]
+async fn the_build_comment_follows_the_agent_s_progress_while_it_runs() {
+    let site = Site::new();
+    let agent = site.agent(
+        "slow",
+        &script(&[
+            claude::echo(claude::INIT),
+            claude::echo(&claude::text("reading the page")),
+            "sleep 0.4".into(),
+            claude::echo(&claude::text("writing the footer")),
+            "echo 'footer' >> app.txt".into(),
+            "sleep 0.4".into(),
+            claude::echo(&claude::success(2, 0.1, "Done.")),
+        ]),
+    );
+    let runner = site
+        .runner(agent)
+        .progress_comment_every(std::time::Duration::from_millis(100));
+    runner
+        .queue()
+        .enqueue(REPO, None, spec_for_issue(7), Utc::now())
+        .await
+        .unwrap();
+    runner
+        .run_once(&CancellationToken::new())
+        .await
+        .unwrap()
+        .unwrap();
+    let comments = site.forge.comments(7);
+    let last = comments.last().unwrap();
+    assert!(last.contains(": completed"), "{last}");
+    let during: Vec<&String> = comments[..comments.len() - 1]
+        .iter()
+        .filter(|c| c.contains("running (step: agent)") && c.contains("reading the page"))
+        .collect();
+    assert!(
+        !during.is_empty(),
+        "no progress while running: {comments:#?}"
+    );
+    assert!(
+        comments.len() <= 2 + 3,
+        "a few edits, not one per line: {comments:#?}"
+    );
+}
