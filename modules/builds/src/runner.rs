@@ -29,6 +29,7 @@
 //! stops the runner at once (recovery took the build).
 
 mod agent;
+mod live;
 pub mod state;
 
 use std::ffi::OsString;
@@ -657,7 +658,7 @@ impl BuildRun<'_> {
         let token = runner.forge.token_for(&repo).await?;
         let (env, secrets) = agent_env(self.config(), std::env::vars_os(), token.as_ref());
         let agent_ended = CancellationToken::new();
-        let live = live_progress(LiveProgress {
+        let live = live::live_progress(live::LiveProgress {
             forge: runner.forge.clone(),
             events: runner.events.subscribe(),
             repo: repo.clone(),
@@ -1059,66 +1060,5 @@ mod tests {
                 "eC1hY2Nlc3MtdG9rZW46Z2hzX1RPS0VO"
             ]
         );
-    }
-}
-
-/// What [`live_progress`] needs: everything owned, so it runs beside the agent's borrow of the
-/// build.
-struct LiveProgress {
-    forge: Arc<dyn Forge>,
-    events: broadcast::Receiver<BuildEvent>,
-    repo: String,
-    /// The issue or pull request the comment is on; `None`: no comment.
-    number: Option<u64>,
-    id: BuildId,
-    branch: String,
-    every: Duration,
-    until: CancellationToken,
-}
-
-/// While the agent runs (until `until`), edits the build comment with the agent's latest
-/// progress lines (already redacted in the events) at most every `every`, and only when there is
-/// something new. A failed edit is logged; the next one, or the end's, writes it again.
-async fn live_progress(mut p: LiveProgress) {
-    use tokio::sync::broadcast::error::RecvError;
-    let Some(number) = p.number else {
-        return;
-    };
-    let mut lines: Vec<String> = Vec::new();
-    let (mut seen, mut shown) = (0usize, 0usize);
-    let mut tick = tokio::time::interval(p.every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // the first tick is immediate: the comment was just written
-    loop {
-        tokio::select! {
-            _ = p.until.cancelled() => return,
-            event = p.events.recv() => match event {
-                Ok(BuildEvent { id, kind: EventKind::Progress(text), .. }) if id == p.id => {
-                    lines.push(text);
-                    if lines.len() > comment::MAX_PROGRESS_LINES {
-                        lines.remove(0);
-                    }
-                    seen += 1;
-                }
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => return,
-            },
-            _ = tick.tick(), if seen != shown => {
-                let body = comment::body(comment::View {
-                    id: p.id,
-                    status: "running",
-                    step: Some(Step::Agent.as_str()),
-                    branch: Some(&p.branch),
-                    pr: None,
-                    progress: &lines,
-                    detail: None,
-                    preview: None,
-                });
-                if let Err(e) = p.forge.upsert_build_comment(&p.repo, number, &body).await {
-                    tracing::warn!(build = %p.id, error = %e, "builds: the build comment was not written");
-                }
-                shown = seen;
-            }
-        }
     }
 }
