@@ -23,7 +23,7 @@ use productbuilder_github_sandbox::{Permission, Sandbox};
 use serde_json::Value;
 
 mod support;
-use support::{app_files, free_port, http_get, wait_for};
+use support::{app_files, free_port, http_get, remove_previews_of, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_productbuilder");
 const TOKEN: &str = "ghp_builds_e2e_token_never_printed";
@@ -237,17 +237,7 @@ impl Drop for Site {
             let from = lines.len().saturating_sub(80);
             eprintln!("the daemon's last log lines:\n{}", lines[from..].join("\n"));
         }
-        let (owner, name) = self.repo.split_once('/').unwrap();
-        let prefix = format!("pb--{owner}--{name}--");
-        let script = format!(
-            "ids=$(docker ps -aq --filter 'label=productbuilder.tenant={repo}'); [ -z \"$ids\" ] || docker rm -f $ids
-             for n in $(docker network ls --format '{{{{.Name}}}}' | grep '^{prefix}'); do docker network rm $n; done
-             for i in $(docker images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' | grep '^{prefix}'); do docker rmi -f $i; done
-             docker network rm {network}",
-            repo = self.repo,
-            network = self.network
-        );
-        let _ = Command::new("sh").args(["-c", &script]).output();
+        remove_previews_of(&self.repo, &self.network);
     }
 }
 

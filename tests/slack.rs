@@ -13,7 +13,7 @@ use productbuilder_preview::compose::project_name;
 use productbuilder_slack_sandbox::{APP_TOKEN, BOT_TOKEN, Sandbox as SlackSandbox};
 
 mod support;
-use support::{BIN, Daemon, app_files, docker, wait_for};
+use support::{BIN, Daemon, app_files, docker, remove_previews_of, wait_for};
 
 const TOKEN: &str = "ghp_test_token_never_printed";
 
@@ -126,17 +126,7 @@ impl Drop for Site {
         let Some(network) = &self.network else {
             return;
         };
-        // Compose projects are named `pb--{owner}--{name}--{number}` (planner::names).
-        let (owner, name) = self.repo.split_once('/').unwrap();
-        let prefix = format!("pb--{owner}--{name}--");
-        let script = format!(
-            "ids=$(docker ps -aq --filter 'label=productbuilder.tenant={repo}'); [ -z \"$ids\" ] || docker rm -f $ids
-             for n in $(docker network ls --format '{{{{.Name}}}}' | grep '^{prefix}'); do docker network rm $n; done
-             for i in $(docker images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' | grep '^{prefix}'); do docker rmi -f $i; done
-             docker network rm {network}",
-            repo = self.repo
-        );
-        let _ = Command::new("sh").args(["-c", &script]).output();
+        remove_previews_of(&self.repo, network);
     }
 }
 

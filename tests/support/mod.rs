@@ -185,3 +185,19 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// Removes whatever the engine still holds of `repo`'s previews (containers by their tenant label;
+/// the compose projects' networks and images, named `pb--{owner}--{name}--{number}…` by
+/// planner::names) and the shared `network`: a test's site calls it when dropped, also when the
+/// test failed. Errors are ignored (there may be nothing to remove).
+pub fn remove_previews_of(repo: &str, network: &str) {
+    let (owner, name) = repo.split_once('/').expect("owner/name");
+    let prefix = format!("pb--{owner}--{name}--");
+    let script = format!(
+        "ids=$(docker ps -aq --filter 'label=productbuilder.tenant={repo}'); [ -z \"$ids\" ] || docker rm -f $ids
+         for n in $(docker network ls --format '{{{{.Name}}}}' | grep '^{prefix}'); do docker network rm $n; done
+         for i in $(docker images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' | grep '^{prefix}'); do docker rmi -f $i; done
+         docker network rm {network}"
+    );
+    let _ = Command::new("sh").args(["-c", &script]).output();
+}
