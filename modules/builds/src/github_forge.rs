@@ -27,18 +27,7 @@ impl GithubForge {
 }
 
 fn forge_error(e: GithubError) -> ForgeError {
-    let transient = match &e {
-        GithubError::Network { .. } | GithubError::Timeout { .. } => true,
-        // A rate limit is a 429, or a 403 that says so.
-        GithubError::Status { status, .. } => {
-            *status >= 500
-                || *status == 429
-                || (*status == 403 && e.to_string().to_ascii_lowercase().contains("rate limit"))
-        }
-        GithubError::Store(_) => true,
-        GithubError::Decode { .. } | GithubError::Auth(_) => false,
-    };
-    if transient {
+    if e.is_transient() {
         ForgeError::transient(e)
     } else {
         ForgeError::permanent(e)

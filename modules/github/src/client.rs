@@ -135,6 +135,24 @@ impl GithubError {
             _ => None,
         }
     }
+
+    /// Whether the same request may succeed later: the network, a timeout, a locked database,
+    /// GitHub failing (5xx) or limiting the rate (429, or a 403 that says so). Anything else
+    /// (a 4xx, a body we cannot read, the App's authentication) fails the same way again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            GithubError::Network { .. } | GithubError::Timeout { .. } | GithubError::Store(_) => {
+                true
+            }
+            GithubError::Status { status, .. } => {
+                *status >= 500
+                    || *status == 429
+                    || (*status == 403
+                        && self.to_string().to_ascii_lowercase().contains("rate limit"))
+            }
+            GithubError::Decode { .. } | GithubError::Auth(_) => false,
+        }
+    }
 }
 
 impl From<StoreError> for GithubError {

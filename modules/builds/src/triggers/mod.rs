@@ -265,11 +265,7 @@ impl Triggers {
 
 /// A 4xx other than a rate limit: asking again will not help.
 fn is_permanent(e: &GithubError) -> bool {
-    e.status().is_some_and(|s| {
-        (400..500).contains(&s)
-            && s != 429
-            && !e.to_string().to_ascii_lowercase().contains("rate limit")
-    })
+    e.status().is_some_and(|s| (400..500).contains(&s)) && !e.is_transient()
 }
 
 /// A build for issue `number`: its text reaches the agent through the prompt the runner writes.
