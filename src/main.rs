@@ -282,6 +282,7 @@ fn modules(shared: &Shared<'_>) -> Result<Modules, Failure> {
     )
     .map_err(|e| Failure::Failed(format!("builds: {e}")))?;
     let queue = builds.queue().cloned();
+    let responder = agent_responder(shared, queue.clone())?;
     let list: Vec<Box<dyn HttpModule>> = vec![
         Box::new(kernel::Kernel {
             store: (*store).clone(),
@@ -307,6 +308,8 @@ fn modules(shared: &Shared<'_>) -> Result<Modules, Failure> {
             debounce: Arc::new(productbuilder_slack::debounce::StatusDebounce::new(
                 productbuilder_slack::debounce::WINDOW,
             )),
+            writers: Arc::new(config.slack_writers.clone()),
+            responder,
         }),
         Box::new(builds),
         Box::new(productbuilder_agent::AgentModule::new(
@@ -319,6 +322,33 @@ fn modules(shared: &Shared<'_>) -> Result<Modules, Failure> {
         list,
         builds: queue,
     })
+}
+
+/// The agent that answers Slack mentions, with `[llm]`: its tools act through the daemon's
+/// GitHub client, the build queue (with `[builds]`) and the previews.
+fn agent_responder(
+    shared: &Shared<'_>,
+    queue: Option<productbuilder_builds::Queue>,
+) -> Result<Option<Arc<dyn productbuilder_slack::Responder>>, Failure> {
+    let Some(llm) = &shared.config.llm else {
+        return Ok(None);
+    };
+    let client = productbuilder_llm::LlmClient::new(llm.clone())
+        .map_err(|e| Failure::Failed(format!("[llm]: {e}")))?;
+    let tools = productbuilder_agent::GithubTools {
+        client: shared.github.client.clone(),
+        store: shared.store.clone(),
+        queue,
+        previews: Some(shared.previews.clone()),
+    };
+    Ok(Some(Arc::new(productbuilder_agent::AgentResponder {
+        llm: Arc::new(client),
+        tools: Arc::new(tools),
+        traces: productbuilder_agent::Traces::new(shared.store.clone()),
+        store: shared.store.clone(),
+        web: github_web(&shared.config.github.api_url),
+        limits: productbuilder_agent::Limits::default(),
+    })))
 }
 
 /// The whole wiring: the shared GitHub client and previews, then every module.

@@ -34,7 +34,8 @@ pub struct GithubTools {
     pub client: GithubClient,
     /// The daemon's database: the poller's `issues` table, the previews' rows.
     pub store: Store,
-    pub queue: Queue,
+    /// `None`: builds are off (no `[builds]`), `delegate_build` is refused.
+    pub queue: Option<Queue>,
     /// `None`: previews are not run here, their logs cannot be read.
     pub previews: Option<Previews>,
 }
@@ -116,10 +117,14 @@ impl GithubTools {
                 ))
             }
             Call::DelegateBuild { issue, prompt } => {
+                let Some(queue) = &self.queue else {
+                    return Err(ToolError::Refused(
+                        "builds are off on this daemon ([builds] is not configured)".into(),
+                    ));
+                };
                 let mut spec = BuildSpec::new(prompt.clone());
                 spec.issue = Some(*issue);
-                let queued = self
-                    .queue
+                let queued = queue
                     .enqueue(repo, Some(*issue), spec, Utc::now())
                     .await
                     .map_err(|e| ToolError::Refused(format!("the build was not queued: {e}")))?;
@@ -244,15 +249,18 @@ impl GithubTools {
                 }
             }
             Call::BuildStatus { id, issue } => {
+                let Some(queue) = &self.queue else {
+                    return Ok(Output::read(
+                        "builds are off on this daemon ([builds] is not configured)",
+                    ));
+                };
                 let build = match (id, issue) {
-                    (Some(id), _) => self
-                        .queue
+                    (Some(id), _) => queue
                         .get(BuildId(*id as i64))
                         .await
                         .map_err(store)?
                         .filter(|b| b.repo == repo),
-                    (None, Some(issue)) => self
-                        .queue
+                    (None, Some(issue)) => queue
                         .list(repo, 200)
                         .await
                         .map_err(store)?

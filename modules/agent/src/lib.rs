@@ -33,6 +33,7 @@
 //!         text: "implement this".into(),
 //!     }],
 //!     author_is_writer: true,
+//!     summary: None,
 //! };
 //! let done = agent.run(&input, &tokio_util::sync::CancellationToken::new()).await;
 //! // Post done.reply in the thread; link each of done.actions; done.run_id is the trace.
@@ -48,6 +49,7 @@
 pub mod claims;
 pub mod github_tools;
 mod module;
+mod responder;
 pub mod routes;
 pub mod run;
 pub mod sanitize;
@@ -56,6 +58,7 @@ pub mod trace;
 
 pub use github_tools::GithubTools;
 pub use module::AgentModule;
+pub use responder::{AgentResponder, INTERRUPTED};
 pub use run::{Agent, Limits, Outcome, RunInput, RunOutcome, Specialist, ThreadMessage};
 pub use tools::{AGENT_MARKER, Action, Call, FakeTools, ToolName, Tools};
 pub use trace::{RunId, RunTrace, Traces};

@@ -164,6 +164,8 @@ pub struct RunInput {
     pub messages: Vec<ThreadMessage>,
     /// Whether the last message's author is one of the tenant's `[slack] writers`.
     pub author_is_writer: bool,
+    /// What the agent did earlier in this thread (the thread's memory beyond its messages).
+    pub summary: Option<String>,
 }
 
 /// How a run ended.
@@ -302,6 +304,10 @@ fn context(input: &RunInput, newest: &ThreadMessage) -> String {
     let mut out = format!("Repository: {}.", input.repo);
     if let Some(n) = input.issue {
         out.push_str(&format!(" This thread is about #{n}."));
+    }
+    if let Some(summary) = input.summary.as_deref().filter(|s| !s.trim().is_empty()) {
+        out.push_str("\n\n");
+        out.push_str(&quote("what you did earlier in this thread", summary, 1000));
     }
     let earlier = &input.messages[..input.messages.len() - 1];
     if !earlier.is_empty() {
@@ -740,6 +746,7 @@ mod tests {
             issue: Some(4),
             messages,
             author_is_writer: writer,
+            summary: None,
         }
     }
 

@@ -33,7 +33,7 @@ async fn setup() -> (Sandbox, GithubTools, tempfile::TempDir) {
     .unwrap();
     let tools = GithubTools {
         client,
-        queue: Queue::new(store.clone(), QueueConfig::default()),
+        queue: Some(Queue::new(store.clone(), QueueConfig::default())),
         store,
         previews: None,
     };
@@ -273,6 +273,7 @@ async fn a_writers_run_files_the_issue_on_github() {
                     text: "the cart total is wrong, file it".into(),
                 }],
                 author_is_writer: true,
+                summary: None,
             },
             &tokio_util::sync::CancellationToken::new(),
         )

@@ -74,6 +74,7 @@ fn input(messages: Vec<ThreadMessage>, writer: bool) -> RunInput {
         issue: None,
         messages,
         author_is_writer: writer,
+        summary: None,
     }
 }
 

@@ -30,36 +30,76 @@ pub async fn answer_once(
     store: &Store,
     answer: &Answer<'_>,
 ) -> Result<String, UnitError> {
-    let key = format!("answer:{}", answer.mention);
-    let (channel, mention) = (answer.channel.to_owned(), answer.mention.to_owned());
+    let text = answer.text.to_owned();
+    answer_with(api, store, &answer.place(), |_| async move { Ok(text) }).await
+}
+
+/// Where an answer goes and what identifies it.
+pub struct Place<'a> {
+    pub channel: &'a str,
+    pub thread: &'a str,
+    pub mention: &'a str,
+}
+
+impl Answer<'_> {
+    fn place(&self) -> Place<'_> {
+        Place {
+            channel: self.channel,
+            thread: self.thread,
+            mention: self.mention,
+        }
+    }
+}
+
+/// Like [`answer_once`], with the text made by `make` only when no answer was posted yet; the
+/// intent is recorded before `make` runs, so work `make` does (an agent's run, which may write
+/// to GitHub) is never done twice: after a crash it is called again with `resumed = true`, and
+/// must not redo what it may have done.
+pub async fn answer_with<F, Fut>(
+    api: &SlackApi,
+    store: &Store,
+    place: &Place<'_>,
+    make: F,
+) -> Result<String, UnitError>
+where
+    F: FnOnce(bool) -> Fut,
+    Fut: std::future::Future<Output = Result<String, UnitError>>,
+{
+    let key = format!("answer:{}", place.mention);
+    let (channel, mention) = (place.channel.to_owned(), place.mention.to_owned());
     let recorded = store
         .read(move |c| answer_of(c, &channel, &mention))
         .await
         .map_err(store_err)?;
-    let posted = match recorded {
+    let (posted, resumed) = match recorded {
         Some(Some(ts)) => return Ok(ts),
-        Some(None) => api
-            .find_by_key(answer.channel, Some(answer.thread), answer.mention, &key)
-            .await
-            .map_err(|e| e.into_unit_error())?,
-        None => None,
-    };
-    let ts = match posted {
-        Some(ts) => ts,
+        Some(None) => (
+            api.find_by_key(place.channel, Some(place.thread), place.mention, &key)
+                .await
+                .map_err(|e| e.into_unit_error())?,
+            true,
+        ),
         None => {
-            let (channel, mention) = (answer.channel.to_owned(), answer.mention.to_owned());
+            let (channel, mention) = (place.channel.to_owned(), place.mention.to_owned());
             store
                 .write(move |c| intend_answer(c, &channel, &mention))
                 .await
                 .map_err(store_err)?;
-            api.post(answer.channel, Some(answer.thread), answer.text, Some(&key))
+            (None, false)
+        }
+    };
+    let ts = match posted {
+        Some(ts) => ts,
+        None => {
+            let text = make(resumed).await?;
+            api.post(place.channel, Some(place.thread), &text, Some(&key))
                 .await
                 .map_err(|e| e.into_unit_error())?
         }
     };
     let (channel, mention, recorded_ts) = (
-        answer.channel.to_owned(),
-        answer.mention.to_owned(),
+        place.channel.to_owned(),
+        place.mention.to_owned(),
         ts.clone(),
     );
     store

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use productbuilder_store::rusqlite::{self, Connection, OptionalExtension, params};
 
-use crate::decide::{Comment, Thread};
+use crate::decide::{Adoption, Comment, Thread};
 use crate::text::{BuildView, Item, ItemState, Kind, PreviewView};
 
 /// An item and when it last changed (unix seconds), as the GitHub poller stored it.
@@ -200,7 +200,7 @@ pub fn skipped(c: &Connection, repo: &str) -> rusqlite::Result<BTreeSet<u64>> {
 
 pub fn threads(c: &Connection, repo: &str) -> rusqlite::Result<BTreeMap<u64, Thread>> {
     let mut stmt = c.prepare(
-        "SELECT number, parent_ts, parent_text, status_ts, status_text FROM slack_threads WHERE repo = ?1",
+        "SELECT number, parent_ts, parent_text, status_ts, status_text, adopted FROM slack_threads WHERE repo = ?1",
     )?;
     let rows = stmt.query_map([repo], |r| {
         Ok((
@@ -210,6 +210,7 @@ pub fn threads(c: &Connection, repo: &str) -> rusqlite::Result<BTreeMap<u64, Thr
                 parent_text: r.get(2)?,
                 status_ts: r.get(3)?,
                 status_text: r.get(4)?,
+                adopted: r.get::<_, i64>(5)? != 0,
             },
         ))
     })?;
@@ -331,4 +332,75 @@ pub fn thread_places(
         Ok((r.get::<_, i64>(0)? as u64, (r.get(1)?, r.get(2)?)))
     })?;
     rows.collect()
+}
+
+/// How long an issue the agent is filing may wait to be adopted by its conversation.
+const ADOPTION_WINDOW_SECS: i64 = 24 * 3600;
+
+/// The issues the agent is filing from conversations of `repo`, newer than a day.
+pub fn adoptions(c: &Connection, repo: &str, now: i64) -> rusqlite::Result<Vec<Adoption>> {
+    let mut stmt = c.prepare(
+        "SELECT thread_ts, title FROM slack_adoptions WHERE repo = ?1 AND intended_at > ?2 ORDER BY intended_at",
+    )?;
+    let rows = stmt.query_map(params![repo, now - ADOPTION_WINDOW_SECS], |r| {
+        Ok(Adoption {
+            thread_ts: r.get(0)?,
+            title: r.get(1)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Records that the agent is about to file `title` from the conversation `thread_ts`.
+pub fn intend_adoption(
+    c: &Connection,
+    repo: &str,
+    channel: &str,
+    thread_ts: &str,
+    title: &str,
+    now: i64,
+) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO slack_adoptions (repo, channel, thread_ts, title, intended_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (repo, title) DO UPDATE SET channel = excluded.channel,
+           thread_ts = excluded.thread_ts, intended_at = excluded.intended_at",
+        params![repo, channel, thread_ts, title, now],
+    )?;
+    Ok(())
+}
+
+/// Makes the conversation `thread_ts` the thread of issue `number` (unless the issue has one
+/// already) and forgets the conversation's pending adoption.
+pub fn adopt(
+    c: &Connection,
+    repo: &str,
+    number: u64,
+    channel: &str,
+    thread_ts: &str,
+) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT OR IGNORE INTO slack_threads (repo, number, channel, parent_ts, parent_text, adopted)
+         VALUES (?1, ?2, ?3, ?4, '', 1)",
+        params![repo, number as i64, channel, thread_ts],
+    )?;
+    c.execute(
+        "DELETE FROM slack_adoptions WHERE repo = ?1 AND thread_ts = ?2",
+        params![repo, thread_ts],
+    )?;
+    Ok(())
+}
+
+/// The item whose thread `thread_ts` is, if any.
+pub fn item_of_thread(
+    c: &Connection,
+    channel: &str,
+    thread_ts: &str,
+) -> rusqlite::Result<Option<u64>> {
+    c.query_row(
+        "SELECT number FROM slack_threads WHERE channel = ?1 AND parent_ts = ?2 ORDER BY number LIMIT 1",
+        params![channel, thread_ts],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map(|n| n.map(|n| n as u64))
 }

@@ -26,6 +26,16 @@ pub struct Thread {
     pub status_text: Option<String>,
     /// The parent text last written.
     pub parent_text: String,
+    /// A conversation's thread the item was filed from: its parent is a person's message,
+    /// never edited.
+    pub adopted: bool,
+}
+
+/// An issue the agent is filing from a conversation's thread (recorded before it is created).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adoption {
+    pub thread_ts: String,
+    pub title: String,
 }
 
 /// The event keys of an item, stable across restarts: what makes "exactly once" checkable.
@@ -54,6 +64,17 @@ pub fn is_ours(comment: &Comment, own_login: Option<&str>, marker: &str) -> bool
         || comment.body.contains(marker)
 }
 
+/// The conversation an issue was filed from, when the agent filed it: the issue is the
+/// daemon's own (only its login can have written it, so nobody else's issue can be steered into
+/// a conversation) and its title is the one recorded before it was created.
+fn adoption<'a>(state: &'a State, item: &Item, own_login: Option<&str>) -> Option<&'a Adoption> {
+    let ours = own_login.is_some_and(|l| l.eq_ignore_ascii_case(&item.author));
+    if !ours || item.kind != text::Kind::Issue {
+        return None;
+    }
+    state.adoptions.iter().find(|a| a.title == item.title)
+}
+
 /// Everything one pass sees.
 #[derive(Debug, Clone, Default)]
 pub struct State {
@@ -69,6 +90,8 @@ pub struct State {
     /// Event keys already recorded per item (sent, or intended: an intent is finished by the
     /// worker, not decided again).
     pub events: BTreeMap<u64, BTreeSet<String>>,
+    /// Issues the agent is filing from a conversation, not yet linked to it.
+    pub adoptions: Vec<Adoption>,
 }
 
 /// One step; applied in this order per item.
@@ -76,6 +99,8 @@ pub struct State {
 pub enum Step {
     /// Post the parent and record the thread before anything else goes to it.
     StartThread { number: u64, text: String },
+    /// Record the conversation's thread the agent filed the issue from as its thread.
+    Adopt { number: u64, thread_ts: String },
     /// Edit the parent (closed, merged, a new title).
     EditParent { number: u64, text: String },
     /// Post or edit the one status message.
@@ -104,12 +129,18 @@ pub fn decide(state: &State, own_login: Option<&str>, marker: &str) -> Vec<Step>
                 if item.state != ItemState::Open {
                     continue;
                 }
-                steps.push(Step::StartThread {
-                    number: n,
-                    text: parent,
-                });
+                match adoption(state, item, own_login) {
+                    Some(a) => steps.push(Step::Adopt {
+                        number: n,
+                        thread_ts: a.thread_ts.clone(),
+                    }),
+                    None => steps.push(Step::StartThread {
+                        number: n,
+                        text: parent,
+                    }),
+                }
             }
-            Some(t) if t.parent_text != parent => steps.push(Step::EditParent {
+            Some(t) if !t.adopted && t.parent_text != parent => steps.push(Step::EditParent {
                 number: n,
                 text: parent,
             }),
@@ -207,6 +238,17 @@ mod tests {
                         },
                     );
                 }
+                Step::Adopt { number, thread_ts } => {
+                    next.threads.insert(
+                        number,
+                        Thread {
+                            parent_ts: thread_ts.clone(),
+                            adopted: true,
+                            ..Thread::default()
+                        },
+                    );
+                    next.adoptions.retain(|a| a.thread_ts != thread_ts);
+                }
                 Step::EditParent { number, text } => {
                     next.threads.get_mut(&number).unwrap().parent_text = text
                 }
@@ -221,6 +263,79 @@ mod tests {
             }
         }
         next
+    }
+
+    fn issue_by(number: u64, author: &str, title: &str) -> Item {
+        Item {
+            repo: "acme/shop".into(),
+            number,
+            kind: Kind::Issue,
+            title: title.into(),
+            author: author.into(),
+            state: ItemState::Open,
+            url: format!("https://github.com/acme/shop/issues/{number}"),
+        }
+    }
+
+    /// An issue the agent filed from a conversation takes that conversation's thread (no second
+    /// thread), is never given a parent of its own to edit, and gets its status there; an issue
+    /// by anyone else with the same title starts its own thread.
+    #[test]
+    fn an_issue_filed_from_a_conversation_adopts_its_thread_only_when_the_daemon_wrote_it() {
+        let adoptions = vec![Adoption {
+            thread_ts: "1700.000100".into(),
+            title: "Cart total wrong".into(),
+        }];
+        let cases = [("pb-bot", true), ("PB-BOT", true), ("mallory", false)];
+        for (author, adopts) in cases {
+            let state = State {
+                items: vec![issue_by(9, author, "Cart total wrong")],
+                adoptions: adoptions.clone(),
+                ..State::default()
+            };
+            let steps = decide(&state, Some("pb-bot"), MARKER);
+            if adopts {
+                assert_eq!(
+                    steps[0],
+                    Step::Adopt {
+                        number: 9,
+                        thread_ts: "1700.000100".into()
+                    },
+                    "{author}"
+                );
+                assert!(matches!(steps[1], Step::Status { number: 9, .. }));
+                let settled = settled(&state);
+                assert_eq!(
+                    decide(&settled, Some("pb-bot"), MARKER),
+                    [],
+                    "no parent edit"
+                );
+            } else {
+                assert!(
+                    matches!(steps[0], Step::StartThread { number: 9, .. }),
+                    "{author}"
+                );
+            }
+        }
+        // Another title, or the daemon's login unknown: a thread of its own.
+        let state = State {
+            items: vec![issue_by(9, "pb-bot", "Something else")],
+            adoptions: adoptions.clone(),
+            ..State::default()
+        };
+        assert!(matches!(
+            decide(&state, Some("pb-bot"), MARKER)[0],
+            Step::StartThread { .. }
+        ));
+        let state = State {
+            items: vec![issue_by(9, "pb-bot", "Cart total wrong")],
+            adoptions,
+            ..State::default()
+        };
+        assert!(matches!(
+            decide(&state, None, MARKER)[0],
+            Step::StartThread { .. }
+        ));
     }
 
     #[test]

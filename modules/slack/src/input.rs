@@ -8,14 +8,18 @@
 //! `history_requests_per_minute` of those a pass, the least recently checked first: at one call a
 //! minute a thread mention waits its turn, never lost (Socket Mode answers at once).
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use productbuilder_scheduler::{ErrorKind, UnitError};
 use productbuilder_store::Store;
 use productbuilder_store::rusqlite::{self, Connection, OptionalExtension, params};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::api::{Message, SlackApi};
-use crate::mentions::{self, Channel, OpenPull};
+use crate::conversation::ts_key;
+use crate::respond::{Heard, Hearing, Responder, TenantView};
 
 /// Who answers, where, with what it knows of the tenant.
 pub struct Poll<'a> {
@@ -27,7 +31,13 @@ pub struct Poll<'a> {
     pub page_size: u32,
     /// `conversations.replies` calls this pass may spend on the module's own threads.
     pub thread_checks: usize,
-    pub pulls: &'a [OpenPull],
+    /// GitHub's web origin, for links.
+    pub web: &'a str,
+    /// The tenant's `[slack] writers`.
+    pub writers: &'a [String],
+    /// The agent, when `[llm]` is configured.
+    pub responder: Option<&'a Arc<dyn Responder>>,
+    pub cancel: &'a CancellationToken,
 }
 
 fn store_err(e: productbuilder_store::StoreError) -> UnitError {
@@ -50,12 +60,6 @@ fn set_cursor(c: &Connection, channel: &str, thread: &str, ts: &str) -> rusqlite
         params![channel, thread, ts],
     )?;
     Ok(())
-}
-
-/// Slack timestamps compare as numbers ("1700000000.000100").
-fn ts_key(ts: &str) -> (u64, u64) {
-    let (s, f) = ts.split_once('.').unwrap_or((ts, "0"));
-    (s.parse().unwrap_or(0), f.parse().unwrap_or(0))
 }
 
 fn now_ts() -> String {
@@ -194,33 +198,30 @@ impl Poll<'_> {
             .map_err(store_err)
     }
 
+    /// Stores `m` in its thread and answers it when it mentions the bot.
     async fn answer(&self, m: &Message, thread: &str) -> Result<(), UnitError> {
-        let mention = mentions::Mention {
-            text: &m.text,
-            user: m.user.as_deref(),
-            bot_id: m.bot_id.as_deref(),
-        };
-        let Some(command) = mentions::command(&mention, self.bot_user) else {
-            return Ok(());
-        };
-        let text = mentions::answer(
-            command,
-            &Channel::Tenant {
+        Hearing {
+            api: self.api,
+            store: self.store,
+            bot_user: self.bot_user,
+            responder: self.responder,
+            cancel: self.cancel,
+        }
+        .hear(
+            Some(TenantView {
                 repo: self.repo,
-                pulls: self.pulls,
-            },
-        );
-        crate::answers::answer_once(
-            self.api,
-            self.store,
-            &crate::answers::Answer {
+                web: self.web,
+                writers: self.writers,
+            }),
+            &Heard {
                 channel: self.channel,
                 thread,
-                mention: &m.ts,
-                text: &text,
+                ts: &m.ts,
+                user: m.user.as_deref(),
+                bot_id: m.bot_id.as_deref(),
+                text: &m.text,
             },
         )
         .await
-        .map(drop)
     }
 }

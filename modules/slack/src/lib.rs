@@ -11,6 +11,7 @@ pub mod answers;
 pub mod api;
 pub mod budget;
 pub mod config;
+pub mod conversation;
 pub mod db;
 pub mod debounce;
 pub mod decide;
@@ -18,11 +19,13 @@ pub mod input;
 pub mod mentions;
 pub mod metrics;
 mod module;
+pub mod respond;
 pub mod socket;
 pub mod text;
 pub mod worker;
 
 pub use module::SlackModule;
+pub use respond::{Conversation, Link, Reply, Responder};
 
 /// The web link of every Slack thread of `repo`'s items, by number; empty until an `auth.test`
 /// succeeded (the workspace's address comes from it) or when the database cannot be read.

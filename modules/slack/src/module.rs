@@ -14,6 +14,7 @@ use productbuilder_scheduler::{Backoff, RestartPolicy, RetryPolicy, UnitError};
 use crate::api::SlackApi;
 use crate::config::SlackConfig;
 use crate::debounce::StatusDebounce;
+use crate::respond::Responder;
 
 /// Slack for the tenants with a `slack_channel`; without `[slack]` it has no units at all.
 pub struct SlackModule {
@@ -31,6 +32,10 @@ pub struct SlackModule {
     pub github_web: String,
     /// The status lane's debounce, shared by every tenant's passes.
     pub debounce: Arc<StatusDebounce>,
+    /// Each tenant's `[slack] writers`, by `owner/name`.
+    pub writers: Arc<BTreeMap<String, Vec<String>>>,
+    /// The agent that answers mentions (with `[llm]`); `status`/`help` without.
+    pub responder: Option<Arc<dyn Responder>>,
 }
 
 impl SlackModule {
@@ -86,6 +91,8 @@ impl Module for SlackModule {
             config: config.clone(),
             web: self.github_web.clone(),
             debounce: self.debounce.clone(),
+            writers: self.writers.clone(),
+            responder: self.responder.clone(),
         };
         let mut specs = Vec::new();
         if let Some(app_token) = &config.app_token {
@@ -102,12 +109,14 @@ impl Module for SlackModule {
                                 crate::socket::ChannelTenant {
                                     repo: repo.clone(),
                                     web: self.github_web.clone(),
+                                    writers: self.writers.get(repo).cloned().unwrap_or_default(),
                                 },
                             )
                         })
                         .collect(),
                 ),
                 in_flight: Default::default(),
+                responder: self.responder.clone(),
             };
             specs.push(Spec {
                 resource: "slack-socket",
@@ -139,7 +148,7 @@ impl Module for SlackModule {
             applies_to: self.with_channel(),
             work: spec_work(move |ctx: TenantCtx| {
                 let pass = pass.clone();
-                async move { pass.run(ctx.tenant()).await }
+                async move { pass.run(ctx.tenant(), &ctx.run.cancel).await }
             }),
         });
         specs
@@ -174,11 +183,17 @@ struct Pass {
     config: SlackConfig,
     web: String,
     debounce: Arc<StatusDebounce>,
+    writers: Arc<BTreeMap<String, Vec<String>>>,
+    responder: Option<Arc<dyn Responder>>,
 }
 
 impl Pass {
     /// `worker:slack:{owner}/{name}`: the threads, then (without Socket Mode) the mentions.
-    async fn run(&self, tenant: &Tenant) -> Result<(), UnitError> {
+    async fn run(
+        &self,
+        tenant: &Tenant,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), UnitError> {
         let Pass {
             api,
             github,
@@ -186,6 +201,8 @@ impl Pass {
             config,
             web,
             debounce,
+            writers,
+            responder,
         } = self;
         let repo = tenant.repo();
         let Some(channel) = channels.get(&repo) else {
@@ -204,9 +221,7 @@ impl Pass {
         crate::worker::pass(api, &github.store, &slack_tenant).await?;
         if config.app_token.is_none() {
             let me = api.me().await.map_err(|e| e.into_unit_error())?;
-            let pulls =
-                crate::worker::open_pulls(&github.store, &slack_tenant.repo, &slack_tenant.web)
-                    .await?;
+            let no_writers = Vec::new();
             crate::input::Poll {
                 api,
                 store: &github.store,
@@ -215,7 +230,10 @@ impl Pass {
                 bot_user: &me.user_id,
                 page_size: config.history_page_size,
                 thread_checks: config.history_requests_per_minute as usize,
-                pulls: &pulls,
+                web: &slack_tenant.web,
+                writers: writers.get(&slack_tenant.repo).unwrap_or(&no_writers),
+                responder: responder.as_ref(),
+                cancel,
             }
             .run()
             .await?;

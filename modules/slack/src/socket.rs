@@ -20,13 +20,15 @@ use serde::Deserialize;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 use crate::api::SlackApi;
-use crate::mentions::{self, Channel, Mention};
+use crate::respond::{Heard, Hearing, Responder, TenantView};
 
 /// A tenant as an answer needs it.
 #[derive(Debug, Clone)]
 pub struct ChannelTenant {
     pub repo: String,
     pub web: String,
+    /// Its `[slack] writers`.
+    pub writers: Vec<String>,
 }
 
 /// What the service needs.
@@ -38,10 +40,13 @@ pub struct Socket {
     /// Each tenant's channel id → the tenant.
     pub channels: Arc<BTreeMap<String, ChannelTenant>>,
     pub in_flight: InFlightEvents,
+    /// The agent, when `[llm]` is configured.
+    pub responder: Option<Arc<dyn Responder>>,
 }
 
-/// How long handling one event may take (answers wait for the budget).
-const HANDLE_DEADLINE: Duration = Duration::from_secs(120);
+/// How long handling one event may take (answers wait for the budget; an agent's run is
+/// bounded by `[llm] run_timeout`, 120 s by default, and its reply waits for the budget too).
+const HANDLE_DEADLINE: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Deserialize)]
 struct Envelope {
@@ -166,7 +171,7 @@ impl Socket {
                         let span = tracing::info_span!("slack event", event_id = ?payload.event_id);
                         handlers.spawn(tracing::Instrument::instrument(
                             async move {
-                                let handled = tokio::time::timeout(HANDLE_DEADLINE, this.handle(payload));
+                                let handled = tokio::time::timeout(HANDLE_DEADLINE, this.handle(payload, &cancel));
                                 tokio::select! {
                                     // At shutdown an answer still waiting for the budget is dropped.
                                     () = cancel.cancelled() => {}
@@ -196,7 +201,11 @@ impl Socket {
     /// is recorded once its answer is), is counted and dropped. The id is recorded after the
     /// answer, not before, so a crash in between leaves the redelivery to answer; the answer
     /// itself is exactly once by the mention's ts ([`crate::answers`]).
-    async fn handle(&self, payload: Payload) -> Result<(), UnitError> {
+    async fn handle(
+        &self,
+        payload: Payload,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), UnitError> {
         let (Some(event_id), Some(event)) = (payload.event_id, payload.event) else {
             return Ok(());
         };
@@ -221,7 +230,7 @@ impl Socket {
             self.count_duplicate();
             return Ok(());
         }
-        self.answer(event).await?;
+        self.answer(event, cancel).await?;
         self.store
             .write(move |c| {
                 c.execute(
@@ -241,7 +250,11 @@ impl Socket {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn answer(&self, event: Event) -> Result<(), UnitError> {
+    async fn answer(
+        &self,
+        event: Event,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), UnitError> {
         if event.kind != "app_mention" {
             return Ok(());
         }
@@ -249,41 +262,30 @@ impl Socket {
             return Ok(());
         };
         let me = self.api.me().await.map_err(|e| e.into_unit_error())?;
-        let mention = Mention {
-            text: &event.text,
-            user: event.user.as_deref(),
-            bot_id: event.bot_id.as_deref(),
-        };
-        let Some(command) = mentions::command(&mention, &me.user_id) else {
-            return Ok(());
-        };
-        let text = match self.channels.get(channel) {
-            Some(tenant) => {
-                let pulls =
-                    crate::worker::open_pulls(&self.store, &tenant.repo, &tenant.web).await?;
-                mentions::answer(
-                    command,
-                    &Channel::Tenant {
-                        repo: &tenant.repo,
-                        pulls: &pulls,
-                    },
-                )
-            }
-            None => mentions::answer(command, &Channel::Unknown { id: channel }),
-        };
-        let thread = event.thread_ts.as_deref().unwrap_or(ts);
-        crate::answers::answer_once(
-            &self.api,
-            &self.store,
-            &crate::answers::Answer {
+        let tenant = self.channels.get(channel).map(|t| TenantView {
+            repo: &t.repo,
+            web: &t.web,
+            writers: &t.writers,
+        });
+        Hearing {
+            api: &self.api,
+            store: &self.store,
+            bot_user: &me.user_id,
+            responder: self.responder.as_ref(),
+            cancel,
+        }
+        .hear(
+            tenant,
+            &Heard {
                 channel,
-                thread,
-                mention: ts,
-                text: &text,
+                thread: event.thread_ts.as_deref().unwrap_or(ts),
+                ts,
+                user: event.user.as_deref(),
+                bot_id: event.bot_id.as_deref(),
+                text: &event.text,
             },
         )
         .await
-        .map(drop)
     }
 }
 

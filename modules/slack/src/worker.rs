@@ -195,6 +195,7 @@ async fn gather(store: &Store, tenant: &Tenant) -> Result<State, UnitError> {
                 threads: db::threads(c, &repo)?,
                 skipped: db::skipped(c, &repo)?,
                 events,
+                adoptions: db::adoptions(c, &repo, now())?,
             })
         })
         .await
@@ -242,6 +243,13 @@ async fn apply(
                     db::mark_sent(&tx, &repo, number, "parent", &ts)?;
                     tx.commit()
                 })
+                .await
+                .map_err(store_err)?;
+        }
+        Step::Adopt { number, thread_ts } => {
+            let channel = tenant.channel.clone();
+            store
+                .write(move |c| db::adopt(c, &repo, number, &channel, &thread_ts))
                 .await
                 .map_err(store_err)?;
         }

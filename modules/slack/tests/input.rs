@@ -5,7 +5,6 @@
 
 use productbuilder_slack::api::SlackApi;
 use productbuilder_slack::input::Poll;
-use productbuilder_slack::mentions::OpenPull;
 use productbuilder_slack_sandbox::{BOT_TOKEN, Options, Sandbox};
 use productbuilder_store::Store;
 use productbuilder_store::rusqlite::params;
@@ -24,12 +23,22 @@ async fn mentions_beyond_a_page_and_in_threads_are_answered_once() {
     store.migrate().unwrap();
     let api = SlackApi::new(&slack.api_url(), BOT_TOKEN, 1000).unwrap();
     let bot = slack.bot_user_id();
-    let pulls = [OpenPull {
-        number: 7,
-        title: "<!here> cart".into(),
-        url: "https://github.com/acme/shop/pull/7".into(),
-        preview: Some(("ready".into(), "https://pr-7.example".into())),
-    }];
+    // The open pull request #7 as the poller stored it, and its ready preview.
+    store
+        .write(|c| {
+            c.execute(
+                "INSERT INTO pulls (repo, number, state, title, head_sha, head_ref, head_repo, fork, author,
+                   author_association, draft, labels, seen_at)
+                 VALUES ('acme/shop', 7, 'open', '<!here> cart', 'abc', 'cart', 'acme/shop', 0, 'alice',
+                   'MEMBER', 0, '[]', '2026-01-01T00:00:00Z')",
+                [],
+            )?;
+            productbuilder_preview::db::begin(c, "acme/shop", 7, "abc", "https://pr-7.example", "p7")?;
+            c.execute("UPDATE previews SET status = 'ready' WHERE number = 7", [])
+        })
+        .await
+        .unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
     let poll = Poll {
         api: &api,
         store: &store,
@@ -38,7 +47,10 @@ async fn mentions_beyond_a_page_and_in_threads_are_answered_once() {
         bot_user: &bot,
         page_size: 100,
         thread_checks: 50,
-        pulls: &pulls,
+        web: "https://github.com",
+        writers: &[],
+        responder: None,
+        cancel: &cancel,
     };
     let before = slack.post_user_message(&channel, "U0ALICE", &format!("<@{bot}> status"), None);
     poll.run().await.unwrap(); // the first pass only sets the cursor
@@ -130,6 +142,7 @@ async fn a_mention_read_again_after_a_crash_is_answered_once() {
     store.migrate().unwrap();
     let api = SlackApi::new(&slack.api_url(), BOT_TOKEN, 1000).unwrap();
     let bot = slack.bot_user_id();
+    let cancel = tokio_util::sync::CancellationToken::new();
     let poll = Poll {
         api: &api,
         store: &store,
@@ -138,7 +151,10 @@ async fn a_mention_read_again_after_a_crash_is_answered_once() {
         bot_user: &bot,
         page_size: 100,
         thread_checks: 50,
-        pulls: &[],
+        web: "https://github.com",
+        writers: &[],
+        responder: None,
+        cancel: &cancel,
     };
     poll.run().await.unwrap(); // the first pass only sets the cursor
     let asked = slack.post_user_message(&channel, "U0ALICE", &format!("<@{bot}> status"), None);
@@ -198,6 +214,7 @@ async fn paced_at_slack_s_limit_no_call_is_refused_and_no_mention_missed() {
     store.migrate().unwrap();
     let api = SlackApi::new(&slack.api_url(), BOT_TOKEN, PER_MINUTE).unwrap();
     let bot = slack.bot_user_id();
+    let cancel = tokio_util::sync::CancellationToken::new();
     let poll = Poll {
         api: &api,
         store: &store,
@@ -206,7 +223,10 @@ async fn paced_at_slack_s_limit_no_call_is_refused_and_no_mention_missed() {
         bot_user: &bot,
         page_size: 15,
         thread_checks: PER_MINUTE as usize,
-        pulls: &[],
+        web: "https://github.com",
+        writers: &[],
+        responder: None,
+        cancel: &cancel,
     };
     poll.run().await.unwrap(); // the first pass only sets the cursor
     let mut asked = Vec::new();
