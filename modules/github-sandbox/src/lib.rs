@@ -445,6 +445,23 @@ impl Sandbox {
         self.world().create_issue(repo, title, body, author)
     }
 
+    /// The numbers and titles of a repository's issues and pull requests, with whether each is
+    /// open, by number.
+    pub fn issue_titles(&self, repo: &str) -> Vec<(u64, String, bool)> {
+        let world = self.world();
+        let key = world.repo_key_of(repo);
+        world
+            .repos
+            .get(&key)
+            .map(|r| {
+                r.issues
+                    .values()
+                    .map(|i| (i.number, i.title.clone(), i.open))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Whether an issue or pull request is open; `None` when it does not exist.
     pub fn issue_open(&self, repo: &str, number: u64) -> Option<bool> {
         let world = self.world();
