@@ -58,4 +58,4 @@ pub use github_tools::GithubTools;
 pub use module::AgentModule;
 pub use run::{Agent, Limits, Outcome, RunInput, RunOutcome, Specialist, ThreadMessage};
 pub use tools::{AGENT_MARKER, Action, Call, FakeTools, ToolName, Tools};
-pub use trace::{RunId, RunTrace, Traces};
+pub use trace::{RunId, RunSummary, RunTrace, Traces};
