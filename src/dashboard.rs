@@ -10,8 +10,13 @@
 //! come from whoever started it and from the agent's output, so they are shown as bounded text;
 //! its pull request and preview are links only when they are `http(s)` URLs (an `href` of
 //! `javascript:` would run, escaped or not).
+//!
+//! When the agent has answered anyone, a section lists its newest runs across repositories
+//! (from `agent_runs`), each linking to its trace (`/agent/runs/{id}`). A model's name is what
+//! the provider answered, so it is shown as text like everything else.
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
+use productbuilder_agent::{RunSummary, Traces};
 use productbuilder_builds::{Build, Queue};
 use productbuilder_github::{GithubState, Pull};
 use productbuilder_preview::Previews;
@@ -27,6 +32,10 @@ th{background:#f5f5f5}.bad{color:#b00020}.ok{color:#1b7f3b}.muted{color:#777}cod
 
 /// Builds shown per repository: the newest.
 pub const LATEST_BUILDS: u32 = 10;
+/// The agent's runs shown, the newest of every repository together.
+pub const LATEST_AGENT_RUNS: u32 = 20;
+/// At most this many characters of a model's or provider's name are shown.
+const MODEL_CHARS: usize = 60;
 /// At most this many characters of a build's prompt (its first line) are shown.
 const PROMPT_CHARS: usize = 80;
 /// At most this many characters of a build's error (its first line) are shown; the whole text is
@@ -45,6 +54,9 @@ pub struct View {
     pub previews: Result<Vec<PreviewRow>, String>,
     /// Each repository's latest builds; `None` when builds are off (no `[builds]`).
     pub builds: Option<Vec<RepositoryBuilds>>,
+    /// The agent's newest runs (at most [`LATEST_AGENT_RUNS`]), or why they could not be read;
+    /// no section when there are none.
+    pub agent_runs: Result<Vec<RunSummary>, String>,
 }
 
 /// One repository's newest builds (at most [`LATEST_BUILDS`]), or why they could not be read.
@@ -124,6 +136,11 @@ impl View {
             }
             None => None,
         };
+        // The traces are in the daemon's one database, which the GitHub state holds.
+        let agent_runs = Traces::new(github.store.clone())
+            .recent(LATEST_AGENT_RUNS)
+            .await
+            .map_err(|e| e.to_string());
         View {
             preflights_passed: board.preflights_passed(),
             degraded,
@@ -131,6 +148,7 @@ impl View {
             repositories,
             previews: previews.list().await.map_err(|e| e.to_string()),
             builds,
+            agent_runs,
         }
     }
 }
@@ -186,6 +204,7 @@ pub fn page(view: &View) -> Markup {
                 (repositories(&view.repositories))
                 (previews_table(&view.previews))
                 @if let Some(builds) = &view.builds { (builds_table(builds)) }
+                (agent_runs_table(&view.agent_runs))
                 h2 { "Open pull requests" }
                 table {
                     tr {
@@ -386,6 +405,71 @@ fn build_row(repo: &str, b: &Build) -> Markup {
     }
 }
 
+fn agent_runs_table(runs: &Result<Vec<RunSummary>, String>) -> Markup {
+    let header = html! {
+        tr {
+            th { "when" } th { "repository" } th { "specialist" } th { "outcome" }
+            th { "model (provider)" } th { "LLM calls" } th { "tokens in / out" }
+            th { "latency" } th { "fallback" } th { "trace" }
+        }
+    };
+    match runs {
+        Ok(runs) if runs.is_empty() => html! {},
+        Ok(runs) => html! {
+            h2 { "Agent runs" }
+            p.muted {
+                "The newest " (LATEST_AGENT_RUNS) " answers of the agent in Slack. A trace ("
+                code { "/agent/runs/{id}" } ") needs the read token."
+            }
+            table {
+                (header)
+                @for r in runs { (agent_run_row(r)) }
+            }
+        },
+        Err(e) => html! {
+            h2 { "Agent runs" }
+            table { (header) }
+            p.bad { (e) }
+        },
+    }
+}
+
+fn agent_run_row(r: &RunSummary) -> Markup {
+    let class = match r.outcome.as_str() {
+        "answered" | "confirmed" | "awaiting_confirmation" => "ok",
+        "refused" => "muted",
+        _ => "bad",
+    };
+    html! {
+        tr {
+            td { (r.created_at) }
+            td { (r.repo) }
+            td { (r.specialist.as_deref().unwrap_or("")) }
+            td class=(class) { (r.outcome) }
+            td {
+                @if let Some(model) = &r.model { (first_line(model, MODEL_CHARS)) }
+                @if let Some(provider) = &r.provider { " (" (first_line(provider, MODEL_CHARS)) ")" }
+            }
+            td { (r.llm_calls) }
+            td { (r.tokens_in) " / " (r.tokens_out) }
+            td { (latency(r.latency_ms)) }
+            td class=(if r.fallback_used { "bad" } else { "muted" }) {
+                (if r.fallback_used { "yes" } else { "no" })
+            }
+            td { a href={ "/agent/runs/" (r.id) } { "run " (r.id) } }
+        }
+    }
+}
+
+/// `ms` as `850ms` or `2.3s` under a minute, else as [`duration`].
+fn latency(ms: u64) -> String {
+    match ms {
+        0..1000 => format!("{ms}ms"),
+        1000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        _ => duration(ms),
+    }
+}
+
 /// `url` when it is an `http(s)` URL, the only kind the page links to.
 fn web_link(url: &str) -> Option<&str> {
     let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
@@ -483,6 +567,7 @@ mod tests {
             }],
             previews,
             builds: None,
+            agent_runs: Ok(Vec::new()),
         }
     }
 
@@ -738,6 +823,96 @@ mod tests {
         let html = page(&view(vec![pull("Add search")], Ok(vec![]))).into_string();
         assert!(!html.contains("Builds"), "{html}");
         assert!(!html.contains("/builds/"), "{html}");
+    }
+
+    /// A traced run of the agent, written by `Traces` and read back as the dashboard reads it:
+    /// its row, its trace link, newest first, the model's name as text; no section without runs.
+    #[tokio::test]
+    async fn the_agent_runs_section_lists_traced_runs_escaped_with_their_links() {
+        use productbuilder_agent::RunTrace;
+        let dir = tempfile::tempdir().unwrap();
+        let store = productbuilder_store::Store::open(dir.path().join("db.sqlite")).unwrap();
+        store.migrate().unwrap();
+        let traces = Traces::new(store);
+        let mut view = view(vec![], Ok(vec![]));
+
+        view.agent_runs = Ok(traces.recent(LATEST_AGENT_RUNS).await.unwrap());
+        let html = page(&view).into_string();
+        assert!(!html.contains("Agent runs"), "{html}");
+        assert!(!html.contains("/agent/runs/"), "{html}");
+
+        let answered = RunTrace {
+            repo: "acme/shop".to_owned(),
+            channel: "C1".to_owned(),
+            thread_ts: "1700000000.000100".to_owned(),
+            specialist: Some("issue_creator".to_owned()),
+            model: Some(HOSTILE.to_owned()),
+            provider: Some("anthropic".to_owned()),
+            fallback_used: false,
+            tokens_in: 1200,
+            tokens_out: 85,
+            tokens_cache: 0,
+            llm_calls: 3,
+            latency_ms: 2_345,
+            llm_latency_ms: 2_000,
+            outcome: "answered".to_owned(),
+            detail: None,
+            steps: Vec::new(),
+        };
+        let failed = RunTrace {
+            repo: "acme/<b>api</b>".to_owned(),
+            specialist: None,
+            model: None,
+            provider: None,
+            fallback_used: true,
+            llm_calls: 1,
+            tokens_in: 0,
+            tokens_out: 0,
+            latency_ms: 640,
+            outcome: "failed".to_owned(),
+            ..answered.clone()
+        };
+        // The same time for both (the epoch): the newer id comes first.
+        let first = traces.record(&answered, Default::default()).await.unwrap();
+        let second = traces.record(&failed, Default::default()).await.unwrap();
+        view.agent_runs = Ok(traces.recent(LATEST_AGENT_RUNS).await.unwrap());
+        let html = page(&view).into_string();
+
+        assert!(html.contains("<h2>Agent runs</h2>"), "{html}");
+        let first_row = format!(
+            "<tr><td>1970-01-01T00:00:00.000Z</td><td>acme/shop</td><td>issue_creator</td>\
+             <td class=\"ok\">answered</td><td>{ESCAPED} (anthropic)</td><td>3</td>\
+             <td>1200 / 85</td><td>2.3s</td><td class=\"muted\">no</td>\
+             <td><a href=\"/agent/runs/{0}\">run {0}</a></td></tr>",
+            first.0
+        );
+        assert!(html.contains(&first_row), "no {first_row} in\n{html}");
+        let second_row = format!(
+            "<td>acme/&lt;b&gt;api&lt;/b&gt;</td><td></td><td class=\"bad\">failed</td><td></td>\
+             <td>1</td><td>0 / 0</td><td>640ms</td><td class=\"bad\">yes</td>\
+             <td><a href=\"/agent/runs/{0}\">run {0}</a></td></tr>",
+            second.0
+        );
+        assert!(html.contains(&second_row), "no {second_row} in\n{html}");
+        assert!(html.find(&second_row) < html.find(&first_row), "{html}");
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(!html.contains("<b>"), "{html}");
+
+        // The limit keeps the newest.
+        let newest = traces.recent(1).await.unwrap();
+        assert_eq!(newest.len(), 1);
+        assert_eq!(newest[0].id, second.0);
+
+        view.agent_runs = Err("database locked <b>".to_owned());
+        let html = page(&view).into_string();
+        assert!(
+            html.contains(
+                "<th>trace</th></tr></table><p class=\"bad\">database locked &lt;b&gt;</p>"
+            ),
+            "{html}"
+        );
+        assert_eq!(latency(999), "999ms");
+        assert_eq!(latency(61_000), "1m 01s");
     }
 
     #[test]

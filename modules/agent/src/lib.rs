@@ -61,4 +61,4 @@ pub use module::AgentModule;
 pub use responder::{AgentResponder, INTERRUPTED};
 pub use run::{Agent, Limits, Outcome, RunInput, RunOutcome, Specialist, ThreadMessage};
 pub use tools::{AGENT_MARKER, Action, Call, FakeTools, ToolName, Tools};
-pub use trace::{RunId, RunTrace, Traces};
+pub use trace::{RunId, RunSummary, RunTrace, Traces};

@@ -78,6 +78,30 @@ pub struct StoredRun {
     pub run: RunTrace,
 }
 
+/// A run as a list shows it (the dashboard): who answered, how, at what cost; no steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunSummary {
+    pub id: i64,
+    /// RFC 3339, milliseconds, UTC.
+    pub created_at: String,
+    pub repo: String,
+    pub specialist: Option<String>,
+    pub outcome: String,
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub llm_calls: u32,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub latency_ms: u64,
+    pub fallback_used: bool,
+}
+
+fn rfc3339(created: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(created)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// The traces in the daemon's database.
 #[derive(Clone)]
 pub struct Traces {
@@ -156,9 +180,7 @@ impl Traces {
                             let created: i64 = r.get(15)?;
                             Ok(StoredRun {
                                 id,
-                                created_at: DateTime::<Utc>::from_timestamp_millis(created)
-                                    .unwrap_or_default()
-                                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                                created_at: rfc3339(created),
                                 run: RunTrace {
                                     repo: r.get(0)?,
                                     channel: r.get(1)?,
@@ -199,6 +221,38 @@ impl Traces {
                     })?
                     .collect::<Result<_, _>>()?;
                 Ok(Some(stored))
+            })
+            .await
+    }
+
+    /// The newest `limit` runs of every repository, newest first.
+    pub async fn recent(&self, limit: u32) -> Result<Vec<RunSummary>, StoreError> {
+        self.store
+            .read(move |c| {
+                let mut stmt = c.prepare(
+                    "SELECT id, created_at, repo, specialist, outcome, model, provider, \
+                     llm_calls, tokens_in, tokens_out, latency_ms, fallback_used \
+                     FROM agent_runs ORDER BY created_at DESC, id DESC LIMIT ?1",
+                )?;
+                let runs = stmt
+                    .query_map([limit], |r| {
+                        Ok(RunSummary {
+                            id: r.get(0)?,
+                            created_at: rfc3339(r.get(1)?),
+                            repo: r.get(2)?,
+                            specialist: r.get(3)?,
+                            outcome: r.get(4)?,
+                            model: r.get(5)?,
+                            provider: r.get(6)?,
+                            llm_calls: r.get(7)?,
+                            tokens_in: r.get::<_, i64>(8)?.max(0) as u64,
+                            tokens_out: r.get::<_, i64>(9)?.max(0) as u64,
+                            latency_ms: r.get::<_, i64>(10)?.max(0) as u64,
+                            fallback_used: r.get(11)?,
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(runs)
             })
             .await
     }

@@ -10,7 +10,10 @@
 //!   prompt cache (the system prompt and tools marked `cache_control`: written the first time a
 //!   prefix is seen, read after).
 //! - Script: replies queued in order ([`Sandbox::push`]), then rules on the newest message's
-//!   text ([`Sandbox::rule`]), then a default ([`Sandbox::set_default`], a short text).
+//!   text ([`Sandbox::rule`]), then, when switched on ([`Sandbox::use_demo_model`]), a small
+//!   rule-based model that answers the agent's requests plausibly (`demo_model.rs`: the
+//!   `productbuilder demo` without an API key), then a default ([`Sandbox::set_default`], a
+//!   short text). Every answer, the demo model's too, carries the usage figures below.
 //! - Faults ([`Reply`]): any status with the provider's error body (429 and 529 as Anthropic
 //!   sends them, 429 and 503 as OpenAI does), with or without `Retry-After`; a delay before any
 //!   reply (to force timeouts); malformed JSON; an endless-looking oversized body; a tool call
@@ -38,6 +41,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+mod demo_model;
 mod wire;
 
 use wire::{
@@ -147,6 +151,8 @@ struct World {
     required_key: Option<String>,
     cached_prefixes: HashSet<String>,
     served: u64,
+    /// Whether the demo model answers what the queue and the rules do not.
+    demo: bool,
 }
 
 struct Inner {
@@ -193,6 +199,13 @@ impl Sandbox {
         })
     }
 
+    /// Starts with the demo model switched on ([`Sandbox::use_demo_model`]).
+    pub async fn start_demo() -> io::Result<Sandbox> {
+        let sandbox = Sandbox::start().await?;
+        sandbox.use_demo_model();
+        Ok(sandbox)
+    }
+
     /// `http://127.0.0.1:PORT`: an Anthropic `base_url` (requests go to `{it}/v1/messages`).
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
@@ -214,7 +227,16 @@ impl Sandbox {
         self.world().rules.push((needle.into(), reply));
     }
 
-    /// The reply when neither the queue nor a rule gives one (default: the text "ok").
+    /// Switches on the demo model: when neither the queue nor a rule gives a reply, a request of
+    /// the agent (`productbuilder-agent`'s router and specialists, either wire format) is
+    /// answered as a plausible model would: `route` by the message's keywords, the specialist's
+    /// main tool with arguments from the message, then a short text saying what the tool result
+    /// says. Any other request still gets the default.
+    pub fn use_demo_model(&self) {
+        self.world().demo = true;
+    }
+
+    /// The reply when neither the queue, a rule nor the demo model gives one (default: the text "ok").
     pub fn set_default(&self, reply: Reply) {
         self.world().default = Some(reply);
     }
@@ -314,6 +336,7 @@ async fn handle(
                     .iter()
                     .find(|(needle, _)| newest.contains(needle.as_str()))
                     .map(|(_, r)| r.clone())
+                    .or_else(|| w.demo.then(|| demo_model::reply(format, &parsed)).flatten())
                     .or_else(|| w.default.clone())
                     .unwrap_or_else(|| Reply::text("ok"))
             }
