@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use productbuilder_builds::{BuildId, Queue, QueueConfig};
 use productbuilder_github_sandbox::{NewPr, Permission, Sandbox};
+use productbuilder_llm_sandbox::Sandbox as LlmSandbox;
 use productbuilder_preview::router::Traefik;
 use productbuilder_preview::state::Status;
 use productbuilder_slack_sandbox::Sandbox as SlackSandbox;
@@ -64,6 +65,9 @@ const AGENT_SECONDS: &str = "3";
 const ISSUE_TITLE: &str = "Say hello from a build";
 const ISSUE_BODY: &str = "The page should say that a build changed it.";
 const WRITER: &str = "octocat";
+/// The Slack user the sandbox's page writes as by default, a writer of the demo's tenant: the
+/// agent files issues and starts builds for them.
+const DEMO_WRITER: &str = "U0DEMO";
 /// The label that starts a build (`[builds] label`, its default).
 const BUILD_LABEL: &str = productbuilder_builds::config::DEFAULT_LABEL;
 /// How long the demo waits for each stage of the build story before saying so and giving up
@@ -137,6 +141,10 @@ async fn demo_in(dir: &Path, busybox: Vec<u8>, ports: Ports) -> Result<(), Failu
         .await
         .map_err(|e| failed("cannot start the sandbox Slack", &e))?;
     let channel = slack.create_channel("hello");
+    // The sandbox LLM with its rule-based model: the agent answers mentions with no API key.
+    let llm = LlmSandbox::start_demo()
+        .await
+        .map_err(|e| failed("cannot start the sandbox LLM", &e))?;
 
     // Traefik routes the preview's host name; without its image the preview still deploys and
     // the loopback address is printed instead.
@@ -155,6 +163,7 @@ async fn demo_in(dir: &Path, busybox: Vec<u8>, ports: Ports) -> Result<(), Failu
     let demo_slack = DemoSlack {
         api_url: slack.api_url(),
         channel: channel.clone(),
+        llm_url: llm.base_url(),
     };
     let setup = DemoSetup {
         api_url: github.url(),
@@ -177,7 +186,7 @@ async fn demo_in(dir: &Path, busybox: Vec<u8>, ports: Ports) -> Result<(), Failu
         github.url()
     );
     println!(
-        "demo: Slack sandbox at {}/ (the channel #hello and its threads; write \"@productbuilder status\" there)",
+        "demo: Slack sandbox at {}/ (the channel #hello and its threads; as {DEMO_WRITER}, a writer, write \"@productbuilder file a bug: the page has no title\", \"@productbuilder what's the status of #2\" or, in an issue's thread, \"@productbuilder implement this\")",
         slack.url()
     );
     println!(
@@ -230,13 +239,16 @@ async fn demo_in(dir: &Path, busybox: Vec<u8>, ports: Ports) -> Result<(), Failu
         .await;
     github.shutdown().await;
     slack.shutdown().await;
+    drop(llm);
     result
 }
 
-/// Where the demo's Slack is.
+/// Where the demo's Slack (and the model its agent asks) is.
 struct DemoSlack {
     api_url: String,
     channel: String,
+    /// The sandbox LLM's Anthropic `base_url`.
+    llm_url: String,
 }
 
 /// What the demo's configuration is written from.
@@ -461,18 +473,20 @@ fn write_config(dir: &Path, setup: &DemoSetup) -> std::io::Result<PathBuf> {
              [preview]\ndomain = \"preview.localhost\"\nurl_template = \"{url_template}\"\nnetwork = \"{NETWORK}\"\n\
              [slack]\nbot_token = \"{}\"\napp_token = \"{}\"\napi_url = \"{}\"\nbackfill = \"1h\"\n\
              [builds]\nagent_command = [\"/bin/sh\", {}, \"{{prompt}}\", \"{AGENT_SECONDS}\"]\n\
-             agent_format = \"claude-stream-json\"\nmax_duration = \"2m\"\n",
+             agent_format = \"claude-stream-json\"\nmax_duration = \"2m\"\n\
+             [llm]\nprovider = \"anthropic\"\nmodel = \"demo-rules\"\napi_key = \"demo\"\nbase_url = \"{}\"\n",
             productbuilder_slack_sandbox::BOT_TOKEN,
             productbuilder_slack_sandbox::APP_TOKEN,
             slack.api_url,
             // A JSON string is a TOML basic string: the path, whatever it holds, stays one value.
             serde_json::Value::from(agent.to_string_lossy()),
+            slack.llm_url,
         ),
     )?;
     std::fs::write(
         dir.join("tenants/hello.toml"),
         format!(
-            "repo = \"{}/{}\"\nslack_channel = \"{}\"\n",
+            "repo = \"{}/{}\"\nslack_channel = \"{}\"\n[slack]\nwriters = [\"{DEMO_WRITER}\"]\n",
             REPO.0, REPO.1, slack.channel
         ),
     )?;
