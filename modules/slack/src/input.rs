@@ -4,7 +4,8 @@
 //! Top-level messages come from `conversations.history` since a persisted cursor, every page
 //! followed, so a page of 15 never hides a mention when more arrived. Replies come from
 //! `conversations.replies` only for threads whose `latest_reply` moved past what was handled
-//! (threads seen in history), and for the module's own threads, at most
+//! (threads seen in history), and for the module's own threads and the conversations it answered
+//! in, at most
 //! `history_requests_per_minute` of those a pass, the least recently checked first: at one call a
 //! minute a thread mention waits its turn, never lost (Socket Mode answers at once).
 
@@ -121,21 +122,28 @@ impl Poll<'_> {
             .iter()
             .filter_map(|m| m.latest_reply.clone().map(|r| (m.ts.clone(), Some(r))))
             .collect();
-        let (repo, channel, n) = (
+        let (repo, channel, n, bot) = (
             self.repo.to_owned(),
             self.channel.to_owned(),
             self.thread_checks,
+            self.bot_user.to_owned(),
         );
         let own: Vec<String> = self
             .store
             .read(move |c| {
+                // The items' threads, and the conversations the bot answered in (a follow-up
+                // there moves no top-level message, so history alone would never show it).
                 let mut stmt = c.prepare(
-                    "SELECT t.parent_ts FROM slack_threads t
-                     LEFT JOIN slack_cursors k ON k.channel = t.channel AND k.thread_ts = t.parent_ts
-                     WHERE t.repo = ?1 AND t.channel = ?2
+                    "SELECT o.parent_ts FROM (
+                       SELECT parent_ts FROM slack_threads WHERE repo = ?1 AND channel = ?2
+                       UNION
+                       SELECT thread_ts FROM slack_messages
+                       WHERE channel = ?2 AND from_bot = 1 AND user = ?4 AND thread_ts != ts
+                     ) o
+                     LEFT JOIN slack_cursors k ON k.channel = ?2 AND k.thread_ts = o.parent_ts
                      ORDER BY k.seen_ts IS NOT NULL, k.seen_ts LIMIT ?3",
                 )?;
-                let rows = stmt.query_map(params![repo, channel, n as i64], |r| r.get(0))?;
+                let rows = stmt.query_map(params![repo, channel, n as i64, bot], |r| r.get(0))?;
                 rows.collect()
             })
             .await
