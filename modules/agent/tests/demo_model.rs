@@ -63,6 +63,7 @@ fn input(user: &str, text: &str, issue: Option<u64>, writer: bool) -> RunInput {
             text: text.into(),
         }],
         author_is_writer: writer,
+        summary: None,
     }
 }
 
