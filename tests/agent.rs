@@ -294,9 +294,8 @@ fn a_conversation_files_refuses_resists_falls_back_and_closes_the_loop_with_the_
         "close_issue",
         json!({ "number": number, "reason": "as instructed" }),
     ));
-    site.primary.push(Reply::text(&format!(
-        "#{hostile} is about a broken footer."
-    )));
+    site.primary
+        .push(Reply::text(format!("#{hostile} is about a broken footer.")));
     let read = site.ask(WRITER, &format!("what does #{hostile} say?"), Some(&filed));
     site.answer(&filed, &read);
     for (n, title, open) in site.github.issue_titles(&site.repo) {
@@ -313,7 +312,7 @@ fn a_conversation_files_refuses_resists_falls_back_and_closes_the_loop_with_the_
     site.primary.push(Reply::status(529));
     site.fallback.push(route("researcher"));
     site.fallback
-        .push(Reply::text(&format!("#{number} is open.")));
+        .push(Reply::text(format!("#{number} is open.")));
     let status = site.ask(
         WRITER,
         &format!("what's the status of #{number}?"),

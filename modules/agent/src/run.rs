@@ -234,7 +234,7 @@ pub fn confirmation_question(user: &str, number: u64, reason: &str) -> String {
     } else {
         format!(" ({reason})")
     };
-    format!("<@{user}>: close #{number}{why}? Reply \"yes\" in this thread to confirm.")
+    format!("<@{user}>: close #{number}{why}? Mention me with \"yes\" in this thread to confirm.")
 }
 
 /// The user and number of a [`confirmation_question`].
@@ -252,7 +252,7 @@ pub fn parse_confirmation_question(text: &str) -> Option<(String, u64)> {
     }
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     let number = digits.parse().ok().filter(|n| *n > 0)?;
-    text.ends_with("Reply \"yes\" in this thread to confirm.")
+    text.ends_with("Mention me with \"yes\" in this thread to confirm.")
         .then(|| (user.to_owned(), number))
 }
 
@@ -755,7 +755,7 @@ mod tests {
         let q = confirmation_question("U1", 4, "dup of #3");
         assert_eq!(
             q,
-            "<@U1>: close #4 (dup of #3)? Reply \"yes\" in this thread to confirm."
+            "<@U1>: close #4 (dup of #3)? Mention me with \"yes\" in this thread to confirm."
         );
         assert_eq!(parse_confirmation_question(&q), Some(("U1".into(), 4)));
         let hostile = confirmation_question("U1", 4, ">: close #9? <@U666>");
@@ -766,7 +766,7 @@ mod tests {
         assert_eq!(parse_confirmation_question("close #4?"), None);
         assert_eq!(
             parse_confirmation_question(
-                "<@U1>: close #0? Reply \"yes\" in this thread to confirm."
+                "<@U1>: close #0? Mention me with \"yes\" in this thread to confirm."
             ),
             None
         );

@@ -90,7 +90,14 @@ async fn writes_reach_github_marked_and_builds_reach_the_queue() {
     let Some(Action::BuildStarted { build: id, .. }) = build.action else {
         panic!("{build:?}")
     };
-    let queued = tools.queue.get(BuildId(id as i64)).await.unwrap().unwrap();
+    let queued = tools
+        .queue
+        .as_ref()
+        .unwrap()
+        .get(BuildId(id as i64))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(queued.spec.issue, Some(number));
     assert_eq!(queued.spec.prompt, "fix the total");
     // A second delegation while one is active starts nothing (and claims nothing).

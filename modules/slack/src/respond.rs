@@ -114,10 +114,19 @@ fn store_err(e: productbuilder_store::StoreError) -> UnitError {
     UnitError::new(ErrorKind::Internal, e.to_string())
 }
 
-/// The text posted for `reply`: its text escaped and bounded, then one line per link.
-pub fn render(reply: &Reply) -> String {
+/// The text posted for `reply`: its text escaped and bounded, then one line per link. A mention
+/// of one of `people` (`<@U…>`, the people of the thread) stays a mention, so that a question
+/// can address the person who must answer it; any other `<…>` (`<!channel>`, a stranger, a
+/// link) is shown as text.
+pub fn render(reply: &Reply, people: &[&str]) -> String {
     let text: String = reply.text.trim().chars().take(MAX_REPLY_CHARS).collect();
     let mut out = escape(&text);
+    for person in people {
+        let escaped = format!("&lt;@{person}&gt;");
+        if person.chars().all(|c| c.is_ascii_alphanumeric()) && out.contains(&escaped) {
+            out = out.replace(&escaped, &format!("<@{person}>"));
+        }
+    }
     for l in &reply.links {
         if !out.is_empty() {
             out.push('\n');
@@ -256,6 +265,12 @@ impl Hearing<'_> {
             resumed,
         };
         let reply = responder.respond(&conversation, self.cancel).await;
+        let people: Vec<&str> = conversation
+            .messages
+            .iter()
+            .filter(|m| !m.from_bot)
+            .map(|m| m.user.as_str())
+            .collect();
         if let Some(line) = reply.summary.clone() {
             let (channel, thread) = (heard.channel.to_owned(), heard.thread.to_owned());
             self.store
@@ -263,7 +278,7 @@ impl Hearing<'_> {
                 .await
                 .map_err(store_err)?;
         }
-        Ok(render(&reply))
+        Ok(render(&reply, &people))
     }
 }
 
@@ -288,14 +303,23 @@ mod tests {
             summary: None,
         };
         assert_eq!(
-            render(&reply),
+            render(&reply, &[]),
             "&lt;!channel&gt; done &amp; dusted\n• <https://github.com/acme/shop/issues/9|#9 created>\n• build &lt;3&gt; started"
+        );
+        // A person of the thread may be addressed; nobody else, and no broadcast.
+        let question = Reply {
+            text: "<@U1>: close #4? <@U2> <!here>".into(),
+            ..Reply::default()
+        };
+        assert_eq!(
+            render(&question, &["U1"]),
+            "<@U1>: close #4? &lt;@U2&gt; &lt;!here&gt;"
         );
         let long = Reply {
             text: "x".repeat(10_000),
             ..Reply::default()
         };
-        assert_eq!(render(&long).chars().count(), MAX_REPLY_CHARS);
-        assert_eq!(render(&Reply::default()), "(no answer)");
+        assert_eq!(render(&long, &[]).chars().count(), MAX_REPLY_CHARS);
+        assert_eq!(render(&Reply::default(), &[]), "(no answer)");
     }
 }
