@@ -15,9 +15,9 @@ use productbuilder_planner::{
     Every, Module, Scope, Spec, TenantCtx, Wake, When, every_tenant, spec_work,
 };
 use productbuilder_preview::Previews;
-use productbuilder_slack::api::SlackApi;
 use productbuilder_routes::Route;
 use productbuilder_scheduler::{RetryPolicy, UnitError};
+use productbuilder_slack::api::SlackApi;
 use productbuilder_store::Store;
 
 use crate::narrate::Narrator;

@@ -78,24 +78,33 @@ impl Site {
             .await
             .unwrap();
         let id = queued.build.id;
-        record_delegated(&self.store, id.0 as u64, REPO, ISSUE, &self.channel, &thread)
-            .await
-            .unwrap();
+        record_delegated(
+            &self.store,
+            id.0 as u64,
+            REPO,
+            ISSUE,
+            &self.channel,
+            &thread,
+        )
+        .await
+        .unwrap();
         // Idempotent.
-        record_delegated(&self.store, id.0 as u64, REPO, ISSUE, &self.channel, &thread)
-            .await
-            .unwrap();
+        record_delegated(
+            &self.store,
+            id.0 as u64,
+            REPO,
+            ISSUE,
+            &self.channel,
+            &thread,
+        )
+        .await
+        .unwrap();
         (thread, id)
     }
 
     /// Runs `id` (the oldest pending build) to completion on pull request #7 at `sha`.
     async fn complete(&self, id: BuildId, sha: &str) {
-        let claim = self
-            .queue
-            .claim(RUNNER, Utc::now())
-            .await
-            .unwrap()
-            .unwrap();
+        let claim = self.queue.claim(RUNNER, Utc::now()).await.unwrap().unwrap();
         assert_eq!(claim.build.id, id);
         let result = BuildResult {
             success: true,
@@ -134,11 +143,12 @@ impl Site {
                         log_tail: Some("npm ERR! missing script: build\nnpm ERR! `x`\n"),
                         deleted_reason: None,
                     };
-                    db::transition(c, REPO, PR, &sha, Event::Fail(Stage::Build), &failed)
-                        .map_err(|e| match e {
+                    db::transition(c, REPO, PR, &sha, Event::Fail(Stage::Build), &failed).map_err(
+                        |e| match e {
                             db::TransitionError::Sql(e) => e,
                             db::TransitionError::Refused(e) => panic!("{e}"),
-                        })?;
+                        },
+                    )?;
                 }
                 Ok(())
             })
@@ -222,7 +232,11 @@ async fn a_failed_preview_gets_one_fix_and_then_is_over_to_you() {
     assert_eq!(done.fixes.len(), 1, "{done:?}");
     let fix = BuildId(done.fixes[0] as i64);
     let replies = site.replies(&thread);
-    assert_eq!(replies.len(), 1, "the failure and the fix in one message: {replies:#?}");
+    assert_eq!(
+        replies.len(),
+        1,
+        "the failure and the fix in one message: {replies:#?}"
+    );
     let text = &replies[0];
     assert!(
         text.contains(&format!(
@@ -248,7 +262,11 @@ async fn a_failed_preview_gets_one_fix_and_then_is_over_to_you() {
     let b = &on_pr[0];
     assert_eq!((b.id, b.number, b.spec.issue), (fix, Some(PR), Some(ISSUE)));
     assert_eq!(b.status, Status::Pending);
-    assert!(b.spec.prompt.contains("failed at its `build` step, at commit sha-1"));
+    assert!(
+        b.spec
+            .prompt
+            .contains("failed at its `build` step, at commit sha-1")
+    );
     assert!(b.spec.prompt.contains("npm ERR! missing script: build"));
 
     // Nothing more while it runs, nor when the pass runs again.
@@ -297,12 +315,7 @@ async fn intend(site: &Site, thread: &str, key: &str) {
 async fn a_kill_between_the_intent_and_the_post_posts_once() {
     let site = site().await;
     let (thread, id) = site.delegated().await;
-    let claim = site
-        .queue
-        .claim(RUNNER, Utc::now())
-        .await
-        .unwrap()
-        .unwrap();
+    let claim = site.queue.claim(RUNNER, Utc::now()).await.unwrap().unwrap();
     site.queue
         .finish(
             claim.build.id,
@@ -320,7 +333,7 @@ async fn a_kill_between_the_intent_and_the_post_posts_once() {
     // Killed after the intent, before the post: the next pass posts it, once.
     intend(&site, &thread, &key).await;
     let done = site.pass().await;
-    assert_eq!(done.posted, [key.clone()]);
+    assert_eq!(done.posted, [key]);
     assert_eq!(
         site.replies(&thread),
         [format!("Build {} failed: the agent timed out.", id.0)]
@@ -333,12 +346,7 @@ async fn a_kill_between_the_intent_and_the_post_posts_once() {
 async fn a_kill_after_the_post_before_its_record_posts_nothing_more() {
     let site = site().await;
     let (thread, id) = site.delegated().await;
-    let claim = site
-        .queue
-        .claim(RUNNER, Utc::now())
-        .await
-        .unwrap()
-        .unwrap();
+    let claim = site.queue.claim(RUNNER, Utc::now()).await.unwrap().unwrap();
     site.queue
         .finish(
             claim.build.id,
@@ -353,7 +361,12 @@ async fn a_kill_after_the_post_before_its_record_posts_nothing_more() {
     // The post went out (with its key) just before the kill.
     site.narrator
         .slack
-        .post(&site.channel, Some(&thread), "Build was cancelled.", Some(&key))
+        .post(
+            &site.channel,
+            Some(&thread),
+            "Build was cancelled.",
+            Some(&key),
+        )
         .await
         .unwrap();
 
@@ -416,7 +429,10 @@ async fn a_kill_after_a_fixs_enqueue_before_its_record_adopts_that_build() {
         .unwrap();
 
     let done = site.pass().await;
-    assert!(done.fixes.is_empty(), "adopted, not started again: {done:?}");
+    assert!(
+        done.fixes.is_empty(),
+        "adopted, not started again: {done:?}"
+    );
     assert_eq!(site.builds_on_the_pull_request().await.len(), 1);
     let replies = site.replies(&thread);
     assert_eq!(replies.len(), 1, "{replies:#?}");

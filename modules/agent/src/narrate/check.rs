@@ -32,7 +32,10 @@ const LOGS_TAIL: usize = 200;
 /// What the GET saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
-    Answered { status: u16, millis: u64 },
+    Answered {
+        status: u16,
+        millis: u64,
+    },
     /// No answer: refused, timed out, not a URL (what happened, in words).
     Unreachable(String),
 }
@@ -103,10 +106,9 @@ impl Checker {
                 millis: started.elapsed().as_millis() as u64,
             },
             Ok(Err(e)) => Health::Unreachable(error_chain(&e)),
-            Err(_) => Health::Unreachable(format!(
-                "no answer within {}s",
-                HEALTH_TIMEOUT.as_secs()
-            )),
+            Err(_) => {
+                Health::Unreachable(format!("no answer within {}s", HEALTH_TIMEOUT.as_secs()))
+            }
         }
     }
 
@@ -132,10 +134,7 @@ impl Checker {
         match tokio::time::timeout(LOGS_TIMEOUT, read).await {
             Ok(Ok(bytes)) => Logs::Lines(first_lines(&String::from_utf8_lossy(&bytes))),
             Ok(Err(e)) => Logs::Unavailable(e),
-            Err(_) => Logs::Unavailable(format!(
-                "not read within {}s",
-                LOGS_TIMEOUT.as_secs()
-            )),
+            Err(_) => Logs::Unavailable(format!("not read within {}s", LOGS_TIMEOUT.as_secs())),
         }
     }
 }

@@ -125,7 +125,10 @@ pub enum Event {
         log_tail: Option<String>,
     },
     /// A preview failed and no fix is started: `max` fixes were spent (or `max` is 0).
-    NoFixesLeft { build: u64, max: u32 },
+    NoFixesLeft {
+        build: u64,
+        max: u32,
+    },
 }
 
 /// An event with its key.
@@ -201,9 +204,8 @@ fn root(by_id: &BTreeMap<u64, &Tracked>, build: u64) -> u64 {
 
 /// The delegated build a preview belongs to, if any (see the module's doc).
 fn owner<'a>(tracked: &[&'a Tracked], preview: &PreviewView) -> Option<&'a Tracked> {
-    let on_pr = |b: &BuildView| {
-        b.pr_number == Some(preview.number) || b.continues == Some(preview.number)
-    };
+    let on_pr =
+        |b: &BuildView| b.pr_number == Some(preview.number) || b.continues == Some(preview.number);
     let completed: Vec<(&'a Tracked, &'a BuildView)> = tracked
         .iter()
         .filter_map(|t| t.build.as_ref().map(|b| (*t, b)))

@@ -298,8 +298,12 @@ impl Narrator {
             .map_err(queue_error)?;
         let id = queued.build.id.0 as u64;
         if !queued.created {
-            tracing::info!(repo, pr = fix.pr, build = id,
-                "agent loop: a build already runs on the pull request; it is taken as the fix");
+            tracing::info!(
+                repo,
+                pr = fix.pr,
+                build = id,
+                "agent loop: a build already runs on the pull request; it is taken as the fix"
+            );
         }
         let d = Delegated {
             build: id,
@@ -317,8 +321,14 @@ impl Narrator {
                 tx.commit()
             })
             .await?;
-        tracing::info!(repo, pr = fix.pr, failed_build = fix.failed_build, build = id,
-            attempt = fix.attempt, "agent loop: a follow-up build was started for a failed preview");
+        tracing::info!(
+            repo,
+            pr = fix.pr,
+            failed_build = fix.failed_build,
+            build = id,
+            attempt = fix.attempt,
+            "agent loop: a follow-up build was started for a failed preview"
+        );
         Ok(id)
     }
 

@@ -122,7 +122,10 @@ fn the_table() {
         (
             "a build still running says nothing",
             state(
-                vec![tracked(delegated(3, T1, 0, None), Some(view(Status::Running)))],
+                vec![tracked(
+                    delegated(3, T1, 0, None),
+                    Some(view(Status::Running)),
+                )],
                 vec![],
             ),
             (vec![], vec![]),
@@ -245,7 +248,11 @@ fn the_table() {
         (
             "the fix finished, the preview still at the failed commit: nothing new",
             State {
-                said: said(&["loop:3:finished", "loop:3:preview-failed:s1", "loop:4:started"]),
+                said: said(&[
+                    "loop:3:finished",
+                    "loop:3:preview-failed:s1",
+                    "loop:4:started",
+                ]),
                 fixes: vec![fix(3, "s1")],
                 ..state(
                     vec![
