@@ -143,11 +143,22 @@ impl Narrator {
             }
             plan = decide::decide(&self.gather(repo).await?);
         }
+        // One thread Slack refuses (an archived channel) must not silence the others.
+        let mut first_error = None;
         for message in &plan.messages {
-            self.post(repo, message).await?;
-            done.posted.push(message.key().to_owned());
+            match self.post(repo, message).await {
+                Ok(()) => done.posted.push(message.key().to_owned()),
+                Err(e) => {
+                    tracing::warn!(repo, channel = %message.channel, thread = %message.thread_ts,
+                        error = %e, "agent loop: a message was not posted; tried again next pass");
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(done)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
     }
 
     /// One repository's state, read in one transaction.
