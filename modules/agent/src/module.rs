@@ -166,3 +166,62 @@ impl productbuilder_routes::Module for AgentModule {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use productbuilder_builds::QueueConfig;
+
+    use super::*;
+
+    fn units(m: &AgentModule) -> Vec<(&'static str, Scope)> {
+        m.workers().iter().map(|s| (s.resource, s.scope)).collect()
+    }
+
+    #[test]
+    fn the_loop_runs_only_with_llm_slack_and_builds() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let store = Store::in_memory().unwrap();
+        let slack = SlackApi::new("http://127.0.0.1:9", "xoxb-test", 1000).unwrap();
+        let queue = Queue::new(store.clone(), QueueConfig::default());
+        let parts = |slack: Option<SlackApi>, queue: Option<Queue>| LoopParts {
+            slack,
+            queue,
+            previews: None,
+            max_fix_attempts: 1,
+        };
+        let hour = Duration::from_secs(3600);
+        let minute = Duration::from_secs(60);
+
+        let all = AgentModule::new(store.clone(), Some(hour), minute)
+            .with_loop(parts(Some(slack.clone()), Some(queue.clone())))
+            .unwrap();
+        assert_eq!(
+            units(&all),
+            [
+                ("agent-traces", Scope::Global),
+                ("agent-loop", Scope::PerTenant)
+            ]
+        );
+        let wakes: Vec<_> = all.wakes().iter().map(|w| (w.feed, w.worker)).collect();
+        assert_eq!(
+            wakes,
+            [
+                (productbuilder_builds::feeds::ROWS, "agent-loop"),
+                (productbuilder_preview::feeds::ROWS, "agent-loop")
+            ]
+        );
+
+        let cases = [
+            ("no [llm]", None, Some(slack.clone()), Some(queue.clone())),
+            ("no [slack]", Some(hour), None, Some(queue.clone())),
+            ("no [builds]", Some(hour), Some(slack.clone()), None),
+        ];
+        for (name, retention, slack, queue) in cases {
+            let m = AgentModule::new(store.clone(), retention, minute)
+                .with_loop(parts(slack, queue))
+                .unwrap();
+            assert!(!units(&m).iter().any(|(r, _)| *r == "agent-loop"), "{name}");
+            assert!(m.wakes().is_empty(), "{name}");
+        }
+    }
+}
