@@ -312,11 +312,23 @@ fn modules(shared: &Shared<'_>) -> Result<Modules, Failure> {
             responder,
         }),
         Box::new(builds),
-        Box::new(productbuilder_agent::AgentModule::new(
-            (*store).clone(),
-            config.llm.as_ref().map(|l| l.trace_retention),
-            run_timeout,
-        )),
+        Box::new(
+            productbuilder_agent::AgentModule::new(
+                (*store).clone(),
+                config.llm.as_ref().map(|l| l.trace_retention),
+                run_timeout,
+            )
+            .with_loop(productbuilder_agent::LoopParts {
+                slack: (*slack).clone(),
+                queue: queue.clone(),
+                previews: Some((*previews).clone()),
+                max_fix_attempts: config.builds.as_ref().map_or(
+                    productbuilder_builds::config::DEFAULT_MAX_FIX_ATTEMPTS,
+                    |b| b.max_fix_attempts,
+                ),
+            })
+            .map_err(|e| Failure::Failed(format!("agent: the system's root certificates: {e}")))?,
+        ),
     ];
     Ok(Modules {
         list,

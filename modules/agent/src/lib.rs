@@ -14,6 +14,9 @@
 //!
 //! - [`GithubTools`]: the tools over the daemon's GitHub client, database, build queue and
 //!   previews.
+//! - [`narrate`]: the builds the agent delegated from a thread ([`record_delegated`]) told in
+//!   that thread (finished, pull request, preview ready with what it answered, or failed), and a
+//!   failed preview fixed by a follow-up build within `[builds] max_fix_attempts`.
 //!
 //! # Example: answering a mention
 //! ```no_run
@@ -49,6 +52,7 @@
 pub mod claims;
 pub mod github_tools;
 mod module;
+pub mod narrate;
 mod responder;
 pub mod routes;
 pub mod run;
@@ -57,7 +61,8 @@ pub mod tools;
 pub mod trace;
 
 pub use github_tools::GithubTools;
-pub use module::AgentModule;
+pub use module::{AgentModule, LoopParts};
+pub use narrate::record_delegated;
 pub use responder::{AgentResponder, INTERRUPTED};
 pub use run::{Agent, Limits, Outcome, RunInput, RunOutcome, Specialist, ThreadMessage};
 pub use tools::{AGENT_MARKER, Action, Call, FakeTools, ToolName, Tools};

@@ -5,7 +5,7 @@
 //! Per run, the tools are wrapped by [`ThreadTools`], which ties writes to the conversation: an
 //! issue filed from a thread that is no item's becomes that thread's issue (the adoption is
 //! recorded before the issue is created, so a Slack pass that sees the issue first still finds
-//! the thread), and a build delegated from a thread is narrated there.
+//! the thread), and a build delegated from a thread is narrated there ([`crate::narrate`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -163,6 +163,23 @@ impl Tools for ThreadTools {
                     .await
                     {
                         tracing::warn!(error = %e, number, "agent: linking the new issue to its thread waits for the next Slack pass");
+                    }
+                }
+                Some(Action::BuildStarted { issue, build }) => {
+                    // The narrator follows the build in this thread from now on. Without the
+                    // record the build still runs; its thread then only gets the Slack module's
+                    // status line.
+                    if let Err(e) = crate::narrate::record_delegated(
+                        &self.store,
+                        *build,
+                        repo,
+                        *issue,
+                        &self.channel,
+                        &self.thread_ts,
+                    )
+                    .await
+                    {
+                        tracing::warn!(error = %e, build, "agent: the build will not be narrated in its thread");
                     }
                 }
                 _ => {}

@@ -27,6 +27,10 @@ pub const DEFAULT_AUTHOR_NAME: &str = "productbuilder";
 pub const DEFAULT_AUTHOR_EMAIL: &str = "productbuilder@users.noreply.github.com";
 /// The agent's environment when `env` is unset: enough to find its program.
 pub const DEFAULT_ENV: &[&str] = &["PATH"];
+/// Follow-up builds the agent starts, per request, when a build's preview fails.
+pub const DEFAULT_MAX_FIX_ATTEMPTS: u32 = 1;
+/// More automatic fixes than this is a loop burning money, not a fix.
+const MAX_FIX_ATTEMPTS_LIMIT: u64 = 10;
 /// A secret file in `env_files` is at most this large.
 const MAX_ENV_FILE_BYTES: usize = 64 * 1024;
 
@@ -54,6 +58,8 @@ pub struct RawBuilds {
     pub signing_key_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "lenient_u64")]
     pub max_concurrent: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    pub max_fix_attempts: Option<u64>,
 }
 
 /// The resolved `[builds]` section.
@@ -82,6 +88,10 @@ pub struct BuildsConfig {
     /// An unencrypted SSH private key commits are signed with.
     pub signing_key_file: Option<PathBuf>,
     pub max_concurrent: u32,
+    /// When the preview of a build the agent delegated from Slack fails, the agent starts at
+    /// most this many follow-up builds on the same branch, counted over the whole chain of one
+    /// request; 0: it only reports the failure.
+    pub max_fix_attempts: u32,
 }
 
 impl BuildsConfig {
@@ -102,6 +112,7 @@ impl BuildsConfig {
             author_email: DEFAULT_AUTHOR_EMAIL.into(),
             signing_key_file: None,
             max_concurrent: 1,
+            max_fix_attempts: DEFAULT_MAX_FIX_ATTEMPTS,
         }
     }
 
@@ -296,6 +307,21 @@ pub fn resolve(p: &mut Problems, at: &Origins<'_>, raw: Option<RawBuilds>) -> Op
         }
     };
 
+    let max_fix_attempts = match b.max_fix_attempts {
+        None => DEFAULT_MAX_FIX_ATTEMPTS,
+        Some(n) if n <= MAX_FIX_ATTEMPTS_LIMIT => n as u32,
+        Some(n) => {
+            push(
+                p,
+                "builds.max_fix_attempts",
+                format!(
+                    "{n} is out of range; use 0 (no automatic fix) to {MAX_FIX_ATTEMPTS_LIMIT}"
+                ),
+            );
+            DEFAULT_MAX_FIX_ATTEMPTS
+        }
+    };
+
     (p.len() == before).then_some(BuildsConfig {
         agent_command,
         agent_format,
@@ -311,6 +337,7 @@ pub fn resolve(p: &mut Problems, at: &Origins<'_>, raw: Option<RawBuilds>) -> Op
         author_email,
         signing_key_file,
         max_concurrent,
+        max_fix_attempts,
     })
 }
 

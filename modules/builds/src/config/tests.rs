@@ -60,6 +60,7 @@ fn defaults_follow_the_issue_and_the_contract() {
         ("productbuilder", "productbuilder@users.noreply.github.com")
     );
     assert_eq!(c.max_concurrent, 1);
+    assert_eq!(c.max_fix_attempts, 1);
 }
 
 #[test]
@@ -84,6 +85,7 @@ author_name = "Bot"
 author_email = "bot@example.com"
 signing_key_file = "id_ed25519"
 max_concurrent = 3
+max_fix_attempts = 0
 [builds.env_files]
 ANTHROPIC_API_KEY = "key.txt"
 "#,
@@ -101,6 +103,7 @@ ANTHROPIC_API_KEY = "key.txt"
     assert_eq!(c.author_name, "Bot");
     assert_eq!(c.signing_key_file, Some(dir.path().join("id_ed25519")));
     assert_eq!(c.max_concurrent, 3);
+    assert_eq!(c.max_fix_attempts, 0, "0 disables the automatic fixes");
 }
 
 #[test]
@@ -207,6 +210,14 @@ fn problems_name_the_key_and_what_to_write() {
         (
             &format!("[builds]\n{AGENT}max_concurrent = 0\n"),
             "key `builds.max_concurrent`: 0 is out of range; use 1 to 64",
+        ),
+        (
+            &format!("[builds]\n{AGENT}max_fix_attempts = 11\n"),
+            "key `builds.max_fix_attempts`: 11 is out of range; use 0 (no automatic fix) to 10",
+        ),
+        (
+            &format!("[builds]\n{AGENT}max_fix_attempts = \"once\"\n"),
+            "key `builds.max_fix_attempts`",
         ),
         (
             &format!("[builds]\n{AGENT}max_duraton = \"5m\"\n"),
