@@ -149,7 +149,19 @@ impl Site {
             self.runtime
                 .block_on(self.slack.wait_until(Duration::from_secs(240), |s| done(s))),
             "timed out waiting for {what}: {:#?}",
-            self.slack.messages(&self.channel)
+            self.slack
+                .messages(&self.channel)
+                .iter()
+                .map(|m| (
+                    m.text.clone(),
+                    self.slack
+                        .thread(&self.channel, &m.ts)
+                        .into_iter()
+                        .skip(1)
+                        .map(|r| format!("{} {}", r.ts, r.text))
+                        .collect::<Vec<_>>()
+                ))
+                .collect::<Vec<_>>()
         );
     }
 
@@ -350,9 +362,25 @@ fn a_conversation_files_refuses_resists_falls_back_and_closes_the_loop_with_the_
     let domain = format!("{name}.localhost");
     site.wait_slack("the preview's URL in the conversation", &|s| {
         s.thread(&site.channel, &filed).iter().any(|m| {
-            m.bot_id.is_some() && m.text.contains("Preview ready") && m.text.contains(&domain)
+            m.bot_id.is_some()
+                && m.text.contains("Preview of #")
+                && m.text.contains("ready")
+                && m.text.contains(&domain)
         })
     });
+    let narrated: Vec<String> = site
+        .slack
+        .thread(&site.channel, &filed)
+        .into_iter()
+        .filter(|m| m.bot_id.is_some() && m.text.contains("Preview of #"))
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(narrated.len(), 1, "told once: {narrated:?}");
+    assert!(
+        narrated[0].contains("the first lines of its logs"),
+        "what the agent saw of the preview: {}",
+        narrated[0]
+    );
     let branches = site.github.branches(&site.repo);
     let (branch, _) = branches
         .iter()

@@ -81,12 +81,21 @@ impl AgentModule {
     }
 }
 
-async fn prune(traces: &Traces, retention: Duration) -> Result<(), UnitError> {
+/// Removes the traces, and the stored Slack messages (the conversations' memory), older than
+/// `trace_retention`: what the agent read is kept as long as what it did.
+async fn prune(traces: &Traces, store: &Store, retention: Duration) -> Result<(), UnitError> {
     let gone = traces.prune(Utc::now(), retention).await?;
-    if gone > 0 {
+    let cutoff = Utc::now().timestamp() - retention.as_secs() as i64;
+    let messages = productbuilder_slack::conversation::forget_before(store, cutoff)
+        .await
+        .map_err(|e| {
+            UnitError::new(productbuilder_scheduler::ErrorKind::Internal, e.to_string())
+        })?;
+    if gone > 0 || messages > 0 {
         tracing::info!(
             runs = gone,
-            "agent: traces older than trace_retention removed"
+            messages,
+            "agent: traces and Slack messages older than trace_retention removed"
         );
     }
     Ok(())
@@ -102,6 +111,7 @@ impl Module for AgentModule {
             return Vec::new();
         };
         let traces = Arc::new(traces);
+        let store = self.store.clone();
         let mut specs = vec![Spec {
             resource: "agent-traces",
             scope: Scope::Global,
@@ -110,8 +120,8 @@ impl Module for AgentModule {
             retry: RetryPolicy::remote_api(),
             applies_to: every_tenant(),
             work: spec_work(move |_ctx: TenantCtx| {
-                let traces = traces.clone();
-                async move { prune(&traces, retention).await }
+                let (traces, store) = (traces.clone(), store.clone());
+                async move { prune(&traces, &store, retention).await }
             }),
         }];
         if let Some(narrator) = self.narrator.clone() {

@@ -120,6 +120,28 @@ pub fn add_to_summary(
     Ok(())
 }
 
+/// Forgets the stored messages older than `cutoff` (unix seconds; a message's ts is its time),
+/// and the summaries of conversations with no message left; how many messages went.
+pub async fn forget_before(store: &Store, cutoff: i64) -> Result<usize, StoreError> {
+    store
+        .write(move |c| {
+            let gone = c.execute(
+                "DELETE FROM slack_messages
+                 WHERE CAST(substr(ts, 1, instr(ts || '.', '.') - 1) AS INTEGER) < ?1",
+                params![cutoff],
+            )?;
+            c.execute(
+                "DELETE FROM slack_conversations WHERE NOT EXISTS (
+                   SELECT 1 FROM slack_messages m
+                   WHERE m.channel = slack_conversations.channel
+                     AND m.thread_ts = slack_conversations.thread_ts)",
+                [],
+            )?;
+            Ok(gone)
+        })
+        .await
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -172,4 +194,70 @@ pub async fn item_of_thread(
     store
         .read(move |c| db::item_of_thread(c, &channel, &thread))
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(ts: &str, text: &str) -> StoredMessage {
+        StoredMessage {
+            ts: ts.into(),
+            user: "U1".into(),
+            from_bot: false,
+            text: text.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_thread_is_read_oldest_first_up_to_the_mention_and_forgotten_when_old() {
+        let store = Store::in_memory().unwrap();
+        store.migrate().unwrap();
+        store
+            .write(|c| {
+                // Stored out of order, with a later message the mention must not see.
+                remember(c, "C1", "100.000001", &message("100.000010", "b"))?;
+                remember(c, "C1", "100.000001", &message("100.000001", "a"))?;
+                remember(c, "C1", "100.000001", &message("200.000000", "later"))?;
+                remember(
+                    c,
+                    "C1",
+                    "300.000000",
+                    &message("300.000000", "other thread"),
+                )?;
+                // A message stored again is kept as it was.
+                remember(c, "C1", "100.000001", &message("100.000001", "changed"))?;
+                add_to_summary(c, "C1", "100.000001", "created #1")?;
+                add_to_summary(c, "C1", "100.000001", "started build 2 for #1")
+            })
+            .await
+            .unwrap();
+        let (thread, summary) = store
+            .read(|c| {
+                Ok((
+                    messages(c, "C1", "100.000001", "100.000010")?,
+                    summary(c, "C1", "100.000001")?,
+                ))
+            })
+            .await
+            .unwrap();
+        let texts: Vec<&str> = thread.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts, ["a", "b"]);
+        assert_eq!(
+            summary.as_deref(),
+            Some("created #1; started build 2 for #1")
+        );
+        assert_eq!(forget_before(&store, 250).await.unwrap(), 3);
+        let (left, summary) = store
+            .read(|c| {
+                Ok((
+                    messages(c, "C1", "300.000000", "999.0")?,
+                    summary(c, "C1", "100.000001")?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(summary, None, "a forgotten conversation's summary goes too");
+    }
 }

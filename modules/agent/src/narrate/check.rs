@@ -92,10 +92,13 @@ impl Checker {
         if !matches!(uri.scheme_str(), Some("http" | "https")) {
             return Health::Unreachable(format!("{url:?} is not an http(s) URL"));
         }
-        let request = match http::Request::get(uri)
-            .header(http::header::USER_AGENT, "productbuilder")
-            .body(Empty::<Bytes>::new())
-        {
+        let (uri, host) = loopback_for_localhost(uri);
+        let mut request =
+            http::Request::get(uri).header(http::header::USER_AGENT, "productbuilder");
+        if let Some(host) = host {
+            request = request.header(http::header::HOST, host);
+        }
+        let request = match request.body(Empty::<Bytes>::new()) {
             Ok(r) => r,
             Err(e) => return Health::Unreachable(format!("the request: {e}")),
         };
@@ -153,6 +156,29 @@ fn first_lines(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// `*.localhost` names are loopback (RFC 6761), as browsers and curl resolve them, but the
+/// system resolver may not know them: an `http` URL on such a name is asked of 127.0.0.1 at its
+/// port, with the name as its `Host` (what a router such as Traefik routes by). Any other URL is
+/// left as it is, with no `Host` of ours.
+fn loopback_for_localhost(uri: http::Uri) -> (http::Uri, Option<String>) {
+    let Some(authority) = uri.authority().cloned() else {
+        return (uri, None);
+    };
+    let host = authority.host().to_ascii_lowercase();
+    let local = host == "localhost" || host.ends_with(".localhost");
+    if !local || uri.scheme_str() != Some("http") {
+        return (uri, None);
+    }
+    let port = authority.port_u16().unwrap_or(80);
+    let path = uri
+        .path_and_query()
+        .map_or("/".to_owned(), |p| p.as_str().to_owned());
+    match format!("http://127.0.0.1:{port}{path}").parse() {
+        Ok(loopback) => (loopback, Some(authority.as_str().to_owned())),
+        Err(_) => (uri, None),
+    }
+}
+
 /// An error with its causes ("client error (Connect): tcp connect error: Connection refused"),
 /// which is where hyper says what actually happened.
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -169,6 +195,28 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_localhost_name_is_asked_of_loopback_with_its_host() {
+        let (uri, host) = loopback_for_localhost(
+            "http://shop-pr-3.preview.localhost:8092/a?b=1"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(uri.to_string(), "http://127.0.0.1:8092/a?b=1");
+        assert_eq!(host.as_deref(), Some("shop-pr-3.preview.localhost:8092"));
+        let (uri, host) = loopback_for_localhost("http://x.localhost".parse().unwrap());
+        assert_eq!(uri.to_string(), "http://127.0.0.1:80/");
+        assert_eq!(host.as_deref(), Some("x.localhost"));
+        for other in [
+            "http://example.com/",
+            "https://x.localhost/",
+            "http://localhostx.com/",
+        ] {
+            let (uri, host) = loopback_for_localhost(other.parse().unwrap());
+            assert_eq!((uri.to_string(), host), (other.to_owned(), None));
+        }
+    }
 
     #[test]
     fn the_first_non_empty_lines() {
