@@ -232,7 +232,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let (thread, summary) = store
+        let (thread, said) = store
             .read(|c| {
                 Ok((
                     messages(c, "C1", "100.000001", "100.000010")?,
@@ -243,12 +243,9 @@ mod tests {
             .unwrap();
         let texts: Vec<&str> = thread.iter().map(|m| m.text.as_str()).collect();
         assert_eq!(texts, ["a", "b"]);
-        assert_eq!(
-            summary.as_deref(),
-            Some("created #1; started build 2 for #1")
-        );
+        assert_eq!(said.as_deref(), Some("created #1; started build 2 for #1"));
         assert_eq!(forget_before(&store, 250).await.unwrap(), 3);
-        let (left, summary) = store
+        let (left, said) = store
             .read(|c| {
                 Ok((
                     messages(c, "C1", "300.000000", "999.0")?,
@@ -258,6 +255,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(left.len(), 1);
-        assert_eq!(summary, None, "a forgotten conversation's summary goes too");
+        assert_eq!(said, None, "a forgotten conversation's summary goes too");
     }
 }
