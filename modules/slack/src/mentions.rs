@@ -65,6 +65,25 @@ pub fn command(message: &Mention<'_>, bot_user: &str) -> Option<Command> {
     )
 }
 
+/// The command when the message is nothing but the mention and `status` or `help` (the
+/// contract's commands, answered without a model also when the agent answers everything else).
+pub fn bare_command(message: &Mention<'_>, bot_user: &str) -> Option<Command> {
+    let command = command(message, bot_user)?;
+    let tag = format!("<@{bot_user}>");
+    let (before, rest) = message.text.split_once(&tag)?;
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let bare = before.trim().is_empty()
+        && words.len() == 1
+        && matches!(
+            words[0]
+                .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+                .to_ascii_lowercase()
+                .as_str(),
+            "status" | "help"
+        );
+    bare.then_some(command)
+}
+
 /// The answer to `command` in `channel`.
 pub fn answer(command: Command, channel: &Channel<'_>) -> String {
     match (channel, command) {
@@ -133,6 +152,22 @@ mod tests {
             Some(Command::Help)
         );
         assert_eq!(command(&from("U1", "<@UBOT>"), BOT), Some(Command::Help));
+    }
+
+    #[test]
+    fn only_a_bare_status_or_help_is_a_command_beside_the_agent() {
+        for (text, bare) in [
+            ("<@UBOT> status", Some(Command::Status)),
+            ("<@UBOT>  Status?", Some(Command::Status)),
+            ("<@UBOT> help", Some(Command::Help)),
+            ("<@UBOT> status of #12", None),
+            ("<@UBOT> what's the status of #12", None),
+            ("hey <@UBOT> status", None),
+            ("<@UBOT>", None),
+            ("<@UBOT> file a bug", None),
+        ] {
+            assert_eq!(bare_command(&from("U1", text), BOT), bare, "{text}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! What a message read in a channel leads to, whichever way it was read (polling or Socket
 //! Mode): it is stored as part of its thread's conversation; a mention of the bot is answered
-//! exactly once ([`crate::answers`]): by the [`Responder`] (the agent) when one is configured
-//! and the channel is a tenant's, by `status`/`help` ([`crate::mentions`]) otherwise.
+//! exactly once ([`crate::answers`]): a bare `status` or `help` by [`crate::mentions`] as the
+//! contract says, anything else by the [`Responder`] (the agent) when one is configured and the
+//! channel is a tenant's (by the help otherwise).
 //!
 //! The Slack module knows nothing of models or tools: the responder gets the stored thread and
 //! who asked, and gives back plain text (escaped here: a reply can never ping `@channel`) and
@@ -179,7 +180,11 @@ impl Hearing<'_> {
             mention: heard.ts,
         };
         let posted = Arc::new(Mutex::new(None::<String>));
-        let ts = match (tenant, self.responder, heard.user) {
+        // The contract's `status` and `help` stay commands; everything else is the agent's.
+        let agent = self
+            .responder
+            .filter(|_| mentions::bare_command(&mention, self.bot_user).is_none());
+        let ts = match (tenant, agent, heard.user) {
             (Some(t), Some(responder), Some(user)) => {
                 let posted = posted.clone();
                 answer_with(self.api, self.store, &place, |resumed| async move {
