@@ -20,11 +20,13 @@ use std::time::Duration;
 
 use productbuilder_github_sandbox::{Permission, Sandbox as GithubSandbox};
 use productbuilder_llm_sandbox::{Reply, Sandbox as LlmSandbox};
-use productbuilder_slack_sandbox::{APP_TOKEN, BOT_TOKEN, Message, Sandbox as SlackSandbox};
+use productbuilder_slack_sandbox::{
+    APP_TOKEN, BOT_TOKEN, Message, Options as SlackOptions, Sandbox as SlackSandbox,
+};
 use serde_json::json;
 
 mod support;
-use support::{Daemon, app_files, remove_previews_of};
+use support::{Daemon, app_files, remove_previews_of, wait_for};
 
 const TOKEN: &str = "ghp_agent_e2e_token_never_printed";
 const PRIMARY_KEY: &str = "sk-ant-primary-never-printed";
@@ -50,7 +52,13 @@ impl Site {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let github = runtime.block_on(GithubSandbox::start()).unwrap();
-        let slack = runtime.block_on(SlackSandbox::start()).unwrap();
+        // Subscribed to `message.channels` too: the agent reads the whole thread.
+        let slack = runtime
+            .block_on(SlackSandbox::start_with(SlackOptions {
+                message_events: true,
+                ..SlackOptions::default()
+            }))
+            .unwrap();
         let primary = runtime.block_on(LlmSandbox::start()).unwrap();
         let fallback = runtime.block_on(LlmSandbox::start()).unwrap();
         primary.require_key(PRIMARY_KEY);
@@ -252,6 +260,37 @@ fn a_conversation_files_refuses_resists_falls_back_and_closes_the_loop_with_the_
     let acks = site.slack.acks().len();
     assert!(site.slack.redeliver(&event_id));
     site.wait_slack("the redelivery's ack", &|s| s.acks().len() > acks);
+    // Someone adds to the thread without mentioning the bot: stored as part of the conversation
+    // (a `message` event), so the next run reads it.
+    site.slack.post_user_message(
+        &site.channel,
+        STRANGER,
+        "it is also wrong on mobile",
+        Some(&filed),
+    );
+    let db = site.dir.path().join("state/productbuilder.db");
+    wait_for(
+        "the thread's message stored",
+        Duration::from_secs(30),
+        || {
+            productbuilder_store::rusqlite::Connection::open(&db)
+                .and_then(|c| {
+                    c.query_row(
+                    "SELECT count(*) FROM slack_messages WHERE text = 'it is also wrong on mobile'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                })
+                .map_err(|e| e.to_string())
+                .and_then(|n| {
+                    if n == 1 {
+                        Ok(())
+                    } else {
+                        Err(format!("{n} rows"))
+                    }
+                })
+        },
+    );
     // A later mention is answered after the redelivery was handled (events are handled in order
     // of arrival): by then a second run would have asked the model.
     site.primary.push(route("researcher"));
@@ -262,6 +301,12 @@ fn a_conversation_files_refuses_resists_falls_back_and_closes_the_loop_with_the_
         site.primary.requests().len(),
         requests + 2,
         "the redelivered event started no run"
+    );
+    let router = &site.primary.requests()[requests];
+    assert!(
+        router.raw.contains("it is also wrong on mobile"),
+        "the run read the thread as stored: {}",
+        router.raw
     );
     let answers_to_filed = site
         .slack

@@ -118,6 +118,10 @@ pub struct Options {
     /// wall clock. Off by default: a client that starts reading at "now" must see what is
     /// written after it started.
     pub logical_clock: bool,
+    /// The app is subscribed to `message.channels`: every person's message also arrives over
+    /// Socket Mode as a `message` event (a mention as both, `message` first, as Slack sends
+    /// them).
+    pub message_events: bool,
 }
 
 impl Default for Options {
@@ -132,6 +136,7 @@ impl Default for Options {
             max_retries: 3,
             disconnect_grace: Duration::from_secs(10),
             logical_clock: false,
+            message_events: false,
         }
     }
 }

@@ -102,17 +102,19 @@ pub(crate) fn disconnect(reason: &str) -> Value {
     })
 }
 
-/// The `event_callback` payload of an `app_mention`.
-pub(crate) fn app_mention_payload(
+/// The `event_callback` payload of an `app_mention` or a `message` (`kind`); a `message` event
+/// also says its `channel_type`.
+pub(crate) fn event_payload(
     world: &World,
     channel: &str,
     m: &Message,
     event_id: &str,
     client_msg_id: &str,
+    kind: &str,
 ) -> Value {
     let mut event = json!({
         "client_msg_id": client_msg_id,
-        "type": "app_mention",
+        "type": kind,
         "text": m.text,
         "user": m.user,
         "ts": m.ts,
@@ -121,10 +123,13 @@ pub(crate) fn app_mention_payload(
         "channel": channel,
         "event_ts": m.ts,
     });
-    if m.is_reply()
-        && let Some(map) = event.as_object_mut()
-    {
-        map.insert("thread_ts".into(), json!(m.thread_ts));
+    if let Some(map) = event.as_object_mut() {
+        if m.is_reply() {
+            map.insert("thread_ts".into(), json!(m.thread_ts));
+        }
+        if kind == "message" {
+            map.insert("channel_type".into(), json!("channel"));
+        }
     }
     json!({
         "token": "sandbox-verification-token",
@@ -142,7 +147,7 @@ pub(crate) fn app_mention_payload(
             "is_enterprise_install": false,
         }],
         "is_ext_shared_channel": false,
-        "event_context": format!("1-app_mention-{}-{}", world.team_id, channel),
+        "event_context": format!("1-{kind}-{}-{}", world.team_id, channel),
     })
 }
 

@@ -95,6 +95,8 @@ pub(crate) struct SocketState {
     envelopes: HashMap<String, Sent>,
     pub(crate) acks: Vec<Ack>,
     pub(crate) sent: Vec<Value>,
+    /// Every person's message is a `message` event too.
+    message_events: bool,
 }
 
 impl SocketState {
@@ -111,6 +113,7 @@ impl SocketState {
             envelopes: HashMap::new(),
             acks: Vec::new(),
             sent: Vec::new(),
+            message_events: options.message_events,
         }
     }
 
@@ -141,16 +144,28 @@ pub(crate) fn open(world: &mut World, shared: &Shared) -> Value {
     json!({"ok": true, "url": format!("{ws_base}/socket/{ticket}?app_id={app_id}")})
 }
 
-/// Called for every new message: a person's mention of the bot becomes an `app_mention`.
+/// Called for every new message: a person's mention of the bot becomes an `app_mention`, and
+/// with [`Options::message_events`](crate::Options::message_events) every person's message a
+/// `message` event.
 pub(crate) fn on_message(world: &mut World, shared: &Shared, channel: &str, message: &Message) {
-    let mention = format!("<@{}>", world.bot_user_id);
-    if message.bot_id.is_some() || !message.text.contains(&mention) {
+    if message.bot_id.is_some() {
         return;
     }
+    if world.socket.message_events {
+        send_event(world, shared, channel, message, "message");
+    }
+    let mention = format!("<@{}>", world.bot_user_id);
+    if message.text.contains(&mention) {
+        send_event(world, shared, channel, message, "app_mention");
+    }
+}
+
+/// One event of `kind` (`app_mention`, `message`) for `message`, delivered.
+fn send_event(world: &mut World, shared: &Shared, channel: &str, message: &Message, kind: &str) {
     let n = world.socket.id();
     let event_id = format!("Ev0SBX{n:06}");
     let client_msg_id = uuid_like(n);
-    let payload = shapes::app_mention_payload(world, channel, message, &event_id, &client_msg_id);
+    let payload = shapes::event_payload(world, channel, message, &event_id, &client_msg_id, kind);
     world.socket.events.push(EventState {
         event_id,
         payload,

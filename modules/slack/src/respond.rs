@@ -152,8 +152,16 @@ impl Hearing<'_> {
         tenant: Option<TenantView<'_>>,
         heard: &Heard<'_>,
     ) -> Result<(), UnitError> {
-        let from_bot = heard.bot_id.is_some() || heard.user == Some(self.bot_user);
         if tenant.is_some() {
+            self.remember(heard).await?;
+        }
+        self.answer(tenant, heard).await
+    }
+
+    /// Stores `heard` in its thread's conversation (a message of a tenant's channel), once.
+    pub async fn remember(&self, heard: &Heard<'_>) -> Result<(), UnitError> {
+        let from_bot = heard.bot_id.is_some() || heard.user == Some(self.bot_user);
+        {
             let message = StoredMessage {
                 ts: heard.ts.to_owned(),
                 user: heard.user.or(heard.bot_id).unwrap_or("unknown").to_owned(),
@@ -166,6 +174,15 @@ impl Hearing<'_> {
                 .await
                 .map_err(store_err)?;
         }
+        Ok(())
+    }
+
+    /// Answers `heard` once when it mentions the bot.
+    async fn answer(
+        &self,
+        tenant: Option<TenantView<'_>>,
+        heard: &Heard<'_>,
+    ) -> Result<(), UnitError> {
         let mention = Mention {
             text: heard.text,
             user: heard.user,

@@ -74,6 +74,8 @@ struct Event {
     text: String,
     ts: Option<String>,
     thread_ts: Option<String>,
+    /// `message_changed`, `message_deleted`, `bot_message`…; none for a person's new message.
+    subtype: Option<String>,
 }
 
 fn network(message: impl Into<String>) -> UnitError {
@@ -255,9 +257,15 @@ impl Socket {
         event: Event,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<(), UnitError> {
-        if event.kind != "app_mention" {
-            return Ok(());
-        }
+        // `app_mention` is answered; `message` (with the app subscribed to `message.channels`)
+        // is only stored, so that the agent reads the whole thread: a mention arrives as both,
+        // and only one of them may lead to an answer. Edits, deletions and other subtypes are
+        // not messages of the conversation.
+        let mention = match (event.kind.as_str(), event.subtype.as_deref()) {
+            ("app_mention", _) => true,
+            ("message", None) => false,
+            _ => return Ok(()),
+        };
         let (Some(channel), Some(ts)) = (event.channel.as_deref(), event.ts.as_deref()) else {
             return Ok(());
         };
@@ -267,25 +275,26 @@ impl Socket {
             web: &t.web,
             writers: &t.writers,
         });
-        Hearing {
+        let hearing = Hearing {
             api: &self.api,
             store: &self.store,
             bot_user: &me.user_id,
             responder: self.responder.as_ref(),
             cancel,
+        };
+        let heard = Heard {
+            channel,
+            thread: event.thread_ts.as_deref().unwrap_or(ts),
+            ts,
+            user: event.user.as_deref(),
+            bot_id: event.bot_id.as_deref(),
+            text: &event.text,
+        };
+        match (mention, tenant) {
+            (true, _) => hearing.hear(tenant, &heard).await,
+            (false, Some(_)) => hearing.remember(&heard).await,
+            (false, None) => Ok(()),
         }
-        .hear(
-            tenant,
-            &Heard {
-                channel,
-                thread: event.thread_ts.as_deref().unwrap_or(ts),
-                ts,
-                user: event.user.as_deref(),
-                bot_id: event.bot_id.as_deref(),
-                text: &event.text,
-            },
-        )
-        .await
     }
 }
 
