@@ -37,3 +37,7 @@ CREATE TABLE slack_adoptions (
     intended_at INTEGER NOT NULL,  -- unix seconds; an intent older than a day is ignored
     PRIMARY KEY (repo, title)
 ) STRICT;
+
+-- An answer's text, recorded after it was made and before it is posted: a post that failed (or a
+-- daemon that died before posting) is posted again with the same text, never made again.
+ALTER TABLE slack_answers ADD COLUMN text TEXT;

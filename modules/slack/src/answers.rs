@@ -31,7 +31,9 @@ pub async fn answer_once(
     answer: &Answer<'_>,
 ) -> Result<String, UnitError> {
     let text = answer.text.to_owned();
-    answer_with(api, store, &answer.place(), |_| async move { Ok(text) }).await
+    answer_with(api, store, &answer.place(), |_| async move { Ok(text) })
+        .await
+        .map(|(ts, _)| ts)
 }
 
 /// Where an answer goes and what identifies it.
@@ -53,14 +55,16 @@ impl Answer<'_> {
 
 /// Like [`answer_once`], with the text made by `make` only when no answer was posted yet; the
 /// intent is recorded before `make` runs, so work `make` does (an agent's run, which may write
-/// to GitHub) is never done twice: after a crash it is called again with `resumed = true`, and
-/// must not redo what it may have done.
+/// to GitHub) is never done twice. The text `make` gave is recorded before it is posted: when the
+/// post fails (Slack down) or the daemon dies, the next attempt posts that same text. Only when
+/// the daemon died while `make` ran is it called again, with `resumed = true`, and must not redo
+/// what it may have done. The answer's ts, and the text when this call posted it.
 pub async fn answer_with<F, Fut>(
     api: &SlackApi,
     store: &Store,
     place: &Place<'_>,
     make: F,
-) -> Result<String, UnitError>
+) -> Result<(String, Option<String>), UnitError>
 where
     F: FnOnce(bool) -> Fut,
     Fut: std::future::Future<Output = Result<String, UnitError>>,
@@ -71,12 +75,13 @@ where
         .read(move |c| answer_of(c, &channel, &mention))
         .await
         .map_err(store_err)?;
-    let (posted, resumed) = match recorded {
-        Some(Some(ts)) => return Ok(ts),
-        Some(None) => (
+    let (posted, made, resumed) = match recorded {
+        Some(Recorded { ts: Some(ts), .. }) => return Ok((ts, None)),
+        Some(Recorded { ts: None, text }) => (
             api.find_by_key(place.channel, Some(place.thread), place.mention, &key)
                 .await
                 .map_err(|e| e.into_unit_error())?,
+            text,
             true,
         ),
         None => {
@@ -85,16 +90,33 @@ where
                 .write(move |c| intend_answer(c, &channel, &mention))
                 .await
                 .map_err(store_err)?;
-            (None, false)
+            (None, None, false)
         }
     };
-    let ts = match posted {
-        Some(ts) => ts,
-        None => {
-            let text = make(resumed).await?;
-            api.post(place.channel, Some(place.thread), &text, Some(&key))
+    let (ts, text) = match (posted, made) {
+        (Some(ts), _) => (ts, None),
+        (None, made) => {
+            let text = match made {
+                Some(text) => text,
+                None => {
+                    let text = make(resumed).await?;
+                    let (channel, mention, t) = (
+                        place.channel.to_owned(),
+                        place.mention.to_owned(),
+                        text.clone(),
+                    );
+                    store
+                        .write(move |c| made_answer(c, &channel, &mention, &t))
+                        .await
+                        .map_err(store_err)?;
+                    text
+                }
+            };
+            let ts = api
+                .post(place.channel, Some(place.thread), &text, Some(&key))
                 .await
-                .map_err(|e| e.into_unit_error())?
+                .map_err(|e| e.into_unit_error())?;
+            (ts, Some(text))
         }
     };
     let (channel, mention, recorded_ts) = (
@@ -106,20 +128,37 @@ where
         .write(move |c| answered(c, &channel, &mention, &recorded_ts))
         .await
         .map_err(store_err)?;
-    Ok(ts)
+    Ok((ts, text))
 }
 
-/// `None`: never answered; `Some(None)`: an answer was intended, maybe posted; `Some(Some(ts))`:
-/// answered.
-fn answer_of(
-    c: &Connection,
-    channel: &str,
-    mention: &str,
-) -> rusqlite::Result<Option<Option<String>>> {
+/// An answer as recorded.
+struct Recorded {
+    /// Posted, with this ts.
+    ts: Option<String>,
+    /// The text made, before it was posted.
+    text: Option<String>,
+}
+
+fn made_answer(c: &Connection, channel: &str, mention: &str, text: &str) -> rusqlite::Result<()> {
+    c.execute(
+        "UPDATE slack_answers SET text = ?3 WHERE channel = ?1 AND mention_ts = ?2",
+        params![channel, mention, text],
+    )
+    .map(drop)
+}
+
+/// `None`: never answered; otherwise what was recorded: an intent (maybe its text, maybe posted),
+/// or the answer's ts.
+fn answer_of(c: &Connection, channel: &str, mention: &str) -> rusqlite::Result<Option<Recorded>> {
     c.query_row(
-        "SELECT answer_ts FROM slack_answers WHERE channel = ?1 AND mention_ts = ?2",
+        "SELECT answer_ts, text FROM slack_answers WHERE channel = ?1 AND mention_ts = ?2",
         params![channel, mention],
-        |r| r.get(0),
+        |r| {
+            Ok(Recorded {
+                ts: r.get(0)?,
+                text: r.get(1)?,
+            })
+        },
     )
     .optional()
 }

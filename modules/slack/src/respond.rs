@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use productbuilder_scheduler::{ErrorKind, UnitError};
 use productbuilder_store::Store;
@@ -160,21 +160,17 @@ impl Hearing<'_> {
 
     /// Stores `heard` in its thread's conversation (a message of a tenant's channel), once.
     pub async fn remember(&self, heard: &Heard<'_>) -> Result<(), UnitError> {
-        let from_bot = heard.bot_id.is_some() || heard.user == Some(self.bot_user);
-        {
-            let message = StoredMessage {
-                ts: heard.ts.to_owned(),
-                user: heard.user.or(heard.bot_id).unwrap_or("unknown").to_owned(),
-                from_bot,
-                text: heard.text.to_owned(),
-            };
-            let (channel, thread) = (heard.channel.to_owned(), heard.thread.to_owned());
-            self.store
-                .write(move |c| conversation::remember(c, &channel, &thread, &message))
-                .await
-                .map_err(store_err)?;
-        }
-        Ok(())
+        let message = StoredMessage {
+            ts: heard.ts.to_owned(),
+            user: heard.user.or(heard.bot_id).unwrap_or("unknown").to_owned(),
+            from_bot: heard.bot_id.is_some() || heard.user == Some(self.bot_user),
+            text: heard.text.to_owned(),
+        };
+        let (channel, thread) = (heard.channel.to_owned(), heard.thread.to_owned());
+        self.store
+            .write(move |c| conversation::remember(c, &channel, &thread, &message))
+            .await
+            .map_err(store_err)
     }
 
     /// Answers `heard` once when it mentions the bot.
@@ -196,24 +192,19 @@ impl Hearing<'_> {
             thread: heard.thread,
             mention: heard.ts,
         };
-        let posted = Arc::new(Mutex::new(None::<String>));
         // The contract's `status` and `help` stay commands; everything else is the agent's.
         let agent = self
             .responder
             .filter(|_| mentions::bare_command(&mention, self.bot_user).is_none());
-        let ts = match (tenant, agent, heard.user) {
+        let (ts, posted) = match (tenant, agent, heard.user) {
             (Some(t), Some(responder), Some(user)) => {
-                let posted = posted.clone();
-                answer_with(self.api, self.store, &place, |resumed| async move {
-                    let text = self.converse(t, heard, user, responder, resumed).await?;
-                    *posted.lock().unwrap_or_else(|e| e.into_inner()) = Some(text.clone());
-                    Ok(text)
+                answer_with(self.api, self.store, &place, |resumed| {
+                    self.converse(t, heard, user, responder, resumed)
                 })
                 .await?
             }
             (Some(t), _, _) => {
                 let text = self.command(command, t).await?;
-                *posted.lock().unwrap_or_else(|e| e.into_inner()) = Some(text.clone());
                 answer_with(self.api, self.store, &place, |_| async move { Ok(text) }).await?
             }
             (None, _, _) => {
@@ -221,8 +212,8 @@ impl Hearing<'_> {
                 answer_with(self.api, self.store, &place, |_| async move { Ok(text) }).await?
             }
         };
-        let text = posted.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let (Some(text), Some(_)) = (text, tenant) {
+        // The bot's answer is part of the thread (a later "yes" confirms its question).
+        if let (Some(text), Some(_)) = (posted, tenant) {
             let message = StoredMessage {
                 ts,
                 user: self.bot_user.to_owned(),

@@ -1,8 +1,10 @@
 //! Mentions handed to a [`Responder`] (the agent's seam), read by polling against the sandbox
 //! Slack: the responder gets the thread as stored (people's messages and the bot's own answers,
 //! oldest first, ending with the mention), whether the author is a writer, the thread's item and
-//! summary; its reply is posted once, escaped, with its links. A crash after the intent was
-//! recorded (the run may have written) gives the responder `resumed`, never a silent second run.
+//! summary; its reply is posted once, escaped, with its links. A post Slack refused is posted
+//! again with the same text, never made again; a crash after the intent was recorded but before
+//! the answer was made (the run may have written) gives the responder `resumed`, never a silent
+//! second run.
 
 use std::sync::{Arc, Mutex};
 
@@ -141,8 +143,36 @@ async fn a_mention_reaches_the_responder_with_its_stored_thread_and_is_answered_
         assert_eq!(c.messages[3].ts, second);
     }
 
-    // The daemon died after recording its intent to answer a third mention, before posting: the
-    // next pass gives the responder `resumed` (and posts once).
+    // Slack refuses the answer's post: the pass fails, and the next one posts the same answer,
+    // made once (the responder is not asked again).
+    let refused =
+        slack.post_user_message(&channel, "U0ALICE", &format!("<@{bot}> again"), Some(&top));
+    slack.fail_next("chat.postMessage", 500, None);
+    assert!(poll.run().await.is_err(), "the refused post fails the pass");
+    poll.run().await.unwrap();
+    {
+        let seen = recording.seen.lock().unwrap();
+        assert_eq!(seen.len(), 3, "made once");
+        assert_eq!(seen[2].mention_ts, refused);
+    }
+    let answers_to_refused: Vec<String> = slack
+        .thread(&channel, &top)
+        .into_iter()
+        .filter(|m| {
+            m.metadata
+                .as_ref()
+                .is_some_and(|v| v.to_string().contains(&format!("answer:{refused}")))
+        })
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(answers_to_refused.len(), 1);
+    assert!(
+        answers_to_refused[0].contains("answer 3"),
+        "{answers_to_refused:?}"
+    );
+
+    // The daemon died after recording its intent to answer a mention, before the answer was
+    // made: the next pass gives the responder `resumed` (and posts once).
     let third = slack.post_user_message(
         &channel,
         "U0ALICE",
@@ -162,9 +192,9 @@ async fn a_mention_reaches_the_responder_with_its_stored_thread_and_is_answered_
     poll.run().await.unwrap();
     poll.run().await.unwrap();
     let seen = recording.seen.lock().unwrap();
-    assert_eq!(seen.len(), 3);
+    assert_eq!(seen.len(), 4);
     assert!(
-        seen[2].resumed,
+        seen[3].resumed,
         "an interrupted answer is resumed, not rerun"
     );
     let answers_to_third = slack
