@@ -460,7 +460,8 @@ fn previews_follow_their_pull_requests_through_traefik() {
 /// `productbuilder demo`, the README's first command: the example is deployed and served through
 /// Traefik, the API answers; a writer's label on the demo's issue runs a build (the scripted
 /// agent) that pushes a branch and opens a pull request whose preview serves the agent's change,
-/// and the build's result carries that preview; Ctrl-C leaves nothing behind.
+/// and the build's result carries that preview; a mention written on the sandbox Slack's page is
+/// filed as an issue by the agent with no API key; Ctrl-C leaves nothing behind.
 #[test]
 fn the_demo_deploys_the_example_and_cleans_up_on_ctrl_c() {
     use std::io::BufRead;
@@ -576,6 +577,38 @@ fn the_demo_deploys_the_example_and_cleans_up_on_ctrl_c() {
                     }
                     _ => Err(format!("{status}: {body}")),
                 }
+            },
+        );
+
+        // The agent on the Slack page, with no API key (the sandbox LLM's rule-based model): a
+        // mention filed as an issue, answered in its thread with the new issue's number.
+        let slack_line = seen
+            .iter()
+            .find(|l| l.starts_with("demo: Slack sandbox at "))
+            .cloned()
+            .unwrap_or_else(|| panic!("no Slack sandbox printed: {seen:?}"));
+        let slack_url = slack_line
+            .trim_start_matches("demo: Slack sandbox at ")
+            .split("/ (")
+            .next()
+            .unwrap()
+            .to_owned();
+        let slack: SocketAddr = slack_url
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap_or_else(|e| panic!("{slack_url}: {e}"));
+        let said = http_post_form(
+            slack,
+            "/say",
+            "channel=hello&user=&text=%40productbuilder+file+a+bug%3A+the+page+has+no+title",
+        );
+        assert_eq!(said, Some(303), "the page takes the message");
+        wait_for(
+            "the agent's answer on the Slack page",
+            Duration::from_secs(60),
+            || match http_get(slack, "localhost", "/") {
+                Some((200, body)) if body.contains("Filed #") && body.contains("created") => Ok(()),
+                other => Err(format!("{other:?}")),
             },
         );
 
@@ -819,4 +852,19 @@ fn a_fork_s_new_commit_waits_for_a_writer_s_approval() {
         eprintln!("--- daemon log ---\n{}", site.log());
         std::panic::resume_unwind(panic);
     }
+}
+
+/// A form POST (HTTP/1.0); the status.
+fn http_post_form(addr: SocketAddr, path: &str, form: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+        form.len()
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split_whitespace().nth(1)?.parse().ok()
 }
