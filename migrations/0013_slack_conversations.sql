@@ -1,8 +1,8 @@
 -- The agent's conversations in Slack (issue 12).
 
--- Every message of a tenant's channel the Slack module read or posted as an answer: a thread is
--- the conversation the agent reads (never re-fetched from Slack per run). thread_ts is the
--- message's own ts for a top-level message.
+-- With the agent ([llm]), every message of a tenant's channel the Slack module read or posted as
+-- an answer: a thread is the conversation the agent reads (never re-fetched from Slack per run),
+-- kept [llm] trace_retention. thread_ts is the message's own ts for a top-level message.
 CREATE TABLE slack_messages (
     channel    TEXT NOT NULL,
     ts         TEXT NOT NULL,

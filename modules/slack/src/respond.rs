@@ -158,8 +158,12 @@ impl Hearing<'_> {
         self.answer(tenant, heard).await
     }
 
-    /// Stores `heard` in its thread's conversation (a message of a tenant's channel), once.
+    /// Stores `heard` in its thread's conversation (a message of a tenant's channel), once; only
+    /// with a responder, the one reader of conversations (the agent's pruning bounds them).
     pub async fn remember(&self, heard: &Heard<'_>) -> Result<(), UnitError> {
+        if self.responder.is_none() {
+            return Ok(());
+        }
         let message = StoredMessage {
             ts: heard.ts.to_owned(),
             user: heard.user.or(heard.bot_id).unwrap_or("unknown").to_owned(),
@@ -213,7 +217,7 @@ impl Hearing<'_> {
             }
         };
         // The bot's answer is part of the thread (a later "yes" confirms its question).
-        if let (Some(text), Some(_)) = (posted, tenant) {
+        if let (Some(text), Some(_), Some(_)) = (posted, tenant, self.responder) {
             let message = StoredMessage {
                 ts,
                 user: self.bot_user.to_owned(),
