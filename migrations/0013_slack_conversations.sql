@@ -8,7 +8,7 @@ CREATE TABLE slack_messages (
     ts         TEXT NOT NULL,
     thread_ts  TEXT NOT NULL,
     user       TEXT NOT NULL,      -- the author's user id (the bot's own for its answers)
-    from_bot   INTEGER NOT NULL,   -- 1: a bot wrote it (this one or another)
+    from_bot   INTEGER NOT NULL,   -- 1: this bot wrote it (another integration's message is 0)
     text       TEXT NOT NULL,
     PRIMARY KEY (channel, ts)
 ) STRICT;

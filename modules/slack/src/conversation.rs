@@ -23,6 +23,7 @@ pub struct StoredMessage {
     pub ts: String,
     /// The author's user id (the bot's own for its answers; a bot id for other integrations).
     pub user: String,
+    /// This bot wrote it (not another integration).
     pub from_bot: bool,
     pub text: String,
 }

@@ -167,7 +167,9 @@ impl Hearing<'_> {
         let message = StoredMessage {
             ts: heard.ts.to_owned(),
             user: heard.user.or(heard.bot_id).unwrap_or("unknown").to_owned(),
-            from_bot: heard.bot_id.is_some() || heard.user == Some(self.bot_user),
+            // This bot's own messages only: another integration's message is anyone's text
+            // (it must never pass for the agent's own question, say a confirmation).
+            from_bot: heard.user == Some(self.bot_user),
             text: heard.text.to_owned(),
         };
         let (channel, thread) = (heard.channel.to_owned(), heard.thread.to_owned());
