@@ -3,12 +3,11 @@
 //! the thread from SQLite instead of asking Slack again; per thread a short summary of what the
 //! agent did; and the link between a conversation and the issue the agent filed from it.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use productbuilder_store::rusqlite::{self, Connection, OptionalExtension, params};
 use productbuilder_store::{Store, StoreError};
 
 use crate::db;
+use crate::worker::now;
 
 /// The most messages of a thread a run is given (the newest).
 pub const MAX_MESSAGES: usize = 50;
@@ -141,12 +140,6 @@ pub async fn forget_before(store: &Store, cutoff: i64) -> Result<usize, StoreErr
             Ok(gone)
         })
         .await
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Before the agent files `title` from the conversation `thread_ts`: a Slack pass that sees the

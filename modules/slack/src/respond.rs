@@ -172,6 +172,15 @@ impl Hearing<'_> {
             from_bot: heard.user == Some(self.bot_user),
             text: heard.text.to_owned(),
         };
+        self.store_message(heard, message).await
+    }
+
+    /// Writes `message` into the thread of `heard`.
+    async fn store_message(
+        &self,
+        heard: &Heard<'_>,
+        message: StoredMessage,
+    ) -> Result<(), UnitError> {
         let (channel, thread) = (heard.channel.to_owned(), heard.thread.to_owned());
         self.store
             .write(move |c| conversation::remember(c, &channel, &thread, &message))
@@ -209,9 +218,9 @@ impl Hearing<'_> {
                 })
                 .await?
             }
+            // The open pull requests are read only when the answer is still to be made.
             (Some(t), _, _) => {
-                let text = self.command(command, t).await?;
-                answer_with(self.api, self.store, &place, |_| async move { Ok(text) }).await?
+                answer_with(self.api, self.store, &place, |_| self.command(command, t)).await?
             }
             (None, _, _) => {
                 let text = mentions::answer(command, &Channel::Unknown { id: heard.channel });
@@ -226,11 +235,7 @@ impl Hearing<'_> {
                 from_bot: true,
                 text,
             };
-            let (channel, thread) = (heard.channel.to_owned(), heard.thread.to_owned());
-            self.store
-                .write(move |c| conversation::remember(c, &channel, &thread, &message))
-                .await
-                .map_err(store_err)?;
+            self.store_message(heard, message).await?;
         }
         Ok(())
     }

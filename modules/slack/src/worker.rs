@@ -32,7 +32,8 @@ pub struct Tenant {
     pub debounce: Arc<StatusDebounce>,
 }
 
-fn now() -> i64 {
+/// Unix seconds.
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

@@ -47,6 +47,21 @@ impl Responder for Recording {
     }
 }
 
+/// The bot's answers to `mention` in the thread `top` (by the key they carry).
+fn answers_to(slack: &Sandbox, channel: &str, top: &str, mention: &str) -> Vec<String> {
+    let key = format!("answer:{mention}");
+    slack
+        .thread(channel, top)
+        .into_iter()
+        .filter(|m| {
+            m.metadata
+                .as_ref()
+                .is_some_and(|v| v.to_string().contains(&key))
+        })
+        .map(|m| m.text)
+        .collect()
+}
+
 #[tokio::test]
 async fn a_mention_reaches_the_responder_with_its_stored_thread_and_is_answered_once() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -155,16 +170,7 @@ async fn a_mention_reaches_the_responder_with_its_stored_thread_and_is_answered_
         assert_eq!(seen.len(), 3, "made once");
         assert_eq!(seen[2].mention_ts, refused);
     }
-    let answers_to_refused: Vec<String> = slack
-        .thread(&channel, &top)
-        .into_iter()
-        .filter(|m| {
-            m.metadata
-                .as_ref()
-                .is_some_and(|v| v.to_string().contains(&format!("answer:{refused}")))
-        })
-        .map(|m| m.text)
-        .collect();
+    let answers_to_refused = answers_to(&slack, &channel, &top, &refused);
     assert_eq!(answers_to_refused.len(), 1);
     assert!(
         answers_to_refused[0].contains("answer 3"),
@@ -197,14 +203,6 @@ async fn a_mention_reaches_the_responder_with_its_stored_thread_and_is_answered_
         seen[3].resumed,
         "an interrupted answer is resumed, not rerun"
     );
-    let answers_to_third = slack
-        .thread(&channel, &top)
-        .into_iter()
-        .filter(|m| {
-            m.metadata
-                .as_ref()
-                .is_some_and(|v| v.to_string().contains(&format!("answer:{third}")))
-        })
-        .count();
+    let answers_to_third = answers_to(&slack, &channel, &top, &third).len();
     assert_eq!(answers_to_third, 1);
 }
